@@ -1,0 +1,149 @@
+"""Request and response models of the HTTP API (pydantic).
+
+The same models validate requests and generate `/openapi.json`, so the document cannot drift
+from what the server accepts.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo,
+                      field_validator, model_validator)
+
+from addresses import InvalidAddress, normalize_address
+from records import JOB_STATUSES, RECIPIENT_STATUSES
+
+
+def _address(value: str) -> str:
+    try:
+        return normalize_address(value.strip())
+    except InvalidAddress as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+
+
+def _one_line(value: str | None) -> str | None:
+    if value is not None and ("\r" in value or "\n" in value):
+        raise ValueError("must not contain CR or LF (header injection)")
+    return value
+
+
+Address = Annotated[str, Field(max_length=320), AfterValidator(_address)]
+HeaderText = Annotated[str, Field(max_length=255), AfterValidator(_one_line)]
+Variables = dict[str, Any]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class TemplateIn(Strict):
+    subject: Annotated[str, Field(min_length=1, max_length=998), AfterValidator(_one_line)]
+    html: str | None = Field(default=None, max_length=5_000_000)
+    text: str | None = Field(default=None, max_length=5_000_000)
+
+    @model_validator(mode="after")
+    def _has_body(self) -> "TemplateIn":
+        if self.html is None and self.text is None:
+            raise ValueError("give at least one of html and text")
+        return self
+
+
+class RecipientIn(Strict):
+    email: Address
+    name: HeaderText | None = None
+    variables: Variables | None = None
+
+
+class SendTemplateEmailsIn(Strict):
+    """Body of POST /api/jobs/send_template_emails."""
+
+    sender_email: Address
+    from_name: HeaderText | None = None
+    reply_to: Address | None = None
+    template: TemplateIn
+    variables: Variables = Field(default_factory=dict)
+    recipients: list[RecipientIn]
+
+    @field_validator("recipients", mode="before")
+    @classmethod
+    def _count(cls, value: Any, info: ValidationInfo) -> Any:
+        limit = (info.context or {}).get("max_recipients", 100_000)
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one recipient")
+            if len(value) > limit:
+                raise ValueError(f"at most {limit} recipients per job, got {len(value)}; "
+                                 "split the list into several jobs")
+        return value
+
+
+class ErrorItem(BaseModel):
+    field: str | None
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx answer has this shape."""
+
+    error: str = Field(description="stable machine code, e.g. validation_error")
+    message: str = Field(description="one sentence for a person")
+    field: str | None = Field(default=None, description="the first field at fault")
+    errors: list[ErrorItem] | None = Field(default=None, description="up to 20 fields at fault")
+
+
+class EnqueueOut(BaseModel):
+    job_id: int
+    status: str
+    recipients: int
+    duplicates_removed: int
+    status_url: str
+    warnings: list[str] = Field(default_factory=list)
+
+
+class JobOut(BaseModel):
+    id: int
+    type: str
+    status: str = Field(description="one of " + ", ".join(JOB_STATUSES))
+    status_reason: str | None
+    sender_email: str
+    from_name: str | None
+    reply_to: str | None
+    total: int
+    duplicates_removed: int
+    counts: dict[str, int] = Field(description="recipients by status: "
+                                   + ", ".join(RECIPIENT_STATUSES))
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    recipients_url: str
+
+
+class JobsPageOut(BaseModel):
+    jobs: list[JobOut]
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page")
+
+
+class RecipientOut(BaseModel):
+    id: int
+    to_email: str
+    name: str | None
+    status: str = Field(description="one of " + ", ".join(RECIPIENT_STATUSES))
+    attempts: int
+    error_code: str | None
+    error: str | None
+    message_id: str | None
+    gmail_message_id: str | None
+    sent_at: datetime | None
+    next_attempt_at: datetime | None
+
+
+class RecipientsPageOut(BaseModel):
+    recipients: list[RecipientOut]
+    next_after: int | None = Field(description="pass as ?after= for the next page")
+
+
+class HealthOut(BaseModel):
+    status: str
+    database: str

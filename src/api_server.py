@@ -1,0 +1,247 @@
+"""The Flask app: routes, authentication and the one JSON error shape.
+
+`create_app(settings, dao)` is the factory (flaskr's habit); `python src/api_server.py` starts
+the whole service as `mailjobs serve` does.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+import defaults
+from api_keys import KeyVerifier
+from api_schemas import (EnqueueOut, JobOut, RecipientOut, RecipientsPageOut,
+                         SendTemplateEmailsIn)
+from dao_mysql import Dao, DatabaseUnavailable
+from enqueue import RequestRejected, enqueue, replay_or_conflict, request_hash
+from openapi_doc import openapi_document
+from records import JOB_STATUSES, RECIPIENT_STATUSES, Job
+from settings import Settings, load_settings
+
+log = logging.getLogger("mailjobs.api")
+
+
+def error_response(status: int, code: str, message: str,
+                   errors: list[tuple[str | None, str]] | None = None) -> Response:
+    """The single shape of every error answer: error, message, field (and errors)."""
+    body: dict[str, Any] = {"error": code, "message": message,
+                            "field": errors[0][0] if errors else None}
+    if errors and len(errors) > 1:
+        body["errors"] = [{"field": f, "message": m} for f, m in errors]
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _loc(loc: tuple) -> str | None:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("function-after", "function-before") and not str(part).startswith(
+                ("function-", "constrained-")):
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def _validation_errors(exc: ValidationError) -> list[tuple[str | None, str]]:
+    out = []
+    for err in exc.errors(include_url=False)[:20]:
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = "unknown field"
+        elif kind == "missing":
+            message = "this field is required"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        out.append((_loc(err["loc"]), message))
+    return out
+
+
+def _job_out(job: Job) -> dict[str, Any]:
+    return JobOut(
+        id=job.id, type=job.type, status=job.status, status_reason=job.status_reason,
+        sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
+        total=job.total, duplicates_removed=job.duplicates_removed, counts=job.counts,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        updated_at=job.updated_at, recipients_url=f"/api/jobs/{job.id}/recipients",
+    ).model_dump(mode="json")
+
+
+def _int_arg(name: str, default: int | None, low: int = 0, high: int = 2**63) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RequestRejected(400, "validation_error", f"{name} must be an integer",
+                              [(name, "must be an integer")]) from None
+    if not low <= value <= high:
+        raise RequestRejected(400, "validation_error", f"{name} must be between {low} and {high}",
+                              [(name, f"must be between {low} and {high}")])
+    return value
+
+
+def _status_arg(allowed: tuple[str, ...]) -> str | None:
+    status = request.args.get("status") or None
+    if status is not None and status not in allowed:
+        raise RequestRejected(400, "validation_error", f"status must be one of {', '.join(allowed)}",
+                              [("status", f"must be one of {', '.join(allowed)}")])
+    return status
+
+
+def create_app(settings: Settings | None = None, dao: Dao | None = None) -> Flask:
+    settings = settings or load_settings()
+    dao = dao or Dao(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    app.extensions["mailjobs"] = {"dao": dao, "settings": settings}
+    verifier = KeyVerifier(dao)
+
+    @app.errorhandler(RequestRejected)
+    def _rejected(exc: RequestRejected) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.errors)
+
+    @app.errorhandler(DatabaseUnavailable)
+    def _db_down(exc: DatabaseUnavailable) -> Response:
+        log.error("database unavailable while serving %s %s: %s", request.method, request.path, exc)
+        response = error_response(503, "database_unavailable",
+                                  "the database is unavailable; nothing was stored, retry later")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        if exc.code == 413:
+            return error_response(413, "payload_too_large",
+                                  f"request body is larger than {settings.max_request_bytes} bytes")
+        return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                              exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "unexpected server error; see the server log")
+
+    @app.before_request
+    def _authenticate() -> Response | None:
+        if not request.path.startswith("/api/"):
+            return None
+        presented = request.headers.get("X-API-Key")
+        if not presented:
+            return error_response(401, "unauthorized", "send your API key in the X-API-Key header",
+                                  [("X-API-Key", "missing")])
+        key = verifier.verify(presented)
+        if key is None:
+            return error_response(401, "unauthorized", "the API key is unknown or revoked",
+                                  [("X-API-Key", "unknown or revoked")])
+        g.api_key = key
+        return None
+
+    @app.post("/api/jobs/send_template_emails")
+    def send_template_emails() -> Response:
+        if request.mimetype != "application/json":
+            return error_response(415, "unsupported_media_type",
+                                  "send the body as JSON with Content-Type: application/json",
+                                  [("Content-Type", "must be application/json")])
+        idem = request.headers.get("Idempotency-Key")
+        if idem is not None and not 1 <= len(idem) <= 255:
+            raise RequestRejected(400, "validation_error", "Idempotency-Key must be 1-255 characters",
+                                  [("Idempotency-Key", "must be 1-255 characters")])
+        body = request.get_data(cache=False)
+        body_hash = request_hash(body)
+        if idem:
+            replay = replay_or_conflict(dao, g.api_key, idem, body_hash)
+            if replay is not None:
+                return _enqueued(replay.job, replayed=True)
+        try:
+            req = SendTemplateEmailsIn.model_validate_json(
+                body, context={"max_recipients": settings.max_recipients_per_job})
+        except ValidationError as exc:
+            errors = _validation_errors(exc)
+            if exc.errors()[0]["type"] == "json_invalid":
+                return error_response(400, "invalid_json", f"body is not valid JSON: "
+                                      f"{exc.errors()[0]['msg']}", [(None, "not valid JSON")])
+            first = errors[0]
+            return error_response(400, "validation_error",
+                                  f"{first[0]}: {first[1]}" if first[0] else first[1], errors)
+        result = enqueue(dao, g.api_key, req, body_hash, idem)
+        return _enqueued(result.job, replayed=result.replayed)
+
+    def _enqueued(job: Job, replayed: bool) -> Response:
+        body = EnqueueOut(job_id=job.id, status="queued", recipients=job.total,
+                          duplicates_removed=job.duplicates_removed,
+                          status_url=f"/api/jobs/{job.id}")
+        response = jsonify(body.model_dump(mode="json"))
+        response.status_code = 202
+        response.headers["Location"] = f"/api/jobs/{job.id}"
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    def _visible_job(job_id: int, with_counts: bool = False) -> Job:
+        job = dao.job(job_id, with_counts=with_counts)
+        if job is None or (not g.api_key.is_operator and job.api_key_id != g.api_key.id):
+            raise RequestRejected(404, "not_found", f"no job {job_id} for this API key",
+                                  [("job_id", "not found")])
+        return job
+
+    @app.get("/api/jobs/<int:job_id>")
+    def get_job(job_id: int) -> Response:
+        return jsonify(_job_out(_visible_job(job_id, with_counts=True)))
+
+    @app.get("/api/jobs")
+    def list_jobs() -> Response:
+        limit = _int_arg("limit", defaults.PAGE_SIZE, 1, defaults.MAX_PAGE_SIZE)
+        before = _int_arg("before", None, 1)
+        status = _status_arg(JOB_STATUSES)
+        owner = None if g.api_key.is_operator else g.api_key.id
+        jobs = dao.jobs_page(owner, before, limit, status)
+        page = [_job_out(j) for j in jobs]
+        next_before = jobs[-1].id if len(jobs) == limit else None
+        return jsonify({"jobs": page, "next_before": next_before})
+
+    @app.get("/api/jobs/<int:job_id>/recipients")
+    def list_recipients(job_id: int) -> Response:
+        _visible_job(job_id)
+        limit = _int_arg("limit", defaults.PAGE_SIZE, 1, defaults.MAX_PAGE_SIZE)
+        after = _int_arg("after", 0)
+        status = _status_arg(RECIPIENT_STATUSES)
+        rows = dao.recipients_page(job_id, status, after or 0, limit)
+        page = [RecipientOut(id=r.id, to_email=r.to_email, name=r.name, status=r.status,
+                             attempts=r.attempts, error_code=r.error_code, error=r.error,
+                             message_id=r.message_id, gmail_message_id=r.gmail_message_id,
+                             sent_at=r.sent_at, next_attempt_at=r.next_attempt_at)
+                for r in rows]
+        out = RecipientsPageOut(recipients=page,
+                                next_after=rows[-1].id if len(rows) == limit else None)
+        return jsonify(out.model_dump(mode="json"))
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        try:
+            dao.ping()
+        except DatabaseUnavailable as exc:
+            response = jsonify({"status": "unavailable", "database": "unavailable",
+                                "reason": str(exc)})
+            response.status_code = 503
+            return response
+        return jsonify({"status": "ok", "database": "ok"})
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document())
+
+    return app
+
+
+if __name__ == "__main__":
+    from cli import main
+
+    main(["serve"])

@@ -1,0 +1,76 @@
+"""Starting the service on any machine: the database (a private one when DATABASE_URL is not
+set), migrations, the development API key, and the ready line."""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import api_keys
+import defaults
+from dao_mysql import Dao
+from local_mariadb import LocalMariaDB
+from migrations import apply_migrations
+from settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger("mailjobs")
+DEV_KEY_FILE = PROJECT_ROOT / "var" / "dev_api_key"
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def ensure_database(settings: Settings, stop_at_exit: bool = True) -> Settings:
+    """Return settings with a DATABASE_URL, starting the project-local MariaDB when none is set.
+
+    The local server is stopped when this process exits only if this process started it.
+    """
+    if settings.database_url:
+        return settings
+    local = LocalMariaDB(PROJECT_ROOT / defaults.LOCAL_DB_DIR)
+    started = local.start()
+    if started and stop_at_exit:
+        atexit.register(local.stop)
+    local.create_database(defaults.LOCAL_DB_NAME)
+    url = local.url(defaults.LOCAL_DB_NAME)
+    os.environ["DATABASE_URL"] = url  # for child processes (workers) of this one
+    log.info("using the project-local MariaDB at %s%s", local.socket,
+             "" if started else " (already running)")
+    return replace(settings, database_url=url)
+
+
+def migrate(settings: Settings) -> None:
+    for migration in apply_migrations(settings.db):
+        log.info("applied migration %03d_%s", migration.version, migration.name)
+
+
+def dev_api_key(dao: Dao, key_file: Path = DEV_KEY_FILE) -> str:
+    """The development key kept in var/dev_api_key, created (may send as anyone) when missing."""
+    verifier = api_keys.KeyVerifier(dao)
+    if key_file.exists():
+        key = key_file.read_text().strip()
+        if verifier.verify(key) is not None:
+            return key
+    issued = api_keys.create_key(dao, "development", ["*"], operator=True)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(issued.key + "\n")
+    key_file.chmod(0o600)
+    log.info("created development API key %d (saved in %s)", issued.id, key_file)
+    return issued.key
+
+
+def ready_line(settings: Settings, key: str) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    body = ('{"sender_email": "dev@example.com", "from_name": "Dev", '
+            '"template": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}, this is mailjobs."}, '
+            '"recipients": [{"email": "you@example.com", "name": "You"}]}')
+    return (f"mailjobs is ready on {base}\n"
+            f"  API key (development): {key}\n"
+            f"  test send:\n"
+            f"    curl -s -X POST {base}/api/jobs/send_template_emails "
+            f"-H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d '{body}'\n"
+            f"  job status: curl -s -H 'X-API-Key: {key}' {base}/api/jobs/1")

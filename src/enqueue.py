@@ -1,0 +1,121 @@
+"""Turning a validated send request into a stored job: the checks no schema can make
+(templates compile, every recipient has every variable), de-duplication, idempotency."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from api_schemas import SendTemplateEmailsIn
+from dao_mysql import Dao, DuplicateKey
+from records import ApiKey, Job, NewJob, NewRecipient
+from templating import BUILTIN_VARIABLES, TemplateCompileError, compile_templates
+
+MAX_LISTED_ERRORS = 20
+
+
+class RequestRejected(Exception):
+    """A 4xx answer: status, machine code, sentence, and the fields at fault."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 errors: list[tuple[str | None, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors or []
+
+    @property
+    def field(self) -> str | None:
+        return self.errors[0][0] if self.errors else None
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job: Job
+    replayed: bool
+
+
+def request_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _check_templates(req: SendTemplateEmailsIn) -> frozenset[str]:
+    t = req.template
+    try:
+        compiled = compile_templates(t.subject, t.html, t.text)
+    except TemplateCompileError as exc:
+        raise RequestRejected(400, "template_error", f"template.{exc.part} does not compile: {exc}",
+                              [(f"template.{exc.part}", str(exc))]) from None
+    return compiled.required
+
+
+def _missing_variables(req: SendTemplateEmailsIn, required: frozenset[str]) -> None:
+    needed = required - BUILTIN_VARIABLES - req.variables.keys()
+    wants_name = "name" in required and "name" not in req.variables
+    if not needed and not wants_name:
+        return
+    errors: list[tuple[str | None, str]] = []
+    for i, r in enumerate(req.recipients):
+        have = r.variables.keys() if r.variables else ()
+        missing = sorted(v for v in needed if v not in have)
+        if wants_name and r.name is None and "name" not in have:
+            missing.append("name")
+        if missing:
+            errors.append((f"recipients[{i}].variables",
+                           f"template variable(s) not provided: {', '.join(missing)}"))
+            if len(errors) >= MAX_LISTED_ERRORS:
+                break
+    if errors:
+        raise RequestRejected(400, "missing_variables",
+                              f"{errors[0][0]}: {errors[0][1]}", errors)
+
+
+def dedupe(req: SendTemplateEmailsIn) -> list[NewRecipient]:
+    """First occurrence wins; addresses compare case-insensitively."""
+    seen: set[str] = set()
+    out: list[NewRecipient] = []
+    for r in req.recipients:
+        folded = r.email.lower()
+        if folded not in seen:
+            seen.add(folded)
+            out.append(NewRecipient(r.email, r.name, r.variables))
+    return out
+
+
+def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
+            idempotency_key: str | None) -> Enqueued:
+    """Validate what the schema cannot, then store the job in one transaction."""
+    if not key.may_send_as(req.sender_email):
+        raise RequestRejected(403, "sender_not_allowed",
+                              f"this API key may not send as {req.sender_email}",
+                              [("sender_email", "not among the key's allowed senders")])
+    _missing_variables(req, _check_templates(req))
+    recipients = dedupe(req)
+    new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, req.template.subject,
+                 req.template.html, req.template.text, req.variables, len(recipients),
+                 len(req.recipients) - len(recipients), idempotency_key, body_hash)
+    try:
+        job_id = dao.create_job(new, recipients)
+    except DuplicateKey:
+        # Another request with the same Idempotency-Key won the race: answer as a replay.
+        replay = replay_or_conflict(dao, key, idempotency_key or "", body_hash)
+        if replay is None:
+            raise
+        return replay
+    job = dao.job(job_id)
+    assert job is not None
+    return Enqueued(job, replayed=False)
+
+
+def replay_or_conflict(dao: Dao, key: ApiKey, idempotency_key: str,
+                       body_hash: str) -> Enqueued | None:
+    """The first answer for a known Idempotency-Key, 422 if the body differs, None if new."""
+    job = dao.job_by_idempotency_key(key.id, idempotency_key)
+    if job is None:
+        return None
+    if job.request_hash != body_hash:
+        raise RequestRejected(
+            422, "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            [("Idempotency-Key", "already used for job %d with another body" % job.id)])
+    return Enqueued(job, replayed=True)

@@ -1,0 +1,88 @@
+"""`/openapi.json`, generated from the pydantic models in api_schemas."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+import api_schemas as s
+
+_MODELS = [s.SendTemplateEmailsIn, s.EnqueueOut, s.ErrorOut, s.JobOut, s.JobsPageOut,
+           s.RecipientsPageOut, s.HealthOut]
+
+
+def _ref(model: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    words = {400: "invalid input (the field is named)", 401: "missing or unknown API key",
+             403: "the key may not send as this sender", 404: "no such job for this key",
+             413: "body larger than MAX_REQUEST_BYTES", 415: "body is not application/json",
+             422: "Idempotency-Key reused with another body", 503: "database unavailable"}
+    return {str(c): _json(s.ErrorOut, words[c]) for c in codes}
+
+
+def _param(name: str, where: str, description: str, schema: dict[str, Any] | None = None,
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "description": description,
+            "schema": schema or {"type": "integer"}}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    _, schemas = models_json_schema([(m, "validation") for m in _MODELS],
+                                    ref_template="#/components/schemas/{model}")
+    job_id = _param("job_id", "path", "the job's id", required=True)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mailjobs", "version": "1.0",
+                 "description": "Templated bulk email through Gmail, queued in MySQL."},
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+        "security": [{"apiKey": []}],
+        "paths": {
+            "/api/jobs/send_template_emails": {"post": {
+                "summary": "Queue a templated email to many recipients; answers at once",
+                "parameters": [_param("Idempotency-Key", "header",
+                                      "replays the first answer for the same body",
+                                      {"type": "string", "maxLength": 255})],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref(s.SendTemplateEmailsIn)}}},
+                "responses": {"202": _json(s.EnqueueOut, "stored; sending happens in the background"),
+                              **_errors(400, 401, 403, 413, 415, 422, 503)}}},
+            "/api/jobs": {"get": {
+                "summary": "This key's jobs, newest first (an operator key sees all)",
+                "parameters": [_param("limit", "query", "page size (1-1000, default 100)"),
+                               _param("before", "query", "next_before of the previous page"),
+                               _param("status", "query", "only jobs in this status",
+                                      {"type": "string"})],
+                "responses": {"200": _json(s.JobsPageOut, "one page of jobs"),
+                              **_errors(400, 401, 503)}}},
+            "/api/jobs/{job_id}": {"get": {
+                "summary": "A job's status and its recipients counted by status",
+                "parameters": [job_id],
+                "responses": {"200": _json(s.JobOut, "the job"), **_errors(401, 404, 503)}}},
+            "/api/jobs/{job_id}/recipients": {"get": {
+                "summary": "One page of a job's recipients (keyset pagination by id)",
+                "parameters": [job_id, _param("status", "query", "only this status",
+                                              {"type": "string"}),
+                               _param("limit", "query", "page size (1-1000, default 100)"),
+                               _param("after", "query", "next_after of the previous page")],
+                "responses": {"200": _json(s.RecipientsPageOut, "one page of recipients"),
+                              **_errors(400, 401, 404, 503)}}},
+            "/healthz": {"get": {
+                "summary": "Liveness of the service and its database", "security": [],
+                "responses": {"200": _json(s.HealthOut, "healthy"),
+                              "503": _json(s.HealthOut, "database (or runners) unavailable")}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        },
+    }

@@ -1,0 +1,104 @@
+"""Rows that cross layers (DAO -> API/runner), as dataclasses rather than bare tuples."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+JOB_STATUSES = ("queued", "running", "paused", "completed", "completed_with_errors", "failed",
+                "cancelled")
+RECIPIENT_STATUSES = ("queued", "sending", "retrying", "sent", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    name: str
+    prefix: str
+    secret_hash: str
+    allowed_senders: list[str]
+    is_operator: bool
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    def may_send_as(self, sender_email: str) -> bool:
+        """Patterns are exact addresses, `*@domain` or `*`; comparison ignores case."""
+        sender = sender_email.lower()
+        for pattern in self.allowed_senders:
+            pattern = pattern.lower()
+            if pattern == "*" or pattern == sender:
+                return True
+            if pattern.startswith("*@") and sender.endswith(pattern[1:]) \
+                    and sender.count("@") == 1:
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class NewJob:
+    api_key_id: int
+    sender_email: str
+    from_name: str | None
+    reply_to: str | None
+    subject_template: str
+    html_template: str | None
+    text_template: str | None
+    variables: dict[str, Any]
+    total: int
+    duplicates_removed: int
+    idempotency_key: str | None
+    request_hash: str | None
+
+
+@dataclass(frozen=True)
+class NewRecipient:
+    to_email: str
+    name: str | None
+    variables: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    type: str
+    api_key_id: int
+    sender_email: str
+    from_name: str | None
+    reply_to: str | None
+    subject_template: str
+    html_template: str | None
+    text_template: str | None
+    variables: dict[str, Any]
+    status: str
+    status_reason: str | None
+    total: int
+    duplicates_removed: int
+    idempotency_key: str | None
+    request_hash: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    id: int
+    job_id: int
+    to_email: str
+    name: str | None
+    variables: dict[str, Any] | None
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    claimed_by: str | None
+    lease_expires_at: datetime | None
+    message_id: str | None
+    gmail_message_id: str | None
+    error_code: str | None
+    error: str | None
+    sent_at: datetime | None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

@@ -1,0 +1,109 @@
+"""Configuration read once from the environment and `.env` (python-dotenv) over `defaults`."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import defaults
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: Any) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class DatabaseParams:
+    """Keyword arguments for pymysql.connect, parsed from a DATABASE_URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str = ""
+    database: str = "mailjobs"
+    unix_socket: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> "DatabaseParams":
+        """Parse `mysql://user:pass@host:port/db?unix_socket=/path`."""
+        parts = urlparse(url)
+        if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
+            raise ValueError(f"DATABASE_URL must start with mysql://, got {parts.scheme!r}")
+        query = parse_qs(parts.query)
+        socket = query.get("unix_socket", [None])[0]
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=(parts.path or "/").lstrip("/") or "mailjobs",
+            unix_socket=socket,
+        )
+
+    def url(self) -> str:
+        auth = self.user + (f":{self.password}" if self.password else "")
+        tail = f"?unix_socket={self.unix_socket}" if self.unix_socket else ""
+        return f"mysql://{auth}@{self.host}:{self.port}/{self.database}{tail}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    http_threads: int = defaults.HTTP_THREADS
+    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+    max_recipients_per_job: int = defaults.MAX_RECIPIENTS_PER_JOB
+    db_connect_timeout: int = defaults.DB_CONNECT_TIMEOUT
+    db_read_timeout: int = defaults.DB_READ_TIMEOUT
+    db_write_timeout: int = defaults.DB_WRITE_TIMEOUT
+    db_pool_size: int = defaults.DB_POOL_SIZE
+    db_pool_timeout: float = defaults.DB_POOL_TIMEOUT
+    db_retry_attempts: int = defaults.DB_RETRY_ATTEMPTS
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def db(self) -> DatabaseParams:
+        if not self.database_url:
+            raise RuntimeError("DATABASE_URL is not set and no local database was started")
+        return DatabaseParams.from_url(self.database_url)
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+def load_settings(dotenv: bool = True) -> Settings:
+    """Read the environment (after `.env` in the project root, which never overrides it)."""
+    if dotenv:
+        from dotenv import load_dotenv
+
+        load_dotenv(PROJECT_ROOT / ".env", override=False)
+    return Settings(
+        database_url=_env("DATABASE_URL", None),
+        host=_env("HOST", defaults.HOST),
+        port=_env("PORT", defaults.PORT),
+        http_threads=_env("HTTP_THREADS", defaults.HTTP_THREADS),
+        max_request_bytes=_env("MAX_REQUEST_BYTES", defaults.MAX_REQUEST_BYTES),
+        max_recipients_per_job=_env("MAX_RECIPIENTS_PER_JOB", defaults.MAX_RECIPIENTS_PER_JOB),
+        db_connect_timeout=_env("DB_CONNECT_TIMEOUT", defaults.DB_CONNECT_TIMEOUT),
+        db_read_timeout=_env("DB_READ_TIMEOUT", defaults.DB_READ_TIMEOUT),
+        db_write_timeout=_env("DB_WRITE_TIMEOUT", defaults.DB_WRITE_TIMEOUT),
+        db_pool_size=_env("DB_POOL_SIZE", defaults.DB_POOL_SIZE),
+        db_pool_timeout=_env("DB_POOL_TIMEOUT", defaults.DB_POOL_TIMEOUT),
+        db_retry_attempts=_env("DB_RETRY_ATTEMPTS", defaults.DB_RETRY_ATTEMPTS),
+        log_level=_env("LOG_LEVEL", "INFO"),
+    )

@@ -1,0 +1,93 @@
+"""Fixtures that build real resources: a private MariaDB server started for the test session
+(never a mock), its schema migrated, the Flask app over it, and API keys.
+
+Set TEST_DATABASE_URL to run against an existing server instead (tests that stop and start the
+server are then skipped).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import api_keys  # noqa: E402
+from api_server import create_app  # noqa: E402
+from dao_mysql import Dao  # noqa: E402
+from local_mariadb import LocalMariaDB  # noqa: E402
+from migrations import apply_migrations  # noqa: E402
+from settings import Settings  # noqa: E402
+
+TEST_DB = "mailjobs_test"
+TABLES = ["job_recipients", "jobs", "api_keys"]
+
+
+@dataclass
+class TestDatabase:
+    url: str
+    server: LocalMariaDB | None  # None when an external server is used
+
+    def settings(self, **overrides) -> Settings:
+        return Settings(database_url=self.url, db_connect_timeout=3, db_read_timeout=10,
+                        db_write_timeout=10, db_pool_timeout=3).with_overrides(**overrides)
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory: pytest.TempPathFactory) -> TestDatabase:
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        db = TestDatabase(external, None)
+    else:
+        server = LocalMariaDB(tmp_path_factory.mktemp("mariadb"))
+        server.start()
+        db = TestDatabase(server.url(TEST_DB), server)
+    apply_migrations(db.settings().db)
+    yield db
+    if db.server is not None:
+        db.server.stop()
+
+
+@pytest.fixture()
+def dao(database: TestDatabase) -> Dao:
+    dao = Dao(database.settings())
+    with dao.transaction() as cur:
+        cur.execute("SET FOREIGN_KEY_CHECKS = 0")
+        for table in TABLES:
+            cur.execute(f"TRUNCATE TABLE {table}")
+        cur.execute("SET FOREIGN_KEY_CHECKS = 1")
+    yield dao
+    dao.close()
+
+
+@pytest.fixture()
+def app(dao: Dao, database: TestDatabase):
+    return create_app(dao.settings, dao)
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture()
+def make_key(dao: Dao):
+    def make(senders=("*",), operator=False, name="test") -> str:
+        return api_keys.create_key(dao, name, list(senders), operator).key
+    return make
+
+
+@pytest.fixture()
+def key(make_key) -> str:
+    return make_key(senders=["ops@example.com", "*@example.org"])
+
+
+def count_rows(dao: Dao, table: str) -> int:
+    with dao.transaction() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {table}")
+        return int(cur.fetchone()[0])

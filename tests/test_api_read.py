@@ -1,0 +1,94 @@
+"""Reading jobs back: status and counts, keyset pages, and who may see what."""
+from __future__ import annotations
+
+from test_api_enqueue import body, post
+
+
+def h(key):
+    return {"X-API-Key": key}
+
+
+def test_job_shows_status_totals_and_counts(client, key):
+    job_id = post(client, key, body(3)).json["job_id"]
+    r = client.get(f"/api/jobs/{job_id}", headers=h(key))
+    assert r.status_code == 200
+    assert r.json["status"] == "queued"
+    assert r.json["total"] == 3
+    assert r.json["counts"] == {"queued": 3}
+    assert r.json["created_at"].endswith(("Z", "+00:00"))  # UTC, explicit
+
+
+def test_a_key_cannot_read_another_keys_job(client, key, make_key):
+    job_id = post(client, key, body(1)).json["job_id"]
+    other = make_key(senders=["*"])
+    for path in (f"/api/jobs/{job_id}", f"/api/jobs/{job_id}/recipients"):
+        r = client.get(path, headers=h(other))
+        assert (r.status_code, r.json["error"]) == (404, "not_found")
+    assert client.get("/api/jobs", headers=h(other)).json["jobs"] == []
+
+
+def test_an_operator_key_sees_every_job(client, key, make_key):
+    job_id = post(client, key, body(1)).json["job_id"]
+    op = make_key(senders=[], operator=True)
+    assert client.get(f"/api/jobs/{job_id}", headers=h(op)).status_code == 200
+    assert [j["id"] for j in client.get("/api/jobs", headers=h(op)).json["jobs"]] == [job_id]
+
+
+def test_a_key_may_not_send_as_a_sender_it_is_not_allowed(client, make_key):
+    key = make_key(senders=["*@example.org"])
+    assert post(client, key, body(1, sender_email="news@example.org")).status_code == 202
+    r = post(client, key, body(1, sender_email="news@example.com"))
+    assert (r.status_code, r.json["field"]) == (403, "sender_email")
+
+
+def test_jobs_are_listed_newest_first_in_keyset_pages(client, key):
+    ids = [post(client, key, body(1)).json["job_id"] for _ in range(5)]
+    first = client.get("/api/jobs?limit=2", headers=h(key)).json
+    assert [j["id"] for j in first["jobs"]] == ids[::-1][:2]
+    second = client.get(f"/api/jobs?limit=2&before={first['next_before']}", headers=h(key)).json
+    assert [j["id"] for j in second["jobs"]] == ids[::-1][2:4]
+
+
+def test_recipients_are_paged_by_id_and_filtered_by_status(client, key, dao):
+    job_id = post(client, key, body(5)).json["job_id"]
+    with dao.transaction() as cur:
+        cur.execute("UPDATE job_recipients SET status='failed', error_code='gmail_400', "
+                    "error='Gmail 400 invalidArgument: Invalid To header' "
+                    "WHERE job_id=%s AND to_email IN ('user1@example.com','user3@example.com',"
+                    "'user4@example.com')", (job_id,))
+    url = f"/api/jobs/{job_id}/recipients?status=failed&limit=2"
+    page1 = client.get(url, headers=h(key)).json
+    assert [r["to_email"] for r in page1["recipients"]] == ["user1@example.com", "user3@example.com"]
+    assert page1["recipients"][0]["error_code"] == "gmail_400"
+    page2 = client.get(url + f"&after={page1['next_after']}", headers=h(key)).json
+    assert [r["to_email"] for r in page2["recipients"]] == ["user4@example.com"]
+    assert page2["next_after"] is None
+    counts = client.get(f"/api/jobs/{job_id}", headers=h(key)).json["counts"]
+    assert counts == {"queued": 2, "failed": 3}
+
+
+def test_bad_query_parameters_are_400_with_the_field(client, key):
+    job_id = post(client, key, body(1)).json["job_id"]
+    for query, field in (("limit=0", "limit"), ("limit=abc", "limit"), ("status=lost", "status"),
+                         ("after=-1", "after")):
+        r = client.get(f"/api/jobs/{job_id}/recipients?{query}", headers=h(key))
+        assert (r.status_code, r.json["field"]) == (400, field), query
+
+
+def test_unknown_routes_answer_json(client, key):
+    r = client.get("/api/nothing", headers=h(key))
+    assert r.status_code == 404
+    assert r.json["error"] == "not_found"
+
+
+def test_healthz_reports_the_database(client):
+    assert client.get("/healthz").json == {"status": "ok", "database": "ok"}
+
+
+def test_openapi_describes_every_endpoint_from_the_request_models(client):
+    doc = client.get("/openapi.json").json
+    assert set(doc["paths"]) == {"/api/jobs/send_template_emails", "/api/jobs", "/api/jobs/{job_id}",
+                                 "/api/jobs/{job_id}/recipients", "/healthz", "/openapi.json"}
+    req = doc["components"]["schemas"]["SendTemplateEmailsIn"]
+    assert set(req["required"]) == {"sender_email", "template", "recipients"}
+    assert req["additionalProperties"] is False
