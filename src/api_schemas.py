@@ -145,5 +145,8 @@ class RecipientsPageOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: str
+    status: str = Field(description="ok or unavailable")
     database: str
+    transport: str | None = Field(default=None, description="gmail, outbox (not really sending) or null")
+    runners: int | None = Field(default=None, description="runners with a fresh heartbeat")
+    reason: str | None = None

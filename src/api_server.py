@@ -95,7 +95,10 @@ def _status_arg(allowed: tuple[str, ...]) -> str | None:
     return status
 
 
-def create_app(settings: Settings | None = None, dao: Dao | None = None) -> Flask:
+def create_app(settings: Settings | None = None, dao: Dao | None = None,
+               runs_runner: bool = False) -> Flask:
+    """The app. `runs_runner`: this process runs an embedded JobRunner, so /healthz
+    requires a live one."""
     settings = settings or load_settings()
     dao = dao or Dao(settings)
     app = Flask(__name__)
@@ -174,10 +177,17 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None) -> Flas
         result = enqueue(dao, g.api_key, req, body_hash, idem)
         return _enqueued(result.job, replayed=result.replayed)
 
+    def _live_runners() -> int:
+        return len(dao.live_runners(3 * settings.heartbeat_interval))
+
     def _enqueued(job: Job, replayed: bool) -> Response:
+        warnings = []
+        if _live_runners() == 0:
+            warnings.append("no live runner: the job is stored and will wait until a runner "
+                            "(embedded, or `mailjobs worker`) is running")
         body = EnqueueOut(job_id=job.id, status="queued", recipients=job.total,
                           duplicates_removed=job.duplicates_removed,
-                          status_url=f"/api/jobs/{job.id}")
+                          status_url=f"/api/jobs/{job.id}", warnings=warnings)
         response = jsonify(body.model_dump(mode="json"))
         response.status_code = 202
         response.headers["Location"] = f"/api/jobs/{job.id}"
@@ -225,14 +235,27 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None) -> Flas
 
     @app.get("/healthz")
     def healthz() -> Response:
+        body: dict[str, Any] = {"status": "ok", "database": "ok",
+                                "transport": settings.transport_name}
         try:
             dao.ping()
+            body["runners"] = live = _live_runners()
         except DatabaseUnavailable as exc:
-            response = jsonify({"status": "unavailable", "database": "unavailable",
-                                "reason": str(exc)})
-            response.status_code = 503
-            return response
-        return jsonify({"status": "ok", "database": "ok"})
+            body.update(status="unavailable", database="unavailable", reason=str(exc))
+            return _status(body, 503)
+        needed = max(settings.expect_runners, 1 if runs_runner else 0)
+        if live < needed:
+            body.update(status="unavailable", reason=(
+                f"{live} runner(s) with a heartbeat in the last "
+                f"{3 * settings.heartbeat_interval:.0f} s, {needed} expected: jobs are not "
+                "being sent"))
+            return _status(body, 503)
+        return jsonify(body)
+
+    def _status(body: dict[str, Any], status: int) -> Response:
+        response = jsonify(body)
+        response.status_code = status
+        return response
 
     @app.get("/openapi.json")
     def openapi() -> Response:

@@ -3,6 +3,7 @@ set), migrations, the development API key, and the ready line."""
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
 from dataclasses import replace
@@ -48,8 +49,18 @@ def migrate(settings: Settings) -> None:
         log.info("applied migration %03d_%s", migration.version, migration.name)
 
 
+def dev_key_file(settings: Settings) -> Path:
+    """var/dev_api_key for the project-local database; one file per other DATABASE_URL, so
+    pointing `serve` at another database never overwrites the local key."""
+    local = LocalMariaDB(PROJECT_ROOT / defaults.LOCAL_DB_DIR).url(defaults.LOCAL_DB_NAME)
+    if settings.database_url in (None, local):
+        return DEV_KEY_FILE
+    digest = hashlib.sha256((settings.database_url or "").encode()).hexdigest()[:8]
+    return DEV_KEY_FILE.with_name(f"dev_api_key.{digest}")
+
+
 def dev_api_key(dao: Dao, key_file: Path = DEV_KEY_FILE) -> str:
-    """The development key kept in var/dev_api_key, created (may send as anyone) when missing."""
+    """The development key kept in key_file, created (may send as anyone) when missing."""
     verifier = api_keys.KeyVerifier(dao)
     if key_file.exists():
         key = key_file.read_text().strip()
@@ -73,4 +84,4 @@ def ready_line(settings: Settings, key: str) -> str:
             f"  test send:\n"
             f"    curl -s -X POST {base}/api/jobs/send_template_emails "
             f"-H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d '{body}'\n"
-            f"  job status: curl -s -H 'X-API-Key: {key}' {base}/api/jobs/1")
+            f"  then: curl -s -H 'X-API-Key: {key}' {base}/api/jobs/<job_id>")

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
 
 import api_keys
 import bootstrap
+import transports
+from job_runner import EmbeddedRunner, JobRunner, install_signal_handlers
 from dao_mysql import Dao, DaoError
 from settings import Settings, load_settings
 
@@ -36,6 +39,10 @@ def cli(ctx: click.Context) -> None:
     ctx.obj["settings"] = settings
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @cli.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
@@ -47,12 +54,42 @@ def serve(ctx: click.Context) -> None:
     settings = _settings(ctx)
     bootstrap.migrate(settings)
     dao = Dao(settings)
-    key = bootstrap.dev_api_key(dao)
-    app = create_app(settings, dao)
+    key = bootstrap.dev_api_key(dao, bootstrap.dev_key_file(settings))
+    transports.announce(settings)
+    embedded = None
+    if settings.embedded_runner:
+        factory = transports.transport_factory(settings, dao)
+        embedded = EmbeddedRunner(lambda: JobRunner(settings, dao, factory, kind="embedded"))
+        embedded.start()
+    app = create_app(settings, dao, runs_runner=embedded is not None)
     click.echo(bootstrap.ready_line(settings, key), err=True)
-    waitress_serve(app, host=settings.host, port=settings.port, threads=settings.http_threads,
-                   max_request_body_size=settings.max_request_bytes + 1024,
-                   ident="mailjobs", clear_untrusted_proxy_headers=True)
+    # SIGTERM (systemd, kill) stops like Ctrl-C: the server returns, then the embedded runner
+    # finishes the messages in hand and releases its claims, then atexit handlers (the local
+    # MariaDB's clean shutdown) run.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        waitress_serve(app, host=settings.host, port=settings.port,
+                       threads=settings.http_threads,
+                       max_request_body_size=settings.max_request_bytes + 1024,
+                       ident="mailjobs", clear_untrusted_proxy_headers=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@cli.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a standalone JobRunner (any number of them may share one database)."""
+    settings = _settings(ctx)
+    bootstrap.migrate(settings)
+    dao = Dao(settings)
+    transports.announce(settings)
+    runner = JobRunner(settings, dao, transports.transport_factory(settings, dao), kind="worker")
+    install_signal_handlers(runner.stop)
+    runner.run()
 
 
 @cli.command()
@@ -118,6 +155,79 @@ def api_key_revoke(ctx: click.Context, key_id: str) -> None:
     if not _dao(ctx).revoke_api_key(key_id.removeprefix("mj_").split("_")[0]):
         raise click.ClickException(f"no active key with id or prefix {key_id}")
     click.echo(f"key {key_id} revoked")
+
+
+GMAIL_SEND_SCOPE = "https://www.googleapis.com/auth/gmail.send"
+
+
+@cli.command()
+@click.argument("sender")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False),
+              help="import an authorized-user JSON (the token.json Google's quickstart writes)")
+@click.option("--port", default=0, show_default=True,
+              help="local port of the OAuth redirect (0: any free port)")
+@click.pass_context
+def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> None:
+    """Authorise SENDER's Gmail account and store its token (encrypted) in the database.
+
+    Asks for the gmail.send scope only: enough to send, nothing to read.
+    """
+    from sender_credentials import CredentialStore
+    from transport_gmail import credentials_to_info
+
+    settings = _settings(ctx)
+    dao = _dao(ctx)
+    if token_file:
+        info = json.loads(open(token_file).read())
+        if not info.get("refresh_token"):
+            raise click.ClickException(f"{token_file} has no refresh_token")
+    else:
+        if not settings.google_client_secrets:
+            raise click.ClickException("set GOOGLE_CLIENT_SECRETS to your OAuth client JSON "
+                                       "(see README: Connecting a real Gmail account)")
+        from google_auth_oauthlib.flow import InstalledAppFlow
+
+        flow = InstalledAppFlow.from_client_secrets_file(settings.google_client_secrets,
+                                                         scopes=[GMAIL_SEND_SCOPE])
+        click.echo(f"Sign in as {sender} at the URL below. On a headless server, forward the "
+                   "port first (ssh -L PORT:127.0.0.1:PORT) and pass --port PORT.", err=True)
+        creds = flow.run_local_server(host="127.0.0.1", port=port, open_browser=False,
+                                      authorization_prompt_message="{url}")
+        info = credentials_to_info(creds)
+    resumed = CredentialStore(settings, dao).store_info(sender, info, resume=True)
+    click.echo(f"stored Gmail credentials for {sender}"
+               + (f"; {resumed} paused job(s) resumed" if resumed else ""))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def senders(ctx: click.Context, as_json: bool) -> None:
+    """List senders: limits, authorisation state, deferrals."""
+    if ctx.invoked_subcommand:
+        return
+    rows = _dao(ctx).senders()
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    click.echo(f"{'SENDER':<32} {'AUTH':<13} {'RATE/MIN':>8} {'DAILY':>6}  PAUSED UNTIL")
+    for r in rows:
+        click.echo(f"{r['email'][:32]:<32} {r['auth_state']:<13} "
+                   f"{r['rate_per_minute'] if r['rate_per_minute'] is not None else '-':>8} "
+                   f"{r['daily_cap'] if r['daily_cap'] is not None else '-':>6}  "
+                   f"{r['paused_until'] or ''}")
+
+
+@senders.command("set")
+@click.argument("sender")
+@click.option("--rate", type=int, help="sends per minute (0: unlimited)")
+@click.option("--daily-cap", type=int, help="sends per rolling 24 h (0: unlimited)")
+@click.pass_context
+def senders_set(ctx: click.Context, sender: str, rate: int | None, daily_cap: int | None) -> None:
+    """Override the rate and daily cap of one sender (unset options use the defaults)."""
+    _dao(ctx).set_sender_limits(sender, rate, daily_cap)
+    click.echo(f"{sender}: rate {rate if rate is not None else 'default'}/min, "
+               f"daily cap {daily_cap if daily_cap is not None else 'default'}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import threading
 from datetime import datetime, timezone
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception_type, stop_af
                       wait_exponential_jitter)
 
 import defaults
+from rate_limit import Limits, allowance
 from records import ApiKey, Job, NewJob, NewRecipient, Recipient
 from settings import DatabaseParams, Settings
 
@@ -251,6 +253,161 @@ class Dao:
         name = "recipients_page_by_status" if status else "recipients_page"
         return [_recipient(row) for row in self._all(name, args)]
 
+    # --- runners --------------------------------------------------------------------------
+    def runner_heartbeat(self, runner: dict[str, Any]) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "runner_heartbeat", runner)
+
+    def live_runners(self, max_age: float) -> list[dict[str, Any]]:
+        rows = self._all("live_runners", (int(max_age * 1_000_000),))
+        return [_runner(row) for row in rows]
+
+    def runners(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [_runner(row) for row in self._all("all_runners", (limit,))]
+
+    # --- claiming -------------------------------------------------------------------------
+    def claimable_jobs(self, limit: int) -> list[tuple[int, str]]:
+        return [(int(i), s) for i, s in self._all("claimable_jobs", (limit,))]
+
+    def claim(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
+              limits: Limits) -> tuple[list[Recipient], str | None]:
+        """Claim up to `wanted` due recipients of one job within the sender's limits.
+
+        One transaction: lock the sender row, take what the limits allow (due retries, then
+        expired leases, then queued, each FOR UPDATE SKIP LOCKED), mark them `sending` under a
+        lease with their Message-ID fixed, charge the sender, commit. Returns the rows and, when
+        limits allowed fewer than wanted, why.
+        """
+        with self.transaction() as cur:
+            self._run(cur, "ensure_sender", (sender,))
+            self._run(cur, "lock_sender", (sender,))
+            rate, cap, tokens, elapsed, deferred = cur.fetchone()
+            if deferred:
+                return [], "sender deferred"
+            limits = Limits(limits.rate_per_minute if rate is None else int(rate),
+                            limits.daily_cap if cap is None else int(cap), limits.burst_seconds)
+            sent_24h = 0
+            if limits.daily_cap > 0:
+                self._run(cur, "sender_sends_24h", (sender,))
+                sent_24h = int(cur.fetchone()[0])
+            allowed = allowance(limits, wanted, float(tokens),
+                                float(elapsed) if elapsed is not None else None, sent_24h)
+            ids: list[int] = []
+            for name in ("due_retrying", "expired_sending", "due_queued"):
+                if len(ids) >= allowed.count:
+                    break
+                self._run(cur, name, (job_id, allowed.count - len(ids)))
+                ids.extend(int(r[0]) for r in cur.fetchall())
+            if limits.rate_per_minute > 0:
+                self._run(cur, "set_sender_tokens",
+                          (allowed.tokens_left + (allowed.count - len(ids)), sender))
+            if not ids:
+                return [], allowed.reason
+            marks = _placeholders(len(ids))
+            domain = sender.rpartition("@")[2]
+            cur.execute(self.queries["claim_recipients"].format(ids=marks),
+                        (runner_id, lease, lease, secrets.token_hex(4), domain, *ids))
+            if limits.daily_cap > 0:
+                self._run(cur, "add_sender_sends", (sender, len(ids)))
+            self._run(cur, "start_job", (job_id,))
+            cur.execute(self.queries["claimed_rows"].format(ids=marks), ids)
+            return [_recipient(row) for row in cur.fetchall()], allowed.reason
+
+    def renew_leases(self, runner_id: str, ids: Sequence[int], lease: int) -> int:
+        if not ids:
+            return 0
+        with self.transaction() as cur:
+            return cur.execute(self.queries["renew_leases"].format(ids=_placeholders(len(ids))),
+                               (lease, lease, runner_id, *ids))
+
+    def release(self, runner_id: str, sender_refunds: dict[str, int], ids: Sequence[int],
+                delay: float = 0.0) -> int:
+        """Give unsent claims back (attempt refunded, daily reservation refunded)."""
+        if not ids:
+            return 0
+        with self.transaction() as cur:
+            n = cur.execute(self.queries["release_claims"].format(ids=_placeholders(len(ids))),
+                            (int(delay * 1_000_000), runner_id, *ids))
+            for sender, count in sender_refunds.items():
+                if count:
+                    self._run(cur, "add_sender_sends", (sender, -count))
+            return n
+
+    # --- outcomes -------------------------------------------------------------------------
+    def record_outcomes(self, runner_id: str, sent: Sequence[tuple[int, str | None]],
+                        failed: Sequence[tuple[int, str, str]],
+                        retry: Sequence[tuple[int, str, str, float, bool]]) -> None:
+        """Write a batch of outcomes in one transaction: one UPDATE for all sent rows.
+
+        sent: (id, provider id); failed: (id, error_code, error);
+        retry: (id, error_code, error, delay seconds, refund the attempt).
+        """
+        with self.transaction() as cur:
+            if sent:
+                sql = self.queries["record_sent"].format(
+                    case=" ".join(["WHEN %s THEN %s"] * len(sent)),
+                    ids=_placeholders(len(sent)))
+                args: list[Any] = [v for pair in sent for v in pair]
+                cur.execute(sql, (*args, runner_id, *[i for i, _ in sent]))
+            if failed:
+                cur.executemany(self.queries["record_failed"],
+                                [(code, err[:65000], rid, runner_id) for rid, code, err in failed])
+            if retry:
+                cur.executemany(self.queries["record_retry"], [
+                    (code, err[:65000], int(delay * 1_000_000), 1 if refund else 0, rid, runner_id)
+                    for rid, code, err, delay, refund in retry])
+
+    def finish_job_if_done(self, job_id: int) -> Job | None:
+        """When no recipient is left to send, set the job's final status; returns the job then."""
+        with self.transaction() as cur:
+            self._run(cur, "unfinished_count", (job_id,))
+            if int(cur.fetchone()[0]) > 0:
+                return None
+            self._run(cur, "recipient_counts", (job_id,))
+            counts = {s: int(n) for s, n in cur.fetchall()}
+            sent, failed = counts.get("sent", 0), counts.get("failed", 0)
+            status = "completed" if failed == 0 else ("failed" if sent == 0 else
+                                                      "completed_with_errors")
+            reason = None if failed == 0 else f"{failed} of {sent + failed} recipients failed"
+            if self._run(cur, "finish_job", (status, reason, job_id)) == 0:
+                return None
+        return self.job(job_id, with_counts=True)
+
+    # --- senders --------------------------------------------------------------------------
+    def defer_sender(self, sender: str, seconds: float, reason: str) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "ensure_sender", (sender,))
+            self._run(cur, "defer_sender", (int(seconds * 1_000_000), reason[:1000], sender))
+
+    def pause_sender(self, sender: str, auth_state: str, reason: str, paused_by: str) -> int:
+        """Mark the sender broken and pause its queued/running jobs; returns jobs paused."""
+        with self.transaction() as cur:
+            self._run(cur, "ensure_sender", (sender,))
+            self._run(cur, "sender_auth_failed", (auth_state, reason, sender))
+            return self._run(cur, "pause_sender_jobs", (paused_by, reason[:1000], sender))
+
+    def save_sender_credentials(self, sender: str, blob: bytes, resume: bool = False) -> int:
+        """Store (encrypted) credentials; with resume, un-pause jobs paused for auth."""
+        with self.transaction() as cur:
+            if resume:
+                self._run(cur, "save_sender_credentials", (sender, blob))
+                return self._run(cur, "resume_sender_jobs", (sender,))
+            self._run(cur, "update_sender_credentials", (blob, sender))
+            return 0
+
+    def sender_credentials(self, sender: str) -> bytes | None:
+        row = self._one("sender_credentials", (sender,))
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def senders(self) -> list[dict[str, Any]]:
+        keys = ("email", "rate_per_minute", "daily_cap", "auth_state", "auth_error",
+                "paused_until", "paused_reason", "has_credentials")
+        return [dict(zip(keys, _utc(row))) for row in self._all("senders_all")]
+
+    def set_sender_limits(self, sender: str, rate: int | None, cap: int | None) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "set_sender_limits", (sender, rate, cap))
+
 
 def _utc(row: tuple) -> tuple:
     """MySQL DATETIMEs are stored in UTC (session time_zone +00:00); make that explicit."""
@@ -274,7 +431,17 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
                row[15], row[16], row[17], row[18], row[19], counts or {})
 
 
+def _runner(row: tuple) -> dict[str, Any]:
+    keys = ("id", "host", "pid", "kind", "state", "current_job_id", "sent_count", "failed_count",
+            "started_at", "heartbeat_at")
+    return dict(zip(keys, _utc(row)))
+
+
 def _recipient(row: tuple) -> Recipient:
     row = _utc(row)
     return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
                      *row[7:])
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join(["%s"] * n)

@@ -46,19 +46,84 @@ LOCAL_DB_NAME = "mailjobs"
 # last_used_at is written at most this often per key (seconds), not on every request.
 KEY_TOUCH_INTERVAL = 60
 
-# The environment variables read by settings.py, each with its default as the README shows it.
-ENV_DEFAULTS: dict[str, str] = {
+# --- JobRunner ---------------------------------------------------------------------------------
+# Start a runner thread inside the API process (1) or leave sending to `mailjobs worker` (0).
+EMBEDDED_RUNNER = True
+# /healthz answers 503 unless at least this many runners have a fresh heartbeat (0: only when
+# this process runs one itself).
+EXPECT_RUNNERS = 0
+# Seconds between polls for work when there is none (stop_event.wait, never a bare sleep).
+POLL_INTERVAL = 0.5
+# Seconds between heartbeat row writes; a runner is dead after 3 x this without one.
+HEARTBEAT_INTERVAL = 5.0
+# Seconds between INFO heartbeat log lines.
+HEARTBEAT_LOG_INTERVAL = 30.0
+# Seconds a claim is valid; renewed every third of it while the work goes on. Work whose lease
+# expired (its runner died) is taken over by another runner.
+LEASE_SECONDS = 60
+# Most recipients claimed in one transaction.
+CLAIM_BATCH = 100
+# Sends in flight per runner (one transport connection per sending thread).
+RUNNER_CONCURRENCY = 4
+# Attempts per recipient before it fails for good (transient errors only).
+MAX_ATTEMPTS = 5
+# Exponential backoff with full jitter for transient errors: random(0, min(MAX, BASE * 2^n)),
+# never shorter than the server's Retry-After.
+RETRY_BASE_DELAY = 10.0
+RETRY_MAX_DELAY = 900.0
+# Outcomes are written in batches: at most this many rows or this many seconds apart.
+RECORD_FLUSH_ROWS = 200
+RECORD_FLUSH_INTERVAL = 0.5
+# Longest wait between retries while the database is unreachable.
+DB_BACKOFF_MAX = 30.0
+
+# --- Senders -------------------------------------------------------------------------------------
+# Sends per minute per sender, over all runners (Gmail: 6,000 units/min per user at 100 units a
+# send). 0 means unlimited (benchmarks, relays that allow it).
+SENDER_RATE_PER_MINUTE = 60
+# Largest burst of the per-minute token bucket (seconds' worth of the rate).
+SENDER_BURST_SECONDS = 5.0
+# Sends per sender in any rolling 24 hours (Workspace 2,000; consumer Gmail 500). 0: unlimited.
+SENDER_DAILY_CAP = 2000
+# How long a sender is deferred after a daily-limit answer that names no time.
+DAILY_LIMIT_PAUSE = 3600.0
+
+# --- Transports ----------------------------------------------------------------------------------
+# gmail, outbox or null. Unset: gmail when GOOGLE_CLIENT_SECRETS is set, else outbox.
+MAIL_TRANSPORT = ""
+OUTBOX_DIR = "var/outbox"
+# Gmail API base URL (tests point it at a fake Gmail on 127.0.0.1).
+GMAIL_API_ENDPOINT = ""
+# OAuth token endpoint for refreshes ("" keeps each credential's own, Google's).
+GMAIL_TOKEN_URI = ""
+# Seconds any one HTTP call to Gmail may take.
+GMAIL_TIMEOUT = 30.0
+# OAuth client of the Google Cloud project (installed-app client JSON), for `mailjobs auth`.
+GOOGLE_CLIENT_SECRETS = ""
+# Fernet key (urlsafe base64, 32 bytes) that encrypts stored refresh tokens.
+TOKEN_ENCRYPTION_KEY = ""
+
+# How the README shows a default that is not a plain value.
+_SHOWN = {
     "DATABASE_URL": "(unset: a project-local MariaDB under var/mariadb)",
-    "HOST": HOST,
-    "PORT": str(PORT),
-    "HTTP_THREADS": str(HTTP_THREADS),
-    "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
-    "MAX_RECIPIENTS_PER_JOB": str(MAX_RECIPIENTS_PER_JOB),
-    "DB_CONNECT_TIMEOUT": str(DB_CONNECT_TIMEOUT),
-    "DB_READ_TIMEOUT": str(DB_READ_TIMEOUT),
-    "DB_WRITE_TIMEOUT": str(DB_WRITE_TIMEOUT),
-    "DB_POOL_SIZE": str(DB_POOL_SIZE),
-    "DB_POOL_TIMEOUT": str(DB_POOL_TIMEOUT),
-    "DB_RETRY_ATTEMPTS": str(DB_RETRY_ATTEMPTS),
     "LOG_LEVEL": "INFO",
+    "MAIL_TRANSPORT": "(unset: gmail if GOOGLE_CLIENT_SECRETS is set, else outbox)",
+    "GMAIL_API_ENDPOINT": "(unset: Google's)",
+    "GMAIL_TOKEN_URI": "(unset: Google's)",
+    "GOOGLE_CLIENT_SECRETS": "(unset)",
+    "TOKEN_ENCRYPTION_KEY": "(unset: generated into var/token_key on first use)",
+}
+_NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
+            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH"}
+
+
+def _shown(value: object) -> str:
+    return ("1" if value else "0") if isinstance(value, bool) else str(value)
+
+
+# Every environment variable settings.py reads, with its default as the README shows it.
+ENV_DEFAULTS: dict[str, str] = {
+    **{name: _shown(value) for name, value in list(globals().items())
+       if name.isupper() and not name.startswith("_") and name not in _NOT_ENV},
+    **_SHOWN,
 }

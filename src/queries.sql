@@ -76,3 +76,176 @@ SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at,
 FROM job_recipients
 WHERE job_id = %(job_id)s AND status = %(status)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
+
+-- ===== runners ================================================================================
+
+-- name: runner_heartbeat
+INSERT INTO runners (id, host, pid, kind, state, current_job_id, sent_count, failed_count)
+VALUES (%(id)s, %(host)s, %(pid)s, %(kind)s, %(state)s, %(job)s, %(sent)s, %(failed)s)
+ON DUPLICATE KEY UPDATE state = %(state)s, current_job_id = %(job)s, sent_count = %(sent)s,
+  failed_count = %(failed)s, heartbeat_at = UTC_TIMESTAMP(6),
+  stopped_at = IF(%(state)s = 'stopped', UTC_TIMESTAMP(6), NULL);
+
+-- name: live_runners
+SELECT id, host, pid, kind, state, current_job_id, sent_count, failed_count, started_at,
+       heartbeat_at
+FROM runners
+WHERE state <> 'stopped' AND heartbeat_at > UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND
+ORDER BY id;
+
+-- name: all_runners
+SELECT id, host, pid, kind, state, current_job_id, sent_count, failed_count, started_at,
+       heartbeat_at
+FROM runners ORDER BY heartbeat_at DESC LIMIT %s;
+
+-- ===== claiming work ==========================================================================
+
+-- name: claimable_jobs
+-- Jobs with work, oldest first, whose sender is not deferred.
+SELECT j.id, j.sender_email FROM jobs j
+LEFT JOIN senders s ON s.email = j.sender_email
+WHERE j.status IN ('queued', 'running')
+  AND (s.paused_until IS NULL OR s.paused_until <= UTC_TIMESTAMP(6))
+ORDER BY j.id LIMIT %s;
+
+-- name: ensure_sender
+INSERT IGNORE INTO senders (email, tokens, tokens_at) VALUES (%s, 0, UTC_TIMESTAMP(6));
+
+-- name: lock_sender
+SELECT rate_per_minute, daily_cap, tokens,
+       TIMESTAMPDIFF(MICROSECOND, tokens_at, UTC_TIMESTAMP(6)) / 1e6,
+       paused_until > UTC_TIMESTAMP(6)
+FROM senders WHERE email = %s FOR UPDATE;
+
+-- name: sender_sends_24h
+SELECT COALESCE(SUM(sends), 0) FROM sender_hourly_sends
+WHERE sender_email = %s AND hour_start > UTC_TIMESTAMP() - INTERVAL 24 HOUR;
+
+-- name: set_sender_tokens
+UPDATE senders SET tokens = %s, tokens_at = UTC_TIMESTAMP(6) WHERE email = %s;
+
+-- name: add_sender_sends
+-- Reserve (or, negative, refund) sends in the current hour's bucket.
+INSERT INTO sender_hourly_sends (sender_email, hour_start, sends)
+VALUES (%s, DATE_FORMAT(UTC_TIMESTAMP(), '%%Y-%%m-%%d %%H:00:00'), %s)
+ON DUPLICATE KEY UPDATE sends = GREATEST(0, sends + VALUES(sends));
+
+-- name: due_retrying
+SELECT id FROM job_recipients
+WHERE job_id = %s AND status = 'retrying' AND next_attempt_at <= UTC_TIMESTAMP(6)
+ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED;
+
+-- name: expired_sending
+-- A lease that ran out: its runner died or hung. The send may have gone out (in doubt).
+SELECT id FROM job_recipients
+WHERE job_id = %s AND status = 'sending' AND next_attempt_at <= UTC_TIMESTAMP(6)
+ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED;
+
+-- name: due_queued
+SELECT id FROM job_recipients
+WHERE job_id = %s AND status = 'queued' AND next_attempt_at <= UTC_TIMESTAMP(6)
+ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED;
+
+-- name: claim_recipients
+-- {ids} is replaced by one %s placeholder per id. The Message-ID is fixed here, before any send.
+UPDATE job_recipients
+SET status = 'sending', claimed_by = %s, attempts = attempts + 1,
+    lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
+    next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
+    message_id = COALESCE(message_id, CONCAT('<mj.', job_id, '.', id, '.', %s, '@', %s, '>'))
+WHERE id IN ({ids});
+
+-- name: claimed_rows
+SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
+       lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at
+FROM job_recipients WHERE id IN ({ids}) ORDER BY id;
+
+-- name: start_job
+UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, UTC_TIMESTAMP(6))
+WHERE id = %s AND status = 'queued';
+
+-- name: renew_leases
+UPDATE job_recipients
+SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
+    next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
+WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
+
+-- ===== recording outcomes =====================================================================
+
+-- name: record_sent
+-- {case} is "WHEN %s THEN %s" once per row (id, Gmail id).
+UPDATE job_recipients
+SET status = 'sent', sent_at = UTC_TIMESTAMP(6), error_code = NULL, error = NULL,
+    claimed_by = NULL, lease_expires_at = NULL,
+    gmail_message_id = CASE id {case} END
+WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
+
+-- name: record_failed
+UPDATE job_recipients
+SET status = 'failed', error_code = %s, error = %s, claimed_by = NULL, lease_expires_at = NULL
+WHERE id = %s AND claimed_by = %s AND status = 'sending';
+
+-- name: record_retry
+UPDATE job_recipients
+SET status = 'retrying', error_code = %s, error = %s, claimed_by = NULL, lease_expires_at = NULL,
+    next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND,
+    attempts = GREATEST(0, attempts - %s)
+WHERE id = %s AND claimed_by = %s AND status = 'sending';
+
+-- name: release_claims
+-- Unsent claims go back, the attempt they were charged refunded.
+UPDATE job_recipients
+SET status = IF(attempts <= 1 AND error_code IS NULL, 'queued', 'retrying'),
+    attempts = GREATEST(0, attempts - 1), claimed_by = NULL, lease_expires_at = NULL,
+    next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
+
+-- name: unfinished_count
+SELECT COUNT(*) FROM job_recipients
+WHERE job_id = %s AND status IN ('queued', 'sending', 'retrying');
+
+-- name: finish_job
+UPDATE jobs SET status = %s, finished_at = UTC_TIMESTAMP(6), status_reason = %s
+WHERE id = %s AND status = 'running';
+
+-- ===== senders ================================================================================
+
+-- name: defer_sender
+UPDATE senders
+SET paused_until = GREATEST(COALESCE(paused_until, UTC_TIMESTAMP(6)),
+                            UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND),
+    paused_reason = %s
+WHERE email = %s;
+
+-- name: sender_auth_failed
+UPDATE senders SET auth_state = %s, auth_error = %s WHERE email = %s;
+
+-- name: pause_sender_jobs
+UPDATE jobs SET status = 'paused', paused_by = %s, status_reason = %s
+WHERE sender_email = %s AND status IN ('queued', 'running');
+
+-- name: resume_sender_jobs
+UPDATE jobs SET status = IF(started_at IS NULL, 'queued', 'running'), paused_by = NULL,
+                status_reason = NULL
+WHERE sender_email = %s AND status = 'paused' AND paused_by = 'sender_auth';
+
+-- name: save_sender_credentials
+INSERT INTO senders (email, credentials, auth_state, auth_error, tokens, tokens_at)
+VALUES (%s, %s, 'ok', NULL, 0, UTC_TIMESTAMP(6))
+ON DUPLICATE KEY UPDATE credentials = VALUES(credentials), auth_state = 'ok', auth_error = NULL;
+
+-- name: update_sender_credentials
+UPDATE senders SET credentials = %s WHERE email = %s;
+
+-- name: sender_credentials
+SELECT credentials FROM senders WHERE email = %s;
+
+-- name: senders_all
+SELECT email, rate_per_minute, daily_cap, auth_state, auth_error, paused_until, paused_reason,
+       credentials IS NOT NULL
+FROM senders ORDER BY email;
+
+-- name: set_sender_limits
+INSERT INTO senders (email, rate_per_minute, daily_cap, tokens, tokens_at)
+VALUES (%s, %s, %s, 0, UTC_TIMESTAMP(6))
+ON DUPLICATE KEY UPDATE rate_per_minute = VALUES(rate_per_minute), daily_cap = VALUES(daily_cap);

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -74,7 +74,38 @@ class Settings:
     db_pool_timeout: float = defaults.DB_POOL_TIMEOUT
     db_retry_attempts: int = defaults.DB_RETRY_ATTEMPTS
     log_level: str = "INFO"
-    extra: dict[str, Any] = field(default_factory=dict)
+    embedded_runner: bool = defaults.EMBEDDED_RUNNER
+    expect_runners: int = defaults.EXPECT_RUNNERS
+    poll_interval: float = defaults.POLL_INTERVAL
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    heartbeat_log_interval: float = defaults.HEARTBEAT_LOG_INTERVAL
+    lease_seconds: int = defaults.LEASE_SECONDS
+    claim_batch: int = defaults.CLAIM_BATCH
+    runner_concurrency: int = defaults.RUNNER_CONCURRENCY
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    retry_base_delay: float = defaults.RETRY_BASE_DELAY
+    retry_max_delay: float = defaults.RETRY_MAX_DELAY
+    record_flush_rows: int = defaults.RECORD_FLUSH_ROWS
+    record_flush_interval: float = defaults.RECORD_FLUSH_INTERVAL
+    db_backoff_max: float = defaults.DB_BACKOFF_MAX
+    sender_rate_per_minute: int = defaults.SENDER_RATE_PER_MINUTE
+    sender_burst_seconds: float = defaults.SENDER_BURST_SECONDS
+    sender_daily_cap: int = defaults.SENDER_DAILY_CAP
+    daily_limit_pause: float = defaults.DAILY_LIMIT_PAUSE
+    mail_transport: str = defaults.MAIL_TRANSPORT
+    outbox_dir: str = defaults.OUTBOX_DIR
+    gmail_api_endpoint: str = defaults.GMAIL_API_ENDPOINT
+    gmail_token_uri: str = defaults.GMAIL_TOKEN_URI
+    gmail_timeout: float = defaults.GMAIL_TIMEOUT
+    google_client_secrets: str = defaults.GOOGLE_CLIENT_SECRETS
+    token_encryption_key: str = defaults.TOKEN_ENCRYPTION_KEY
+
+    @property
+    def transport_name(self) -> str:
+        """The transport in use: MAIL_TRANSPORT, else gmail when an OAuth client is configured."""
+        if self.mail_transport:
+            return self.mail_transport
+        return "gmail" if self.google_client_secrets else "outbox"
 
     @property
     def db(self) -> DatabaseParams:
@@ -92,18 +123,9 @@ def load_settings(dotenv: bool = True) -> Settings:
         from dotenv import load_dotenv
 
         load_dotenv(PROJECT_ROOT / ".env", override=False)
-    return Settings(
-        database_url=_env("DATABASE_URL", None),
-        host=_env("HOST", defaults.HOST),
-        port=_env("PORT", defaults.PORT),
-        http_threads=_env("HTTP_THREADS", defaults.HTTP_THREADS),
-        max_request_bytes=_env("MAX_REQUEST_BYTES", defaults.MAX_REQUEST_BYTES),
-        max_recipients_per_job=_env("MAX_RECIPIENTS_PER_JOB", defaults.MAX_RECIPIENTS_PER_JOB),
-        db_connect_timeout=_env("DB_CONNECT_TIMEOUT", defaults.DB_CONNECT_TIMEOUT),
-        db_read_timeout=_env("DB_READ_TIMEOUT", defaults.DB_READ_TIMEOUT),
-        db_write_timeout=_env("DB_WRITE_TIMEOUT", defaults.DB_WRITE_TIMEOUT),
-        db_pool_size=_env("DB_POOL_SIZE", defaults.DB_POOL_SIZE),
-        db_pool_timeout=_env("DB_POOL_TIMEOUT", defaults.DB_POOL_TIMEOUT),
-        db_retry_attempts=_env("DB_RETRY_ATTEMPTS", defaults.DB_RETRY_ATTEMPTS),
-        log_level=_env("LOG_LEVEL", "INFO"),
-    )
+    values: dict[str, Any] = {"database_url": _env("DATABASE_URL", None),
+                              "log_level": _env("LOG_LEVEL", "INFO")}
+    for item in fields(Settings):
+        if item.name not in values:
+            values[item.name] = _env(item.name.upper(), getattr(defaults, item.name.upper()))
+    return Settings(**values)

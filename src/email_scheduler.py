@@ -1,0 +1,118 @@
+"""One claimed recipient at a time: render, build, send, and decide what its outcome means.
+
+Runs in the runner's sending threads; it never touches the database (the runner records the
+outcomes in batches). Templates are compiled once per job.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from jinja2 import TemplateError
+
+from mail_message import HeaderInjection, UnsupportedAddress, build_message
+from records import Job, Recipient
+from settings import Settings
+from templating import CompiledTemplates, TemplateCompileError, compile_templates, recipient_context
+from transport_base import OutgoingMessage, SendError, Transport
+
+log = logging.getLogger("mailjobs.scheduler")
+
+# What the runner does with a recipient after one send attempt.
+SENT, FAILED, RETRY = "sent", "failed", "retry"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    recipient: Recipient
+    job: Job
+    result: str                    # sent, failed, retry
+    provider_id: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    delay: float = 0.0             # seconds until the retry may be claimed
+    refund: bool = False           # the attempt does not count (not the recipient's fault)
+    sender_action: str | None = None  # pause_auth, pause_config, defer
+    sender_delay: float = 0.0
+
+
+def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, never shorter than the server asked for."""
+    delay = random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+    return max(delay, retry_after or 0.0)
+
+
+class EmailScheduler:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._compiled: OrderedDict[int, CompiledTemplates] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def templates(self, job: Job) -> CompiledTemplates:
+        with self._lock:
+            compiled = self._compiled.get(job.id)
+            if compiled is None:
+                compiled = compile_templates(job.subject_template, job.html_template,
+                                             job.text_template)
+                self._compiled[job.id] = compiled
+                while len(self._compiled) > 256:
+                    self._compiled.popitem(last=False)
+            return compiled
+
+    def render(self, job: Job, r: Recipient) -> OutgoingMessage:
+        """Build the RFC 5322 message; raises TemplateError, TemplateCompileError or
+        HeaderInjection for a message that must not be sent."""
+        subject, html, text = self.templates(job).render(
+            recipient_context(job.variables, r.to_email, r.name, r.variables))
+        raw = build_message(sender_email=job.sender_email, from_name=job.from_name,
+                            reply_to=job.reply_to, to_email=r.to_email, to_name=r.name,
+                            subject=subject, text=text, html=html,
+                            message_id=r.message_id or "")
+        return OutgoingMessage(job.id, r.id, job.sender_email, r.to_email, r.message_id or "", raw)
+
+    def send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
+        try:
+            message = self.render(job, r)
+        except HeaderInjection as exc:
+            return Outcome(r, job, FAILED, error_code="header_injection",
+                           error=f"refused to send: a rendered header contains CR/LF ({exc})")
+        except UnsupportedAddress as exc:
+            return Outcome(r, job, FAILED, error_code="invalid_address",
+                           error=f"address cannot be put in a message header: {exc}")
+        except (TemplateError, TemplateCompileError, TypeError, ValueError) as exc:
+            return Outcome(r, job, FAILED, error_code="template_error",
+                           error=f"template could not be rendered: {type(exc).__name__}: {exc}")
+        try:
+            result = transport.send(message)
+        except SendError as exc:
+            return self.classify(exc, job, r)
+        return Outcome(r, job, SENT, provider_id=result.provider_id)
+
+    def classify(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
+        s = self.settings
+        kind, code, text = exc.kind, exc.error_code, str(exc)
+        if kind == "permanent":
+            return Outcome(r, job, FAILED, error_code=code, error=text)
+        if kind == "daily_limit":
+            wait = exc.retry_after or s.daily_limit_pause
+            return Outcome(r, job, RETRY, error_code=code, error=text, delay=wait, refund=True,
+                           sender_action="defer", sender_delay=wait)
+        if kind == "sender_auth":
+            return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
+                           sender_action="pause_auth")
+        if kind == "sender_config":
+            return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
+                           sender_action="pause_config")
+        # transient, rate, in_doubt: retry with backoff until MAX_ATTEMPTS
+        if r.attempts >= s.max_attempts:
+            return Outcome(r, job, FAILED, error_code=code,
+                           error=f"gave up after {r.attempts} attempts: {text}")
+        delay = backoff(r.attempts, s.retry_base_delay, s.retry_max_delay, exc.retry_after)
+        return Outcome(r, job, RETRY, error_code=code, error=text, delay=delay)
+
+
+TransportFactory = Callable[[], Transport]

@@ -1,0 +1,408 @@
+"""The JobRunner: poll, claim, send, record, heartbeat. One code path, run as a daemon thread in
+the API process (`EmbeddedRunner`) or as a standalone process (`mailjobs worker`).
+
+The loop (rq's habit: a stop event, `stop.wait(poll)` instead of sleep, nothing swallowed):
+  heartbeat -> collect finished sends -> record them in batches -> renew leases -> claim more
+Claims are committed before any mail is sent, and no database connection is held while talking
+to Gmail: the sending threads only see the claimed rows. Every exception that escapes an
+iteration is logged with its traceback and the loop goes on after a bounded backoff.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from dao_mysql import Dao, DatabaseUnavailable
+from email_scheduler import FAILED, RETRY, SENT, EmailScheduler, Outcome, TransportFactory
+from rate_limit import Limits
+from records import Job, Recipient
+from settings import Settings
+from transport_base import Transport
+
+log = logging.getLogger("mailjobs.runner")
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    since_log_sent: int = 0
+    since_log_failed: int = 0
+
+
+@dataclass
+class InHand:
+    """What this runner holds: futures of claimed recipients, by recipient id."""
+    futures: dict[int, Future] = field(default_factory=dict)
+    recipients: dict[int, Recipient] = field(default_factory=dict)
+    jobs_of: dict[int, int] = field(default_factory=dict)  # recipient id -> job id
+
+    def job_ids(self) -> set[int]:
+        return set(self.jobs_of.values())
+
+    def drop(self, rid: int) -> None:
+        self.futures.pop(rid, None)
+        self.recipients.pop(rid, None)
+        self.jobs_of.pop(rid, None)
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, dao: Dao, transport_factory: TransportFactory,
+                 kind: str = "worker", runner_id: str | None = None) -> None:
+        self.settings = settings
+        self.dao = dao
+        self.kind = kind
+        self.id = runner_id or f"r-{socket.gethostname()[:20]}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.stop_event = threading.Event()
+        self.scheduler = EmailScheduler(settings)
+        self._factory = transport_factory
+        self._local = threading.local()
+        self._transports: list[Transport] = []
+        self._transports_lock = threading.Lock()
+        self.stats = Stats()
+        self.state = "starting"
+        self._hand = InHand()
+        self._jobs: dict[int, Job] = {}
+        self._progress: dict[int, int] = {}
+        self._outcomes: list[Outcome] = []
+        self._last_flush = time.monotonic()
+        self._last_heartbeat = 0.0
+        self._last_log = time.monotonic()
+        self._last_renew = time.monotonic()
+        self._rotation = 0
+        self._limits = Limits(settings.sender_rate_per_minute, settings.sender_daily_cap,
+                              settings.sender_burst_seconds)
+
+    # --- the loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        s = self.settings
+        log.info("runner %s started (%s, pid %d), poll %.1f s, concurrency %d, transport %s",
+                 self.id, self.kind, os.getpid(), s.poll_interval, s.runner_concurrency,
+                 s.transport_name)
+        backoff = s.poll_interval
+        pool = ThreadPoolExecutor(max(1, s.runner_concurrency), thread_name_prefix=self.id)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    busy = self._iteration(pool)
+                    if self.state == "db_backoff":
+                        log.info("runner %s: database reachable again, resuming", self.id)
+                    backoff = s.poll_interval
+                except DatabaseUnavailable as exc:
+                    backoff = min(max(backoff * 2, 1.0), s.db_backoff_max)
+                    self.state = "db_backoff"
+                    log.warning("runner %s: database unavailable (%s); next try in %.1f s",
+                                self.id, exc, backoff)
+                    self.stop_event.wait(backoff)
+                    continue
+                except Exception:
+                    backoff = min(max(backoff * 2, 1.0), s.db_backoff_max)
+                    log.exception("runner %s: iteration failed; next try in %.1f s", self.id, backoff)
+                    self.stop_event.wait(backoff)
+                    continue
+                if not busy:
+                    self.stop_event.wait(s.poll_interval)
+        finally:
+            self._shutdown(pool)
+
+    def stop(self) -> None:
+        """Warm stop: finish the messages in hand, release unsent claims, then return."""
+        self.stop_event.set()
+
+    def _iteration(self, pool: ThreadPoolExecutor) -> bool:
+        """One pass; True when there is work in hand (so no idle wait is needed)."""
+        self._heartbeat_if_due()
+        self._collect(timeout=0.0)
+        self._flush_if_due()
+        self._renew_if_due()
+        claimed = self._claim(pool)
+        if self._hand.futures:
+            self.state = "busy"
+            self._collect(timeout=self.settings.record_flush_interval)
+            self._flush_if_due()
+            return True
+        self._flush(force=True)
+        self.state = "idle"
+        return claimed > 0
+
+    # --- claiming -------------------------------------------------------------------------
+    def _capacity(self) -> int:
+        s = self.settings
+        return max(s.claim_batch, 2 * s.runner_concurrency)
+
+    def _claim(self, pool: ThreadPoolExecutor) -> int:
+        room = self._capacity() - len(self._hand.futures)
+        if room < self._capacity() // 2 or self.stop_event.is_set():
+            return 0
+        jobs = self.dao.claimable_jobs(limit=50)
+        if not jobs:
+            return 0
+        self._rotation = (self._rotation + 1) % len(jobs)
+        claimed = 0
+        for job_id, sender in jobs[self._rotation:] + jobs[:self._rotation]:
+            if room <= 0:
+                break
+            rows, reason = self.dao.claim(job_id, sender, self.id, min(room, self.settings.claim_batch),
+                                          self.settings.lease_seconds, self._limits)
+            if not rows:
+                if reason:
+                    log.debug("job=%d: nothing claimed (%s)", job_id, reason)
+                continue
+            job = self._job(job_id)
+            log.info("job=%d claimed %d recipient(s) (runner %s)%s", job_id, len(rows), self.id,
+                     f"; limited by {reason}" if reason else "")
+            for r in rows:
+                self._hand.recipients[r.id] = r
+                self._hand.jobs_of[r.id] = job_id
+                self._hand.futures[r.id] = pool.submit(self._send_one, job, r)
+            claimed += len(rows)
+            room -= len(rows)
+        return claimed
+
+    def _job(self, job_id: int) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = self.dao.job(job_id, with_counts=True)
+            assert job is not None, f"claimed recipients of a missing job {job_id}"
+            self._progress[job_id] = job.counts.get("sent", 0) + job.counts.get("failed", 0)
+            self._jobs[job_id] = job
+        return job
+
+    # --- sending (in the pool's threads) -------------------------------------------------
+    def _transport(self) -> Transport:
+        transport = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self._factory()
+            self._local.transport = transport
+            with self._transports_lock:
+                self._transports.append(transport)
+        return transport
+
+    def _send_one(self, job: Job, r: Recipient) -> Outcome:
+        try:
+            return self.scheduler.send(self._transport(), job, r)
+        except Exception as exc:  # a bug, not a send result: keep the recipient, log loudly
+            log.exception("job=%d recipient=%d: unexpected error while sending", job.id, r.id)
+            return Outcome(r, job, RETRY, error_code="internal_error",
+                           error=f"{type(exc).__name__}: {exc}",
+                           delay=self.settings.retry_base_delay)
+
+    # --- recording ------------------------------------------------------------------------
+    def _collect(self, timeout: float) -> None:
+        pending = list(self._hand.futures.values())
+        if not pending:
+            return
+        done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        for rid, future in list(self._hand.futures.items()):
+            if future in done:
+                self._hand.drop(rid)
+                self._outcomes.append(future.result())
+
+    def _flush_if_due(self) -> None:
+        s = self.settings
+        if len(self._outcomes) >= s.record_flush_rows or \
+                time.monotonic() - self._last_flush >= s.record_flush_interval:
+            self._flush(force=True)
+
+    def _flush(self, force: bool = False) -> None:
+        self._last_flush = time.monotonic()
+        if not self._outcomes:
+            return
+        outcomes = self._outcomes
+        sent = [(o.recipient.id, o.provider_id) for o in outcomes if o.result == SENT]
+        failed = [(o.recipient.id, o.error_code or "error", o.error or "") for o in outcomes
+                  if o.result == FAILED]
+        retry = [(o.recipient.id, o.error_code or "error", o.error or "", o.delay, o.refund)
+                 for o in outcomes if o.result == RETRY]
+        self.dao.record_outcomes(self.id, sent, failed, retry)
+        self._outcomes = []
+        for o in outcomes:
+            self._log_outcome(o)
+        for o in outcomes:
+            if o.sender_action:
+                self._sender_action(o)
+        for job_id in {o.job.id for o in outcomes} - self._hand.job_ids():
+            self._finish_if_done(job_id)
+
+    def _log_outcome(self, o: Outcome) -> None:
+        job_id, r = o.job.id, o.recipient
+        if o.result in (SENT, FAILED):
+            self._progress[job_id] = self._progress.get(job_id, 0) + 1
+        where = f"job={job_id} [{self._progress.get(job_id, 0)}/{o.job.total}]"
+        if o.result == SENT:
+            self.stats.sent += 1
+            self.stats.since_log_sent += 1
+            log.info("%s sent to %s gmail_id=%s recipient=%d attempt=%d", where, r.to_email,
+                     o.provider_id, r.id, r.attempts)
+        elif o.result == FAILED:
+            self.stats.failed += 1
+            self.stats.since_log_failed += 1
+            log.warning("%s failed %s: %s [%s] recipient=%d attempt=%d", where, r.to_email,
+                        o.error, o.error_code, r.id, r.attempts)
+        else:
+            self.stats.retried += 1
+            log.warning("%s retry %s in %.1f s: %s [%s] recipient=%d attempt=%d", where,
+                        r.to_email, o.delay, o.error, o.error_code, r.id, r.attempts)
+
+    def _sender_action(self, o: Outcome) -> None:
+        sender = o.job.sender_email
+        if o.sender_action == "defer":
+            self.dao.defer_sender(sender, o.sender_delay, o.error or "daily limit")
+            log.warning("sender %s deferred for %.0f s: %s", sender, o.sender_delay, o.error)
+        else:
+            state = "auth_revoked" if o.sender_action == "pause_auth" else "config_error"
+            paused_by = "sender_auth" if o.sender_action == "pause_auth" else "sender_config"
+            reason = f"sender {sender} {state}: {o.error}"
+            n = self.dao.pause_sender(sender, state, reason, paused_by)
+            log.error("%s; %d job(s) paused until an operator fixes it (mailjobs auth %s)",
+                      reason, n, sender)
+
+    def _finish_if_done(self, job_id: int) -> None:
+        job = self.dao.finish_job_if_done(job_id)
+        if job is None:
+            return
+        self._jobs.pop(job_id, None)
+        self._progress.pop(job_id, None)
+        elapsed = (job.finished_at - job.started_at).total_seconds() if job.started_at else 0.0
+        log.info("job=%d %s: %s in %.1f s", job_id, job.status,
+                 ", ".join(f"{k}={v}" for k, v in sorted(job.counts.items())), elapsed)
+
+    # --- leases and heartbeats ------------------------------------------------------------
+    def _renew_if_due(self) -> None:
+        lease = self.settings.lease_seconds
+        if time.monotonic() - self._last_renew < lease / 3:
+            return
+        self._last_renew = time.monotonic()
+        ids = list(self._hand.futures)
+        if ids:
+            self.dao.renew_leases(self.id, ids, lease)
+
+    def _heartbeat_if_due(self, force: bool = False) -> None:
+        now = time.monotonic()
+        s = self.settings
+        if force or now - self._last_heartbeat >= s.heartbeat_interval:
+            jobs = self._hand.job_ids()
+            self.dao.runner_heartbeat({
+                "id": self.id, "host": socket.gethostname()[:255], "pid": os.getpid(),
+                "kind": self.kind, "state": self.state, "job": min(jobs) if jobs else None,
+                "sent": self.stats.sent, "failed": self.stats.failed})
+            self._last_heartbeat = now
+        if force or now - self._last_log >= s.heartbeat_log_interval:
+            elapsed = max(1e-6, now - self._last_log)
+            log.info("runner %s heartbeat: state=%s jobs_in_hand=%s in_flight=%d sent=%d "
+                     "failed=%d rate=%.1f/s db_conns_in_use=%d", self.id, self.state,
+                     sorted(self._hand.job_ids()) or "-", len(self._hand.futures),
+                     self.stats.since_log_sent, self.stats.since_log_failed,
+                     self.stats.since_log_sent / elapsed, self.dao.connections_in_use)
+            self.stats.since_log_sent = self.stats.since_log_failed = 0
+            self._last_log = now
+
+    # --- stopping -------------------------------------------------------------------------
+    def _shutdown(self, pool: ThreadPoolExecutor) -> None:
+        """Let sends in progress finish, record them, give back what was never started."""
+        self.state = "stopping"
+        not_started = [rid for rid, f in self._hand.futures.items() if f.cancel()]
+        refunds: dict[str, int] = {}
+        for rid in not_started:
+            job = self._jobs.get(self._hand.jobs_of[rid])
+            if job is not None:
+                refunds[job.sender_email] = refunds.get(job.sender_email, 0) + 1
+        pool.shutdown(wait=True)
+        try:
+            for rid, future in list(self._hand.futures.items()):
+                if rid not in not_started:
+                    self._outcomes.append(future.result())
+            self._flush(force=True)
+            if not_started:
+                n = self.dao.release(self.id, refunds, not_started)
+                log.info("runner %s released %d unsent claim(s)", self.id, n)
+            self.state = "stopped"
+            self._heartbeat_if_due(force=True)
+        except DatabaseUnavailable as exc:
+            log.error("runner %s could not record its last outcomes (%s); their leases will "
+                      "expire and another runner will take them over", self.id, exc)
+        finally:
+            for transport in self._transports:
+                transport.close()
+        log.info("runner %s stopped: sent=%d failed=%d", self.id, self.stats.sent,
+                 self.stats.failed)
+
+
+class EmbeddedRunner:
+    """Keeps a JobRunner thread alive inside the API process: if the thread ever exits
+    unexpectedly, logs ERROR and starts a new one."""
+
+    def __init__(self, make_runner, check_interval: float = 1.0) -> None:
+        self._make_runner = make_runner
+        self._check_interval = check_interval
+        self._stop = threading.Event()
+        self.runner: JobRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._supervisor = threading.Thread(target=self._supervise, name="runner-supervisor",
+                                            daemon=True)
+        self.restarts = 0
+
+    def start(self) -> "EmbeddedRunner":
+        self._start_runner()
+        self._supervisor.start()
+        return self
+
+    def _start_runner(self) -> None:
+        self.runner = self._make_runner()
+        self._thread = threading.Thread(target=self._run_logged, args=(self.runner,),
+                                        name=self.runner.id, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _run_logged(runner: JobRunner) -> None:
+        try:
+            runner.run()
+        except BaseException:
+            log.exception("embedded runner %s crashed", runner.id)
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(self._check_interval):
+            if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+                self.restarts += 1
+                log.error("embedded runner thread %s exited unexpectedly; starting a new one "
+                          "(restart %d)", self.runner.id if self.runner else "?", self.restarts)
+                self._start_runner()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        if self.runner is not None:
+            self.runner.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def install_signal_handlers(stop: callable) -> None:
+    """First SIGTERM/SIGINT: warm stop (finish the message in hand). Second: exit now."""
+    count = {"n": 0}
+
+    def handler(signum: int, frame: object) -> None:
+        count["n"] += 1
+        if count["n"] == 1:
+            log.warning("signal %d: stopping after the messages in hand (again to exit now)",
+                        signum)
+            stop()
+        else:
+            log.error("signal %d again: exiting now; unfinished claims will expire", signum)
+            os._exit(130)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+if __name__ == "__main__":
+    from cli import main
+
+    main(["worker"])

@@ -1,0 +1,64 @@
+"""Gmail OAuth credentials of each sender, stored in the database so every runner on every host
+can use them; the JSON (refresh token included) is encrypted with Fernet.
+
+The key comes from TOKEN_ENCRYPTION_KEY; for development, when it is unset, one is generated
+into var/token_key (0600) and reused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from dao_mysql import Dao
+from settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger("mailjobs.credentials")
+DEV_KEY_FILE = PROJECT_ROOT / "var" / "token_key"
+
+
+class CredentialsMissing(Exception):
+    """No usable credentials are stored for this sender."""
+
+
+def fernet(settings: Settings) -> Fernet:
+    if settings.token_encryption_key:
+        return Fernet(settings.token_encryption_key.encode())
+    if DEV_KEY_FILE.exists():
+        return Fernet(DEV_KEY_FILE.read_bytes().strip())
+    DEV_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key()
+    DEV_KEY_FILE.write_bytes(key)
+    DEV_KEY_FILE.chmod(0o600)
+    log.warning("TOKEN_ENCRYPTION_KEY is not set: generated a development key in %s; set "
+                "TOKEN_ENCRYPTION_KEY in production (the same on every host)", DEV_KEY_FILE)
+    return Fernet(key)
+
+
+class CredentialStore:
+    """Reads and writes the encrypted authorized-user info of senders."""
+
+    def __init__(self, settings: Settings, dao: Dao) -> None:
+        self.dao = dao
+        self.settings = settings
+        self._fernet = fernet(settings)
+        self._lock = threading.Lock()
+
+    def load_info(self, sender: str) -> dict[str, Any]:
+        blob = self.dao.sender_credentials(sender)
+        if blob is None:
+            raise CredentialsMissing(f"no Gmail credentials stored for {sender}: run "
+                                     f"`mailjobs auth {sender}`")
+        try:
+            return json.loads(self._fernet.decrypt(blob))
+        except InvalidToken:
+            raise CredentialsMissing(f"stored credentials of {sender} cannot be decrypted: "
+                                     "TOKEN_ENCRYPTION_KEY differs from the one that stored them")
+
+    def store_info(self, sender: str, info: dict[str, Any], resume: bool = False) -> int:
+        blob = self._fernet.encrypt(json.dumps(info).encode())
+        with self._lock:
+            return self.dao.save_sender_credentials(sender, blob, resume=resume)

@@ -1,0 +1,72 @@
+"""Choosing the transport (MAIL_TRANSPORT) and building one per sending thread."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from dao_mysql import Dao
+from sender_credentials import CredentialsMissing, CredentialStore
+from settings import PROJECT_ROOT, Settings
+from transport_base import SendError, Transport
+
+log = logging.getLogger("mailjobs.transport")
+TRANSPORTS = ("gmail", "outbox", "null")
+
+
+class DatabaseCredentials:
+    """The credentials provider the Gmail transport asks for each sender's OAuth token."""
+
+    def __init__(self, store: CredentialStore, token_uri: str | None) -> None:
+        self.store = store
+        self.token_uri = token_uri or None
+
+    def get(self, sender_email: str):
+        from transport_gmail import credentials_from_info
+
+        try:
+            info = self.store.load_info(sender_email)
+        except CredentialsMissing as exc:
+            raise SendError("sender_auth", "auth_missing", str(exc)) from None
+        return credentials_from_info(info, self.token_uri)
+
+    def save(self, sender_email: str, creds) -> None:
+        from transport_gmail import credentials_to_info
+
+        self.store.store_info(sender_email, credentials_to_info(creds))
+
+
+def outbox_path(settings: Settings) -> Path:
+    path = Path(settings.outbox_dir)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def transport_factory(settings: Settings, dao: Dao) -> Callable[[], Transport]:
+    """A function that makes a new transport; the runner calls it once per sending thread."""
+    name = settings.transport_name
+    if name == "outbox":
+        from transport_outbox import OutboxTransport
+
+        directory = outbox_path(settings)
+        return lambda: OutboxTransport(directory)
+    if name == "null":
+        from transport_null import NullTransport
+
+        return NullTransport
+    if name == "gmail":
+        from transport_gmail import GmailTransport
+
+        provider = DatabaseCredentials(CredentialStore(settings, dao), settings.gmail_token_uri)
+        return lambda: GmailTransport(provider, api_endpoint=settings.gmail_api_endpoint or None,
+                                      timeout=settings.gmail_timeout)
+    raise ValueError(f"MAIL_TRANSPORT must be one of {', '.join(TRANSPORTS)}, got {name!r}")
+
+
+def announce(settings: Settings) -> None:
+    """Say loudly when mail is not really being sent."""
+    if settings.transport_name == "outbox":
+        log.warning("MAIL_TRANSPORT is outbox: NO MAIL IS SENT. Messages are written as .eml "
+                    "files under %s. Configure Gmail (see README) to send for real.",
+                    outbox_path(settings))
+    elif settings.transport_name == "null":
+        log.warning("MAIL_TRANSPORT is null: messages are discarded (benchmarks only)")

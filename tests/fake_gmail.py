@@ -1,0 +1,383 @@
+"""A fake Gmail API and OAuth token server, for tests that drive the real google client.
+
+    with FakeGmail() as fake:
+        fake.add_account("ops@example.com")
+        info = fake.authorized_user_info("ops@example.com")  # token, refresh_token, token_uri...
+        # build("gmail", "v1", ..., client_options={"api_endpoint": fake.url})
+
+Serves messages.send (JSON `raw`, and /upload/ with uploadType=media or multipart),
+messages.list (`q=rfc822msgid:...` only), messages.get, and `POST /token` (refresh_token grant).
+The bearer token picks the mailbox. Failures are scripted per send call with `fail_next` and
+`hang_next`; answers use Gmail's JSON error shape. Runs on 127.0.0.1, port 0, daemon threads.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import email.policy
+import json
+import re
+import secrets
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import getaddresses
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+SCOPES = ["https://www.googleapis.com/auth/gmail.send",
+          "https://www.googleapis.com/auth/gmail.readonly"]
+STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+          404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE",
+          503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+DEFAULT_ERROR = {400: ("invalidArgument", "Invalid To header"),
+                 403: ("rateLimitExceeded", "Rate Limit Exceeded"),
+                 429: ("rateLimitExceeded", "Too many concurrent requests for user"),
+                 500: ("backendError", "Backend Error"),
+                 503: ("backendError", "The service is currently unavailable.")}
+ROUTE = re.compile(r"/(upload/)?gmail/v1/users/([^/]+)/messages(?:/([^/]+))?\Z")
+
+
+def error_body(status: int, reason: str, message: str) -> dict:
+    domain = "usageLimits" if "imit" in reason else "global"
+    return {"error": {"code": status, "message": message, "status": STATUS.get(status, "UNKNOWN"),
+                      "errors": [{"domain": domain, "reason": reason, "message": message}]}}
+
+
+@dataclass
+class Sent:
+    account: str
+    id: str
+    thread_id: str
+    raw: bytes
+    message: EmailMessage
+    time: float
+
+
+@dataclass
+class Rule:
+    status: int | None          # None: answer normally (after `delay`)
+    reason: str | None
+    message: str | None
+    headers: dict[str, str]
+    remaining: int
+    email: str | None
+    store_anyway: bool = False
+    delay: float = 0.0
+
+
+@dataclass
+class Account:
+    email: str
+    refresh_token: str
+    revoked: bool = False
+    mailbox: list[Sent] = field(default_factory=list)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up: fine
+            super().handle_error(request, client_address)
+
+
+class FakeGmail:
+    client_id = "fake-client.apps.googleusercontent.com"
+    client_secret = "fake-secret"
+
+    def __init__(self, token_lifetime: int = 3600, max_json_body: int = 5 * 1024 * 1024) -> None:
+        self.token_lifetime = token_lifetime
+        self.max_json_body = max_json_body   # bigger JSON sends get Google's "payload size" 400
+        self.sent: list[Sent] = []
+        self.requests: list[tuple[str, str, int]] = []
+        self.max_concurrent: dict[str, int] = {}
+        self._accounts: dict[str, Account] = {}
+        self._tokens: dict[str, str] = {}          # access token -> account email
+        self._rules: list[Rule] = []
+        self._active: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "FakeGmail":
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
+                         name="fake-gmail").start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "FakeGmail":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/"
+
+    @property
+    def token_uri(self) -> str:
+        return self.url + "token"
+
+    # -- accounts and tokens ------------------------------------------------------------------
+    def add_account(self, email_address: str, refresh_token: str | None = None) -> Account:
+        account = Account(email_address, refresh_token or f"rt-{secrets.token_hex(8)}")
+        with self._lock:
+            self._accounts[email_address] = account
+        return account
+
+    def issue_token(self, email_address: str) -> str:
+        token = f"at-{secrets.token_hex(12)}"
+        with self._lock:
+            self._tokens[token] = email_address
+        return token
+
+    def authorized_user_info(self, email_address: str, *, token: bool = True) -> dict:
+        """What an OAuth consent would have stored; `token=False` leaves no access token."""
+        expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        return {"token": self.issue_token(email_address) if token else None,
+                "refresh_token": self._accounts[email_address].refresh_token,
+                "token_uri": self.token_uri, "client_id": self.client_id,
+                "client_secret": self.client_secret, "scopes": SCOPES,
+                "expiry": expiry if token else None}
+
+    def expire_tokens(self, email_address: str) -> None:
+        with self._lock:
+            for token in [t for t, e in self._tokens.items() if e == email_address]:
+                del self._tokens[token]
+
+    def revoke(self, email_address: str) -> None:
+        """Revoke the grant: the refresh token answers invalid_grant, access tokens die."""
+        self._accounts[email_address].revoked = True
+        self.expire_tokens(email_address)
+
+    # -- scripted failures --------------------------------------------------------------------
+    def fail_next(self, status: int, reason: str | None = None, message: str | None = None,
+                  headers: dict[str, str] | None = None, count: int = 1,
+                  email: str | None = None, store_anyway: bool = False,
+                  delay: float = 0.0) -> None:
+        default_reason, default_message = DEFAULT_ERROR.get(status, ("backendError", "Error"))
+        with self._lock:
+            self._rules.append(Rule(status, reason or default_reason, message or default_message,
+                                    dict(headers or {}), count, email, store_anyway, delay))
+
+    def hang_next(self, seconds: float, count: int = 1, email: str | None = None) -> None:
+        """Sleep before answering the next send(s); the message is stored after the sleep."""
+        with self._lock:
+            self._rules.append(Rule(None, None, None, {}, count, email, delay=seconds))
+
+    def _take_rule(self, account: str) -> Rule | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule.remaining > 0 and rule.email in (None, account):
+                    rule.remaining -= 1
+                    return rule
+        return None
+
+    # -- records ------------------------------------------------------------------------------
+    def sent_to(self, address: str) -> list[Sent]:
+        address = address.lower()
+        with self._lock:
+            return [s for s in self.sent
+                    if any(a.lower() == address for _, a in getaddresses([s.message["To"] or ""]))]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.sent)
+
+    def reset(self) -> None:
+        """Forget sent messages, requests and scripts; accounts and tokens stay."""
+        with self._lock:
+            self.sent.clear()
+            self.requests.clear()
+            self._rules.clear()
+            self.max_concurrent.clear()
+            for account in self._accounts.values():
+                account.mailbox.clear()
+
+    def _store(self, account: str, raw: bytes) -> Sent:
+        gmail_id = secrets.token_hex(8)
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        record = Sent(account, gmail_id, gmail_id, raw, parsed, time.time())
+        with self._lock:
+            self.sent.append(record)
+            self._accounts[account].mailbox.append(record)
+        return record
+
+    def _enter(self, account: str, delta: int) -> None:
+        with self._lock:
+            self._active[account] = self._active.get(account, 0) + delta
+            self.max_concurrent[account] = max(self.max_concurrent.get(account, 0),
+                                               self._active[account])
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        with self.fake._lock:          # logged before answering, so a test sees it at once
+            self.fake.requests.append((self.command, self.path, status))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, reason: str, message: str, headers=None) -> None:
+        self._reply(status, error_body(status, reason, message), headers)
+
+    @property
+    def fake(self) -> FakeGmail:
+        return self.server.fake
+
+    def do_GET(self) -> None:
+        self._body = b""
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        try:
+            self._route()
+        except _Refused as refused:
+            self._error(refused.status, refused.reason, refused.message)
+        except Exception as exc:  # a bug in the fake: answer, so the client does not hang
+            traceback.print_exc()
+            self._error(500, "fakeCrashed", f"the fake crashed: {type(exc).__name__}: {exc}")
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        self._query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path == "/token" and self.command == "POST":
+            return self._token()
+        route = ROUTE.match(url.path)
+        if route is None:
+            return self._error(404, "notFound", f"Not Found: {url.path}")
+        upload, user, tail = route.groups()
+        account = self.fake._tokens.get(self.headers.get("Authorization", "")[len("Bearer "):])
+        if account is None:
+            return self._error(401, "authError", "Invalid Credentials", {
+                "WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", '
+                                    'error="invalid_token"'})
+        if user not in ("me", account):
+            return self._error(403, "forbidden", f"Delegation denied for {account}")
+        if self.command == "POST" and tail == "send":
+            return self._send(account, bool(upload))
+        if self.command == "GET" and tail is None and not upload:
+            return self._list(account)
+        if self.command == "GET" and tail and not upload:
+            return self._get(account, tail)
+        self._error(404, "notFound", "Requested entity was not found.")
+
+    def _token(self) -> None:
+        form = {k: v[0] for k, v in parse_qs(self._body.decode()).items()}
+        if form.get("grant_type") != "refresh_token":
+            return self._reply(400, {"error": "unsupported_grant_type"})
+        account = next((a for a in self.fake._accounts.values()
+                        if a.refresh_token == form.get("refresh_token") and not a.revoked), None)
+        if account is None:
+            return self._reply(400, {"error": "invalid_grant",
+                                     "error_description": "Token has been expired or revoked."})
+        self._reply(200, {"access_token": self.fake.issue_token(account.email),
+                          "expires_in": self.fake.token_lifetime, "token_type": "Bearer"})
+
+    def _raw_message(self, upload: bool) -> bytes:
+        """The RFC 822 bytes of a send request (raises _Refused for a bad one)."""
+        kind = self._query.get("uploadType")
+        if upload and kind == "media":
+            return self._body
+        if upload and kind == "multipart":   # metadata JSON part, then the message part
+            boundary = re.search(r'boundary="?([^";]+)', self.headers["Content-Type"]).group(1)
+            part = self._body.split(b"--" + boundary.encode())[2]
+            part = part[2:] if part.startswith(b"\r\n") else part[1:]
+            lf, crlf = part.find(b"\n\n"), part.find(b"\r\n\r\n")
+            payload = part[crlf + 4:] if 0 <= crlf < lf or lf < 0 else part[lf + 2:]
+            return payload[:-2] if payload.endswith(b"\r\n") else payload[:-1]
+        if upload:
+            raise _Refused(400, "badRequest", f"uploadType {kind} is not supported by the fake")
+        if len(self._body) > self.fake.max_json_body:
+            raise _Refused(400, "badRequest", "Request payload size exceeds the limit: "
+                                              f"{self.fake.max_json_body} bytes.")
+        try:
+            raw = json.loads(self._body).get("raw")
+            return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)) if raw else b""
+        except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+            raise _Refused(400, "badRequest", f"Invalid JSON payload or raw: {exc}") from None
+
+    def _send(self, account: str, upload: bool) -> None:
+        raw = self._raw_message(upload)
+        if not raw:
+            raise _Refused(400, "invalidArgument", "'raw' RFC822 payload message string or "
+                                                   "uploading message via /upload/* URL required")
+        self.fake._enter(account, +1)
+        try:
+            rule = self.fake._take_rule(account)
+            if rule is not None and rule.delay and self.fake._stopping.wait(rule.delay):
+                return
+            if rule is not None and rule.status is not None:
+                if rule.store_anyway:
+                    self.fake._store(account, raw)
+                return self._error(rule.status, rule.reason, rule.message, rule.headers)
+            record = self.fake._store(account, raw)
+            self._reply(200, {"id": record.id, "threadId": record.thread_id, "labelIds": ["SENT"]})
+        finally:
+            self.fake._enter(account, -1)
+
+    def _list(self, account: str) -> None:
+        query = self._query.get("q", "")
+        if query and not query.startswith("rfc822msgid:"):
+            raise _Refused(400, "invalidArgument", f"the fake supports only rfc822msgid:, not {query}")
+        wanted = query[len("rfc822msgid:"):].strip("<>")
+        with self.fake._lock:
+            found = [s for s in self.fake._accounts[account].mailbox
+                     if not wanted or (s.message["Message-ID"] or "").strip().strip("<>") == wanted]
+        if not found:
+            return self._reply(200, {"resultSizeEstimate": 0})
+        self._reply(200, {"messages": [{"id": s.id, "threadId": s.thread_id} for s in found],
+                          "resultSizeEstimate": len(found)})
+
+    def _get(self, account: str, gmail_id: str) -> None:
+        with self.fake._lock:
+            record = next((s for s in self.fake._accounts[account].mailbox if s.id == gmail_id), None)
+        if record is None:
+            return self._error(404, "notFound", "Requested entity was not found.")
+        body = {"id": record.id, "threadId": record.thread_id, "labelIds": ["SENT"],
+                "sizeEstimate": len(record.raw)}
+        form = self._query.get("format", "full")
+        if form == "raw":
+            body["raw"] = base64.urlsafe_b64encode(record.raw).decode()
+        elif form in ("full", "metadata"):
+            body["payload"] = {"mimeType": record.message.get_content_type(),
+                               "headers": [{"name": k, "value": str(v)}
+                                           for k, v in record.message.items()]}
+        self._reply(200, body)

@@ -1,0 +1,65 @@
+"""Helpers for runner tests: run JobRunners in threads, wait for conditions, post jobs."""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from dao_mysql import Dao
+from job_runner import JobRunner
+from settings import Settings
+import transports
+
+
+def fast(settings: Settings, **overrides) -> Settings:
+    """Runner settings for tests: quick polls and flushes, no rate limit unless asked."""
+    base = dict(poll_interval=0.05, heartbeat_interval=0.5, heartbeat_log_interval=0.5,
+                record_flush_interval=0.05, retry_base_delay=0.05, retry_max_delay=0.2,
+                sender_rate_per_minute=0, sender_daily_cap=0, lease_seconds=30,
+                embedded_runner=False)
+    base.update(overrides)
+    return settings.with_overrides(**base)
+
+
+@contextmanager
+def running(settings: Settings, dao: Dao, count: int = 1, factory=None,
+            kind: str = "worker") -> Iterator[list[JobRunner]]:
+    factory = factory or transports.transport_factory(settings, dao)
+    runners = [JobRunner(settings, dao, factory, kind=kind) for _ in range(count)]
+    threads = [threading.Thread(target=r.run, daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    try:
+        yield runners
+    finally:
+        for r in runners:
+            r.stop()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive(), "runner did not stop within 30 s"
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, every: float = 0.05,
+             message: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def job_status(dao: Dao, job_id: int) -> str:
+    return dao.job(job_id).status
+
+
+def wait_job_done(dao: Dao, job_id: int, timeout: float = 30.0) -> str:
+    final = ("completed", "completed_with_errors", "failed")
+    return wait_for(lambda: job_status(dao, job_id) in final and job_status(dao, job_id),
+                    timeout, message=f"job {job_id} to finish")
+
+
+def recipients(dao: Dao, job_id: int):
+    return dao.recipients_page(job_id, None, 0, 100_000)
