@@ -1,0 +1,101 @@
+"""`mailjobs worker` as a real process: it sends, and SIGTERM stops it warmly (the message in
+hand finishes, unsent claims are released, the runner row says stopped); a second signal exits
+at once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from fake_gmail import FakeGmail
+from runner_helpers import recipients, wait_for
+from sender_credentials import CredentialStore
+from test_api_enqueue import body, post
+
+ROOT = Path(__file__).resolve().parents[1]
+SENDER = "ops@example.com"
+
+
+@pytest.fixture()
+def fake():
+    with FakeGmail() as fake:
+        fake.add_account(SENDER)
+        yield fake
+
+
+def start_worker(database, fake, dao, **env) -> subprocess.Popen:
+    key = Fernet.generate_key().decode()
+    settings = dao.settings.with_overrides(token_encryption_key=key)
+    CredentialStore(settings, dao).store_info(SENDER, fake.authorized_user_info(SENDER),
+                                              resume=True)
+    full_env = {**os.environ, "DATABASE_URL": database.url, "MAIL_TRANSPORT": "gmail",
+                "GMAIL_API_ENDPOINT": fake.url, "GMAIL_TOKEN_URI": fake.token_uri,
+                "TOKEN_ENCRYPTION_KEY": key, "POLL_INTERVAL": "0.05",
+                "RECORD_FLUSH_INTERVAL": "0.05", "SENDER_RATE_PER_MINUTE": "0",
+                "SENDER_DAILY_CAP": "0", "RUNNER_CONCURRENCY": "1", "LOG_LEVEL": "INFO", **env}
+    return subprocess.Popen([sys.executable, "-m", "job_runner"], cwd=ROOT / "src",
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_a_worker_process_sends_a_job(client, key, dao, database, fake):
+    job_id = post(client, key, body(5)).json["job_id"]
+    worker = start_worker(database, fake, dao)
+    try:
+        wait_for(lambda: dao.job(job_id).status == "completed", 30, message="job completed")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, out
+    assert fake.count() == 5
+    assert "started (worker" in out and f"job={job_id} completed" in out
+
+
+def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(client, key, dao, database,
+                                                                   fake):
+    fake.hang_next(2.0, count=1)  # the first send takes 2 s
+    job_id = post(client, key, body(10)).json["job_id"]
+    worker = start_worker(database, fake, dao)
+    try:
+        wait_for(lambda: fake.requests or dao.recipient_counts(job_id).get("sending"), 20,
+                 message="the worker to claim")
+        time.sleep(0.5)  # the first send is in progress at the fake
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, out
+    counts = dao.recipient_counts(job_id)
+    assert counts == {"sent": 1, "queued": 9}, (counts, out)
+    assert fake.count() == 1
+    assert all(r.claimed_by is None and r.attempts == 0 for r in recipients(dao, job_id)
+               if r.status == "queued")
+    assert dao.runners()[0]["state"] == "stopped"
+    assert "released 9 unsent claim(s)" in out
+
+
+def test_a_second_signal_exits_at_once(client, key, dao, database, fake):
+    fake.hang_next(20.0, count=1)
+    post(client, key, body(3))
+    worker = start_worker(database, fake, dao)
+    try:
+        wait_for(lambda: fake.requests or fake.max_concurrent, 20, every=0.05,
+                 message="a send in progress")
+        time.sleep(0.3)
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=10)
+        assert time.monotonic() - started < 5
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 130
