@@ -151,7 +151,9 @@ def classify_http_error(exc: HttpError) -> SendError:
     if status == 400 and norm == "failedprecondition":
         return error("sender_config", "sender_config", " (the sender's account cannot send "
                      "through the API, e.g. Gmail is not enabled for it; fix it, then resume)")
-    if status == 413 or (status == 400 and ("exceeds the limit" in text or "too large" in text)):
+    lowered = text.lower()
+    if status == 413 or (status == 400 and ("exceeds the limit" in lowered
+                                            or "too large" in lowered)):
         return error("permanent", "message_too_large")
     if status == 400:
         return error("permanent", "gmail_400")
@@ -169,7 +171,7 @@ def classify_http_error(exc: HttpError) -> SendError:
     if status == 403:
         return error("sender_config", "gmail_403", " (a person must fix the sender's account, "
                      "delegation or the project's API access, then resume the sender)")
-    if status == 429 and "user-rate limit exceeded" in text.lower():
+    if status == 429 and "user-rate limit exceeded" in lowered:
         return error("daily_limit", "daily_limit", " (the sender's daily sending limit)",
                      header_wait)
     if status == 429:
@@ -236,20 +238,22 @@ class GmailTransport:
             raise SendError("permanent", "message_too_large", f"the message is {size:,} bytes; "
                             f"Gmail accepts at most {MAX_UPLOAD_BYTES:,}")
         if size <= self.media_threshold:
-            body = {"raw": base64.urlsafe_b64encode(msg.raw).decode("ascii")}
-            make = lambda service: service.users().messages().send(userId="me", body=body)
-        else:
-            media = MediaIoBaseUpload(io.BytesIO(msg.raw), mimetype="message/rfc822",
-                                      resumable=False)
-            make = lambda service: service.users().messages().send(userId="me", media_body=media)
-        response = self._call(msg.sender_email, make, f"sending to {msg.to_email}", True)
+            payload = {"body": {"raw": base64.urlsafe_b64encode(msg.raw).decode("ascii")}}
+        else:   # the JSON body is refused somewhere above 1-6 MB; upload takes up to 35 MiB
+            payload = {"media_body": MediaIoBaseUpload(io.BytesIO(msg.raw),
+                                                       mimetype="message/rfc822", resumable=False)}
+        response = self._call(
+            msg.sender_email,
+            lambda service: service.users().messages().send(userId="me", **payload),
+            f"sending to {msg.to_email}", True)
         return SendResult(provider_id=response.get("id"))
 
     def find_by_message_id(self, sender_email: str, message_id: str) -> str | None:
         query = f"rfc822msgid:{message_id.strip().strip('<>')}"
-        make = lambda service: service.users().messages().list(
-            userId="me", q=query, maxResults=1, includeSpamTrash=True)
-        response = self._call(sender_email, make, f"looking up {message_id}", False)
+        response = self._call(
+            sender_email, lambda service: service.users().messages().list(
+                userId="me", q=query, maxResults=1, includeSpamTrash=True),
+            f"looking up {message_id}", False)
         messages = response.get("messages") or []
         return messages[0]["id"] if messages else None
 
@@ -270,7 +274,8 @@ class GmailTransport:
         except Exception as exc:  # e.g. the database is down: not the recipient's fault
             raise SendError("transient", "credentials_unavailable", f"could not load the "
                             f"credentials of {sender}: {type(exc).__name__}: {exc}") from exc
-        authed = google_auth_httplib2.AuthorizedHttp(creds, http=httplib2.Http(timeout=self.timeout))
+        http = httplib2.Http(timeout=self.timeout)
+        authed = google_auth_httplib2.AuthorizedHttp(creds, http=http)
         options = {"api_endpoint": self.api_endpoint} if self.api_endpoint else None
         service = build("gmail", "v1", credentials=creds, static_discovery=True,
                         cache_discovery=False, client_options=options)

@@ -43,7 +43,7 @@ ROUTE = re.compile(r"/(upload/)?gmail/v1/users/([^/]+)/messages(?:/([^/]+))?\Z")
 
 
 def error_body(status: int, reason: str, message: str) -> dict:
-    domain = "usageLimits" if "imit" in reason else "global"
+    domain = "usageLimits" if "Limit" in reason else "global"
     return {"error": {"code": status, "message": message, "status": STATUS.get(status, "UNKNOWN"),
                       "errors": [{"domain": domain, "reason": reason, "message": message}]}}
 
@@ -107,6 +107,7 @@ class FakeGmail:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "FakeGmail":
+        self._stopping.clear()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
@@ -316,7 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
         kind = self._query.get("uploadType")
         if upload and kind == "media":
             return self._body
-        if upload and kind == "multipart":   # metadata JSON part, then the message part
+        if upload and kind == "multipart":
+            # the client writes "--B\n<headers>\n\n{json}\n--B\n<headers>\n\n<message>\n--B--"
             boundary = re.search(r'boundary="?([^";]+)', self.headers["Content-Type"]).group(1)
             part = self._body.split(b"--" + boundary.encode())[2]
             part = part[2:] if part.startswith(b"\r\n") else part[1:]
@@ -356,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _list(self, account: str) -> None:
         query = self._query.get("q", "")
         if query and not query.startswith("rfc822msgid:"):
-            raise _Refused(400, "invalidArgument", f"the fake supports only rfc822msgid:, not {query}")
+            raise _Refused(400, "invalidArgument", f"the fake only knows rfc822msgid:, not {query}")
         wanted = query[len("rfc822msgid:"):].strip("<>")
         with self.fake._lock:
             found = [s for s in self.fake._accounts[account].mailbox
@@ -368,7 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get(self, account: str, gmail_id: str) -> None:
         with self.fake._lock:
-            record = next((s for s in self.fake._accounts[account].mailbox if s.id == gmail_id), None)
+            mailbox = self.fake._accounts[account].mailbox
+            record = next((s for s in mailbox if s.id == gmail_id), None)
         if record is None:
             return self._error(404, "notFound", "Requested entity was not found.")
         body = {"id": record.id, "threadId": record.thread_id, "labelIds": ["SENT"],
