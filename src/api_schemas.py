@@ -6,10 +6,10 @@ from what the server accepts.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field,
+                      ValidationInfo, field_validator, model_validator)
 
 from addresses import InvalidAddress, normalize_address
 from records import JOB_STATUSES, RECIPIENT_STATUSES
@@ -64,6 +64,9 @@ class SendTemplateEmailsIn(Strict):
     template: TemplateIn
     variables: Variables = Field(default_factory=dict)
     recipients: list[RecipientIn]
+    send_at: AwareDatetime | None = Field(
+        default=None, description="ISO 8601 with an offset; the job waits as 'scheduled' until "
+                                  "then (a time in the past starts at once)")
 
     @field_validator("recipients", mode="before")
     @classmethod
@@ -76,6 +79,21 @@ class SendTemplateEmailsIn(Strict):
                 raise ValueError(f"at most {limit} recipients per job, got {len(value)}; "
                                  "split the list into several jobs")
         return value
+
+
+class RetryIn(Strict):
+    """Body of POST /api/jobs/{id}/retry (optional): which recipients to send again."""
+
+    status: list[Literal["failed", "in_doubt", "cancelled"]] = Field(
+        default_factory=lambda: ["failed", "in_doubt"], min_length=1)
+    error_code: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, description="only recipients with one of these error codes")
+
+
+class ErrorSummary(BaseModel):
+    error_code: str
+    count: int
+    example: str | None
 
 
 class ErrorItem(BaseModel):
@@ -114,10 +132,14 @@ class JobOut(BaseModel):
     counts: dict[str, int] = Field(description="recipients by status: "
                                    + ", ".join(RECIPIENT_STATUSES))
     created_at: datetime
+    send_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
     recipients_url: str
+    errors: list[ErrorSummary] | None = Field(
+        default=None, description="unsent recipients by error_code, with one example message "
+                                  "(on single-job answers)")
 
 
 class JobsPageOut(BaseModel):

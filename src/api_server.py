@@ -14,8 +14,9 @@ from werkzeug.exceptions import HTTPException
 
 import defaults
 from api_keys import KeyVerifier
-from api_schemas import (EnqueueOut, JobOut, RecipientOut, RecipientsPageOut,
-                         SendTemplateEmailsIn)
+import job_control
+from api_schemas import (EnqueueOut, ErrorSummary, JobOut, RecipientOut, RecipientsPageOut,
+                         RetryIn, SendTemplateEmailsIn)
 from dao_mysql import Dao, DatabaseUnavailable
 from enqueue import RequestRejected, enqueue, replay_or_conflict, request_hash
 from openapi_doc import openapi_document
@@ -62,14 +63,17 @@ def _validation_errors(exc: ValidationError) -> list[tuple[str | None, str]]:
     return out
 
 
-def _job_out(job: Job) -> dict[str, Any]:
+def _job_out(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict[str, Any]:
     return JobOut(
         id=job.id, type=job.type, status=job.status, status_reason=job.status_reason,
         sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
         total=job.total, duplicates_removed=job.duplicates_removed, counts=job.counts,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        updated_at=job.updated_at, recipients_url=f"/api/jobs/{job.id}/recipients",
-    ).model_dump(mode="json")
+        created_at=job.created_at, send_at=job.send_at, started_at=job.started_at,
+        finished_at=job.finished_at, updated_at=job.updated_at,
+        recipients_url=f"/api/jobs/{job.id}/recipients",
+        errors=None if errors is None else [
+            ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
+    ).model_dump(mode="json", exclude_none=False)
 
 
 def _int_arg(name: str, default: int | None, low: int = 0, high: int = 2**63) -> int | None:
@@ -185,7 +189,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if _live_runners() == 0:
             warnings.append("no live runner: the job is stored and will wait until a runner "
                             "(embedded, or `mailjobs worker`) is running")
-        body = EnqueueOut(job_id=job.id, status="queued", recipients=job.total,
+        first_status = "scheduled" if job.send_at is not None else "queued"
+        body = EnqueueOut(job_id=job.id, status=first_status, recipients=job.total,
                           duplicates_removed=job.duplicates_removed,
                           status_url=f"/api/jobs/{job.id}", warnings=warnings)
         response = jsonify(body.model_dump(mode="json"))
@@ -202,9 +207,53 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                                   [("job_id", "not found")])
         return job
 
+    def _full_job(job_id: int) -> Response:
+        return jsonify(_job_out(_visible_job(job_id, with_counts=True),
+                                dao.error_summary(job_id)))
+
     @app.get("/api/jobs/<int:job_id>")
     def get_job(job_id: int) -> Response:
-        return jsonify(_job_out(_visible_job(job_id, with_counts=True)))
+        return _full_job(job_id)
+
+    @app.errorhandler(job_control.Conflict)
+    def _conflict(exc: job_control.Conflict) -> Response:
+        return error_response(409, "conflict", str(exc))
+
+    @app.post("/api/jobs/<int:job_id>/<any(cancel, pause, resume):action>")
+    def control(job_id: int, action: str) -> Response:
+        _visible_job(job_id)
+        who = f"API key {g.api_key.id}"
+        if action == "cancel":
+            n = job_control.cancel(dao, job_id, who)
+            log.info("job=%d cancelled by %s: %d unsent recipient(s) cancelled", job_id, who, n)
+        elif action == "pause":
+            job_control.pause(dao, job_id, "operator", f"paused by {who}")
+            log.info("job=%d paused by %s", job_id, who)
+        else:
+            job_control.resume(dao, job_id)
+            log.info("job=%d resumed by %s", job_id, who)
+        return _full_job(job_id)
+
+    @app.post("/api/jobs/<int:job_id>/retry")
+    def retry(job_id: int) -> Response:
+        _visible_job(job_id)
+        raw = request.get_data(cache=False)
+        if raw.strip() and request.mimetype != "application/json":
+            return error_response(415, "unsupported_media_type",
+                                  "send the filter as JSON with Content-Type: application/json",
+                                  [("Content-Type", "must be application/json")])
+        try:
+            spec = RetryIn.model_validate_json(raw) if raw.strip() else RetryIn()
+        except ValidationError as exc:
+            errors = _validation_errors(exc)
+            return error_response(400, "validation_error",
+                                  f"{errors[0][0]}: {errors[0][1]}" if errors[0][0]
+                                  else errors[0][1], errors)
+        n = job_control.retry(dao, job_id, spec.status, spec.error_code)
+        log.info("job=%d: %d recipient(s) queued again by API key %d (status %s%s)", job_id, n,
+                 g.api_key.id, spec.status,
+                 f", error_code {spec.error_code}" if spec.error_code else "")
+        return _full_job(job_id)
 
     @app.get("/api/jobs")
     def list_jobs() -> Response:

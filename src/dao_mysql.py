@@ -217,8 +217,10 @@ class Dao:
             self._run(cur, "insert_job", (
                 job.api_key_id, job.sender_email, job.from_name, job.reply_to,
                 job.subject_template, job.html_template, job.text_template,
-                json.dumps(job.variables), job.total, job.duplicates_removed,
-                job.idempotency_key, job.request_hash))
+                json.dumps(job.variables),
+                "scheduled" if job.send_at is not None else "queued", job.total,
+                job.duplicates_removed, job.idempotency_key, job.request_hash,
+                job.send_at.astimezone(timezone.utc).replace(tzinfo=None) if job.send_at else None))
             job_id = int(cur.lastrowid)
             sql = self.queries["insert_recipients"]
             for start in range(0, len(recipients), batch):
@@ -293,17 +295,24 @@ class Dao:
             allowed = allowance(limits, wanted, float(tokens),
                                 float(elapsed) if elapsed is not None else None, sent_24h)
             ids: list[int] = []
+            expired: list[int] = []
             for name in ("due_retrying", "expired_sending", "due_queued"):
                 if len(ids) >= allowed.count:
                     break
                 self._run(cur, name, (job_id, allowed.count - len(ids)))
-                ids.extend(int(r[0]) for r in cur.fetchall())
+                found = [int(r[0]) for r in cur.fetchall()]
+                ids.extend(found)
+                if name == "expired_sending":
+                    expired = found
             if limits.rate_per_minute > 0:
                 self._run(cur, "set_sender_tokens",
                           (allowed.tokens_left + (allowed.count - len(ids)), sender))
             if not ids:
                 return [], allowed.reason
             marks = _placeholders(len(ids))
+            if expired:  # their runner died mid-send: the mail may have gone out
+                cur.execute(self.queries["mark_in_doubt"].format(ids=_placeholders(len(expired))),
+                            expired)
             domain = sender.rpartition("@")[2]
             cur.execute(self.queries["claim_recipients"].format(ids=marks),
                         (runner_id, lease, lease, secrets.token_hex(4), domain, *ids))
@@ -321,13 +330,21 @@ class Dao:
                                (lease, lease, runner_id, *ids))
 
     def release(self, runner_id: str, sender_refunds: dict[str, int], ids: Sequence[int],
-                delay: float = 0.0) -> int:
-        """Give unsent claims back (attempt refunded, daily reservation refunded)."""
-        if not ids:
+                delay: float = 0.0, cancelled: Sequence[int] = ()) -> int:
+        """Give unsent claims back (attempt refunded, daily reservation refunded); those of
+        cancelled jobs (`cancelled`) become `cancelled`."""
+        if not ids and not cancelled:
             return 0
+        n = 0
         with self.transaction() as cur:
-            n = cur.execute(self.queries["release_claims"].format(ids=_placeholders(len(ids))),
-                            (int(delay * 1_000_000), runner_id, *ids))
+            if ids:
+                n += cur.execute(
+                    self.queries["release_claims"].format(ids=_placeholders(len(ids))),
+                    (int(delay * 1_000_000), runner_id, *ids))
+            if cancelled:
+                n += cur.execute(
+                    self.queries["cancel_claims"].format(ids=_placeholders(len(cancelled))),
+                    (runner_id, *cancelled))
             for sender, count in sender_refunds.items():
                 if count:
                     self._run(cur, "add_sender_sends", (sender, -count))
@@ -339,8 +356,8 @@ class Dao:
                         retry: Sequence[tuple[int, str, str, float, bool]]) -> None:
         """Write a batch of outcomes in one transaction: one UPDATE for all sent rows.
 
-        sent: (id, provider id); failed: (id, error_code, error);
-        retry: (id, error_code, error, delay seconds, refund the attempt).
+        sent: (id, provider id); failed: (id, final status failed|in_doubt, error_code, error);
+        retry: (id, error_code, error, delay seconds, refund the attempt, in doubt).
         """
         with self.transaction() as cur:
             if sent:
@@ -350,12 +367,14 @@ class Dao:
                 args: list[Any] = [v for pair in sent for v in pair]
                 cur.execute(sql, (*args, runner_id, *[i for i, _ in sent]))
             if failed:
-                cur.executemany(self.queries["record_failed"],
-                                [(code, err[:65000], rid, runner_id) for rid, code, err in failed])
+                cur.executemany(self.queries["record_failed"], [
+                    (status, code, err[:65000], 1 if status == "in_doubt" else 0, rid, runner_id)
+                    for rid, status, code, err in failed])
             if retry:
                 cur.executemany(self.queries["record_retry"], [
-                    (code, err[:65000], int(delay * 1_000_000), 1 if refund else 0, rid, runner_id)
-                    for rid, code, err, delay, refund in retry])
+                    (code, err[:65000], int(delay * 1_000_000), 1 if refund else 0,
+                     1 if doubt else 0, rid, runner_id)
+                    for rid, code, err, delay, refund, doubt in retry])
 
     def finish_job_if_done(self, job_id: int) -> Job | None:
         """When no recipient is left to send, set the job's final status; returns the job then."""
@@ -365,13 +384,60 @@ class Dao:
                 return None
             self._run(cur, "recipient_counts", (job_id,))
             counts = {s: int(n) for s, n in cur.fetchall()}
-            sent, failed = counts.get("sent", 0), counts.get("failed", 0)
+            sent = counts.get("sent", 0)
+            failed = counts.get("failed", 0) + counts.get("in_doubt", 0)
             status = "completed" if failed == 0 else ("failed" if sent == 0 else
                                                       "completed_with_errors")
-            reason = None if failed == 0 else f"{failed} of {sent + failed} recipients failed"
+            reason = None if failed == 0 else (
+                f"{failed} of {sent + failed} recipients not sent"
+                + (f" ({counts['in_doubt']} in doubt)" if counts.get("in_doubt") else ""))
             if self._run(cur, "finish_job", (status, reason, job_id)) == 0:
                 return None
         return self.job(job_id, with_counts=True)
+
+    def job_statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
+        if not job_ids:
+            return {}
+        with self.transaction() as cur:
+            cur.execute(self.queries["job_statuses"].format(ids=_placeholders(len(job_ids))),
+                        list(job_ids))
+            return {int(i): st for i, st in cur.fetchall()}
+
+    def error_summary(self, job_id: int) -> list[tuple[str, int, str]]:
+        return [(code, int(n), example) for code, n, example in
+                self._all("error_summary", (job_id,))]
+
+    # --- job control ----------------------------------------------------------------------
+    def control_job(self, job_id: int, action: str, decide: Any,
+                    statuses: Sequence[str] = (), codes: Sequence[str] = ()) -> int:
+        """Run one control action in a transaction with the job row locked.
+
+        `decide(status, started, future_send_at, paused_by, sender)` returns the new
+        (status, paused_by, reason, finished) or raises; for "retry" it is called after the
+        matching recipients were re-queued and receives their number as `matched=`.
+        Returns the recipients changed.
+        """
+        with self.transaction() as cur:
+            self._run(cur, "lock_job", (job_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            state = (row[0], bool(row[1]), bool(row[2]), row[3], row[4])
+            changed = 0
+            if action == "cancel":
+                new = decide(*state)
+                changed = self._run(cur, "cancel_recipients", (job_id,))
+            elif action == "retry":
+                sql = self.queries["retry_recipients"].format(
+                    statuses=_placeholders(len(statuses)),
+                    code_filter=f"AND error_code IN ({_placeholders(len(codes))})" if codes else "")
+                changed = cur.execute(sql, (job_id, *statuses, *codes))
+                new = decide(*state, matched=changed)
+            else:
+                new = decide(*state)
+            status, paused_by, reason, finished = new
+            self._run(cur, "set_job_status", (status, paused_by, reason, finished, job_id))
+            return changed
 
     # --- senders --------------------------------------------------------------------------
     def defer_sender(self, sender: str, seconds: float, reason: str) -> None:
@@ -428,7 +494,7 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
     row = _utc(row)
     return Job(int(row[0]), row[1], int(row[2]), row[3], row[4], row[5], row[6], row[7], row[8],
                _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
-               row[15], row[16], row[17], row[18], row[19], counts or {})
+               row[15], row[16], row[17], row[18], row[19], row[20], row[21], counts or {})
 
 
 def _runner(row: tuple) -> dict[str, Any]:
@@ -440,7 +506,7 @@ def _runner(row: tuple) -> dict[str, Any]:
 def _recipient(row: tuple) -> Recipient:
     row = _utc(row)
     return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
-                     *row[7:])
+                     *row[7:17], bool(row[17]), int(row[18]))
 
 
 def _placeholders(n: int) -> str:

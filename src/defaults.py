@@ -76,6 +76,15 @@ RECORD_FLUSH_ROWS = 200
 RECORD_FLUSH_INTERVAL = 0.5
 # Longest wait between retries while the database is unreachable.
 DB_BACKOFF_MAX = 30.0
+# What to do with a recipient whose last send may have reached Gmail (its runner died, a 5xx,
+# a timeout): check (search the sender's mailbox for its Message-ID; needs the gmail.readonly
+# scope), resend (at-least-once), hold (status in_doubt, an operator decides), or auto (check
+# where the token's scope allows it, else resend).
+IN_DOUBT_POLICY = "auto"
+# Auto-pause: a job is paused when more than MAX_ERROR_RATE of its last ERROR_WINDOW final
+# outcomes (as seen by one runner) failed, so a broken template or account stops early.
+ERROR_WINDOW = 50
+MAX_ERROR_RATE = 0.5
 
 # --- Senders -------------------------------------------------------------------------------------
 # Sends per minute per sender, over all runners (Gmail: 6,000 units/min per user at 100 units a

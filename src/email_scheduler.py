@@ -23,14 +23,15 @@ from transport_base import OutgoingMessage, SendError, Transport
 log = logging.getLogger("mailjobs.scheduler")
 
 # What the runner does with a recipient after one send attempt.
-SENT, FAILED, RETRY = "sent", "failed", "retry"
+SENT, FAILED, RETRY, HOLD = "sent", "failed", "retry", "hold"
+IN_DOUBT_POLICIES = ("auto", "check", "resend", "hold")
 
 
 @dataclass(frozen=True)
 class Outcome:
     recipient: Recipient
     job: Job
-    result: str                    # sent, failed, retry
+    result: str                    # sent, failed, retry, hold (status in_doubt)
     provider_id: str | None = None
     error_code: str | None = None
     error: str | None = None
@@ -38,6 +39,8 @@ class Outcome:
     refund: bool = False           # the attempt does not count (not the recipient's fault)
     sender_action: str | None = None  # pause_auth, pause_config, defer
     sender_delay: float = 0.0
+    in_doubt: bool = False         # the attempt may have reached Gmail
+    recovered: bool = False        # found already sent by an in-doubt check
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -71,10 +74,14 @@ class EmailScheduler:
         raw = build_message(sender_email=job.sender_email, from_name=job.from_name,
                             reply_to=job.reply_to, to_email=r.to_email, to_name=r.name,
                             subject=subject, text=text, html=html,
-                            message_id=r.message_id or "")
+                            message_id=r.message_id)
         return OutgoingMessage(job.id, r.id, job.sender_email, r.to_email, r.message_id or "", raw)
 
     def send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
+        if r.in_doubt:
+            resolved = self.resolve_in_doubt(transport, job, r)
+            if resolved is not None:
+                return resolved
         try:
             message = self.render(job, r)
         except HeaderInjection as exc:
@@ -92,6 +99,46 @@ class EmailScheduler:
             return self.classify(exc, job, r)
         return Outcome(r, job, SENT, provider_id=result.provider_id)
 
+    def resolve_in_doubt(self, transport: Transport, job: Job, r: Recipient) -> Outcome | None:
+        """Decide about a recipient whose last send may have gone out, before sending again.
+
+        Returns the outcome, or None when it is to be sent (again)."""
+        policy = self.settings.in_doubt_policy
+        if policy == "resend":
+            return None
+        if policy == "hold":
+            return Outcome(r, job, HOLD, error_code=r.error_code or "in_doubt", in_doubt=True,
+                           error=f"held (IN_DOUBT_POLICY=hold): the last attempt may have been "
+                                 f"sent ({r.error or 'its runner stopped mid-send'}); retry or "
+                                 "cancel it")
+        try:
+            found = transport.find_by_message_id(job.sender_email, r.message_id or "")
+        except SendError as exc:
+            no_scope = exc.status == 403 or exc.error_code in ("unsupported", "gmail_403")
+            if no_scope and policy == "auto":
+                log.warning("job=%d recipient=%d: cannot look up %s (%s); resending "
+                            "(IN_DOUBT_POLICY=auto)", job.id, r.id, r.message_id, exc)
+                return None
+            if no_scope:
+                return Outcome(r, job, HOLD, error_code="in_doubt", in_doubt=True,
+                               error=f"in doubt and cannot be checked: {exc}; authorise the "
+                                     "gmail.readonly scope (mailjobs auth) or retry/cancel it")
+            return self._retry(exc, job, r, in_doubt=True)
+        if found:
+            return Outcome(r, job, SENT, provider_id=found, recovered=True)
+        return None
+
+    def _retry(self, exc: SendError, job: Job, r: Recipient, in_doubt: bool) -> Outcome:
+        s = self.settings
+        text = str(exc)
+        if r.attempts - r.attempts_base >= s.max_attempts:
+            return Outcome(r, job, FAILED, error_code=exc.error_code, in_doubt=in_doubt,
+                           error=f"gave up after {r.attempts - r.attempts_base} attempts: {text}")
+        delay = backoff(r.attempts - r.attempts_base, s.retry_base_delay, s.retry_max_delay,
+                        exc.retry_after)
+        return Outcome(r, job, RETRY, error_code=exc.error_code, error=text, delay=delay,
+                       in_doubt=in_doubt)
+
     def classify(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
         s = self.settings
         kind, code, text = exc.kind, exc.error_code, str(exc)
@@ -108,11 +155,7 @@ class EmailScheduler:
             return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
                            sender_action="pause_config")
         # transient, rate, in_doubt: retry with backoff until MAX_ATTEMPTS
-        if r.attempts >= s.max_attempts:
-            return Outcome(r, job, FAILED, error_code=code,
-                           error=f"gave up after {r.attempts} attempts: {text}")
-        delay = backoff(r.attempts, s.retry_base_delay, s.retry_max_delay, exc.retry_after)
-        return Outcome(r, job, RETRY, error_code=code, error=text, delay=delay)
+        return self._retry(exc, job, r, in_doubt=kind == "in_doubt")
 
 
 TransportFactory = Callable[[], Transport]

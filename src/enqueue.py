@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timezone
 from dataclasses import dataclass
 
 from api_schemas import SendTemplateEmailsIn
@@ -93,7 +94,8 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
     recipients = dedupe(req)
     new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, req.template.subject,
                  req.template.html, req.template.text, req.variables, len(recipients),
-                 len(req.recipients) - len(recipients), idempotency_key, body_hash)
+                 len(req.recipients) - len(recipients), idempotency_key, body_hash,
+                 req.send_at if req.send_at and req.send_at > datetime.now(timezone.utc) else None)
     try:
         job_id = dao.create_job(new, recipients)
     except DuplicateKey:

@@ -16,11 +16,13 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+import job_control
 from dao_mysql import Dao, DatabaseUnavailable
-from email_scheduler import FAILED, RETRY, SENT, EmailScheduler, Outcome, TransportFactory
+from email_scheduler import FAILED, HOLD, RETRY, SENT, EmailScheduler, Outcome, TransportFactory
 from rate_limit import Limits
 from records import Job, Recipient
 from settings import Settings
@@ -78,6 +80,8 @@ class JobRunner:
         self._last_log = time.monotonic()
         self._last_renew = time.monotonic()
         self._rotation = 0
+        self._last_status_check = time.monotonic()
+        self._windows: dict[int, deque[Outcome]] = {}
         self._limits = Limits(settings.sender_rate_per_minute, settings.sender_daily_cap,
                               settings.sender_burst_seconds)
 
@@ -123,6 +127,7 @@ class JobRunner:
         self._collect(timeout=0.0)
         self._flush_if_due()
         self._renew_if_due()
+        self._drop_stopped_jobs()
         claimed = self._claim(pool)
         if self._hand.futures:
             self.state = "busy"
@@ -218,10 +223,11 @@ class JobRunner:
             return
         outcomes = self._outcomes
         sent = [(o.recipient.id, o.provider_id) for o in outcomes if o.result == SENT]
-        failed = [(o.recipient.id, o.error_code or "error", o.error or "") for o in outcomes
-                  if o.result == FAILED]
-        retry = [(o.recipient.id, o.error_code or "error", o.error or "", o.delay, o.refund)
-                 for o in outcomes if o.result == RETRY]
+        failed = [(o.recipient.id, "in_doubt" if o.result == HOLD else "failed",
+                   o.error_code or "error", o.error or "") for o in outcomes
+                  if o.result in (FAILED, HOLD)]
+        retry = [(o.recipient.id, o.error_code or "error", o.error or "", o.delay, o.refund,
+                  o.in_doubt) for o in outcomes if o.result == RETRY]
         self.dao.record_outcomes(self.id, sent, failed, retry)
         self._outcomes = []
         for o in outcomes:
@@ -229,6 +235,8 @@ class JobRunner:
         for o in outcomes:
             if o.sender_action:
                 self._sender_action(o)
+        for job_id in {o.job.id for o in outcomes}:
+            self._watch_error_rate(job_id, [o for o in outcomes if o.job.id == job_id])
         for job_id in {o.job.id for o in outcomes} - self._hand.job_ids():
             self._finish_if_done(job_id)
 
@@ -240,8 +248,17 @@ class JobRunner:
         if o.result == SENT:
             self.stats.sent += 1
             self.stats.since_log_sent += 1
+            if o.recovered:
+                log.warning("%s in-doubt send to %s recovered: found at Gmail as %s (%s), not "
+                            "sent again; recipient=%d", where, r.to_email, o.provider_id,
+                            r.message_id, r.id)
+                return
             log.info("%s sent to %s gmail_id=%s recipient=%d attempt=%d", where, r.to_email,
                      o.provider_id, r.id, r.attempts)
+        elif o.result == HOLD:
+            self.stats.failed += 1
+            self.stats.since_log_failed += 1
+            log.warning("%s held in doubt %s: %s recipient=%d", where, r.to_email, o.error, r.id)
         elif o.result == FAILED:
             self.stats.failed += 1
             self.stats.since_log_failed += 1
@@ -265,12 +282,60 @@ class JobRunner:
             log.error("%s; %d job(s) paused until an operator fixes it (mailjobs auth %s)",
                       reason, n, sender)
 
+    def _watch_error_rate(self, job_id: int, outcomes: list[Outcome]) -> None:
+        """Auto-pause: too many of this job's last final outcomes failed."""
+        s = self.settings
+        window = self._windows.setdefault(job_id, deque(maxlen=s.error_window))
+        window.extend(o for o in outcomes if o.result in (SENT, FAILED))
+        if s.error_window <= 0 or len(window) < s.error_window:
+            return
+        failures = [o for o in window if o.result == FAILED]
+        if len(failures) / len(window) <= s.max_error_rate:
+            return
+        code, n = Counter(o.error_code for o in failures).most_common(1)[0]
+        example = next(o.error for o in failures if o.error_code == code)
+        reason = (f"auto-paused: {len(failures)} of the last {len(window)} sends failed, mostly "
+                  f"{code} ({n}): {example}"[:1000])
+        if job_control.auto_pause(self.dao, job_id, "error_rate", reason):
+            log.error("job=%d %s; fix the cause, then POST /api/jobs/%d/resume", job_id, reason,
+                      job_id)
+        window.clear()
+
+    def _drop_stopped_jobs(self) -> None:
+        """Within a poll interval of a pause or cancel, give back what has not started."""
+        if time.monotonic() - self._last_status_check < self.settings.poll_interval:
+            return
+        self._last_status_check = time.monotonic()
+        jobs = self._hand.job_ids()
+        if not jobs:
+            return
+        stopped = {j: st for j, st in self.dao.job_statuses(sorted(jobs)).items()
+                   if st not in ("queued", "scheduled", "running")}
+        if not stopped:
+            return
+        release: list[int] = []
+        cancel: list[int] = []
+        refunds: dict[str, int] = {}
+        for rid, future in list(self._hand.futures.items()):
+            job_id = self._hand.jobs_of[rid]
+            if job_id in stopped and future.cancel():
+                (cancel if stopped[job_id] == "cancelled" else release).append(rid)
+                sender = self._jobs[job_id].sender_email
+                refunds[sender] = refunds.get(sender, 0) + 1
+                self._hand.drop(rid)
+        if release or cancel:
+            self.dao.release(self.id, refunds, release, cancelled=cancel)
+            for job_id, status in stopped.items():
+                log.info("job=%d is %s: gave back its unsent claims (%d released, %d cancelled)",
+                         job_id, status, len(release), len(cancel))
+
     def _finish_if_done(self, job_id: int) -> None:
         job = self.dao.finish_job_if_done(job_id)
         if job is None:
             return
         self._jobs.pop(job_id, None)
         self._progress.pop(job_id, None)
+        self._windows.pop(job_id, None)
         elapsed = (job.finished_at - job.started_at).total_seconds() if job.started_at else 0.0
         log.info("job=%d %s: %s in %.1f s", job_id, job.status,
                  ", ".join(f"{k}={v}" for k, v in sorted(job.counts.items())), elapsed)

@@ -8,8 +8,8 @@ from pydantic.json_schema import models_json_schema
 
 import api_schemas as s
 
-_MODELS = [s.SendTemplateEmailsIn, s.EnqueueOut, s.ErrorOut, s.JobOut, s.JobsPageOut,
-           s.RecipientsPageOut, s.HealthOut]
+_MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.EnqueueOut, s.ErrorOut, s.JobOut,
+           s.JobsPageOut, s.RecipientsPageOut, s.HealthOut]
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -24,6 +24,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     words = {400: "invalid input (the field is named)", 401: "missing or unknown API key",
              403: "the key may not send as this sender", 404: "no such job for this key",
              413: "body larger than MAX_REQUEST_BYTES", 415: "body is not application/json",
+             409: "not allowed in the job's current status",
              422: "Idempotency-Key reused with another body", 503: "database unavailable"}
     return {str(c): _json(s.ErrorOut, words[c]) for c in codes}
 
@@ -70,6 +71,21 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "A job's status and its recipients counted by status",
                 "parameters": [job_id],
                 "responses": {"200": _json(s.JobOut, "the job"), **_errors(401, 404, 503)}}},
+            **{f"/api/jobs/{{job_id}}/{action}": {"post": {
+                "summary": summary, "parameters": [job_id],
+                "responses": {"200": _json(s.JobOut, "the job's new state"),
+                              **_errors(401, 404, 409, 503)}}}
+               for action, summary in (
+                   ("cancel", "No further sends; unsent recipients become cancelled"),
+                   ("pause", "Runners stop claiming the job within a poll interval"),
+                   ("resume", "A paused job goes back to work"))},
+            "/api/jobs/{job_id}/retry": {"post": {
+                "summary": "Queue matching recipients again (default: failed and in_doubt)",
+                "parameters": [job_id],
+                "requestBody": {"required": False, "content": {
+                    "application/json": {"schema": _ref(s.RetryIn)}}},
+                "responses": {"200": _json(s.JobOut, "the job's new state"),
+                              **_errors(400, 401, 404, 409, 415, 503)}}},
             "/api/jobs/{job_id}/recipients": {"get": {
                 "summary": "One page of a job's recipients (keyset pagination by id)",
                 "parameters": [job_id, _param("status", "query", "only this status",

@@ -29,8 +29,8 @@ WHERE (prefix = %s OR CAST(id AS CHAR) = %s) AND revoked_at IS NULL;
 -- name: insert_job
 INSERT INTO jobs (type, api_key_id, sender_email, from_name, reply_to, subject_template,
                   html_template, text_template, variables, status, total, duplicates_removed,
-                  idempotency_key, request_hash)
-VALUES ('template', %s, %s, %s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s, %s);
+                  idempotency_key, request_hash, send_at)
+VALUES ('template', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
 
 -- name: insert_recipients
 INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %s, %s);
@@ -38,20 +38,23 @@ INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %
 -- name: job_by_id
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
-       idempotency_key, request_hash, created_at, started_at, finished_at, updated_at
+       idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
+       send_at, paused_by
 FROM jobs WHERE id = %s;
 
 -- name: job_by_idempotency_key
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
-       idempotency_key, request_hash, created_at, started_at, finished_at, updated_at
+       idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
+       send_at, paused_by
 FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 
 -- name: jobs_page
 -- Newest first, keyset paged by id; %(api_key_id)s NULL lists every key's jobs (operators).
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
-       idempotency_key, request_hash, created_at, started_at, finished_at, updated_at
+       idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
+       send_at, paused_by
 FROM jobs
 WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
   AND (%(status)s IS NULL OR status = %(status)s)
@@ -64,7 +67,7 @@ SELECT status, COUNT(*) FROM job_recipients WHERE job_id = %s GROUP BY status;
 -- name: recipients_page
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, created_at,
-       updated_at
+       updated_at, in_doubt, attempts_base
 FROM job_recipients
 WHERE job_id = %(job_id)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -72,7 +75,7 @@ ORDER BY id LIMIT %(limit)s;
 -- name: recipients_page_by_status
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, created_at,
-       updated_at
+       updated_at, in_doubt, attempts_base
 FROM job_recipients
 WHERE job_id = %(job_id)s AND status = %(status)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -104,7 +107,8 @@ FROM runners ORDER BY heartbeat_at DESC LIMIT %s;
 -- Jobs with work, oldest first, whose sender is not deferred.
 SELECT j.id, j.sender_email FROM jobs j
 LEFT JOIN senders s ON s.email = j.sender_email
-WHERE j.status IN ('queued', 'running')
+WHERE (j.status IN ('queued', 'running')
+       OR (j.status = 'scheduled' AND j.send_at <= UTC_TIMESTAMP(6)))
   AND (s.paused_until IS NULL OR s.paused_until <= UTC_TIMESTAMP(6))
 ORDER BY j.id LIMIT %s;
 
@@ -146,6 +150,9 @@ SELECT id FROM job_recipients
 WHERE job_id = %s AND status = 'queued' AND next_attempt_at <= UTC_TIMESTAMP(6)
 ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED;
 
+-- name: mark_in_doubt
+UPDATE job_recipients SET in_doubt = 1 WHERE id IN ({ids});
+
 -- name: claim_recipients
 -- {ids} is replaced by one %s placeholder per id. The Message-ID is fixed here, before any send.
 UPDATE job_recipients
@@ -157,12 +164,13 @@ WHERE id IN ({ids});
 
 -- name: claimed_rows
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
-       lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at
+       lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, NULL, NULL,
+       in_doubt, attempts_base
 FROM job_recipients WHERE id IN ({ids}) ORDER BY id;
 
 -- name: start_job
 UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, UTC_TIMESTAMP(6))
-WHERE id = %s AND status = 'queued';
+WHERE id = %s AND status IN ('queued', 'scheduled');
 
 -- name: renew_leases
 UPDATE job_recipients
@@ -176,20 +184,21 @@ WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 -- {case} is "WHEN %s THEN %s" once per row (id, Gmail id).
 UPDATE job_recipients
 SET status = 'sent', sent_at = UTC_TIMESTAMP(6), error_code = NULL, error = NULL,
-    claimed_by = NULL, lease_expires_at = NULL,
+    claimed_by = NULL, lease_expires_at = NULL, in_doubt = 0,
     gmail_message_id = CASE id {case} END
 WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 
 -- name: record_failed
 UPDATE job_recipients
-SET status = 'failed', error_code = %s, error = %s, claimed_by = NULL, lease_expires_at = NULL
+SET status = %s, error_code = %s, error = %s, claimed_by = NULL, lease_expires_at = NULL,
+    in_doubt = %s
 WHERE id = %s AND claimed_by = %s AND status = 'sending';
 
 -- name: record_retry
 UPDATE job_recipients
 SET status = 'retrying', error_code = %s, error = %s, claimed_by = NULL, lease_expires_at = NULL,
     next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND,
-    attempts = GREATEST(0, attempts - %s)
+    attempts = GREATEST(0, attempts - %s), in_doubt = GREATEST(in_doubt, %s)
 WHERE id = %s AND claimed_by = %s AND status = 'sending';
 
 -- name: release_claims
@@ -200,6 +209,13 @@ SET status = IF(attempts <= 1 AND error_code IS NULL, 'queued', 'retrying'),
     next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
 WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 
+-- name: cancel_claims
+-- Unsent claims of a cancelled job.
+UPDATE job_recipients
+SET status = 'cancelled', attempts = GREATEST(0, attempts - 1), claimed_by = NULL,
+    lease_expires_at = NULL
+WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
+
 -- name: unfinished_count
 SELECT COUNT(*) FROM job_recipients
 WHERE job_id = %s AND status IN ('queued', 'sending', 'retrying');
@@ -207,6 +223,38 @@ WHERE job_id = %s AND status IN ('queued', 'sending', 'retrying');
 -- name: finish_job
 UPDATE jobs SET status = %s, finished_at = UTC_TIMESTAMP(6), status_reason = %s
 WHERE id = %s AND status = 'running';
+
+-- name: job_statuses
+SELECT id, status FROM jobs WHERE id IN ({ids});
+
+-- ===== job control ============================================================================
+
+-- name: lock_job
+SELECT status, started_at IS NOT NULL, send_at > UTC_TIMESTAMP(6), paused_by, sender_email
+FROM jobs WHERE id = %s FOR UPDATE;
+
+-- name: set_job_status
+UPDATE jobs SET status = %s, paused_by = %s, status_reason = %s,
+                finished_at = IF(%s, UTC_TIMESTAMP(6), NULL)
+WHERE id = %s;
+
+-- name: cancel_recipients
+-- Unsent recipients of a cancelled job. A 'sending' one is in a runner's hands: it is recorded
+-- as whatever happened at Gmail.
+UPDATE job_recipients SET status = 'cancelled', next_attempt_at = UTC_TIMESTAMP(6)
+WHERE job_id = %s AND status IN ('queued', 'retrying', 'in_doubt');
+
+-- name: retry_recipients
+-- {statuses} and {codes} are placeholder lists; {code_filter} is empty or "AND error_code IN".
+UPDATE job_recipients
+SET status = 'queued', next_attempt_at = UTC_TIMESTAMP(6), attempts_base = attempts,
+    in_doubt = IF(status = 'in_doubt', 1, in_doubt)
+WHERE job_id = %s AND status IN ({statuses}) {code_filter};
+
+-- name: error_summary
+SELECT error_code, COUNT(*), MIN(error) FROM job_recipients
+WHERE job_id = %s AND error_code IS NOT NULL AND status IN ('failed', 'retrying', 'in_doubt')
+GROUP BY error_code ORDER BY COUNT(*) DESC;
 
 -- ===== senders ================================================================================
 

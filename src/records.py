@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-JOB_STATUSES = ("queued", "running", "paused", "completed", "completed_with_errors", "failed",
-                "cancelled")
-RECIPIENT_STATUSES = ("queued", "sending", "retrying", "sent", "failed", "cancelled")
+JOB_STATUSES = ("queued", "scheduled", "running", "paused", "completed", "completed_with_errors",
+                "failed", "cancelled")
+FINAL_JOB_STATUSES = ("completed", "completed_with_errors", "failed", "cancelled")
+RECIPIENT_STATUSES = ("queued", "sending", "retrying", "sent", "failed", "in_doubt", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class NewJob:
     duplicates_removed: int
     idempotency_key: str | None
     request_hash: str | None
+    send_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    send_at: datetime | None = None
+    paused_by: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -102,3 +106,5 @@ class Recipient:
     sent_at: datetime | None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    in_doubt: bool = False
+    attempts_base: int = 0

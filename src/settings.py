@@ -88,6 +88,9 @@ class Settings:
     record_flush_rows: int = defaults.RECORD_FLUSH_ROWS
     record_flush_interval: float = defaults.RECORD_FLUSH_INTERVAL
     db_backoff_max: float = defaults.DB_BACKOFF_MAX
+    in_doubt_policy: str = defaults.IN_DOUBT_POLICY
+    error_window: int = defaults.ERROR_WINDOW
+    max_error_rate: float = defaults.MAX_ERROR_RATE
     sender_rate_per_minute: int = defaults.SENDER_RATE_PER_MINUTE
     sender_burst_seconds: float = defaults.SENDER_BURST_SECONDS
     sender_daily_cap: int = defaults.SENDER_DAILY_CAP

@@ -1,0 +1,75 @@
+"""What an operator (or the runner's auto-pause) may do to a job, and what it becomes.
+
+Each action runs in one transaction with the job row locked (`Dao.control_job`); an action not
+allowed in the job's current status raises `Conflict` (the API's 409) and changes nothing.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from dao_mysql import Dao
+from records import FINAL_JOB_STATUSES
+
+RETRYABLE = ("failed", "in_doubt", "cancelled")
+ACTIVE = ("queued", "scheduled", "running")
+
+
+class Conflict(Exception):
+    """The action is not allowed in the job's current status."""
+
+
+def _not_final(action: str, status: str) -> None:
+    if status in FINAL_JOB_STATUSES:
+        raise Conflict(f"job is {status}: it cannot be {action}")
+
+
+def _unpaused(started: bool, future_send_at: bool) -> str:
+    return "scheduled" if future_send_at else ("running" if started else "queued")
+
+
+def cancel(dao: Dao, job_id: int, who: str = "API") -> int:
+    """No further sends; unsent recipients become cancelled. Returns how many."""
+    def decide(status, started, future, paused_by, sender):
+        _not_final("cancelled", status)
+        return "cancelled", None, f"cancelled by {who}", True
+    return dao.control_job(job_id, "cancel", decide)
+
+
+def pause(dao: Dao, job_id: int, paused_by: str = "operator", reason: str | None = None) -> None:
+    def decide(status, started, future, was_paused_by, sender):
+        if status == "paused":
+            raise Conflict("job is paused already")
+        if status not in ACTIVE:
+            raise Conflict(f"job is {status}: only queued, scheduled or running jobs can be paused")
+        return "paused", paused_by, reason or f"paused by {paused_by}", False
+    dao.control_job(job_id, "pause", decide)
+
+
+def auto_pause(dao: Dao, job_id: int, paused_by: str, reason: str) -> bool:
+    """The runner's pause: False when the job is no longer active (nothing to do)."""
+    try:
+        pause(dao, job_id, paused_by, reason)
+        return True
+    except Conflict:
+        return False
+
+
+def resume(dao: Dao, job_id: int) -> None:
+    def decide(status, started, future, paused_by, sender):
+        if status != "paused":
+            raise Conflict(f"job is {status}: only paused jobs can be resumed")
+        return _unpaused(started, future), None, None, False
+    dao.control_job(job_id, "resume", decide)
+
+
+def retry(dao: Dao, job_id: int, statuses: Sequence[str], codes: Sequence[str]) -> int:
+    """Put matching recipients back to queued and the job back to work. Returns how many."""
+    def decide(status, started, future, paused_by, sender, matched):
+        if matched == 0:
+            raise Conflict("no recipient of this job matches the filter "
+                           f"(status in {list(statuses)}"
+                           + (f", error_code in {list(codes)})" if codes else ")"))
+        if status == "paused":
+            return "paused", paused_by, None, False  # stays paused until resumed
+        return _unpaused(True, future), None, None, False
+    return dao.control_job(job_id, "retry", decide, statuses, codes)
