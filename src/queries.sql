@@ -247,8 +247,9 @@ WHERE job_id = %s AND status IN ('queued', 'retrying', 'in_doubt');
 -- name: retry_recipients
 -- {statuses} and {codes} are placeholder lists; {code_filter} is empty or "AND error_code IN".
 UPDATE job_recipients
-SET status = 'queued', next_attempt_at = UTC_TIMESTAMP(6), attempts_base = attempts,
-    in_doubt = IF(status = 'in_doubt', 1, in_doubt)
+SET next_attempt_at = UTC_TIMESTAMP(6), attempts_base = attempts,
+    -- an operator retrying a held in-doubt recipient has decided: send it
+    in_doubt = IF(status = 'in_doubt', 0, in_doubt), status = 'queued'
 WHERE job_id = %s AND status IN ({statuses}) {code_filter};
 
 -- name: error_summary
