@@ -158,6 +158,7 @@ def api_key_revoke(ctx: click.Context, key_id: str) -> None:
 
 
 GMAIL_SEND_SCOPE = "https://www.googleapis.com/auth/gmail.send"
+GMAIL_READ_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
 
 
 @cli.command()
@@ -170,7 +171,8 @@ GMAIL_SEND_SCOPE = "https://www.googleapis.com/auth/gmail.send"
 def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> None:
     """Authorise SENDER's Gmail account and store its token (encrypted) in the database.
 
-    Asks for the gmail.send scope only: enough to send, nothing to read.
+    Asks for gmail.send, plus gmail.readonly when IN_DOUBT_POLICY is check or auto (to look
+    an interrupted send up by its Message-ID).
     """
     from sender_credentials import CredentialStore
     from transport_gmail import credentials_to_info
@@ -187,8 +189,14 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
                                        "(see README: Connecting a real Gmail account)")
         from google_auth_oauthlib.flow import InstalledAppFlow
 
+        scopes = [GMAIL_SEND_SCOPE]
+        if settings.in_doubt_policy in ("check", "auto"):
+            scopes.append(GMAIL_READ_SCOPE)
+            click.echo(f"IN_DOUBT_POLICY={settings.in_doubt_policy}: also asking for gmail.readonly, "
+                       "so an interrupted send can be looked up by its Message-ID instead of "
+                       "being sent twice (set IN_DOUBT_POLICY=resend or hold to skip it)", err=True)
         flow = InstalledAppFlow.from_client_secrets_file(settings.google_client_secrets,
-                                                         scopes=[GMAIL_SEND_SCOPE])
+                                                         scopes=scopes)
         click.echo(f"Sign in as {sender} at the URL below. On a headless server, forward the "
                    "port first (ssh -L PORT:127.0.0.1:PORT) and pass --port PORT.", err=True)
         creds = flow.run_local_server(host="127.0.0.1", port=port, open_browser=False,

@@ -409,6 +409,7 @@ class EmbeddedRunner:
         self._make_runner = make_runner
         self._check_interval = check_interval
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # the runner and its thread change together
         self.runner: JobRunner | None = None
         self._thread: threading.Thread | None = None
         self._supervisor = threading.Thread(target=self._supervise, name="runner-supervisor",
@@ -421,10 +422,13 @@ class EmbeddedRunner:
         return self
 
     def _start_runner(self) -> None:
-        self.runner = self._make_runner()
-        self._thread = threading.Thread(target=self._run_logged, args=(self.runner,),
-                                        name=self.runner.id, daemon=True)
-        self._thread.start()
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self.runner = self._make_runner()
+            self._thread = threading.Thread(target=self._run_logged, args=(self.runner,),
+                                            name=self.runner.id, daemon=True)
+            self._thread.start()
 
     @staticmethod
     def _run_logged(runner: JobRunner) -> None:
@@ -442,11 +446,13 @@ class EmbeddedRunner:
                 self._start_runner()
 
     def stop(self, timeout: float = 60.0) -> None:
-        self._stop.set()
-        if self.runner is not None:
-            self.runner.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        with self._lock:
+            self._stop.set()
+            runner, thread = self.runner, self._thread
+        if runner is not None:
+            runner.stop()
+        if thread is not None:
+            thread.join(timeout)
 
 
 def install_signal_handlers(stop: callable) -> None:

@@ -110,6 +110,14 @@ class Settings:
             return self.mail_transport
         return "gmail" if self.google_client_secrets else "outbox"
 
+    def __post_init__(self) -> None:
+        choices = {"mail_transport": ("", "gmail", "outbox", "null"),
+                   "in_doubt_policy": ("auto", "check", "resend", "hold")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name.upper()} must be one of {', '.join(filter(None, allowed))},"
+                                 f" got {getattr(self, name)!r}")
+
     @property
     def db(self) -> DatabaseParams:
         if not self.database_url:

@@ -48,3 +48,39 @@ def test_api_key_list_and_revoke(run, client):
 def test_migrate_twice_is_a_no_op(run):
     assert run("migrate").exit_code == 0
     assert run("migrate").exit_code == 0
+
+
+def test_auth_imports_a_token_file_encrypted_and_resumes_paused_jobs(run, dao, client, key,
+                                                                     tmp_path, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    from sender_credentials import CredentialStore
+    from test_api_enqueue import body, post
+
+    secret = Fernet.generate_key().decode()
+    monkeypatch.setenv("TOKEN_ENCRYPTION_KEY", secret)
+    job_id = post(client, key, body(1)).json["job_id"]
+    dao.pause_sender("ops@example.com", "auth_revoked", "revoked", "sender_auth")
+    assert dao.job(job_id).status == "paused"
+    token = tmp_path / "token.json"
+    token.write_text(json.dumps({"token": "at-1", "refresh_token": "rt-secret-1",
+                                 "client_id": "c", "client_secret": "s",
+                                 "token_uri": "https://oauth2.googleapis.com/token",
+                                 "scopes": ["https://www.googleapis.com/auth/gmail.send"]}))
+    result = run("auth", "ops@example.com", "--token-file", str(token))
+    assert result.exit_code == 0, result.output
+    assert "1 paused job(s) resumed" in result.output
+    assert dao.job(job_id).status == "queued"
+    assert b"rt-secret-1" not in dao.sender_credentials("ops@example.com")  # encrypted at rest
+    settings = dao.settings.with_overrides(token_encryption_key=secret)
+    assert CredentialStore(settings, dao).load_info("ops@example.com")["refresh_token"] == \
+        "rt-secret-1"
+    assert dao.senders()[0]["auth_state"] == "ok"
+
+
+def test_a_bad_setting_is_refused_with_its_name(monkeypatch):
+    from settings import load_settings
+
+    monkeypatch.setenv("IN_DOUBT_POLICY", "sometimes")
+    with pytest.raises(ValueError, match="IN_DOUBT_POLICY must be one of"):
+        load_settings(dotenv=False)
