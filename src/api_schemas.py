@@ -166,6 +166,41 @@ class RecipientsPageOut(BaseModel):
     next_after: int | None = Field(description="pass as ?after= for the next page")
 
 
+class RunnerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    kind: str = Field(description="embedded or worker")
+    state: str = Field(description="starting, idle, busy, db_backoff, stopping, stopped")
+    current_job_id: int | None
+    sent_count: int
+    failed_count: int
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age_s: float
+    alive: bool = Field(description="heartbeat fresher than 3 x HEARTBEAT_INTERVAL")
+
+
+class RunnersOut(BaseModel):
+    runners: list[RunnerOut]
+
+
+class SenderOut(BaseModel):
+    email: str
+    auth_state: str = Field(description="unknown, ok, auth_revoked, config_error")
+    auth_error: str | None
+    has_credentials: bool
+    rate_per_minute: int
+    daily_cap: int
+    sent_24h: int
+    paused_until: datetime | None
+    paused_reason: str | None
+
+
+class SendersOut(BaseModel):
+    senders: list[SenderOut]
+
+
 class HealthOut(BaseModel):
     status: str = Field(description="ok or unavailable")
     database: str

@@ -13,15 +13,15 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 import defaults
-from api_keys import KeyVerifier
 import job_control
-from api_schemas import (EnqueueOut, ErrorSummary, JobOut, RecipientOut, RecipientsPageOut,
-                         RetryIn, SendTemplateEmailsIn)
+from api_keys import KeyVerifier
+from api_schemas import EnqueueOut, RetryIn, SendTemplateEmailsIn
 from dao_mysql import Dao, DatabaseUnavailable
 from enqueue import RequestRejected, enqueue, replay_or_conflict, request_hash
 from openapi_doc import openapi_document
 from records import JOB_STATUSES, RECIPIENT_STATUSES, Job
 from settings import Settings, load_settings
+from views import job_view, recipient_view, runner_view, sender_view
 
 log = logging.getLogger("mailjobs.api")
 
@@ -61,19 +61,6 @@ def _validation_errors(exc: ValidationError) -> list[tuple[str | None, str]]:
             message = err["msg"].removeprefix("Value error, ")
         out.append((_loc(err["loc"]), message))
     return out
-
-
-def _job_out(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict[str, Any]:
-    return JobOut(
-        id=job.id, type=job.type, status=job.status, status_reason=job.status_reason,
-        sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
-        total=job.total, duplicates_removed=job.duplicates_removed, counts=job.counts,
-        created_at=job.created_at, send_at=job.send_at, started_at=job.started_at,
-        finished_at=job.finished_at, updated_at=job.updated_at,
-        recipients_url=f"/api/jobs/{job.id}/recipients",
-        errors=None if errors is None else [
-            ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
-    ).model_dump(mode="json", exclude_none=False)
 
 
 def _int_arg(name: str, default: int | None, low: int = 0, high: int = 2**63) -> int | None:
@@ -208,7 +195,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         return job
 
     def _full_job(job_id: int) -> Response:
-        return jsonify(_job_out(_visible_job(job_id, with_counts=True),
+        return jsonify(job_view(_visible_job(job_id, with_counts=True),
                                 dao.error_summary(job_id)))
 
     @app.get("/api/jobs/<int:job_id>")
@@ -262,7 +249,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         status = _status_arg(JOB_STATUSES)
         owner = None if g.api_key.is_operator else g.api_key.id
         jobs = dao.jobs_page(owner, before, limit, status)
-        page = [_job_out(j) for j in jobs]
+        page = [job_view(j) for j in jobs]
         next_before = jobs[-1].id if len(jobs) == limit else None
         return jsonify({"jobs": page, "next_before": next_before})
 
@@ -273,14 +260,26 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         after = _int_arg("after", 0)
         status = _status_arg(RECIPIENT_STATUSES)
         rows = dao.recipients_page(job_id, status, after or 0, limit)
-        page = [RecipientOut(id=r.id, to_email=r.to_email, name=r.name, status=r.status,
-                             attempts=r.attempts, error_code=r.error_code, error=r.error,
-                             message_id=r.message_id, gmail_message_id=r.gmail_message_id,
-                             sent_at=r.sent_at, next_attempt_at=r.next_attempt_at)
-                for r in rows]
-        out = RecipientsPageOut(recipients=page,
-                                next_after=rows[-1].id if len(rows) == limit else None)
-        return jsonify(out.model_dump(mode="json"))
+        return jsonify({"recipients": [recipient_view(r) for r in rows],
+                        "next_after": rows[-1].id if len(rows) == limit else None})
+
+    def _operator() -> None:
+        if not g.api_key.is_operator:
+            raise RequestRejected(403, "operator_only", "this needs an operator API key",
+                                  [("X-API-Key", "not an operator key")])
+
+    @app.get("/api/runners")
+    def list_runners() -> Response:
+        _operator()
+        stale = 3 * settings.heartbeat_interval
+        return jsonify({"runners": [runner_view(r, stale) for r in dao.runners(100)]})
+
+    @app.get("/api/senders")
+    def list_senders() -> Response:
+        _operator()
+        limits = (settings.sender_rate_per_minute, settings.sender_daily_cap)
+        return jsonify({"senders": [sender_view(r, dao.sender_sends_24h(r["email"]), limits)
+                                    for r in dao.senders()]})
 
     @app.get("/healthz")
     def healthz() -> Response:

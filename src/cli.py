@@ -30,13 +30,19 @@ def _dao(ctx: click.Context) -> Dao:
 
 
 @click.group()
+@click.option("--url", envvar="MAILJOBS_URL",
+              help="talk to this mailjobs API instead of the database (env MAILJOBS_URL)")
+@click.option("--key", envvar="MAILJOBS_API_KEY", help="API key for --url (env MAILJOBS_API_KEY)")
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, url: str | None, key: str | None) -> None:
     """mailjobs: templated bulk email through Gmail, queued in MySQL."""
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     bootstrap.configure_logging(settings.log_level)
     ctx.ensure_object(dict)
-    ctx.obj["settings"] = settings
+    ctx.obj.update(settings=settings, url=url, key=key)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -211,19 +217,15 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def senders(ctx: click.Context, as_json: bool) -> None:
-    """List senders: limits, authorisation state, deferrals."""
+    """List senders: limits, today's use, authorisation state, deferrals."""
     if ctx.invoked_subcommand:
         return
-    rows = _dao(ctx).senders()
-    if as_json:
-        click.echo(json.dumps(rows, default=str))
-        return
-    click.echo(f"{'SENDER':<32} {'AUTH':<13} {'RATE/MIN':>8} {'DAILY':>6}  PAUSED UNTIL")
-    for r in rows:
-        click.echo(f"{r['email'][:32]:<32} {r['auth_state']:<13} "
-                   f"{r['rate_per_minute'] if r['rate_per_minute'] is not None else '-':>8} "
-                   f"{r['daily_cap'] if r['daily_cap'] is not None else '-':>6}  "
-                   f"{r['paused_until'] or ''}")
+    from cli_jobs import _emit, _run, _table
+
+    _emit(_run(ctx, lambda b: b.senders()), as_json, lambda rows: _table(
+        ["SENDER", "AUTH", "RATE/MIN", "SENT_24H", "DAILY_CAP", "PAUSED_UNTIL"],
+        [[r["email"], r["auth_state"], r["rate_per_minute"] or "unlimited", r["sent_24h"],
+          r["daily_cap"] or "unlimited", r["paused_until"]] for r in rows]))
 
 
 @senders.command("set")
@@ -245,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 
+
+import cli_jobs  # noqa: E402,F401  (registers the job, runner and watch commands)
 
 if __name__ == "__main__":
     main()

@@ -470,6 +470,10 @@ class Dao:
                 "paused_until", "paused_reason", "has_credentials")
         return [dict(zip(keys, _utc(row))) for row in self._all("senders_all")]
 
+    def sender_sends_24h(self, sender: str) -> int:
+        row = self._one("sender_sends_24h", (sender,))
+        return int(row[0]) if row else 0
+
     def set_sender_limits(self, sender: str, rate: int | None, cap: int | None) -> None:
         with self.transaction() as cur:
             self._run(cur, "set_sender_limits", (sender, rate, cap))

@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 import api_schemas as s
 
 _MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.EnqueueOut, s.ErrorOut, s.JobOut,
-           s.JobsPageOut, s.RecipientsPageOut, s.HealthOut]
+           s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut]
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -22,7 +22,8 @@ def _json(model: type, description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     words = {400: "invalid input (the field is named)", 401: "missing or unknown API key",
-             403: "the key may not send as this sender", 404: "no such job for this key",
+             403: "the key may not send as this sender (or: not an operator key)",
+             404: "no such job for this key",
              413: "body larger than MAX_REQUEST_BYTES", 415: "body is not application/json",
              409: "not allowed in the job's current status",
              422: "Idempotency-Key reused with another body", 503: "database unavailable"}
@@ -94,6 +95,13 @@ def openapi_document() -> dict[str, Any]:
                                _param("after", "query", "next_after of the previous page")],
                 "responses": {"200": _json(s.RecipientsPageOut, "one page of recipients"),
                               **_errors(400, 401, 404, 503)}}},
+            "/api/runners": {"get": {
+                "summary": "Runners with their heartbeat age and state (operator key)",
+                "responses": {"200": _json(s.RunnersOut, "recent runners"),
+                              **_errors(401, 403, 503)}}},
+            "/api/senders": {"get": {
+                "summary": "Senders: limits, today's use, authorisation state (operator key)",
+                "responses": {"200": _json(s.SendersOut, "senders"), **_errors(401, 403, 503)}}},
             "/healthz": {"get": {
                 "summary": "Liveness of the service and its database", "security": [],
                 "responses": {"200": _json(s.HealthOut, "healthy"),

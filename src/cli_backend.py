@@ -1,0 +1,132 @@
+"""Where the CLI's job commands get their answers: the database directly (`LocalBackend`), or a
+remote mailjobs API (`RemoteBackend`, with --url and an API key). Both return the API's JSON
+shapes (views.py), so the commands print the same whatever the source."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import job_control
+from dao_mysql import Dao
+from settings import Settings
+from views import job_view, recipient_view, runner_view, sender_view
+
+
+class BackendError(Exception):
+    """One sentence for the user; the command exits non-zero."""
+
+
+class Backend(Protocol):
+    def jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]: ...
+    def job(self, job_id: int) -> dict[str, Any]: ...
+    def recipients(self, job_id: int, status: str | None, limit: int,
+                   after: int) -> dict[str, Any]: ...
+    def control(self, job_id: int, action: str) -> dict[str, Any]: ...
+    def retry(self, job_id: int, statuses: list[str], codes: list[str]) -> dict[str, Any]: ...
+    def runners(self) -> list[dict[str, Any]]: ...
+    def senders(self) -> list[dict[str, Any]]: ...
+
+
+class LocalBackend:
+    """Straight to the database: an operator's view of every key's jobs."""
+
+    def __init__(self, settings: Settings, dao: Dao) -> None:
+        self.settings = settings
+        self.dao = dao
+
+    def jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        return [job_view(j) for j in self.dao.jobs_page(None, None, limit, status)]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        job = self.dao.job(job_id, with_counts=True)
+        if job is None:
+            raise BackendError(f"no job {job_id}")
+        return job_view(job, self.dao.error_summary(job_id))
+
+    def recipients(self, job_id: int, status: str | None, limit: int,
+                   after: int) -> dict[str, Any]:
+        self.job(job_id)
+        rows = self.dao.recipients_page(job_id, status, after, limit)
+        return {"recipients": [recipient_view(r) for r in rows],
+                "next_after": rows[-1].id if len(rows) == limit else None}
+
+    def control(self, job_id: int, action: str) -> dict[str, Any]:
+        self.job(job_id)
+        try:
+            if action == "cancel":
+                job_control.cancel(self.dao, job_id, "the mailjobs CLI")
+            elif action == "pause":
+                job_control.pause(self.dao, job_id, "operator", "paused from the mailjobs CLI")
+            else:
+                job_control.resume(self.dao, job_id)
+        except job_control.Conflict as exc:
+            raise BackendError(str(exc)) from None
+        return self.job(job_id)
+
+    def retry(self, job_id: int, statuses: list[str], codes: list[str]) -> dict[str, Any]:
+        self.job(job_id)
+        try:
+            job_control.retry(self.dao, job_id, statuses, codes)
+        except job_control.Conflict as exc:
+            raise BackendError(str(exc)) from None
+        return self.job(job_id)
+
+    def runners(self) -> list[dict[str, Any]]:
+        stale = 3 * self.settings.heartbeat_interval
+        return [runner_view(r, stale) for r in self.dao.runners(100)]
+
+    def senders(self) -> list[dict[str, Any]]:
+        limits = (self.settings.sender_rate_per_minute, self.settings.sender_daily_cap)
+        return [sender_view(r, self.dao.sender_sends_24h(r["email"]), limits)
+                for r in self.dao.senders()]
+
+
+class RemoteBackend:
+    """Through the HTTP API of a running mailjobs, with an API key."""
+
+    def __init__(self, url: str, key: str, timeout: float = 30.0) -> None:
+        import requests
+
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["X-API-Key"] = key
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        import requests
+
+        try:
+            r = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise BackendError(f"cannot reach {self.url}: {exc}") from None
+        try:
+            body = r.json()
+        except ValueError:
+            raise BackendError(f"{method} {path}: HTTP {r.status_code}, not JSON") from None
+        if r.status_code >= 400:
+            raise BackendError(f"{body.get('message', 'error')} (HTTP {r.status_code})")
+        return body
+
+    def jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        params = {"limit": limit, **({"status": status} if status else {})}
+        return self._call("GET", "/api/jobs", params=params)["jobs"]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/api/jobs/{job_id}")
+
+    def recipients(self, job_id: int, status: str | None, limit: int,
+                   after: int) -> dict[str, Any]:
+        params = {"limit": limit, "after": after, **({"status": status} if status else {})}
+        return self._call("GET", f"/api/jobs/{job_id}/recipients", params=params)
+
+    def control(self, job_id: int, action: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/jobs/{job_id}/{action}")
+
+    def retry(self, job_id: int, statuses: list[str], codes: list[str]) -> dict[str, Any]:
+        return self._call("POST", f"/api/jobs/{job_id}/retry",
+                          json={"status": statuses, "error_code": codes})
+
+    def runners(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/runners")["runners"]
+
+    def senders(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/senders")["senders"]

@@ -1,0 +1,207 @@
+"""The `mailjobs` commands that read and control jobs, runners and senders.
+
+Each talks to the database directly, or to a remote API when --url (MAILJOBS_URL) is given with
+--key (MAILJOBS_API_KEY). Human output is tables; --json prints the API's JSON for scripts.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from cli import _dao, _settings, cli
+from cli_backend import Backend, BackendError, LocalBackend, RemoteBackend
+from records import FINAL_JOB_STATUSES, JOB_STATUSES, RECIPIENT_STATUSES
+
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+
+
+def backend(ctx: click.Context) -> Backend:
+    url, key = ctx.obj.get("url"), ctx.obj.get("key")
+    if url:
+        if not key:
+            raise click.ClickException("--url needs an API key: --key or MAILJOBS_API_KEY")
+        return RemoteBackend(url, key)
+    return LocalBackend(_settings(ctx), _dao(ctx))
+
+
+def _run(ctx: click.Context, call) -> Any:
+    try:
+        return call(backend(ctx))
+    except BackendError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _emit(data: Any, as_json: bool, human) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=None, default=str))
+    else:
+        human(data)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _done(job: dict[str, Any]) -> int:
+    c = job["counts"]
+    return c.get("sent", 0) + c.get("failed", 0) + c.get("in_doubt", 0) + c.get("cancelled", 0)
+
+
+@cli.command("jobs")
+@click.option("--status", type=click.Choice(JOB_STATUSES))
+@click.option("--limit", default=20, show_default=True)
+@json_option
+@click.pass_context
+def jobs_cmd(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    jobs = _run(ctx, lambda b: b.jobs(status, limit))
+    if not as_json:
+        for j in jobs:  # the list view has no counts: fetch them for the table
+            j["counts"] = _run(ctx, lambda b, i=j["id"]: b.job(i))["counts"]
+    _emit(jobs, as_json, lambda js: _table(
+        ["ID", "STATUS", "SENT", "FAILED", "TOTAL", "SENDER", "CREATED"],
+        [[j["id"], j["status"], j["counts"].get("sent", 0), j["counts"].get("failed", 0),
+          j["total"], j["sender_email"], j["created_at"][:19]] for j in js]))
+
+
+def _show(job: dict[str, Any]) -> None:
+    for key in ("id", "status", "status_reason", "sender_email", "total", "created_at",
+                "send_at", "started_at", "finished_at"):
+        if job.get(key) is not None:
+            click.echo(f"{key:<14} {job[key]}")
+    click.echo("counts         " + (", ".join(f"{k}={v}" for k, v in sorted(job["counts"].items()))
+                                    or "-"))
+    if job.get("errors"):
+        click.echo("errors:")
+        for e in job["errors"]:
+            click.echo(f"  {e['error_code']:<18} {e['count']:>6}  {e['example']}")
+
+
+@cli.command("show")
+@click.argument("job_id", type=int)
+@json_option
+@click.pass_context
+def show_cmd(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """A job's status, counts and errors."""
+    _emit(_run(ctx, lambda b: b.job(job_id)), as_json, _show)
+
+
+@cli.command("errors")
+@click.argument("job_id", type=int)
+@json_option
+@click.pass_context
+def errors_cmd(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """A job's unsent recipients grouped by error_code, with an example each."""
+    errors = _run(ctx, lambda b: b.job(job_id))["errors"] or []
+    _emit(errors, as_json, lambda es: _table(
+        ["ERROR_CODE", "COUNT", "EXAMPLE"],
+        [[e["error_code"], e["count"], (e["example"] or "")[:100]] for e in es])
+        if es else click.echo(f"job {job_id} has no errors"))
+
+
+@cli.command("recipients")
+@click.argument("job_id", type=int)
+@click.option("--status", type=click.Choice(RECIPIENT_STATUSES))
+@click.option("--limit", default=50, show_default=True)
+@click.option("--after", default=0, help="next_after of the previous page")
+@json_option
+@click.pass_context
+def recipients_cmd(ctx: click.Context, job_id: int, status: str | None, limit: int, after: int,
+                   as_json: bool) -> None:
+    """One page of a job's recipients."""
+    page = _run(ctx, lambda b: b.recipients(job_id, status, limit, after))
+
+    def human(p: dict[str, Any]) -> None:
+        _table(["ID", "EMAIL", "STATUS", "ATTEMPTS", "ERROR_CODE", "ERROR"],
+               [[r["id"], r["to_email"], r["status"], r["attempts"], r["error_code"],
+                 (r["error"] or "")[:80]] for r in p["recipients"]])
+        if p["next_after"]:
+            click.echo(f"more: --after {p['next_after']}")
+    _emit(page, as_json, human)
+
+
+def _control(action: str, help_text: str) -> None:
+    @cli.command(action, help=help_text)
+    @click.argument("job_id", type=int)
+    @json_option
+    @click.pass_context
+    def command(ctx: click.Context, job_id: int, as_json: bool) -> None:
+        job = _run(ctx, lambda b: b.control(job_id, action))
+        _emit(job, as_json, lambda j: click.echo(f"job {job_id} is {j['status']}"))
+
+
+_control("cancel", "No further sends; unsent recipients become cancelled.")
+_control("pause", "Runners stop claiming the job within a poll interval.")
+_control("resume", "A paused job goes back to work.")
+
+
+@cli.command("retry")
+@click.argument("job_id", type=int)
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["failed", "in_doubt", "cancelled"]),
+              help="recipient status to retry (repeatable; default failed and in_doubt)")
+@click.option("--error-code", "codes", multiple=True, help="only these error codes (repeatable)")
+@json_option
+@click.pass_context
+def retry_cmd(ctx: click.Context, job_id: int, statuses: tuple[str, ...], codes: tuple[str, ...],
+              as_json: bool) -> None:
+    """Send again to the recipients that failed (optionally by error code)."""
+    job = _run(ctx, lambda b: b.retry(job_id, list(statuses) or ["failed", "in_doubt"],
+                                      list(codes)))
+    _emit(job, as_json, lambda j: click.echo(
+        f"job {job_id} is {j['status']}: {j['counts'].get('queued', 0)} recipient(s) queued"))
+
+
+def progress_line(job: dict[str, Any], rate: float, width: int = 30) -> str:
+    total = max(1, job["total"])
+    done = _done(job)
+    filled = int(width * done / total)
+    c = job["counts"]
+    left = job["total"] - done
+    eta = f"{left / rate / 60:.1f} min" if rate > 0 and left else "-"
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{job['total']} "
+            f"sent={c.get('sent', 0)} failed={c.get('failed', 0)} {job['status']} "
+            f"rate={rate:.1f}/s eta={eta}")
+
+
+@cli.command("watch")
+@click.argument("job_id", type=int)
+@click.option("--interval", default=1.0, show_default=True, help="seconds between updates")
+@json_option
+@click.pass_context
+def watch_cmd(ctx: click.Context, job_id: int, interval: float, as_json: bool) -> None:
+    """Live progress of a job until it ends: sent/failed/total, rate, ETA."""
+    first = _run(ctx, lambda b: b.job(job_id))
+    start, start_done = time.monotonic(), _done(first)
+    job = first
+    while True:
+        rate = (_done(job) - start_done) / max(1e-6, time.monotonic() - start)
+        if as_json:
+            click.echo(json.dumps({"job": job, "rate": round(rate, 2)}))
+        else:
+            click.echo("\r" + progress_line(job, rate), nl=False)
+        if job["status"] in FINAL_JOB_STATUSES:
+            break
+        time.sleep(interval)
+        job = _run(ctx, lambda b: b.job(job_id))
+    if not as_json:
+        click.echo()
+        _show(job)
+
+
+@cli.command("runners")
+@json_option
+@click.pass_context
+def runners_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Runners with their heartbeat age and state."""
+    _emit(_run(ctx, lambda b: b.runners()), as_json, lambda rs: _table(
+        ["ID", "KIND", "STATE", "ALIVE", "HEARTBEAT_AGE_S", "JOB", "SENT", "FAILED", "HOST"],
+        [[r["id"], r["kind"], r["state"], "yes" if r["alive"] else "NO", r["heartbeat_age_s"],
+          r["current_job_id"], r["sent_count"], r["failed_count"], r["host"]] for r in rs]))

@@ -1,0 +1,52 @@
+"""JSON views of jobs, recipients, runners and senders: one shape for the API, the CLI and the
+dashboard."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from api_schemas import ErrorSummary, JobOut, RecipientOut
+from records import Job, Recipient
+
+
+def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict[str, Any]:
+    return JobOut(
+        id=job.id, type=job.type, status=job.status, status_reason=job.status_reason,
+        sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
+        total=job.total, duplicates_removed=job.duplicates_removed, counts=job.counts,
+        created_at=job.created_at, send_at=job.send_at, started_at=job.started_at,
+        finished_at=job.finished_at, updated_at=job.updated_at,
+        recipients_url=f"/api/jobs/{job.id}/recipients",
+        errors=None if errors is None else [
+            ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
+    ).model_dump(mode="json")
+
+
+def recipient_view(r: Recipient) -> dict[str, Any]:
+    return RecipientOut(id=r.id, to_email=r.to_email, name=r.name, status=r.status,
+                        attempts=r.attempts, error_code=r.error_code, error=r.error,
+                        message_id=r.message_id, gmail_message_id=r.gmail_message_id,
+                        sent_at=r.sent_at, next_attempt_at=r.next_attempt_at
+                        ).model_dump(mode="json")
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+def runner_view(row: dict[str, Any], stale_after: float) -> dict[str, Any]:
+    age = (datetime.now(timezone.utc) - row["heartbeat_at"]).total_seconds()
+    alive = row["state"] != "stopped" and age <= stale_after
+    return {**{k: _iso(v) for k, v in row.items()}, "heartbeat_age_s": round(age, 1),
+            "alive": alive}
+
+
+def sender_view(row: dict[str, Any], sent_24h: int, defaults: tuple[int, int]) -> dict[str, Any]:
+    rate, cap = defaults
+    return {"email": row["email"], "auth_state": row["auth_state"],
+            "auth_error": row["auth_error"], "has_credentials": bool(row["has_credentials"]),
+            "rate_per_minute": row["rate_per_minute"] if row["rate_per_minute"] is not None
+            else rate,
+            "daily_cap": row["daily_cap"] if row["daily_cap"] is not None else cap,
+            "sent_24h": sent_24h, "paused_until": _iso(row["paused_until"]),
+            "paused_reason": row["paused_reason"]}
