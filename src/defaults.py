@@ -98,7 +98,7 @@ SENDER_DAILY_CAP = 2000
 DAILY_LIMIT_PAUSE = 3600.0
 
 # --- Transports ----------------------------------------------------------------------------------
-# gmail, outbox or null. Unset: gmail when GOOGLE_CLIENT_SECRETS is set, else outbox.
+# gmail, smtp, outbox or null. Unset: gmail when GOOGLE_CLIENT_SECRETS is set, else outbox.
 MAIL_TRANSPORT = ""
 OUTBOX_DIR = "var/outbox"
 # Gmail API base URL (tests point it at a fake Gmail on 127.0.0.1).
@@ -112,6 +112,29 @@ GOOGLE_CLIENT_SECRETS = ""
 # Fernet key (urlsafe base64, 32 bytes) that encrypts stored refresh tokens.
 TOKEN_ENCRYPTION_KEY = ""
 
+# --- SMTP transport (MAIL_TRANSPORT=smtp) -------------------------------------------------------
+SMTP_HOST = ""
+SMTP_PORT = 587
+# starttls, ssl (implicit TLS, usually port 465) or none
+SMTP_SECURITY = "starttls"
+SMTP_USERNAME = ""
+SMTP_PASSWORD = ""
+# Seconds any one SMTP command may take.
+SMTP_TIMEOUT = 30.0
+# Messages sent over one connection before it is closed and a new one opened.
+SMTP_MAX_MESSAGES_PER_CONNECTION = 100
+# Open SMTP connections over ALL runners on all hosts (shared through the database): N processes
+# each opening M connections is what caused "421 Too many concurrent connections".
+SMTP_MAX_CONNECTIONS = 4
+# Extra wait before retrying after a 421/4xx answer (servers shed load this way).
+SMTP_TRANSIENT_DELAY = 60.0
+
+# --- Dashboard and metrics ---------------------------------------------------------------------
+# Signs the dashboard's session cookie; set it in production (the same on every API process).
+SECRET_KEY = ""
+# Port of the Prometheus /metrics server of a standalone worker (0: none).
+METRICS_PORT = 0
+
 # How the README shows a default that is not a plain value.
 _SHOWN = {
     "DATABASE_URL": "(unset: a project-local MariaDB under var/mariadb)",
@@ -121,6 +144,10 @@ _SHOWN = {
     "GMAIL_TOKEN_URI": "(unset: Google's)",
     "GOOGLE_CLIENT_SECRETS": "(unset)",
     "TOKEN_ENCRYPTION_KEY": "(unset: generated into var/token_key on first use)",
+    "SMTP_HOST": "(unset)",
+    "SMTP_USERNAME": "(unset)",
+    "SMTP_PASSWORD": "(unset)",
+    "SECRET_KEY": "(unset: generated into var/secret_key on first use)",
 }
 _NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
             "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH"}

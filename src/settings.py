@@ -102,6 +102,17 @@ class Settings:
     gmail_timeout: float = defaults.GMAIL_TIMEOUT
     google_client_secrets: str = defaults.GOOGLE_CLIENT_SECRETS
     token_encryption_key: str = defaults.TOKEN_ENCRYPTION_KEY
+    smtp_host: str = defaults.SMTP_HOST
+    smtp_port: int = defaults.SMTP_PORT
+    smtp_security: str = defaults.SMTP_SECURITY
+    smtp_username: str = defaults.SMTP_USERNAME
+    smtp_password: str = defaults.SMTP_PASSWORD
+    smtp_timeout: float = defaults.SMTP_TIMEOUT
+    smtp_max_messages_per_connection: int = defaults.SMTP_MAX_MESSAGES_PER_CONNECTION
+    smtp_max_connections: int = defaults.SMTP_MAX_CONNECTIONS
+    smtp_transient_delay: float = defaults.SMTP_TRANSIENT_DELAY
+    secret_key: str = defaults.SECRET_KEY
+    metrics_port: int = defaults.METRICS_PORT
 
     @property
     def transport_name(self) -> str:
@@ -111,8 +122,9 @@ class Settings:
         return "gmail" if self.google_client_secrets else "outbox"
 
     def __post_init__(self) -> None:
-        choices = {"mail_transport": ("", "gmail", "outbox", "null"),
-                   "in_doubt_policy": ("auto", "check", "resend", "hold")}
+        choices = {"mail_transport": ("", "gmail", "smtp", "outbox", "null"),
+                   "in_doubt_policy": ("auto", "check", "resend", "hold"),
+                   "smtp_security": ("starttls", "ssl", "none")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.upper()} must be one of {', '.join(filter(None, allowed))},"
