@@ -49,6 +49,33 @@ class TemplateIn(Strict):
         return self
 
 
+TemplateName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class StoredTemplateIn(TemplateIn):
+    """Body of POST /api/templates."""
+
+    name: TemplateName
+
+
+class TemplateOut(BaseModel):
+    name: str
+    version: int
+    subject: str
+    html: str | None
+    text: str | None
+    created_at: datetime
+
+
+class TemplatesOut(BaseModel):
+    templates: list[TemplateOut]
+
+
+class TemplateVersionsOut(BaseModel):
+    name: str
+    versions: list[TemplateOut] = Field(description="newest first")
+
+
 class RecipientIn(Strict):
     email: Address
     name: HeaderText | None = None
@@ -61,7 +88,11 @@ class SendTemplateEmailsIn(Strict):
     sender_email: Address
     from_name: HeaderText | None = None
     reply_to: Address | None = None
-    template: TemplateIn
+    template: TemplateIn | None = Field(default=None, description="inline template; or give "
+                                        "template_name")
+    template_name: TemplateName | None = Field(default=None, description="a stored template")
+    template_version: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="with template_name: this version (default: the newest)")
     variables: Variables = Field(default_factory=dict)
     recipients: list[RecipientIn]
     send_at: AwareDatetime | None = Field(
@@ -79,6 +110,14 @@ class SendTemplateEmailsIn(Strict):
                 raise ValueError(f"at most {limit} recipients per job, got {len(value)}; "
                                  "split the list into several jobs")
         return value
+
+    @model_validator(mode="after")
+    def _one_template(self) -> "SendTemplateEmailsIn":
+        if (self.template is None) == (self.template_name is None):
+            raise ValueError("give either template or template_name")
+        if self.template_version is not None and self.template_name is None:
+            raise ValueError("template_version goes with template_name")
+        return self
 
 
 class RetryIn(Strict):
@@ -129,6 +168,8 @@ class JobOut(BaseModel):
     reply_to: str | None
     total: int
     duplicates_removed: int
+    template_name: str | None = Field(default=None, description="the stored template used")
+    template_version: int | None = Field(default=None, description="its exact version")
     counts: dict[str, int] = Field(description="recipients by status: "
                                    + ", ".join(RECIPIENT_STATUSES))
     created_at: datetime

@@ -15,13 +15,14 @@ from werkzeug.exceptions import HTTPException
 import defaults
 import job_control
 from api_keys import KeyVerifier
-from api_schemas import EnqueueOut, RetryIn, SendTemplateEmailsIn
+from api_schemas import (EnqueueOut, RetryIn, SendTemplateEmailsIn, StoredTemplateIn,
+                         TemplateIn)
 from dao_mysql import Dao, DatabaseUnavailable
-from enqueue import RequestRejected, enqueue, replay_or_conflict, request_hash
+from enqueue import RequestRejected, check_template, enqueue, replay_or_conflict, request_hash
 from openapi_doc import openapi_document
-from records import JOB_STATUSES, RECIPIENT_STATUSES, Job
+from records import JOB_STATUSES, RECIPIENT_STATUSES, Job, StoredTemplate
 from settings import Settings, load_settings
-from views import job_view, recipient_view, runner_view, sender_view
+from views import job_view, recipient_view, runner_view, sender_view, template_view
 
 log = logging.getLogger("mailjobs.api")
 
@@ -267,6 +268,62 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if not g.api_key.is_operator:
             raise RequestRejected(403, "operator_only", "this needs an operator API key",
                                   [("X-API-Key", "not an operator key")])
+
+    def _body(model: Any) -> Any:
+        if request.mimetype != "application/json":
+            raise RequestRejected(415, "unsupported_media_type",
+                                  "send the body as JSON with Content-Type: application/json",
+                                  [("Content-Type", "must be application/json")])
+        try:
+            return model.model_validate_json(request.get_data(cache=False))
+        except ValidationError as exc:
+            errors = _validation_errors(exc)
+            raise RequestRejected(400, "validation_error", f"{errors[0][0]}: {errors[0][1]}"
+                                  if errors[0][0] else errors[0][1], errors) from None
+
+    def _template_answer(t: StoredTemplate, status: int = 200) -> Response:
+        response = jsonify(template_view(t))
+        response.status_code = status
+        response.headers["Location"] = f"/api/templates/{t.name}"
+        return response
+
+    @app.post("/api/templates")
+    def create_template() -> Response:
+        spec = _body(StoredTemplateIn)
+        check_template(spec, prefix="")
+        stored = dao.add_template_version(g.api_key.id, spec.name, spec.subject, spec.html,
+                                          spec.text, must_exist=False)
+        if stored is None:
+            raise RequestRejected(409, "conflict", f"template {spec.name!r} exists; PUT "
+                                  f"/api/templates/{spec.name} makes a new version",
+                                  [("name", "exists already")])
+        log.info("template %r version 1 created by API key %d", spec.name, g.api_key.id)
+        return _template_answer(stored, 201)
+
+    @app.put("/api/templates/<name>")
+    def update_template(name: str) -> Response:
+        spec = _body(TemplateIn)
+        check_template(spec, prefix="")
+        stored = dao.add_template_version(g.api_key.id, name, spec.subject, spec.html,
+                                          spec.text, must_exist=True)
+        if stored is None:
+            raise RequestRejected(404, "not_found", f"no template {name!r} for this API key",
+                                  [("name", "not found")])
+        log.info("template %r version %d created by API key %d", name, stored.version,
+                 g.api_key.id)
+        return _template_answer(stored)
+
+    @app.get("/api/templates")
+    def list_templates() -> Response:
+        return jsonify({"templates": [template_view(t) for t in dao.templates(g.api_key.id)]})
+
+    @app.get("/api/templates/<name>")
+    def template_versions(name: str) -> Response:
+        versions = dao.template_versions(g.api_key.id, name)
+        if not versions:
+            raise RequestRejected(404, "not_found", f"no template {name!r} for this API key",
+                                  [("name", "not found")])
+        return jsonify({"name": name, "versions": [template_view(t) for t in versions]})
 
     @app.get("/api/runners")
     def list_runners() -> Response:

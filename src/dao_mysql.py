@@ -29,7 +29,7 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception_type, stop_af
 
 import defaults
 from rate_limit import Limits, allowance
-from records import ApiKey, Job, NewJob, NewRecipient, Recipient
+from records import ApiKey, Job, NewJob, NewRecipient, Recipient, StoredTemplate
 from settings import DatabaseParams, Settings
 
 log = logging.getLogger("mailjobs.db")
@@ -222,6 +222,9 @@ class Dao:
                 job.duplicates_removed, job.idempotency_key, job.request_hash,
                 job.send_at.astimezone(timezone.utc).replace(tzinfo=None) if job.send_at else None))
             job_id = int(cur.lastrowid)
+            if job.template_name is not None:
+                self._run(cur, "set_job_template", (job.template_name, job.template_version,
+                                                    job_id))
             sql = self.queries["insert_recipients"]
             for start in range(0, len(recipients), batch):
                 cur.executemany(sql, [
@@ -254,6 +257,33 @@ class Dao:
         args = {"job_id": job_id, "status": status, "after": after, "limit": limit}
         name = "recipients_page_by_status" if status else "recipients_page"
         return [_recipient(row) for row in self._all(name, args)]
+
+    # --- stored templates -----------------------------------------------------------------
+    def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
+                             text: str | None, must_exist: bool) -> StoredTemplate | None:
+        """Store the next version of a template (1 for a new one).
+
+        must_exist=False refuses (returns None) when the name exists; True refuses when not.
+        """
+        with self.transaction() as cur:
+            self._run(cur, "template_latest_version", (api_key_id, name))
+            latest = int(cur.fetchone()[0])
+            if (latest > 0) != must_exist:
+                return None
+            self._run(cur, "insert_template", (api_key_id, name, latest + 1, subject, html, text))
+            self._run(cur, "template_version", (api_key_id, name, latest + 1))
+            return _template(cur.fetchone())
+
+    def template(self, api_key_id: int, name: str, version: int | None) -> StoredTemplate | None:
+        row = (self._one("template_version", (api_key_id, name, version)) if version is not None
+               else self._one("template_newest", (api_key_id, name)))
+        return _template(row) if row else None
+
+    def template_versions(self, api_key_id: int, name: str) -> list[StoredTemplate]:
+        return [_template(r) for r in self._all("template_versions", (api_key_id, name))]
+
+    def templates(self, api_key_id: int) -> list[StoredTemplate]:
+        return [_template(r) for r in self._all("templates_of_key", (api_key_id, api_key_id))]
 
     # --- runners --------------------------------------------------------------------------
     def runner_heartbeat(self, runner: dict[str, Any]) -> None:
@@ -498,7 +528,13 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
     row = _utc(row)
     return Job(int(row[0]), row[1], int(row[2]), row[3], row[4], row[5], row[6], row[7], row[8],
                _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
-               row[15], row[16], row[17], row[18], row[19], row[20], row[21], counts or {})
+               row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
+               row[23], counts or {})
+
+
+def _template(row: tuple) -> StoredTemplate:
+    row = _utc(row)
+    return StoredTemplate(row[0], int(row[1]), row[2], row[3], row[4], row[5])
 
 
 def _runner(row: tuple) -> dict[str, Any]:

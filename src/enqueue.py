@@ -6,7 +6,7 @@ import hashlib
 from datetime import datetime, timezone
 from dataclasses import dataclass
 
-from api_schemas import SendTemplateEmailsIn
+from api_schemas import SendTemplateEmailsIn, TemplateIn
 from dao_mysql import Dao, DuplicateKey
 from records import ApiKey, Job, NewJob, NewRecipient
 from templating import BUILTIN_VARIABLES, TemplateCompileError, compile_templates
@@ -40,13 +40,28 @@ def request_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _check_templates(req: SendTemplateEmailsIn) -> frozenset[str]:
-    t = req.template
+def resolve_template(dao: Dao, key: ApiKey,
+                     req: SendTemplateEmailsIn) -> tuple[TemplateIn, int | None]:
+    """The inline template, or the stored one the request names (exact version when given),
+    with the stored version used."""
+    if req.template is not None:
+        return req.template, None
+    stored = dao.template(key.id, req.template_name or "", req.template_version)
+    if stored is None:
+        which = (f"version {req.template_version} of " if req.template_version else "") + \
+            f"template {req.template_name!r}"
+        raise RequestRejected(400, "unknown_template", f"no {which} for this API key",
+                              [("template_name", "no such stored template")])
+    return TemplateIn(subject=stored.subject, html=stored.html, text=stored.text), stored.version
+
+
+def check_template(t: TemplateIn, prefix: str = "template.") -> frozenset[str]:
+    """Compile the template; returns the variables it needs, or raises a 400."""
     try:
         compiled = compile_templates(t.subject, t.html, t.text)
     except TemplateCompileError as exc:
-        raise RequestRejected(400, "template_error", f"template.{exc.part} does not compile: {exc}",
-                              [(f"template.{exc.part}", str(exc))]) from None
+        raise RequestRejected(400, "template_error", f"{prefix}{exc.part} does not compile: {exc}",
+                              [(f"{prefix}{exc.part}", str(exc))]) from None
     return compiled.required
 
 
@@ -90,12 +105,14 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
         raise RequestRejected(403, "sender_not_allowed",
                               f"this API key may not send as {req.sender_email}",
                               [("sender_email", "not among the key's allowed senders")])
-    _missing_variables(req, _check_templates(req))
+    template, version = resolve_template(dao, key, req)
+    _missing_variables(req, check_template(template))
     recipients = dedupe(req)
-    new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, req.template.subject,
-                 req.template.html, req.template.text, req.variables, len(recipients),
+    new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
+                 template.html, template.text, req.variables, len(recipients),
                  len(req.recipients) - len(recipients), idempotency_key, body_hash,
-                 req.send_at if req.send_at and req.send_at > datetime.now(timezone.utc) else None)
+                 req.send_at if req.send_at and req.send_at > datetime.now(timezone.utc) else None,
+                 req.template_name, version)
     try:
         job_id = dao.create_job(new, recipients)
     except DuplicateKey:

@@ -9,7 +9,9 @@ from pydantic.json_schema import models_json_schema
 import api_schemas as s
 
 _MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.EnqueueOut, s.ErrorOut, s.JobOut,
-           s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut]
+           s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut,
+           s.StoredTemplateIn, s.TemplateIn, s.TemplateOut, s.TemplatesOut,
+           s.TemplateVersionsOut]
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -25,7 +27,7 @@ def _errors(*codes: int) -> dict[str, Any]:
              403: "the key may not send as this sender (or: not an operator key)",
              404: "no such job for this key",
              413: "body larger than MAX_REQUEST_BYTES", 415: "body is not application/json",
-             409: "not allowed in the job's current status",
+             409: "not allowed in the current state (job status, existing template)",
              422: "Idempotency-Key reused with another body", 503: "database unavailable"}
     return {str(c): _json(s.ErrorOut, words[c]) for c in codes}
 
@@ -41,6 +43,7 @@ def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema([(m, "validation") for m in _MODELS],
                                     ref_template="#/components/schemas/{model}")
     job_id = _param("job_id", "path", "the job's id", required=True)
+    name = _param("name", "path", "the template's name", {"type": "string"}, required=True)
     return {
         "openapi": "3.1.0",
         "info": {"title": "mailjobs", "version": "1.0",
@@ -95,6 +98,26 @@ def openapi_document() -> dict[str, Any]:
                                _param("after", "query", "next_after of the previous page")],
                 "responses": {"200": _json(s.RecipientsPageOut, "one page of recipients"),
                               **_errors(400, 401, 404, 503)}}},
+            "/api/templates": {
+                "post": {"summary": "Store a new template (version 1)",
+                         "requestBody": {"required": True, "content": {
+                             "application/json": {"schema": _ref(s.StoredTemplateIn)}}},
+                         "responses": {"201": _json(s.TemplateOut, "stored"),
+                                       **_errors(400, 401, 409, 415, 503)}},
+                "get": {"summary": "The newest version of each of this key's templates",
+                        "responses": {"200": _json(s.TemplatesOut, "templates"),
+                                      **_errors(401, 503)}}},
+            "/api/templates/{name}": {
+                "put": {"summary": "Store the next version (earlier versions never change)",
+                        "parameters": [name],
+                        "requestBody": {"required": True, "content": {
+                            "application/json": {"schema": _ref(s.TemplateIn)}}},
+                        "responses": {"200": _json(s.TemplateOut, "the new version"),
+                                      **_errors(400, 401, 404, 415, 503)}},
+                "get": {"summary": "Every version of a template, newest first",
+                        "parameters": [name],
+                        "responses": {"200": _json(s.TemplateVersionsOut, "versions"),
+                                      **_errors(401, 404, 503)}}},
             "/api/runners": {"get": {
                 "summary": "Runners with their heartbeat age and state (operator key)",
                 "responses": {"200": _json(s.RunnersOut, "recent runners"),

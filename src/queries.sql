@@ -39,14 +39,14 @@ INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by
+       send_at, paused_by, template_name, template_version
 FROM jobs WHERE id = %s;
 
 -- name: job_by_idempotency_key
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by
+       send_at, paused_by, template_name, template_version
 FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 
 -- name: jobs_page
@@ -54,7 +54,7 @@ FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by
+       send_at, paused_by, template_name, template_version
 FROM jobs
 WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
   AND (%(status)s IS NULL OR status = %(status)s)
@@ -298,3 +298,33 @@ FROM senders ORDER BY email;
 INSERT INTO senders (email, rate_per_minute, daily_cap, tokens, tokens_at)
 VALUES (%s, %s, %s, 0, UTC_TIMESTAMP(6))
 ON DUPLICATE KEY UPDATE rate_per_minute = VALUES(rate_per_minute), daily_cap = VALUES(daily_cap);
+
+-- ===== stored templates =======================================================================
+
+-- name: template_latest_version
+SELECT COALESCE(MAX(version), 0) FROM templates WHERE api_key_id = %s AND name = %s FOR UPDATE;
+
+-- name: insert_template
+INSERT INTO templates (api_key_id, name, version, subject, html, text) VALUES (%s, %s, %s, %s, %s, %s);
+
+-- name: template_version
+SELECT name, version, subject, html, text, created_at FROM templates
+WHERE api_key_id = %s AND name = %s AND version = %s;
+
+-- name: template_newest
+SELECT name, version, subject, html, text, created_at FROM templates
+WHERE api_key_id = %s AND name = %s ORDER BY version DESC LIMIT 1;
+
+-- name: template_versions
+SELECT name, version, subject, html, text, created_at FROM templates
+WHERE api_key_id = %s AND name = %s ORDER BY version DESC;
+
+-- name: templates_of_key
+-- The newest version of each of a key's templates.
+SELECT t.name, t.version, t.subject, t.html, t.text, t.created_at FROM templates t
+JOIN (SELECT name, MAX(version) AS version FROM templates WHERE api_key_id = %s GROUP BY name) m
+  ON m.name = t.name AND m.version = t.version
+WHERE t.api_key_id = %s ORDER BY t.name;
+
+-- name: set_job_template
+UPDATE jobs SET template_name = %s, template_version = %s WHERE id = %s;

@@ -51,6 +51,18 @@ class NewJob:
     idempotency_key: str | None
     request_hash: str | None
     send_at: datetime | None = None
+    template_name: str | None = None
+    template_version: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredTemplate:
+    name: str
+    version: int
+    subject: str
+    html: str | None
+    text: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,8 @@ class Job:
     updated_at: datetime
     send_at: datetime | None = None
     paused_by: str | None = None
+    template_name: str | None = None
+    template_version: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from api_schemas import ErrorSummary, JobOut, RecipientOut
-from records import Job, Recipient
+from api_schemas import ErrorSummary, JobOut, RecipientOut, TemplateOut
+from records import Job, Recipient, StoredTemplate
 
 
 def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict[str, Any]:
@@ -14,12 +14,18 @@ def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict
         id=job.id, type=job.type, status=job.status, status_reason=job.status_reason,
         sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
         total=job.total, duplicates_removed=job.duplicates_removed, counts=job.counts,
+        template_name=job.template_name, template_version=job.template_version,
         created_at=job.created_at, send_at=job.send_at, started_at=job.started_at,
         finished_at=job.finished_at, updated_at=job.updated_at,
         recipients_url=f"/api/jobs/{job.id}/recipients",
         errors=None if errors is None else [
             ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
     ).model_dump(mode="json")
+
+
+def template_view(t: StoredTemplate) -> dict[str, Any]:
+    return TemplateOut(name=t.name, version=t.version, subject=t.subject, html=t.html,
+                       text=t.text, created_at=t.created_at).model_dump(mode="json")
 
 
 def recipient_view(r: Recipient) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from migrations import apply_migrations  # noqa: E402
 from settings import Settings  # noqa: E402
 
 TEST_DB = "mailjobs_test"
-TABLES = ["job_recipients", "jobs", "api_keys", "runners", "senders", "sender_hourly_sends"]
+TABLES = ["job_recipients", "jobs", "api_keys", "runners", "senders", "sender_hourly_sends", "templates"]
 
 
 @dataclass
