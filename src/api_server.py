@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 import defaults
 import job_control
+import metrics
 from api_keys import KeyVerifier
 from api_schemas import (EnqueueOut, RetryIn, SendTemplateEmailsIn, StoredTemplateIn,
                          TemplateIn)
@@ -166,7 +167,10 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             first = errors[0]
             return error_response(400, "validation_error",
                                   f"{first[0]}: {first[1]}" if first[0] else first[1], errors)
-        result = enqueue(dao, g.api_key, req, body_hash, idem)
+        with metrics.ENQUEUE_SECONDS.time():
+            result = enqueue(dao, g.api_key, req, body_hash, idem)
+        if not result.replayed:
+            metrics.ENQUEUED_RECIPIENTS.inc(result.job.total)
         return _enqueued(result.job, replayed=result.replayed)
 
     def _live_runners() -> int:
@@ -361,6 +365,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         response = jsonify(body)
         response.status_code = status
         return response
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.render(dao)
+        return Response(body, content_type=content_type)
 
     @app.get("/openapi.json")
     def openapi() -> Response:

@@ -9,6 +9,7 @@ import click
 
 import api_keys
 import bootstrap
+import metrics
 import transports
 from job_runner import EmbeddedRunner, JobRunner, install_signal_handlers
 from dao_mysql import Dao, DaoError
@@ -94,6 +95,7 @@ def worker(ctx: click.Context) -> None:
     dao = Dao(settings)
     transports.announce(settings)
     runner = JobRunner(settings, dao, transports.transport_factory(settings, dao), kind="worker")
+    metrics.serve_worker_metrics(settings.metrics_port, settings.host)
     install_signal_handlers(runner.stop)
     runner.run()
 

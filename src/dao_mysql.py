@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from datetime import datetime, timezone
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception_type, stop_af
                       wait_exponential_jitter)
 
 import defaults
+import metrics
 from rate_limit import Limits, allowance
 from records import ApiKey, Job, NewJob, NewRecipient, Recipient, StoredTemplate
 from settings import DatabaseParams, Settings
@@ -106,7 +108,10 @@ class Dao:
         return self._in_use
 
     def _checkout(self) -> Any:
-        if not self._slots.acquire(timeout=self.settings.db_pool_timeout):
+        started = time.monotonic()
+        acquired = self._slots.acquire(timeout=self.settings.db_pool_timeout)
+        metrics.POOL_WAIT_SECONDS.observe(time.monotonic() - started)
+        if not acquired:
             raise DatabaseUnavailable(
                 f"no free database connection within {self.settings.db_pool_timeout}s "
                 f"(pool size {self.settings.db_pool_size})")
@@ -117,6 +122,7 @@ class Dao:
             raise (_translate(exc) or exc) from exc
         with self._in_use_lock:
             self._in_use += 1
+        metrics.POOL_IN_USE.inc()
         return conn
 
     def _release(self, conn: Any) -> None:
@@ -127,6 +133,7 @@ class Dao:
         finally:
             with self._in_use_lock:
                 self._in_use -= 1
+            metrics.POOL_IN_USE.dec()
             self._slots.release()
 
     def _acquire(self) -> Any:
@@ -284,6 +291,19 @@ class Dao:
 
     def templates(self, api_key_id: int) -> list[StoredTemplate]:
         return [_template(r) for r in self._all("templates_of_key", (api_key_id, api_key_id))]
+
+    # --- metrics --------------------------------------------------------------------------
+    def queue_metrics(self) -> tuple[dict[str, int], float, list[dict[str, Any]]]:
+        """Queue depth by status, oldest due queued age (s), live runners' heartbeat ages."""
+        with self.transaction() as cur:
+            self._run(cur, "queue_depth")
+            depth = {status: int(n) for status, n in cur.fetchall()}
+            self._run(cur, "oldest_queued_age")
+            oldest = float(cur.fetchone()[0] or 0)
+            self._run(cur, "runner_heartbeat_ages")
+            runners = [{"id": i, "kind": k, "state": st, "age": float(age)}
+                       for i, k, st, age in cur.fetchall()]
+        return depth, oldest, runners
 
     # --- runners --------------------------------------------------------------------------
     def runner_heartbeat(self, runner: dict[str, Any]) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 from jinja2 import TemplateError
 
+import metrics
 from mail_message import HeaderInjection, UnsupportedAddress, build_message
 from records import Job, Recipient
 from settings import Settings
@@ -93,10 +95,14 @@ class EmailScheduler:
         except (TemplateError, TemplateCompileError, TypeError, ValueError) as exc:
             return Outcome(r, job, FAILED, error_code="template_error",
                            error=f"template could not be rendered: {type(exc).__name__}: {exc}")
+        started = time.monotonic()
         try:
             result = transport.send(message)
         except SendError as exc:
             return self.classify(exc, job, r)
+        finally:
+            metrics.SEND_SECONDS.labels(getattr(transport, "name", "?")).observe(
+                time.monotonic() - started)
         return Outcome(r, job, SENT, provider_id=result.provider_id)
 
     def resolve_in_doubt(self, transport: Transport, job: Job, r: Recipient) -> Outcome | None:

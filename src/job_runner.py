@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import job_control
+import metrics
 from dao_mysql import Dao, DatabaseUnavailable
 from email_scheduler import FAILED, HOLD, RETRY, SENT, EmailScheduler, Outcome, TransportFactory
 from rate_limit import Limits
@@ -242,6 +243,8 @@ class JobRunner:
 
     def _log_outcome(self, o: Outcome) -> None:
         job_id, r = o.job.id, o.recipient
+        metrics.SENDS.labels(o.job.sender_email, "recovered" if o.recovered else o.result,
+                             o.error_code or "").inc()
         if o.result in (SENT, FAILED):
             self._progress[job_id] = self._progress.get(job_id, 0) + 1
         where = f"job={job_id} [{self._progress.get(job_id, 0)}/{o.job.total}]"

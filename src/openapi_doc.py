@@ -129,6 +129,11 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Liveness of the service and its database", "security": [],
                 "responses": {"200": _json(s.HealthOut, "healthy"),
                               "503": _json(s.HealthOut, "database (or runners) unavailable")}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (sends, latencies, queue depth, runners, pool)",
+                "security": [],
+                "responses": {"200": {"description": "Prometheus text format", "content": {
+                    "text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [],
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },

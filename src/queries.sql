@@ -328,3 +328,21 @@ WHERE t.api_key_id = %s ORDER BY t.name;
 
 -- name: set_job_template
 UPDATE jobs SET template_name = %s, template_version = %s WHERE id = %s;
+
+-- ===== metrics ================================================================================
+
+-- name: queue_depth
+SELECT r.status, COUNT(*) FROM jobs j
+JOIN job_recipients r ON r.job_id = j.id
+  AND r.status IN ('queued', 'retrying', 'sending', 'in_doubt')
+WHERE j.status IN ('queued', 'scheduled', 'running', 'paused')
+GROUP BY r.status;
+
+-- name: oldest_queued_age
+SELECT COALESCE(MAX(TIMESTAMPDIFF(MICROSECOND, r.next_attempt_at, UTC_TIMESTAMP(6))), 0) / 1e6
+FROM jobs j JOIN job_recipients r ON r.job_id = j.id AND r.status = 'queued'
+WHERE j.status IN ('queued', 'running') AND r.next_attempt_at <= UTC_TIMESTAMP(6);
+
+-- name: runner_heartbeat_ages
+SELECT id, kind, state, TIMESTAMPDIFF(MICROSECOND, heartbeat_at, UTC_TIMESTAMP(6)) / 1e6
+FROM runners WHERE state <> 'stopped' AND heartbeat_at > UTC_TIMESTAMP(6) - INTERVAL 1 DAY;

@@ -1,0 +1,26 @@
+"""gunicorn settings for the mailjobs API: `gunicorn -c deploy/gunicorn.conf.py wsgi:app`.
+
+Each worker process opens its own DB pool (DB_POOL_SIZE connections at most), so the database
+must allow workers x DB_POOL_SIZE connections per API host, plus the runners'.
+"""
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("HTTP_THREADS", "8"))
+worker_class = "gthread"
+# A 100,000-recipient POST takes a few seconds; nothing legitimate takes a minute.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+chdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+accesslog = "-"
+errorlog = "-"
+
+
+def child_exit(server, worker):
+    """prometheus-client multiprocess mode: forget a dead worker's live gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,89 @@
+"""Prometheus metrics (prometheus-client).
+
+Counters and histograms are per process; under gunicorn set PROMETHEUS_MULTIPROC_DIR (an empty
+directory, the same for all workers of one host) and /metrics sums them over the processes. A
+standalone worker serves its own on METRICS_PORT. Queue depth, the oldest queued recipient and
+runner heartbeat ages are read from the database when /metrics is scraped (only by the API, so
+several workers do not report them twice).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest, start_http_server)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+log = logging.getLogger("mailjobs.metrics")
+
+SENDS = Counter("mailjobs_sends", "Send attempts by sender, result and error_code",
+                ["sender", "result", "error_code"])
+SEND_SECONDS = Histogram("mailjobs_send_seconds", "Time one transport send took",
+                         ["transport"], buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+ENQUEUE_SECONDS = Histogram("mailjobs_enqueue_seconds", "Time to validate and store a job",
+                            buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+ENQUEUED_RECIPIENTS = Counter("mailjobs_enqueued_recipients", "Recipients stored by the API")
+POOL_IN_USE = Gauge("mailjobs_db_pool_in_use", "Database connections checked out of the pool",
+                    multiprocess_mode="livesum")
+POOL_WAIT_SECONDS = Histogram("mailjobs_db_pool_wait_seconds",
+                              "Time spent waiting for a pooled database connection",
+                              buckets=(.001, .005, .01, .05, .1, .5, 1, 5))
+
+
+class DatabaseCollector:
+    """Gauges computed from the database at scrape time."""
+
+    def __init__(self, dao) -> None:
+        self.dao = dao
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            depth, oldest, runners = self.dao.queue_metrics()
+        except Exception as exc:  # a scrape must not fail because the DB is down
+            log.warning("metrics: database gauges unavailable: %s", exc)
+            up = GaugeMetricFamily("mailjobs_database_up", "1 when the database answered")
+            up.add_metric([], 0)
+            yield up
+            return
+        up = GaugeMetricFamily("mailjobs_database_up", "1 when the database answered")
+        up.add_metric([], 1)
+        yield up
+        queue = GaugeMetricFamily("mailjobs_queue_depth",
+                                  "Recipients of active jobs by status", labels=["status"])
+        for status in ("queued", "retrying", "sending", "in_doubt"):
+            queue.add_metric([status], depth.get(status, 0))
+        yield queue
+        age = GaugeMetricFamily("mailjobs_oldest_queued_seconds",
+                                "Age of the oldest due queued recipient of an active job")
+        age.add_metric([], oldest)
+        yield age
+        beat = GaugeMetricFamily("mailjobs_runner_heartbeat_age_seconds",
+                                 "Seconds since each runner's last heartbeat",
+                                 labels=["runner", "kind", "state"])
+        for r in runners:
+            beat.add_metric([r["id"], r["kind"], r["state"]], r["age"])
+        yield beat
+
+
+def render(dao) -> tuple[bytes, str]:
+    """This process's metrics (every process's under PROMETHEUS_MULTIPROC_DIR), then the
+    database gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        processes = CollectorRegistry()
+        MultiProcessCollector(processes)
+    else:
+        processes = REGISTRY
+    database = CollectorRegistry()
+    if dao is not None:
+        database.register(DatabaseCollector(dao))
+    return generate_latest(processes) + generate_latest(database), CONTENT_TYPE_LATEST
+
+
+def serve_worker_metrics(port: int, addr: str) -> None:
+    """A standalone worker's own /metrics (its counters; no database gauges)."""
+    if port:
+        start_http_server(port, addr=addr)
+        log.info("worker metrics on http://%s:%d/metrics", addr, port)

@@ -1,0 +1,15 @@
+"""WSGI entry point for gunicorn (`gunicorn -c deploy/gunicorn.conf.py wsgi:app`).
+
+The API processes only enqueue and answer; sending is done by `mailjobs worker` processes
+(EMBEDDED_RUNNER does not apply here). Set EXPECT_RUNNERS so /healthz reports missing workers.
+Migrations are applied by `mailjobs migrate` before the service starts (systemd ExecStartPre).
+"""
+from __future__ import annotations
+
+from api_server import create_app
+from bootstrap import configure_logging
+from settings import load_settings
+
+settings = load_settings()
+configure_logging(settings.log_level)
+app = create_app(settings)
