@@ -495,10 +495,21 @@ class Dao:
             self._run(cur, "ensure_sender", (sender,))
             self._run(cur, "defer_sender", (int(seconds * 1_000_000), reason[:1000], sender))
 
-    def pause_sender(self, sender: str, auth_state: str, reason: str, paused_by: str) -> int:
-        """Mark the sender broken and pause its queued/running jobs; returns jobs paused."""
+    def pause_sender(self, sender: str, auth_state: str, reason: str, paused_by: str,
+                     failed_at: datetime | None = None) -> int | None:
+        """Mark the sender broken and pause its queued/running jobs; returns jobs paused.
+
+        A failure of a send that began (`failed_at`) before the sender's credentials were last
+        stored is stale (it used the old grant): nothing changes and None is returned.
+        """
         with self.transaction() as cur:
             self._run(cur, "ensure_sender", (sender,))
+            if failed_at is not None:
+                self._run(cur, "sender_credentials_at", (sender,))
+                stored = cur.fetchone()[0]
+                if stored is not None and stored >= failed_at.astimezone(
+                        timezone.utc).replace(tzinfo=None):
+                    return None
             self._run(cur, "sender_auth_failed", (auth_state, reason, sender))
             return self._run(cur, "pause_sender_jobs", (paused_by, reason[:1000], sender))
 
@@ -527,6 +538,69 @@ class Dao:
     def set_sender_limits(self, sender: str, rate: int | None, cap: int | None) -> None:
         with self.transaction() as cur:
             self._run(cur, "set_sender_limits", (sender, rate, cap))
+
+    # --- dashboard ------------------------------------------------------------------------
+    def api_key_by_id(self, key_id: int) -> ApiKey | None:
+        row = self._one("api_key_by_id", (key_id,))
+        return _api_key(row) if row else None
+
+    def job_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """Recipient counts by status of several jobs: {job_id: {status: n}}."""
+        if not job_ids:
+            return {}
+        out: dict[int, dict[str, int]] = {int(i): {} for i in job_ids}
+        with self.transaction() as cur:
+            cur.execute(self.queries["job_counts"].format(ids=_placeholders(len(job_ids))),
+                        list(job_ids))
+            for job_id, status, n in cur.fetchall():
+                out[int(job_id)][status] = int(n)
+        return out
+
+    def send_rate(self, job_id: int) -> list[tuple[datetime, int]]:
+        """Recipients of a job sent per minute (UTC), oldest first; minutes without sends are
+        absent."""
+        return [(datetime.strptime(minute, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc),
+                 int(n)) for minute, n in self._all("send_rate", (job_id,))]
+
+
+    # --- SMTP connection slots (SMTP_MAX_CONNECTIONS shared by every runner) ---------------
+    def acquire_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
+        """Take a free or expired one of slots 1..`size` for `holder` under a lease of `lease`
+        seconds; None when all are held. Missing slot rows are created first."""
+        slot = self._take_smtp_slot(holder, size, lease)
+        if slot is None and self._ensure_smtp_slots(size):
+            slot = self._take_smtp_slot(holder, size, lease)
+        return slot
+
+    def _take_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
+        with self.transaction() as cur:
+            self._run(cur, "free_smtp_slot", (size,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            self._run(cur, "take_smtp_slot", (holder, int(lease * 1_000_000), row[0]))
+            return int(row[0])
+
+    def _ensure_smtp_slots(self, size: int) -> bool:
+        """Create missing rows 1..size; True when some were missing."""
+        with self.transaction() as cur:
+            self._run(cur, "smtp_slot_count", (size,))
+            if int(cur.fetchone()[0]) >= size:
+                return False
+            cur.executemany(self.queries["insert_smtp_slot"], [(n,) for n in range(1, size + 1)])
+            return True
+
+    def renew_smtp_slot(self, slot: int, holder: str, lease: float) -> bool:
+        """Extend `holder`'s lease; False when the slot is no longer its own."""
+        with self.transaction() as cur:
+            return self._run(cur, "renew_smtp_slot", (int(lease * 1_000_000), slot, holder)) > 0
+
+    def release_smtp_slot(self, slot: int, holder: str) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "release_smtp_slot", (slot, holder))
+
+    def smtp_slots(self) -> list[tuple[int, str | None, datetime | None]]:
+        return [(int(s), h, e) for s, h, e in map(_utc, self._all("smtp_slots_all"))]
 
 
 def _utc(row: tuple) -> tuple:

@@ -10,7 +10,8 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Callable
 
 from jinja2 import TemplateError
@@ -43,6 +44,7 @@ class Outcome:
     sender_delay: float = 0.0
     in_doubt: bool = False         # the attempt may have reached Gmail
     recovered: bool = False        # found already sent by an in-doubt check
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -80,6 +82,10 @@ class EmailScheduler:
         return OutgoingMessage(job.id, r.id, job.sender_email, r.to_email, r.message_id or "", raw)
 
     def send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
+        started_at = datetime.now(timezone.utc)
+        return replace(self._send(transport, job, r), started_at=started_at)
+
+    def _send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
         if r.in_doubt:
             resolved = self.resolve_in_doubt(transport, job, r)
             if resolved is not None:

@@ -281,7 +281,11 @@ class JobRunner:
             state = "auth_revoked" if o.sender_action == "pause_auth" else "config_error"
             paused_by = "sender_auth" if o.sender_action == "pause_auth" else "sender_config"
             reason = f"sender {sender} {state}: {o.error}"
-            n = self.dao.pause_sender(sender, state, reason, paused_by)
+            n = self.dao.pause_sender(sender, state, reason, paused_by, o.started_at)
+            if n is None:
+                log.warning("sender %s: %s; ignored: the sender was re-authorised since that "
+                            "send began", sender, o.error)
+                return
             log.error("%s; %d job(s) paused until an operator fixes it (mailjobs auth %s)",
                       reason, n, sender)
 

@@ -279,12 +279,17 @@ UPDATE jobs SET status = IF(started_at IS NULL, 'queued', 'running'), paused_by 
 WHERE sender_email = %s AND status = 'paused' AND paused_by = 'sender_auth';
 
 -- name: save_sender_credentials
-INSERT INTO senders (email, credentials, auth_state, auth_error, tokens, tokens_at)
-VALUES (%s, %s, 'ok', NULL, 0, UTC_TIMESTAMP(6))
-ON DUPLICATE KEY UPDATE credentials = VALUES(credentials), auth_state = 'ok', auth_error = NULL;
+INSERT INTO senders (email, credentials, credentials_at, auth_state, auth_error, tokens, tokens_at)
+VALUES (%s, %s, UTC_TIMESTAMP(6), 'ok', NULL, 0, UTC_TIMESTAMP(6))
+ON DUPLICATE KEY UPDATE credentials = VALUES(credentials), credentials_at = UTC_TIMESTAMP(6),
+                        auth_state = 'ok', auth_error = NULL;
 
 -- name: update_sender_credentials
+-- A refreshed access token: same grant, so credentials_at stays.
 UPDATE senders SET credentials = %s WHERE email = %s;
+
+-- name: sender_credentials_at
+SELECT credentials_at FROM senders WHERE email = %s FOR UPDATE;
 
 -- name: sender_credentials
 SELECT credentials FROM senders WHERE email = %s;
@@ -346,3 +351,52 @@ WHERE j.status IN ('queued', 'running') AND r.next_attempt_at <= UTC_TIMESTAMP(6
 -- name: runner_heartbeat_ages
 SELECT id, kind, state, TIMESTAMPDIFF(MICROSECOND, heartbeat_at, UTC_TIMESTAMP(6)) / 1e6
 FROM runners WHERE state <> 'stopped' AND heartbeat_at > UTC_TIMESTAMP(6) - INTERVAL 1 DAY;
+
+-- ===== SMTP connection slots (SMTP_MAX_CONNECTIONS over all runners) ==========================
+
+-- name: smtp_slot_count
+SELECT COUNT(*) FROM smtp_slots WHERE slot BETWEEN 1 AND %s;
+
+-- name: insert_smtp_slot
+INSERT IGNORE INTO smtp_slots (slot) VALUES (%s);
+
+-- name: free_smtp_slot
+-- A free or expired slot among 1..SMTP_MAX_CONNECTIONS; rows others are taking are skipped.
+SELECT slot FROM smtp_slots
+WHERE slot BETWEEN 1 AND %s
+  AND (holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= UTC_TIMESTAMP(6))
+ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED;
+
+-- name: take_smtp_slot
+UPDATE smtp_slots SET holder = %s, lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+WHERE slot = %s;
+
+-- name: renew_smtp_slot
+-- 0 rows: the lease ran out and another holder took the slot.
+UPDATE smtp_slots SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+WHERE slot = %s AND holder = %s;
+
+-- name: release_smtp_slot
+UPDATE smtp_slots SET holder = NULL, lease_expires_at = NULL WHERE slot = %s AND holder = %s;
+
+-- name: smtp_slots_all
+SELECT slot, holder, lease_expires_at FROM smtp_slots ORDER BY slot;
+
+-- ===== dashboard ==============================================================================
+
+-- name: api_key_by_id
+SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
+       revoked_at
+FROM api_keys WHERE id = %s;
+
+-- name: job_counts
+-- Recipient counts by status of several jobs (the jobs list); {ids} is a placeholder list.
+SELECT job_id, status, COUNT(*) FROM job_recipients WHERE job_id IN ({ids})
+GROUP BY job_id, status;
+
+-- name: send_rate
+-- Sends of one job per minute (UTC), for the dashboard's chart. %% is a literal % here.
+SELECT DATE_FORMAT(sent_at, '%%Y-%%m-%%d %%H:%%i') AS minute, COUNT(*)
+FROM job_recipients
+WHERE job_id = %s AND status = 'sent' AND sent_at IS NOT NULL
+GROUP BY minute ORDER BY minute;

@@ -212,3 +212,22 @@ def test_two_runners_send_each_of_1000_recipients_exactly_once(client, key, dao,
     assert len(set(addresses)) == 1000
     assert {r.gmail_message_id for r in recipients(dao, job_id)} == {s.id for s in fake.sent}
     assert all(r.stats.sent > 100 for r in runners), [r.stats.sent for r in runners]
+
+
+def test_a_stale_auth_failure_does_not_pause_a_reauthorised_sender(client, key, dao, fake,
+                                                                  gmail_settings):
+    """Regression: a send that failed with the old grant, recorded after `mailjobs auth`
+    stored a new one, must not pause the sender's jobs again."""
+    from datetime import datetime, timezone
+
+    job_id = post(client, key, body(1)).json["job_id"]
+    before_reauth = datetime.now(timezone.utc)
+    time.sleep(0.01)
+    CredentialStore(gmail_settings, dao).store_info(SENDER, fake.authorized_user_info(SENDER),
+                                                    resume=True)
+    assert dao.pause_sender(SENDER, "auth_revoked", "old grant", "sender_auth",
+                            before_reauth) is None
+    assert dao.job(job_id).status == "queued"
+    assert dao.pause_sender(SENDER, "auth_revoked", "new failure", "sender_auth",
+                            datetime.now(timezone.utc)) == 1
+    assert dao.job(job_id).status == "paused"
