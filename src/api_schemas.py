@@ -5,7 +5,8 @@ from what the server accepts.
 """
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field,
@@ -30,7 +31,24 @@ def _one_line(value: str | None) -> str | None:
 
 Address = Annotated[str, Field(max_length=320), AfterValidator(_address)]
 HeaderText = Annotated[str, Field(max_length=255), AfterValidator(_one_line)]
-Variables = dict[str, Any]
+def _finite(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError("numbers must be finite (no NaN or Infinity)") from None
+    return value
+
+
+def _utc_in_range(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("date is out of range") from None
+
+
+Variables = Annotated[dict[str, Any], AfterValidator(_finite)]
 
 
 class Strict(BaseModel):
@@ -95,7 +113,7 @@ class SendTemplateEmailsIn(Strict):
         default=None, description="with template_name: this version (default: the newest)")
     variables: Variables = Field(default_factory=dict)
     recipients: list[RecipientIn]
-    send_at: AwareDatetime | None = Field(
+    send_at: Annotated[AwareDatetime | None, AfterValidator(_utc_in_range)] = Field(
         default=None, description="ISO 8601 with an offset; the job waits as 'scheduled' until "
                                   "then (a time in the past starts at once)")
 

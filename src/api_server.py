@@ -65,6 +65,27 @@ def _validation_errors(exc: ValidationError) -> list[tuple[str | None, str]]:
     return out
 
 
+def parse_body(model: Any, raw: bytes, context: dict[str, Any] | None = None) -> Any:
+    """Validate a JSON body with a pydantic model; every failure is a RequestRejected 400."""
+    try:
+        return model.model_validate_json(raw, context=context)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise RequestRejected(400, "invalid_json", f"body is not valid JSON: {first['msg']}",
+                                  [(None, "not valid JSON")]) from None
+        errors = _validation_errors(exc)
+        raise RequestRejected(400, "validation_error", f"{errors[0][0]}: {errors[0][1]}"
+                              if errors[0][0] else errors[0][1], errors) from None
+
+
+def require_json() -> None:
+    if request.mimetype != "application/json":
+        raise RequestRejected(415, "unsupported_media_type",
+                              "send the body as JSON with Content-Type: application/json",
+                              [("Content-Type", "must be application/json")])
+
+
 def _int_arg(name: str, default: int | None, low: int = 0, high: int = 2**63) -> int | None:
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -117,8 +138,12 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if exc.code == 413:
             return error_response(413, "payload_too_large",
                                   f"request body is larger than {settings.max_request_bytes} bytes")
-        return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
-                              exc.description or exc.name)
+        response = error_response(exc.code or 500,
+                                  (exc.name or "error").lower().replace(" ", "_"),
+                                  exc.description or exc.name)
+        if "Allow" in exc.get_response().headers:  # 405 must say what is allowed
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -142,10 +167,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     @app.post("/api/jobs/send_template_emails")
     def send_template_emails() -> Response:
-        if request.mimetype != "application/json":
-            return error_response(415, "unsupported_media_type",
-                                  "send the body as JSON with Content-Type: application/json",
-                                  [("Content-Type", "must be application/json")])
+        require_json()
         idem = request.headers.get("Idempotency-Key")
         if idem is not None and not 1 <= len(idem) <= 255:
             raise RequestRejected(400, "validation_error", "Idempotency-Key must be 1-255 characters",
@@ -156,17 +178,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             replay = replay_or_conflict(dao, g.api_key, idem, body_hash)
             if replay is not None:
                 return _enqueued(replay.job, replayed=True)
-        try:
-            req = SendTemplateEmailsIn.model_validate_json(
-                body, context={"max_recipients": settings.max_recipients_per_job})
-        except ValidationError as exc:
-            errors = _validation_errors(exc)
-            if exc.errors()[0]["type"] == "json_invalid":
-                return error_response(400, "invalid_json", f"body is not valid JSON: "
-                                      f"{exc.errors()[0]['msg']}", [(None, "not valid JSON")])
-            first = errors[0]
-            return error_response(400, "validation_error",
-                                  f"{first[0]}: {first[1]}" if first[0] else first[1], errors)
+        req = parse_body(SendTemplateEmailsIn, body,
+                         {"max_recipients": settings.max_recipients_per_job})
         with metrics.ENQUEUE_SECONDS.time():
             result = enqueue(dao, g.api_key, req, body_hash, idem)
         if not result.replayed:
@@ -230,17 +243,9 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     def retry(job_id: int) -> Response:
         _visible_job(job_id)
         raw = request.get_data(cache=False)
-        if raw.strip() and request.mimetype != "application/json":
-            return error_response(415, "unsupported_media_type",
-                                  "send the filter as JSON with Content-Type: application/json",
-                                  [("Content-Type", "must be application/json")])
-        try:
-            spec = RetryIn.model_validate_json(raw) if raw.strip() else RetryIn()
-        except ValidationError as exc:
-            errors = _validation_errors(exc)
-            return error_response(400, "validation_error",
-                                  f"{errors[0][0]}: {errors[0][1]}" if errors[0][0]
-                                  else errors[0][1], errors)
+        if raw.strip():
+            require_json()
+        spec = parse_body(RetryIn, raw) if raw.strip() else RetryIn()
         n = job_control.retry(dao, job_id, spec.status, spec.error_code)
         log.info("job=%d: %d recipient(s) queued again by API key %d (status %s%s)", job_id, n,
                  g.api_key.id, spec.status,
@@ -274,16 +279,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                                   [("X-API-Key", "not an operator key")])
 
     def _body(model: Any) -> Any:
-        if request.mimetype != "application/json":
-            raise RequestRejected(415, "unsupported_media_type",
-                                  "send the body as JSON with Content-Type: application/json",
-                                  [("Content-Type", "must be application/json")])
-        try:
-            return model.model_validate_json(request.get_data(cache=False))
-        except ValidationError as exc:
-            errors = _validation_errors(exc)
-            raise RequestRejected(400, "validation_error", f"{errors[0][0]}: {errors[0][1]}"
-                                  if errors[0][0] else errors[0][1], errors) from None
+        require_json()
+        return parse_body(model, request.get_data(cache=False))
 
     def _template_answer(t: StoredTemplate, status: int = 200) -> Response:
         response = jsonify(template_view(t))
@@ -375,6 +372,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     def openapi() -> Response:
         return jsonify(openapi_document())
 
+    from dashboard import register_dashboard  # operators' HTML pages, not in /openapi.json
+    register_dashboard(app, dao, settings)
     return app
 
 

@@ -3,7 +3,7 @@
 - Behind an OPERATOR API key: `/dashboard/login` takes the key once, checks it with KeyVerifier
   and accepts operator keys only; the key's id then lives in Flask's signed session cookie
   (HttpOnly, SameSite=Lax, path /dashboard, 12 hours). Every request reads the key row again, so
-  revoking the key (`mailjobs keys revoke`) ends its sessions at once.
+  revoking the key (`mailjobs api-key revoke`) ends its sessions at once.
 - Server-rendered Jinja templates (`templates/dashboard/`, autoescaped), plain CSS, no
   JavaScript: the send-rate chart is inline SVG computed here. A strict Content-Security-Policy
   forbids scripts altogether, as a second line behind the escaping.
@@ -56,22 +56,27 @@ def secret_key(settings: Settings) -> str:
     if settings.secret_key:
         return settings.secret_key
     path = DEV_SECRET_FILE
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_urlsafe(48) + "\n")
     try:
-        os.link(tmp, path)  # atomic; another process that got there first wins
-        log.warning("SECRET_KEY is not set: generated a development key in %s; set SECRET_KEY "
-                    "in production (the same on every API process)", path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return path.read_text().strip()
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(tmp, path)  # atomic; another process that got there first wins
+            log.warning("SECRET_KEY is not set: generated a development key in %s; set "
+                        "SECRET_KEY in production (the same on every API process)", path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_text().strip()
+    except OSError as exc:  # a read-only install must still serve the API
+        log.warning("SECRET_KEY is not set and %s cannot be written (%s): dashboard sessions "
+                    "last until this process stops; set SECRET_KEY", path, exc)
+        return secrets.token_urlsafe(48)
 
 
 def register_dashboard(app: Flask, dao: Dao, settings: Settings) -> None:
@@ -184,12 +189,10 @@ def send_rate_chart(points: list[tuple[datetime, int]], width: int = 860,
                      "title": f"{period} UTC: {sums[i]} sent ({_fmt_rate(rates[i])}/min)"})
     y_ticks = [{"y": round(top + plot_h - plot_h * f, 2), "label": _fmt_rate(top_value * f)}
                for f in (0, 0.25, 0.5, 0.75, 1)]
-    label_count = min(slots, 6)
-    x_ticks = []
-    for k in range(label_count):
-        i = round(k * (slots - 1) / (label_count - 1)) if label_count > 1 else 0
-        x_ticks.append({"x": round(left + (i + 0.5) * slot_w, 2),
-                        "label": (first + timedelta(minutes=i * bucket)).strftime(label_fmt)})
+    step = math.ceil(slots / 7)  # at most 7 time labels, evenly spaced
+    x_ticks = [{"x": round(left + (i + 0.5) * slot_w, 2),
+                "label": (first + timedelta(minutes=i * bucket)).strftime(label_fmt)}
+               for i in range(0, slots, step)]
     total = sum(n for _, n in points)
     return {"width": width, "height": height, "left": left, "right": width - right,
             "top": top, "bottom": top + plot_h, "bars": bars, "y_ticks": y_ticks,
@@ -343,6 +346,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             cap = view["daily_cap"]
             view["quota_pct"] = min(100.0, round(100 * view["sent_24h"] / cap, 1)) if cap else None
             view["deferred"] = row["paused_until"] is not None and row["paused_until"] > now
+            view["blocked"] = view["auth_state"] in ("auth_revoked", "config_error")
             rows.append(view)
         return render_template("dashboard/senders.html", rows=rows)
 

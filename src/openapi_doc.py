@@ -7,6 +7,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 import api_schemas as s
+from records import JOB_STATUSES, RECIPIENT_STATUSES
 
 _MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.EnqueueOut, s.ErrorOut, s.JobOut,
            s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut,
@@ -58,17 +59,19 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Queue a templated email to many recipients; answers at once",
                 "parameters": [_param("Idempotency-Key", "header",
                                       "replays the first answer for the same body",
-                                      {"type": "string", "maxLength": 255})],
+                                      {"type": "string", "minLength": 1, "maxLength": 255})],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref(s.SendTemplateEmailsIn)}}},
                 "responses": {"202": _json(s.EnqueueOut, "stored; sending happens in the background"),
                               **_errors(400, 401, 403, 413, 415, 422, 503)}}},
             "/api/jobs": {"get": {
                 "summary": "This key's jobs, newest first (an operator key sees all)",
-                "parameters": [_param("limit", "query", "page size (1-1000, default 100)"),
-                               _param("before", "query", "next_before of the previous page"),
+                "parameters": [_param("limit", "query", "page size (1-1000, default 100)",
+                                      {"type": "integer", "minimum": 1, "maximum": 1000}),
+                               _param("before", "query", "next_before of the previous page",
+                                      {"type": "integer", "minimum": 1}),
                                _param("status", "query", "only jobs in this status",
-                                      {"type": "string"})],
+                                      {"type": "string", "enum": list(JOB_STATUSES)})],
                 "responses": {"200": _json(s.JobsPageOut, "one page of jobs"),
                               **_errors(400, 401, 503)}}},
             "/api/jobs/{job_id}": {"get": {
@@ -93,9 +96,12 @@ def openapi_document() -> dict[str, Any]:
             "/api/jobs/{job_id}/recipients": {"get": {
                 "summary": "One page of a job's recipients (keyset pagination by id)",
                 "parameters": [job_id, _param("status", "query", "only this status",
-                                              {"type": "string"}),
-                               _param("limit", "query", "page size (1-1000, default 100)"),
-                               _param("after", "query", "next_after of the previous page")],
+                                              {"type": "string",
+                                               "enum": list(RECIPIENT_STATUSES)}),
+                               _param("limit", "query", "page size (1-1000, default 100)",
+                                      {"type": "integer", "minimum": 1, "maximum": 1000}),
+                               _param("after", "query", "next_after of the previous page",
+                                      {"type": "integer", "minimum": 0})],
                 "responses": {"200": _json(s.RecipientsPageOut, "one page of recipients"),
                               **_errors(400, 401, 404, 503)}}},
             "/api/templates": {

@@ -237,3 +237,45 @@ def test_a_100000_recipient_job_is_stored_completely(client, make_key, dao):
         cur.execute("SELECT COUNT(DISTINCT to_email) FROM job_recipients WHERE job_id = %s",
                     (r.json["job_id"],))
         assert cur.fetchone()[0] == 100_000
+
+
+def test_non_finite_numbers_in_variables_are_400_not_500(client, key, dao):
+    r = post(client, key, '{"sender_email": "ops@example.com", "template": {"subject": "s", '
+             '"text": "t"}, "variables": {"n": 1e400}, "recipients": [{"email": '
+             '"a@example.com"}]}')
+    assert (r.status_code, r.json["field"]) == (400, "variables")
+    b = body(1)
+    raw = json.dumps(b).replace('"variables": {"n": 0}', '"variables": {"n": NaN}')
+    r = post(client, key, raw)
+    assert (r.status_code, r.json["field"]) == (400, "recipients[0].variables")
+    assert_nothing_written(dao)
+
+
+def test_a_send_at_beyond_the_calendar_is_400_not_500(client, key, dao):
+    r = post(client, key, body(1, send_at="9999-12-31T23:30:00-05:00"))
+    assert (r.status_code, r.json["field"]) == (400, "send_at")
+    assert_nothing_written(dao)
+
+
+def test_idempotency_keys_are_case_sensitive(client, key, dao):
+    a = post(client, key, body(1), **{"Idempotency-Key": "Order-1"})
+    b = post(client, key, body(2), **{"Idempotency-Key": "order-1"})
+    assert (a.status_code, b.status_code) == (202, 202)
+    assert a.json["job_id"] != b.json["job_id"]
+
+
+def test_malformed_json_is_invalid_json_on_every_endpoint(client, key, dao):
+    job_id = post(client, key, body(1)).json["job_id"]
+    r = client.post(f"/api/jobs/{job_id}/retry", data="{", content_type="application/json",
+                    headers={"X-API-Key": key})
+    assert (r.status_code, r.json["error"]) == (400, "invalid_json")
+    r = client.post("/api/templates", data="{", content_type="application/json",
+                    headers={"X-API-Key": key})
+    assert (r.status_code, r.json["error"]) == (400, "invalid_json")
+
+
+def test_405_says_what_is_allowed(client, key):
+    r = client.put("/api/jobs", headers={"X-API-Key": key})
+    assert r.status_code == 405
+    assert "GET" in r.headers["Allow"]
+    assert r.json["error"] == "method_not_allowed"
