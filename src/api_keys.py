@@ -38,10 +38,12 @@ def split_key(key: str) -> tuple[str, str] | None:
     return prefix, secret
 
 
-def create_key(dao: Dao, name: str, senders: list[str], operator: bool = False) -> IssuedKey:
+def create_key(dao: Dao, name: str, senders: list[str], operator: bool = False,
+               max_priority: int = 2) -> IssuedKey:
+    """A new key; max_priority 2 high, 1 normal, 0 low is the highest priority it may use."""
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(24)
-    key_id = dao.insert_api_key(name, prefix, _hash(secret), senders, operator)
+    key_id = dao.insert_api_key(name, prefix, _hash(secret), senders, operator, max_priority)
     return IssuedKey(key_id, f"{KEY_PREFIX}{prefix}_{secret}")
 
 

@@ -116,6 +116,11 @@ class SendTemplateEmailsIn(Strict):
     send_at: Annotated[AwareDatetime | None, AfterValidator(_utc_in_range)] = Field(
         default=None, description="ISO 8601 with an offset; the job waits as 'scheduled' until "
                                   "then (a time in the past starts at once)")
+    expires_at: Annotated[AwareDatetime | None, AfterValidator(_utc_in_range)] = Field(
+        default=None, description="ISO 8601 with an offset; recipients not sent by then end "
+                                  "'expired', never sent late")
+    priority: Literal["high", "normal", "low"] = Field(
+        default="normal", description="higher priority work is always claimed first")
 
     @field_validator("recipients", mode="before")
     @classmethod
@@ -135,6 +140,11 @@ class SendTemplateEmailsIn(Strict):
             raise ValueError("give either template or template_name")
         if self.template_version is not None and self.template_name is None:
             raise ValueError("template_version goes with template_name")
+        if self.expires_at is not None:
+            if self.expires_at <= datetime.now(timezone.utc):
+                raise ValueError("expires_at is in the past")
+            if self.send_at is not None and self.expires_at <= self.send_at:
+                raise ValueError("expires_at must be after send_at")
         return self
 
 
@@ -186,6 +196,8 @@ class JobOut(BaseModel):
     reply_to: str | None
     total: int
     duplicates_removed: int
+    priority: str = Field(default="normal", description="high, normal or low")
+    expires_at: datetime | None = Field(default=None, description="unsent recipients expire then")
     template_name: str | None = Field(default=None, description="the stored template used")
     template_version: int | None = Field(default=None, description="its exact version")
     counts: dict[str, int] = Field(description="recipients by status: "

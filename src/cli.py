@@ -119,12 +119,17 @@ def api_key() -> None:
 @click.option("--sender", "senders", multiple=True,
               help="address the key may send as: exact, *@domain or * (repeatable)")
 @click.option("--operator", is_flag=True, help="may read and control every key's jobs")
+@click.option("--max-priority", type=click.Choice(["high", "normal", "low"]), default="high",
+              show_default=True, help="the highest job priority this key may ask for")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def api_key_create(ctx: click.Context, name: str, senders: tuple[str, ...], operator: bool,
-                   as_json: bool) -> None:
+                   max_priority: str, as_json: bool) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    issued = api_keys.create_key(_dao(ctx), name, list(senders), operator)
+    from scheduling import PRIORITIES
+
+    issued = api_keys.create_key(_dao(ctx), name, list(senders), operator,
+                                 PRIORITIES[max_priority])
     if as_json:
         click.echo(json.dumps({"id": issued.id, "key": issued.key, "name": name,
                                "senders": list(senders), "operator": operator}))

@@ -31,6 +31,7 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception_type, stop_af
 import defaults
 import metrics
 from rate_limit import Limits, allowance
+from scheduling import Claimable
 from records import ApiKey, Job, NewJob, NewRecipient, Recipient, StoredTemplate
 from settings import DatabaseParams, Settings
 
@@ -192,10 +193,12 @@ class Dao:
 
     # --- API keys -------------------------------------------------------------------------
     def insert_api_key(self, name: str, prefix: str, secret_hash: str,
-                       allowed_senders: Sequence[str], is_operator: bool) -> int:
+                       allowed_senders: Sequence[str], is_operator: bool,
+                       max_priority: int = 2) -> int:
         with self.transaction() as cur:
             self._run(cur, "insert_api_key",
-                      (name, prefix, secret_hash, json.dumps(list(allowed_senders)), is_operator))
+                      (name, prefix, secret_hash, json.dumps(list(allowed_senders)), is_operator,
+                       max_priority))
             return int(cur.lastrowid)
 
     def api_key_by_prefix(self, prefix: str) -> ApiKey | None:
@@ -227,7 +230,7 @@ class Dao:
                 json.dumps(job.variables),
                 "scheduled" if job.send_at is not None else "queued", job.total,
                 job.duplicates_removed, job.idempotency_key, job.request_hash,
-                job.send_at.astimezone(timezone.utc).replace(tzinfo=None) if job.send_at else None))
+                _naive_utc(job.send_at), job.priority, _naive_utc(job.expires_at)))
             job_id = int(cur.lastrowid)
             if job.template_name is not None:
                 self._run(cur, "set_job_template", (job.template_name, job.template_version,
@@ -318,8 +321,20 @@ class Dao:
         return [_runner(row) for row in self._all("all_runners", (limit,))]
 
     # --- claiming -------------------------------------------------------------------------
-    def claimable_jobs(self, limit: int) -> list[tuple[int, str]]:
-        return [(int(i), s) for i, s in self._all("claimable_jobs", (limit,))]
+    def claimable_jobs(self, limit: int) -> list[Claimable]:
+        return [Claimable(int(i), s, int(p), int(k))
+                for i, s, p, k in self._all("claimable_jobs", (limit,))]
+
+    def expire_due_jobs(self, limit: int = 20) -> list[int]:
+        """Recipients of jobs past expires_at that were not sent end 'expired'; returns the
+        jobs touched (the caller finishes them)."""
+        job_ids = [int(r[0]) for r in self._all("expired_jobs", (limit,))]
+        for job_id in job_ids:
+            with self.transaction() as cur:
+                self._run(cur, "expire_recipients",
+                          ("not sent before the job's expires_at; never sent late", job_id))
+                self._run(cur, "start_expired_job", (job_id,))
+        return job_ids
 
     def claim(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
               limits: Limits) -> tuple[list[Recipient], str | None]:
@@ -435,12 +450,13 @@ class Dao:
             self._run(cur, "recipient_counts", (job_id,))
             counts = {s: int(n) for s, n in cur.fetchall()}
             sent = counts.get("sent", 0)
-            failed = counts.get("failed", 0) + counts.get("in_doubt", 0)
+            failed = counts.get("failed", 0) + counts.get("in_doubt", 0) + counts.get("expired", 0)
             status = "completed" if failed == 0 else ("failed" if sent == 0 else
                                                       "completed_with_errors")
             reason = None if failed == 0 else (
                 f"{failed} of {sent + failed} recipients not sent"
-                + (f" ({counts['in_doubt']} in doubt)" if counts.get("in_doubt") else ""))
+                + "".join(f", {counts[k]} {k.replace('_', ' ')}" for k in ("in_doubt", "expired")
+                          if counts.get(k)))
             if self._run(cur, "finish_job", (status, reason, job_id)) == 0:
                 return None
         return self.job(job_id, with_counts=True)
@@ -603,6 +619,10 @@ class Dao:
         return [(int(s), h, e) for s, h, e in map(_utc, self._all("smtp_slots_all"))]
 
 
+def _naive_utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value is not None else None
+
+
 def _utc(row: tuple) -> tuple:
     """MySQL DATETIMEs are stored in UTC (session time_zone +00:00); make that explicit."""
     return tuple(v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) else v for v in row)
@@ -615,7 +635,7 @@ def _json(value: Any) -> Any:
 def _api_key(row: tuple) -> ApiKey:
     row = _utc(row)
     return ApiKey(int(row[0]), row[1], row[2], row[3], _json(row[4]) or [], bool(row[5]),
-                  row[6], row[7], row[8])
+                  row[6], row[7], row[8], int(row[9]))
 
 
 def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
@@ -623,7 +643,7 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
     return Job(int(row[0]), row[1], int(row[2]), row[3], row[4], row[5], row[6], row[7], row[8],
                _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
                row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
-               row[23], counts or {})
+               row[23], int(row[24]), row[25], counts or {})
 
 
 def _template(row: tuple) -> StoredTemplate:

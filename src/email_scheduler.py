@@ -26,7 +26,7 @@ from transport_base import OutgoingMessage, SendError, Transport
 log = logging.getLogger("mailjobs.scheduler")
 
 # What the runner does with a recipient after one send attempt.
-SENT, FAILED, RETRY, HOLD = "sent", "failed", "retry", "hold"
+SENT, FAILED, RETRY, HOLD, EXPIRED = "sent", "failed", "retry", "hold", "expired"
 IN_DOUBT_POLICIES = ("auto", "check", "resend", "hold")
 
 
@@ -34,7 +34,7 @@ IN_DOUBT_POLICIES = ("auto", "check", "resend", "hold")
 class Outcome:
     recipient: Recipient
     job: Job
-    result: str                    # sent, failed, retry, hold (status in_doubt)
+    result: str                    # sent, failed, retry, hold (status in_doubt), expired
     provider_id: str | None = None
     error_code: str | None = None
     error: str | None = None
@@ -86,6 +86,11 @@ class EmailScheduler:
         return replace(self._send(transport, job, r), started_at=started_at)
 
     def _send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
+        if job.expires_at is not None and datetime.now(timezone.utc) >= job.expires_at:
+            return Outcome(r, job, EXPIRED, error_code="expired",
+                           error=f"not sent before the job's expires_at "
+                                 f"({job.expires_at.isoformat(timespec='seconds')}); "
+                                 "never sent late")
         if r.in_doubt:
             resolved = self.resolve_in_doubt(transport, job, r)
             if resolved is not None:

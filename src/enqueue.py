@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from api_schemas import SendTemplateEmailsIn, TemplateIn
 from dao_mysql import Dao, DuplicateKey
 from records import ApiKey, Job, NewJob, NewRecipient
+from scheduling import PRIORITIES, PRIORITY_NAMES
 from templating import BUILTIN_VARIABLES, TemplateCompileError, compile_templates
 
 MAX_LISTED_ERRORS = 20
@@ -105,6 +106,11 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
         raise RequestRejected(403, "sender_not_allowed",
                               f"this API key may not send as {req.sender_email}",
                               [("sender_email", "not among the key's allowed senders")])
+    if PRIORITIES[req.priority] > key.max_priority:
+        raise RequestRejected(403, "priority_not_allowed",
+                              f"this API key may not send at priority {req.priority} (at most "
+                              f"{PRIORITY_NAMES[key.max_priority]})",
+                              [("priority", "above the key's maximum priority")])
     template, version = resolve_template(dao, key, req)
     _missing_variables(req, check_template(template))
     recipients = dedupe(req)
@@ -112,7 +118,7 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                  template.html, template.text, req.variables, len(recipients),
                  len(req.recipients) - len(recipients), idempotency_key, body_hash,
                  req.send_at if req.send_at and req.send_at > datetime.now(timezone.utc) else None,
-                 req.template_name, version)
+                 req.template_name, version, PRIORITIES[req.priority], req.expires_at)
     try:
         job_id = dao.create_job(new, recipients)
     except DuplicateKey:

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 import job_control
 import metrics
 from dao_mysql import Dao, DatabaseUnavailable
-from email_scheduler import FAILED, HOLD, RETRY, SENT, EmailScheduler, Outcome, TransportFactory
+import scheduling
+from email_scheduler import (EXPIRED, FAILED, HOLD, RETRY, SENT, EmailScheduler, Outcome,
+                             TransportFactory)
 from rate_limit import Limits
 from records import Job, Recipient
 from settings import Settings
@@ -82,6 +84,7 @@ class JobRunner:
         self._last_renew = time.monotonic()
         self._rotation = 0
         self._last_status_check = time.monotonic()
+        self._last_expiry_check = 0.0
         self._windows: dict[int, deque[Outcome]] = {}
         self._limits = Limits(settings.sender_rate_per_minute, settings.sender_daily_cap,
                               settings.sender_burst_seconds)
@@ -129,6 +132,7 @@ class JobRunner:
         self._flush_if_due()
         self._renew_if_due()
         self._drop_stopped_jobs()
+        self._expire_due_jobs()
         claimed = self._claim(pool)
         if self._hand.futures:
             self.state = "busy"
@@ -148,30 +152,36 @@ class JobRunner:
         room = self._capacity() - len(self._hand.futures)
         if room < self._capacity() // 2 or self.stop_event.is_set():
             return 0
-        jobs = self.dao.claimable_jobs(limit=50)
+        jobs = self.dao.claimable_jobs(limit=200)
         if not jobs:
             return 0
-        self._rotation = (self._rotation + 1) % len(jobs)
+        self._rotation += 1
         claimed = 0
-        for job_id, sender in jobs[self._rotation:] + jobs[:self._rotation]:
-            if room <= 0:
-                break
-            rows, reason = self.dao.claim(job_id, sender, self.id, min(room, self.settings.claim_batch),
-                                          self.settings.lease_seconds, self._limits)
-            if not rows:
-                if reason:
-                    log.debug("job=%d: nothing claimed (%s)", job_id, reason)
-                continue
-            job = self._job(job_id)
-            log.info("job=%d claimed %d recipient(s) (runner %s)%s", job_id, len(rows), self.id,
-                     f"; limited by {reason}" if reason else "")
-            for r in rows:
-                self._hand.recipients[r.id] = r
-                self._hand.jobs_of[r.id] = job_id
-                self._hand.futures[r.id] = pool.submit(self._send_one, job, r)
-            claimed += len(rows)
-            room -= len(rows)
+        for tier in scheduling.tiers(jobs, self._rotation):  # highest priority first
+            each = scheduling.share(room, len(tier), self.settings.runner_concurrency)
+            for c in tier:
+                if room <= 0:
+                    return claimed
+                n = self._claim_job(pool, c, min(room, each, self.settings.claim_batch))
+                claimed += n
+                room -= n
         return claimed
+
+    def _claim_job(self, pool: ThreadPoolExecutor, c: scheduling.Claimable, wanted: int) -> int:
+        rows, reason = self.dao.claim(c.job_id, c.sender, self.id, wanted,
+                                      self.settings.lease_seconds, self._limits)
+        if not rows:
+            if reason:
+                log.debug("job=%d: nothing claimed (%s)", c.job_id, reason)
+            return 0
+        job = self._job(c.job_id)
+        log.info("job=%d claimed %d recipient(s) (runner %s)%s", c.job_id, len(rows), self.id,
+                 f"; limited by {reason}" if reason else "")
+        for r in rows:
+            self._hand.recipients[r.id] = r
+            self._hand.jobs_of[r.id] = c.job_id
+            self._hand.futures[r.id] = pool.submit(self._send_one, job, r)
+        return len(rows)
 
     def _job(self, job_id: int) -> Job:
         job = self._jobs.get(job_id)
@@ -224,9 +234,9 @@ class JobRunner:
             return
         outcomes = self._outcomes
         sent = [(o.recipient.id, o.provider_id) for o in outcomes if o.result == SENT]
-        failed = [(o.recipient.id, "in_doubt" if o.result == HOLD else "failed",
-                   o.error_code or "error", o.error or "") for o in outcomes
-                  if o.result in (FAILED, HOLD)]
+        final_status = {FAILED: "failed", HOLD: "in_doubt", EXPIRED: "expired"}
+        failed = [(o.recipient.id, final_status[o.result], o.error_code or "error",
+                   o.error or "") for o in outcomes if o.result in final_status]
         retry = [(o.recipient.id, o.error_code or "error", o.error or "", o.delay, o.refund,
                   o.in_doubt) for o in outcomes if o.result == RETRY]
         self.dao.record_outcomes(self.id, sent, failed, retry)
@@ -245,7 +255,7 @@ class JobRunner:
         job_id, r = o.job.id, o.recipient
         metrics.SENDS.labels(o.job.sender_email, "recovered" if o.recovered else o.result,
                              o.error_code or "").inc()
-        if o.result in (SENT, FAILED):
+        if o.result in (SENT, FAILED, EXPIRED):
             self._progress[job_id] = self._progress.get(job_id, 0) + 1
         where = f"job={job_id} [{self._progress.get(job_id, 0)}/{o.job.total}]"
         if o.result == SENT:
@@ -258,6 +268,8 @@ class JobRunner:
                 return
             log.info("%s sent to %s gmail_id=%s recipient=%d attempt=%d", where, r.to_email,
                      o.provider_id, r.id, r.attempts)
+        elif o.result == EXPIRED:
+            log.warning("%s expired %s: %s recipient=%d", where, r.to_email, o.error, r.id)
         elif o.result == HOLD:
             self.stats.failed += 1
             self.stats.since_log_failed += 1
@@ -307,6 +319,16 @@ class JobRunner:
             log.error("job=%d %s; fix the cause, then POST /api/jobs/%d/resume", job_id, reason,
                       job_id)
         window.clear()
+
+    def _expire_due_jobs(self) -> None:
+        """Recipients of jobs past their expires_at end 'expired' (at most once a poll)."""
+        if time.monotonic() - self._last_expiry_check < self.settings.poll_interval:
+            return
+        self._last_expiry_check = time.monotonic()
+        for job_id in self.dao.expire_due_jobs():
+            log.warning("job=%d reached its expires_at: unsent recipients expired", job_id)
+            if job_id not in self._hand.job_ids():
+                self._finish_if_done(job_id)
 
     def _drop_stopped_jobs(self) -> None:
         """Within a poll interval of a pause or cancel, give back what has not started."""

@@ -6,17 +6,17 @@
 SELECT 1;
 
 -- name: insert_api_key
-INSERT INTO api_keys (name, prefix, secret_hash, allowed_senders, is_operator)
-VALUES (%s, %s, %s, %s, %s);
+INSERT INTO api_keys (name, prefix, secret_hash, allowed_senders, is_operator, max_priority)
+VALUES (%s, %s, %s, %s, %s, %s);
 
 -- name: api_key_by_prefix
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at
+       revoked_at, max_priority
 FROM api_keys WHERE prefix = %s;
 
 -- name: api_keys_all
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at
+       revoked_at, max_priority
 FROM api_keys ORDER BY id;
 
 -- name: touch_api_key
@@ -29,8 +29,8 @@ WHERE (prefix = %s OR CAST(id AS CHAR) = %s) AND revoked_at IS NULL;
 -- name: insert_job
 INSERT INTO jobs (type, api_key_id, sender_email, from_name, reply_to, subject_template,
                   html_template, text_template, variables, status, total, duplicates_removed,
-                  idempotency_key, request_hash, send_at)
-VALUES ('template', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
+                  idempotency_key, request_hash, send_at, priority, expires_at)
+VALUES ('template', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
 
 -- name: insert_recipients
 INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %s, %s);
@@ -39,14 +39,14 @@ INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by, template_name, template_version
+       send_at, paused_by, template_name, template_version, priority, expires_at
 FROM jobs WHERE id = %s;
 
 -- name: job_by_idempotency_key
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by, template_name, template_version
+       send_at, paused_by, template_name, template_version, priority, expires_at
 FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 
 -- name: jobs_page
@@ -54,7 +54,7 @@ FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by, template_name, template_version
+       send_at, paused_by, template_name, template_version, priority, expires_at
 FROM jobs
 WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
   AND (%(status)s IS NULL OR status = %(status)s)
@@ -104,13 +104,31 @@ FROM runners ORDER BY heartbeat_at DESC LIMIT %s;
 -- ===== claiming work ==========================================================================
 
 -- name: claimable_jobs
--- Jobs with work, oldest first, whose sender is not deferred.
-SELECT j.id, j.sender_email FROM jobs j
+-- Jobs with work whose sender is not deferred and that have not expired: highest priority
+-- first, then oldest (scheduling.py orders them fairly within a priority).
+SELECT j.id, j.sender_email, j.priority, j.api_key_id FROM jobs j
 LEFT JOIN senders s ON s.email = j.sender_email
 WHERE (j.status IN ('queued', 'running')
        OR (j.status = 'scheduled' AND j.send_at <= UTC_TIMESTAMP(6)))
+  AND (j.expires_at IS NULL OR j.expires_at > UTC_TIMESTAMP(6))
   AND (s.paused_until IS NULL OR s.paused_until <= UTC_TIMESTAMP(6))
-ORDER BY j.id LIMIT %s;
+ORDER BY j.priority DESC, j.id LIMIT %s;
+
+-- name: expired_jobs
+SELECT id FROM jobs
+WHERE status IN ('queued', 'scheduled', 'running', 'paused') AND expires_at <= UTC_TIMESTAMP(6)
+LIMIT %s;
+
+-- name: expire_recipients
+UPDATE job_recipients
+SET status = 'expired', error_code = 'expired', error = %s, claimed_by = NULL,
+    lease_expires_at = NULL
+WHERE job_id = %s AND status IN ('queued', 'retrying', 'in_doubt');
+
+-- name: start_expired_job
+-- An expired job that never started finishes like any other (finish_job needs 'running').
+UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, UTC_TIMESTAMP(6))
+WHERE id = %s AND status IN ('queued', 'scheduled', 'paused');
 
 -- name: ensure_sender
 INSERT IGNORE INTO senders (email, tokens, tokens_at) VALUES (%s, 0, UTC_TIMESTAMP(6));
@@ -386,7 +404,7 @@ SELECT slot, holder, lease_expires_at FROM smtp_slots ORDER BY slot;
 
 -- name: api_key_by_id
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at
+       revoked_at, max_priority
 FROM api_keys WHERE id = %s;
 
 -- name: job_counts

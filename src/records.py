@@ -8,7 +8,8 @@ from typing import Any
 JOB_STATUSES = ("queued", "scheduled", "running", "paused", "completed", "completed_with_errors",
                 "failed", "cancelled")
 FINAL_JOB_STATUSES = ("completed", "completed_with_errors", "failed", "cancelled")
-RECIPIENT_STATUSES = ("queued", "sending", "retrying", "sent", "failed", "in_doubt", "cancelled")
+RECIPIENT_STATUSES = ("queued", "sending", "retrying", "sent", "failed", "in_doubt", "cancelled",
+                      "expired")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    max_priority: int = 2
 
     def may_send_as(self, sender_email: str) -> bool:
         """Patterns are exact addresses, `*@domain` or `*`; comparison ignores case."""
@@ -53,6 +55,8 @@ class NewJob:
     send_at: datetime | None = None
     template_name: str | None = None
     template_version: int | None = None
+    priority: int = 1
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class Job:
     paused_by: str | None = None
     template_name: str | None = None
     template_version: int | None = None
+    priority: int = 1
+    expires_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from api_schemas import ErrorSummary, JobOut, RecipientOut, TemplateOut
 from records import Job, Recipient, StoredTemplate
+from scheduling import PRIORITY_NAMES
 
 
 def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict[str, Any]:
@@ -15,6 +16,7 @@ def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict
         sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
         total=job.total, duplicates_removed=job.duplicates_removed, counts=job.counts,
         template_name=job.template_name, template_version=job.template_version,
+        priority=PRIORITY_NAMES.get(job.priority, str(job.priority)), expires_at=job.expires_at,
         created_at=job.created_at, send_at=job.send_at, started_at=job.started_at,
         finished_at=job.finished_at, updated_at=job.updated_at,
         recipients_url=f"/api/jobs/{job.id}/recipients",
