@@ -25,7 +25,8 @@ from migrations import apply_migrations  # noqa: E402
 from settings import Settings  # noqa: E402
 
 TEST_DB = "mailjobs_test"
-TABLES = ["job_recipients", "jobs", "api_keys", "runners", "senders", "sender_hourly_sends", "templates"]
+TABLES = ["job_recipients", "jobs", "api_keys", "runners", "senders", "sender_hourly_sends", "templates",
+          "smtp_slots"]
 
 
 @dataclass
@@ -91,3 +92,32 @@ def count_rows(dao: Dao, table: str) -> int:
     with dao.transaction() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {table}")
         return int(cur.fetchone()[0])
+
+
+SENDER = "ops@example.com"
+
+
+@pytest.fixture()
+def fake():
+    """A fake Gmail API + token server on 127.0.0.1 with one account, SENDER."""
+    from fake_gmail import FakeGmail
+
+    with FakeGmail() as fake:
+        fake.add_account(SENDER)
+        yield fake
+
+
+@pytest.fixture()
+def gmail_settings(dao, fake):
+    """Runner settings that send as SENDER through the real Gmail client to `fake`, with the
+    sender's OAuth grant stored (encrypted) in the database."""
+    from cryptography.fernet import Fernet
+
+    from runner_helpers import fast
+    from sender_credentials import CredentialStore
+
+    s = fast(dao.settings, mail_transport="gmail", gmail_api_endpoint=fake.url,
+             gmail_token_uri=fake.token_uri, gmail_timeout=2.0,
+             token_encryption_key=Fernet.generate_key().decode())
+    CredentialStore(s, dao).store_info(SENDER, fake.authorized_user_info(SENDER), resume=True)
+    return s

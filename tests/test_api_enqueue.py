@@ -1,7 +1,6 @@
 """POST /api/jobs/send_template_emails against a real MariaDB: what is stored, and what is not."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest

@@ -8,13 +8,10 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from cryptography.fernet import Fernet
 
-from fake_gmail import FakeGmail
 from job_runner import JobRunner
 from rate_limit import Limits
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
-from sender_credentials import CredentialStore
 from test_api_enqueue import body, post
 from transport_base import SendResult
 
@@ -32,21 +29,6 @@ def act(client, key, job_id, action, json=None):
 @pytest.fixture()
 def outbox(dao, tmp_path):
     return fast(dao.settings, mail_transport="outbox", outbox_dir=str(tmp_path / "outbox"))
-
-
-@pytest.fixture()
-def fake():
-    with FakeGmail() as fake:
-        fake.add_account(SENDER)
-        yield fake
-
-
-@pytest.fixture()
-def gmail(dao, fake):
-    s = fast(dao.settings, mail_transport="gmail", gmail_api_endpoint=fake.url,
-             gmail_token_uri=fake.token_uri, token_encryption_key=Fernet.generate_key().decode())
-    CredentialStore(s, dao).store_info(SENDER, fake.authorized_user_info(SENDER), resume=True)
-    return s
 
 
 # --- cancel, pause, resume -------------------------------------------------------------------
@@ -132,10 +114,10 @@ def test_another_keys_job_cannot_be_controlled(client, key, make_key):
 
 
 # --- retry and the error summary -------------------------------------------------------------
-def test_retry_by_error_code_resends_only_those(client, key, dao, fake, gmail):
+def test_retry_by_error_code_resends_only_those(client, key, dao, fake, gmail_settings):
     fake.fail_next(400, "invalidArgument", "Invalid To header", count=2)
     job_id = post(client, key, body(5)).json["job_id"]
-    with running(gmail, dao):
+    with running(gmail_settings, dao):
         assert wait_job_done(dao, job_id) == "completed_with_errors"
         job = client.get(f"/api/jobs/{job_id}", headers=h(key)).json
         assert job["counts"] == {"sent": 3, "failed": 2}
@@ -208,10 +190,10 @@ def test_a_job_failing_too_often_is_paused_with_the_dominant_error(client, key, 
 
 # --- in-doubt sends ----------------------------------------------------------------------------
 def test_a_5xx_after_gmail_accepted_is_resolved_by_check_without_a_duplicate(
-        client, key, dao, fake, gmail, caplog):
+        client, key, dao, fake, gmail_settings, caplog):
     fake.fail_next(500, store_anyway=True)  # Gmail kept the mail, the client saw a 500
     job_id = post(client, key, body(1)).json["job_id"]
-    with running(gmail.with_overrides(in_doubt_policy="check"), dao):
+    with running(gmail_settings.with_overrides(in_doubt_policy="check"), dao):
         assert wait_job_done(dao, job_id) == "completed"
     assert fake.count() == 1
     (r,) = recipients(dao, job_id)
@@ -219,18 +201,18 @@ def test_a_5xx_after_gmail_accepted_is_resolved_by_check_without_a_duplicate(
     assert any("recovered" in m for m in caplog.messages)
 
 
-def test_resend_policy_sends_again_and_may_duplicate(client, key, dao, fake, gmail):
+def test_resend_policy_sends_again_and_may_duplicate(client, key, dao, fake, gmail_settings):
     fake.fail_next(500, store_anyway=True)
     job_id = post(client, key, body(1)).json["job_id"]
-    with running(gmail.with_overrides(in_doubt_policy="resend"), dao):
+    with running(gmail_settings.with_overrides(in_doubt_policy="resend"), dao):
         assert wait_job_done(dao, job_id) == "completed"
     assert fake.count() == 2  # at-least-once: the documented cost of resend
 
 
-def test_hold_policy_leaves_it_to_an_operator(client, key, dao, fake, gmail):
+def test_hold_policy_leaves_it_to_an_operator(client, key, dao, fake, gmail_settings):
     fake.fail_next(503, store_anyway=True)
     job_id = post(client, key, body(2)).json["job_id"]
-    s = gmail.with_overrides(in_doubt_policy="hold")
+    s = gmail_settings.with_overrides(in_doubt_policy="hold")
     with running(s, dao):
         assert wait_job_done(dao, job_id) == "completed_with_errors"
         held = [r for r in recipients(dao, job_id) if r.status == "in_doubt"]

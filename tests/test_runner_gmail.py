@@ -8,30 +8,12 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from cryptography.fernet import Fernet
 
-from fake_gmail import FakeGmail
-from runner_helpers import fast, recipients, running, wait_for, wait_job_done
+from runner_helpers import recipients, running, wait_for, wait_job_done
 from sender_credentials import CredentialStore
 from test_api_enqueue import body, post
 
 SENDER = "ops@example.com"
-
-
-@pytest.fixture()
-def fake():
-    with FakeGmail() as fake:
-        fake.add_account(SENDER)
-        yield fake
-
-
-@pytest.fixture()
-def gmail_settings(dao, fake):
-    s = fast(dao.settings, mail_transport="gmail", gmail_api_endpoint=fake.url,
-             gmail_token_uri=fake.token_uri, gmail_timeout=2.0,
-             token_encryption_key=Fernet.generate_key().decode())
-    CredentialStore(s, dao).store_info(SENDER, fake.authorized_user_info(SENDER), resume=True)
-    return s
 
 
 def sent_to(fake, address):

@@ -10,23 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from cryptography.fernet import Fernet
 
-from fake_gmail import FakeGmail
 from runner_helpers import recipients, wait_for
 from sender_credentials import CredentialStore
 from test_api_enqueue import body, post
 
 ROOT = Path(__file__).resolve().parents[1]
 SENDER = "ops@example.com"
-
-
-@pytest.fixture()
-def fake():
-    with FakeGmail() as fake:
-        fake.add_account(SENDER)
-        yield fake
 
 
 def start_worker(database, fake, dao, **env) -> subprocess.Popen:
