@@ -137,9 +137,11 @@ class EmailScheduler:
                             "(IN_DOUBT_POLICY=auto)", job.id, r.id, r.message_id, exc)
                 return None
             if no_scope:
+                hint = ("authorise the gmail.readonly scope (mailjobs auth), or "
+                        if exc.error_code != "unsupported" else "")
                 return Outcome(r, job, HOLD, error_code="in_doubt", in_doubt=True,
-                               error=f"in doubt and cannot be checked: {exc}; authorise the "
-                                     "gmail.readonly scope (mailjobs auth) or retry/cancel it")
+                               error=f"in doubt and cannot be checked with this transport: "
+                                     f"{exc}; {hint}retry or cancel it")
             return self._retry(exc, job, r, in_doubt=True)
         if found:
             return Outcome(r, job, SENT, provider_id=found, recovered=True)

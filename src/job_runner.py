@@ -266,7 +266,7 @@ class JobRunner:
                             "sent again; recipient=%d", where, r.to_email, o.provider_id,
                             r.message_id, r.id)
                 return
-            log.info("%s sent to %s gmail_id=%s recipient=%d attempt=%d", where, r.to_email,
+            log.info("%s sent to %s provider_id=%s recipient=%d attempt=%d", where, r.to_email,
                      o.provider_id, r.id, r.attempts)
         elif o.result == EXPIRED:
             log.warning("%s expired %s: %s recipient=%d", where, r.to_email, o.error, r.id)

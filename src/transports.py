@@ -11,7 +11,7 @@ from settings import PROJECT_ROOT, Settings
 from transport_base import SendError, Transport
 
 log = logging.getLogger("mailjobs.transport")
-TRANSPORTS = ("gmail", "outbox", "null")
+TRANSPORTS = ("gmail", "smtp", "outbox", "null")
 
 
 class DatabaseCredentials:
@@ -59,6 +59,13 @@ def transport_factory(settings: Settings, dao: Dao) -> Callable[[], Transport]:
         provider = DatabaseCredentials(CredentialStore(settings, dao), settings.gmail_token_uri)
         return lambda: GmailTransport(provider, api_endpoint=settings.gmail_api_endpoint or None,
                                       timeout=settings.gmail_timeout)
+    if name == "smtp":
+        from transport_smtp import SmtpTransport, slots_for
+
+        if not settings.smtp_host:
+            raise ValueError("MAIL_TRANSPORT=smtp needs SMTP_HOST")
+        slots = slots_for(settings, dao)   # SMTP_MAX_CONNECTIONS, shared through the database
+        return lambda: SmtpTransport(settings, slots)
     raise ValueError(f"MAIL_TRANSPORT must be one of {', '.join(TRANSPORTS)}, got {name!r}")
 
 

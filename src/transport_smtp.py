@@ -1,0 +1,448 @@
+"""Sending through an SMTP relay (MAIL_TRANSPORT=smtp) with smtplib.
+
+One SmtpTransport per sending thread, holding at most one SMTP connection:
+
+- The connection is reused across messages, checked with NOOP before each reuse (re-opened when
+  the check fails), and closed and re-opened after SMTP_MAX_MESSAGES_PER_CONNECTION messages.
+  A connection idle for IDLE_CLOSE seconds is closed by a background reaper, so an idle runner
+  neither keeps the relay's connections nor the shared slots.
+- STARTTLS, implicit TLS (SMTP_SECURITY=ssl) or none; login when SMTP_USERNAME is set. Every
+  socket operation is bounded by SMTP_TIMEOUT.
+- SMTP_MAX_CONNECTIONS is a cap over ALL runners on all hosts, kept in the database
+  (`smtp_slots`): a slot is taken before a connection is opened, its lease renewed while the
+  connection lives and freed when it closes. N processes each opening M connections is what
+  caused "421 Too many concurrent SMTP connections". With no free slot the thread waits up to
+  SLOT_WAIT seconds, then the send is not attempted (SendError rate/smtp_busy).
+
+Errors become SendErrors (see transport_base): 421 and other 4xx answers are transient
+(smtp_421 / smtp_4xx, retried no sooner than SMTP_TRANSIENT_DELAY; a 421 also drops the
+connection); 5xx to RCPT or DATA is permanent (smtp_5xx); a refused login is sender_config
+(smtp_auth); a refused connection or DNS failure is transient (connection_error); a timeout or a
+disconnect once DATA was started is in doubt (timeout / connection_error).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import secrets
+import smtplib
+import socket
+import ssl
+import threading
+import time
+import weakref
+from typing import Any
+
+from dao_mysql import Dao, DaoError
+from settings import Settings
+from transport_base import OutgoingMessage, SendError, SendResult
+
+log = logging.getLogger("mailjobs.transport.smtp")
+
+SLOT_LEASE = 60.0        # seconds a slot is held without renewal (at least 4 x SMTP_TIMEOUT)
+SLOT_WAIT = 10.0         # seconds a send waits for a free slot before smtp_busy
+SLOT_POLL = (0.2, 0.4)   # seconds between tries while waiting (uniform random)
+ROTATE_YIELD = 0.5       # pause after freeing a slot at SMTP_MAX_MESSAGES_PER_CONNECTION, so a
+                         # thread waiting for a slot gets it before this one takes it back
+BUSY_RETRY = 5.0         # retry_after of smtp_busy
+IDLE_CLOSE = 5.0         # seconds a connection may stay unused before it is closed
+PROVIDER_ID_MAX = 64     # job_recipients.gmail_message_id is VARCHAR(64)
+_QUEUE_ID = (re.compile(r"queued as\s+<?([^\s<>]+)", re.I), re.compile(r"\bid=([^\s;,]+)"))
+_AUTH_CODES = {530, 534, 535, 538}
+_local_hostname: str | None = None
+
+
+def local_hostname() -> str:
+    """The EHLO name, looked up once per process (socket.getfqdn may be slow)."""
+    global _local_hostname
+    if _local_hostname is None:
+        _local_hostname = socket.getfqdn() or "localhost"
+    return _local_hostname
+
+
+class _Tracking:
+    """Remembers whether DATA was started and the final reply to it."""
+    data_started = False
+    data_reply: tuple[int, bytes] | None = None
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self.data_started = True
+        reply = super().data(msg)  # type: ignore[misc]
+        self.data_reply = reply
+        return reply
+
+
+class _SMTP(_Tracking, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_Tracking, smtplib.SMTP_SSL):
+    pass
+
+
+# -- the shared connection cap -------------------------------------------------------------------
+class ConnectionSlots:
+    """SMTP_MAX_CONNECTIONS slots in the `smtp_slots` table, shared by every runner."""
+
+    def __init__(self, dao: Dao, size: int, lease: float = SLOT_LEASE) -> None:
+        self.dao = dao
+        self.size = size
+        self.lease = lease
+
+    def acquire(self, holder: str) -> int | None:
+        return self.dao.acquire_smtp_slot(holder, self.size, self.lease)
+
+    def renew(self, slot: int, holder: str) -> bool:
+        return self.dao.renew_smtp_slot(slot, holder, self.lease)
+
+    def release(self, slot: int, holder: str) -> None:
+        self.dao.release_smtp_slot(slot, holder)
+
+
+def slots_for(settings: Settings, dao: Dao) -> ConnectionSlots | None:
+    """The shared slots, or None when SMTP_MAX_CONNECTIONS is 0 (no cap)."""
+    if settings.smtp_max_connections <= 0:
+        return None
+    return ConnectionSlots(dao, settings.smtp_max_connections,
+                           max(SLOT_LEASE, 4 * settings.smtp_timeout))
+
+
+# -- closing idle connections --------------------------------------------------------------------
+class _IdleReaper:
+    """One daemon thread per process that closes connections idle for too long."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self._transports: weakref.WeakSet[SmtpTransport] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def add(self, transport: "SmtpTransport") -> None:
+        with self._lock:
+            self._transports.add(transport)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="smtp-idle-reaper",
+                                                daemon=True)
+                self._thread.start()
+
+    def discard(self, transport: "SmtpTransport") -> None:
+        with self._lock:
+            self._transports.discard(transport)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            with self._lock:
+                transports = list(self._transports)
+                if not transports:
+                    self._thread = None
+                    return
+            for transport in transports:
+                try:
+                    transport.close_if_idle()
+                except Exception:
+                    log.exception("closing an idle SMTP connection failed")
+
+
+_reaper = _IdleReaper()
+
+
+# -- classifying errors --------------------------------------------------------------------------
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return " ".join(str(value).split())[:500]
+
+
+def _is_timeout(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, (TimeoutError, socket.timeout)):
+            return True
+        if "timed out" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _network_error(exc: BaseException, what: str, sent_maybe: bool) -> SendError:
+    code = "timeout" if _is_timeout(exc) else "connection_error"
+    kind = "in_doubt" if sent_maybe else "transient"
+    hint = " (may have been sent)" if sent_maybe else ""
+    return SendError(kind, code, f"SMTP {what} failed: {type(exc).__name__}: {exc}{hint}")
+
+
+def provider_id(reply: bytes | str | None, message_id: str) -> str:
+    """The relay's queue id from the final DATA reply ("250 2.0.0 Ok: queued as 4F3A2"),
+    else the Message-ID; at most PROVIDER_ID_MAX characters."""
+    text = _text(reply or "")
+    for pattern in _QUEUE_ID:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)[:PROVIDER_ID_MAX]
+    return message_id[:PROVIDER_ID_MAX]
+
+
+# -- the transport -------------------------------------------------------------------------------
+class SmtpTransport:
+    name = "smtp"
+
+    def __init__(self, settings: Settings, slots: ConnectionSlots | None, *,
+                 slot_wait: float | None = None, idle_close: float | None = None) -> None:
+        if not settings.smtp_host:
+            raise ValueError("MAIL_TRANSPORT=smtp needs SMTP_HOST")
+        self.settings = settings
+        self.slots = slots
+        self.slot_wait = SLOT_WAIT if slot_wait is None else slot_wait
+        self.idle_close = IDLE_CLOSE if idle_close is None else idle_close
+        self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._lock = threading.Lock()
+        self._conn: _SMTP | None = None
+        self._slot: int | None = None
+        self._slot_renewed = 0.0
+        self._on_conn = 0          # messages sent (tried) over the current connection
+        self._last_used = time.monotonic()
+        self.connections_opened = 0
+        _reaper.add(self)
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.smtp_host}:{self.settings.smtp_port}"
+
+    # -- public --------------------------------------------------------------------------------
+    def send(self, msg: OutgoingMessage) -> SendResult:
+        with self._lock:
+            try:
+                return self._send(msg)
+            finally:
+                self._last_used = time.monotonic()
+
+    def find_by_message_id(self, sender_email: str, message_id: str) -> str | None:
+        raise SendError("transient", "unsupported",
+                        "SMTP cannot look up a message that was already handed over; "
+                        f"{message_id} cannot be checked")
+
+    def close(self) -> None:
+        _reaper.discard(self)
+        with self._lock:
+            self._drop(quit=True)
+
+    def close_if_idle(self) -> None:
+        """Called by the reaper thread: close a connection unused for `idle_close` seconds."""
+        if not self._lock.acquire(blocking=False):
+            return          # in use right now
+        try:
+            if self._conn is not None and time.monotonic() - self._last_used >= self.idle_close:
+                log.debug("closing the SMTP connection to %s (idle)", self.where)
+                self._drop(quit=True)
+        finally:
+            self._lock.release()
+
+    # -- sending -------------------------------------------------------------------------------
+    def _send(self, msg: OutgoingMessage) -> SendResult:
+        conn = self._connection()
+        self._on_conn += 1
+        conn.data_started, conn.data_reply = False, None
+        try:
+            conn.sendmail(msg.sender_email, [msg.to_email], msg.raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()), (-1, b""))
+            raise self._answer(code, text, f"RCPT TO:<{msg.to_email}>", "permanent") from exc
+        except smtplib.SMTPSenderRefused as exc:
+            # 552 at MAIL FROM: this message is over the relay's size limit
+            five = "permanent" if exc.smtp_code == 552 else "sender_config"
+            raise self._answer(exc.smtp_code, exc.smtp_error, f"MAIL FROM:<{msg.sender_email}>",
+                               five) from exc
+        except smtplib.SMTPDataError as exc:
+            raise self._answer(exc.smtp_code, exc.smtp_error, "DATA", "permanent") from exc
+        except smtplib.SMTPResponseException as exc:
+            raise self._answer(exc.smtp_code, exc.smtp_error, "the SMTP session",
+                               "sender_config") from exc
+        except UnicodeEncodeError as exc:   # an address smtplib cannot write (needs SMTPUTF8)
+            self._drop(quit=False)
+            raise SendError("permanent", "invalid_address",
+                            f"address cannot be sent over SMTP without SMTPUTF8: {exc}") from exc
+        except (smtplib.SMTPException, OSError) as exc:   # disconnected, timed out, reset
+            sent_maybe = conn.data_started
+            self._drop(quit=False)
+            raise _network_error(exc, f"send to {msg.to_email} via {self.where}",
+                                 sent_maybe) from exc
+        code, reply = conn.data_reply or (250, b"")
+        return SendResult(provider_id=provider_id(reply, msg.message_id))
+
+    def _answer(self, code: int, text: Any, what: str, five: str) -> SendError:
+        """The SendError for an SMTP error reply; `five` is the kind of a 5xx."""
+        detail = f"SMTP {code} {_text(text)} (answer to {what} from {self.where})"
+        delay = self.settings.smtp_transient_delay
+        if code == 421:
+            self._drop(quit=False)   # the server is closing this connection
+            return SendError("transient", "smtp_421", f"{detail}; connection dropped, retrying "
+                             "later", retry_after=delay, status=code)
+        if 400 <= code < 500:
+            return SendError("transient", "smtp_4xx", detail, retry_after=delay, status=code)
+        if code in _AUTH_CODES:
+            return SendError("sender_config", "smtp_auth", f"{detail}; check SMTP_USERNAME and "
+                             "SMTP_PASSWORD, then resume the sender", status=code)
+        if 500 <= code < 600:
+            hint = "" if five == "permanent" else "; fix the relay or sender, then resume it"
+            return SendError(five, "smtp_5xx", f"{detail}{hint}", status=code)
+        self._drop(quit=False)
+        return SendError("transient", "smtp_error", f"unexpected {detail}", status=code)
+
+    # -- the connection ------------------------------------------------------------------------
+    def _connection(self) -> _SMTP:
+        yield_first = False
+        limit = self.settings.smtp_max_messages_per_connection   # 0: no limit
+        if self._conn is not None and 0 < limit <= self._on_conn:
+            self._drop(quit=True)
+            yield_first = True
+        if self._conn is not None and self._keep_slot() and self._noop_ok():
+            return self._conn
+        if self._slot is None and self.slots is not None:
+            self._slot = self._acquire(yield_first)
+            self._slot_renewed = time.monotonic()
+        try:
+            self._conn = self._open()
+        except BaseException:
+            self._drop(quit=False)
+            raise
+        self._on_conn = 0
+        self.connections_opened += 1
+        return self._conn
+
+    def _keep_slot(self) -> bool:
+        """Renew the slot's lease when a third of it is gone; False (connection closed) when the
+        slot is lost to another holder, or cannot be renewed and is close to expiring."""
+        if self.slots is None or self._slot is None:
+            return True
+        age = time.monotonic() - self._slot_renewed
+        if age < self.slots.lease / 3:
+            return True
+        try:
+            if self.slots.renew(self._slot, self.holder):
+                self._slot_renewed = time.monotonic()
+                return True
+            log.warning("SMTP slot %d of %s expired and was taken by another runner; "
+                        "reconnecting under a new slot", self._slot, self.holder)
+            self._slot = None
+        except DaoError as exc:
+            if age < 2 * self.slots.lease / 3:
+                log.warning("could not renew SMTP slot %d (%s); keeping it for now", self._slot,
+                            exc)
+                return True
+            log.warning("could not renew SMTP slot %d (%s); closing its connection",
+                        self._slot, exc)
+        self._drop(quit=True)
+        return False
+
+    def _noop_ok(self) -> bool:
+        assert self._conn is not None
+        try:
+            code, text = self._conn.noop()
+        except (smtplib.SMTPException, OSError) as exc:
+            code, text = None, f"{type(exc).__name__}: {exc}"
+        if code == 250:
+            return True
+        log.info("SMTP connection to %s failed its NOOP check (%s %s); reconnecting", self.where,
+                 code, _text(text))
+        self._close_conn(quit=False)   # the slot is kept for the new connection
+        return False
+
+    def _acquire(self, yield_first: bool) -> int:
+        assert self.slots is not None
+        deadline = time.monotonic() + self.slot_wait
+        if yield_first:
+            time.sleep(ROTATE_YIELD)
+        while True:
+            try:
+                slot = self.slots.acquire(self.holder)
+            except DaoError as exc:
+                raise SendError("rate", "smtp_busy", f"could not take an SMTP connection slot "
+                                f"(database: {exc}); not sent, retrying",
+                                retry_after=BUSY_RETRY) from exc
+            if slot is not None:
+                return slot
+            pause = random.uniform(*SLOT_POLL)
+            if time.monotonic() + pause > deadline:
+                raise SendError("rate", "smtp_busy", f"all {self.slots.size} SMTP connections "
+                                f"(SMTP_MAX_CONNECTIONS) are in use by other runners; not sent, "
+                                "retrying", retry_after=BUSY_RETRY)
+            time.sleep(pause)
+
+    def _open(self) -> _SMTP:
+        s = self.settings
+        timeout = s.smtp_timeout
+        conn: _SMTP | None = None
+        try:
+            if s.smtp_security == "ssl":
+                conn = _SMTP_SSL(s.smtp_host, s.smtp_port, local_hostname=local_hostname(),
+                                 timeout=timeout, context=ssl.create_default_context())
+            else:
+                conn = _SMTP(s.smtp_host, s.smtp_port, local_hostname=local_hostname(),
+                             timeout=timeout)
+            conn.ehlo_or_helo_if_needed()
+            if s.smtp_security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise SendError("sender_config", "smtp_tls", f"{self.where} does not offer "
+                                    "STARTTLS; set SMTP_SECURITY (ssl or none) to match it")
+                conn.starttls(context=ssl.create_default_context())
+                conn.ehlo()
+            if s.smtp_username:
+                conn.login(s.smtp_username, s.smtp_password)
+            return conn
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            error = self._connect_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _connect_error(self, exc: BaseException) -> SendError | None:
+        """The SendError for a failure while connecting; None to re-raise `exc` as it is."""
+        if isinstance(exc, SendError):
+            return None
+        where = self.where
+        if isinstance(exc, smtplib.SMTPAuthenticationError) and not 400 <= exc.smtp_code < 500:
+            return SendError("sender_config", "smtp_auth", f"SMTP login as "
+                             f"{self.settings.smtp_username} refused by {where}: {exc.smtp_code} "
+                             f"{_text(exc.smtp_error)}; fix SMTP_USERNAME/SMTP_PASSWORD, then "
+                             "resume the sender", status=exc.smtp_code)
+        if isinstance(exc, smtplib.SMTPNotSupportedError):   # no AUTH offered
+            return SendError("sender_config", "smtp_auth", f"{where} cannot log in "
+                             f"SMTP_USERNAME ({exc}); use SMTP_SECURITY=starttls/ssl or unset it")
+        if isinstance(exc, smtplib.SMTPResponseException):   # greeting, EHLO, STARTTLS answers
+            return self._answer(exc.smtp_code, exc.smtp_error, "connecting", "sender_config")
+        if isinstance(exc, ssl.SSLError):
+            return SendError("sender_config", "smtp_tls", f"TLS with {where} failed: {exc}; "
+                             "check SMTP_SECURITY, SMTP_PORT and the server's certificate")
+        if isinstance(exc, (smtplib.SMTPException, OSError)):
+            return _network_error(exc, f"connection to {where}", False)
+        return None
+
+    def _close_conn(self, quit: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if quit and conn.sock is not None:
+                conn.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+        finally:
+            conn.close()
+
+    def _drop(self, quit: bool) -> None:
+        """Close the connection, then free its slot."""
+        self._close_conn(quit)
+        slot, self._slot = self._slot, None
+        if slot is not None and self.slots is not None:
+            try:
+                self.slots.release(slot, self.holder)
+            except DaoError as exc:
+                log.warning("could not free SMTP slot %d (%s); it expires with its lease",
+                            slot, exc)
