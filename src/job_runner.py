@@ -220,7 +220,9 @@ class JobRunner:
         for rid, future in list(self._hand.futures.items()):
             if future in done:
                 self._hand.drop(rid)
-                self._outcomes.append(future.result())
+                outcome = future.result()
+                self._outcomes.append(outcome)
+                self._watch_error_rate(outcome)
 
     def _flush_if_due(self) -> None:
         s = self.settings
@@ -246,8 +248,6 @@ class JobRunner:
         for o in outcomes:
             if o.sender_action:
                 self._sender_action(o)
-        for job_id in {o.job.id for o in outcomes}:
-            self._watch_error_rate(job_id, [o for o in outcomes if o.job.id == job_id])
         for job_id in {o.job.id for o in outcomes} - self._hand.job_ids():
             self._finish_if_done(job_id)
 
@@ -301,12 +301,16 @@ class JobRunner:
             log.error("%s; %d job(s) paused until an operator fixes it (mailjobs auth %s)",
                       reason, n, sender)
 
-    def _watch_error_rate(self, job_id: int, outcomes: list[Outcome]) -> None:
-        """Auto-pause: too many of this job's last final outcomes failed."""
+    def _watch_error_rate(self, o: Outcome) -> None:
+        """Auto-pause: too many of this job's last final outcomes failed. Runs as each send
+        completes, so a broken job stops within a window, not a flush batch, of sends."""
         s = self.settings
+        if o.result not in (SENT, FAILED) or s.error_window <= 0:
+            return
+        job_id = o.job.id
         window = self._windows.setdefault(job_id, deque(maxlen=s.error_window))
-        window.extend(o for o in outcomes if o.result in (SENT, FAILED))
-        if s.error_window <= 0 or len(window) < s.error_window:
+        window.append(o)
+        if len(window) < s.error_window:
             return
         failures = [o for o in window if o.result == FAILED]
         if len(failures) / len(window) <= s.max_error_rate:
