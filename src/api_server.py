@@ -6,6 +6,7 @@ the whole service as `mailjobs serve` does.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     app.json.sort_keys = False
     app.extensions["mailjobs"] = {"dao": dao, "settings": settings}
     verifier = KeyVerifier(dao)
+    large_slots = threading.BoundedSemaphore(max(1, settings.large_enqueue_concurrency))
 
     @app.errorhandler(RequestRejected)
     def _rejected(exc: RequestRejected) -> Response:
@@ -172,6 +174,19 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if idem is not None and not 1 <= len(idem) <= 255:
             raise RequestRejected(400, "validation_error", "Idempotency-Key must be 1-255 characters",
                                   [("Idempotency-Key", "must be 1-255 characters")])
+        large = (request.content_length or 0) > settings.large_body_bytes
+        if large and not large_slots.acquire(timeout=6 * settings.db_pool_timeout):
+            response = error_response(503, "busy", "too many large jobs are being stored at "
+                                      "once; nothing was stored, retry shortly")
+            response.headers["Retry-After"] = "5"
+            return response
+        try:
+            return _send_template_emails(idem)
+        finally:
+            if large:
+                large_slots.release()
+
+    def _send_template_emails(idem: str | None) -> Response:
         body = request.get_data(cache=False)
         body_hash = request_hash(body)
         if idem:

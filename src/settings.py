@@ -67,6 +67,8 @@ class Settings:
     http_threads: int = defaults.HTTP_THREADS
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
     max_recipients_per_job: int = defaults.MAX_RECIPIENTS_PER_JOB
+    large_enqueue_concurrency: int = defaults.LARGE_ENQUEUE_CONCURRENCY
+    large_body_bytes: int = defaults.LARGE_BODY_BYTES
     db_connect_timeout: int = defaults.DB_CONNECT_TIMEOUT
     db_read_timeout: int = defaults.DB_READ_TIMEOUT
     db_write_timeout: int = defaults.DB_WRITE_TIMEOUT

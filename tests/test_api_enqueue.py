@@ -278,3 +278,38 @@ def test_405_says_what_is_allowed(client, key):
     assert r.status_code == 405
     assert "GET" in r.headers["Allow"]
     assert r.json["error"] == "method_not_allowed"
+
+
+def test_large_requests_beyond_the_concurrency_limit_wait_then_get_503(dao, monkeypatch):
+    """Room for one large POST at a time: while one is being stored, a second one waits for
+    the slot and (with no wait allowed here) is refused with 503 busy, storing nothing."""
+    import threading
+
+    import api_server
+    from api_keys import create_key
+
+    s = dao.settings.with_overrides(large_enqueue_concurrency=1, large_body_bytes=100,
+                                    db_pool_timeout=0.0)
+    app = api_server.create_app(s, dao)
+    key = create_key(dao, "t", ["*"]).key
+    entered, release = threading.Event(), threading.Event()
+    real = api_server.enqueue
+
+    def held_enqueue(*args, **kwargs):  # keeps the first request inside its slot
+        entered.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api_server, "enqueue", held_enqueue)
+    first = {}
+    t = threading.Thread(target=lambda: first.setdefault("r", post(app.test_client(), key,
+                                                                   body(3))))
+    t.start()
+    assert entered.wait(10)
+    second = post(app.test_client(), key, body(3))
+    assert (second.status_code, second.json["error"]) == (503, "busy")
+    assert second.headers["Retry-After"] == "5"
+    release.set()
+    t.join(10)
+    assert first["r"].status_code == 202
+    assert count_rows(dao, "jobs") == 1
