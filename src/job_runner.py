@@ -32,6 +32,8 @@ from settings import Settings
 from transport_base import Transport
 
 log = logging.getLogger("mailjobs.runner")
+# Claimed-but-unsent recipients a runner holds, in seconds of its own send rate.
+HOLD_SECONDS = 0.5
 
 
 @dataclass
@@ -83,6 +85,9 @@ class JobRunner:
         self._last_log = time.monotonic()
         self._last_renew = time.monotonic()
         self._rotation = 0
+        self._rate = 0.0
+        self._rate_at = time.monotonic()
+        self._completed_since = 0
         self._last_status_check = time.monotonic()
         self._last_expiry_check = 0.0
         self._windows: dict[int, deque[Outcome]] = {}
@@ -145,8 +150,24 @@ class JobRunner:
 
     # --- claiming -------------------------------------------------------------------------
     def _capacity(self) -> int:
+        """How many claimed recipients to hold: about HOLD_SECONDS of this runner's measured
+        send rate, between 2 x concurrency and CLAIM_BATCH. Holding more would make a job posted
+        now wait behind the backlog (sends go out in claim order); holding less would starve
+        the sending threads."""
         s = self.settings
-        return max(s.claim_batch, 2 * s.runner_concurrency)
+        floor = 2 * s.runner_concurrency
+        return max(floor, min(s.claim_batch, int(self._rate * HOLD_SECONDS)))
+
+    def _measure(self, completed: int) -> None:
+        """Exponentially weighted send rate (recipients/s) of this runner."""
+        now = time.monotonic()
+        elapsed = now - self._rate_at
+        if elapsed >= 0.25:
+            current = (self._completed_since + completed) / elapsed
+            self._rate = current if self._rate == 0 else 0.7 * self._rate + 0.3 * current
+            self._rate_at, self._completed_since = now, 0
+        else:
+            self._completed_since += completed
 
     def _claim(self, pool: ThreadPoolExecutor) -> int:
         room = self._capacity() - len(self._hand.futures)
@@ -157,23 +178,31 @@ class JobRunner:
             return 0
         self._rotation += 1
         claimed = 0
+        limited: set[str] = set()  # senders at their limit: skip their other jobs this pass
         for tier in scheduling.tiers(jobs, self._rotation):  # highest priority first
             each = scheduling.share(room, len(tier), self.settings.runner_concurrency)
             for c in tier:
                 if room <= 0:
                     return claimed
-                n = self._claim_job(pool, c, min(room, each, self.settings.claim_batch))
+                if c.sender in limited:
+                    continue
+                n, reason = self._claim_job(pool, c, min(room, each, self.settings.claim_batch))
+                if reason:
+                    limited.add(c.sender)
                 claimed += n
                 room -= n
         return claimed
 
-    def _claim_job(self, pool: ThreadPoolExecutor, c: scheduling.Claimable, wanted: int) -> int:
+    def _claim_job(self, pool: ThreadPoolExecutor, c: scheduling.Claimable,
+                   wanted: int) -> tuple[int, str | None]:
+        """Claim up to `wanted` of one job; returns how many, and why fewer if the sender's
+        limits held it back."""
         rows, reason = self.dao.claim(c.job_id, c.sender, self.id, wanted,
                                       self.settings.lease_seconds, self._limits)
         if not rows:
             if reason:
                 log.debug("job=%d: nothing claimed (%s)", c.job_id, reason)
-            return 0
+            return 0, reason
         job = self._job(c.job_id)
         log.info("job=%d claimed %d recipient(s) (runner %s)%s", c.job_id, len(rows), self.id,
                  f"; limited by {reason}" if reason else "")
@@ -181,7 +210,7 @@ class JobRunner:
             self._hand.recipients[r.id] = r
             self._hand.jobs_of[r.id] = c.job_id
             self._hand.futures[r.id] = pool.submit(self._send_one, job, r)
-        return len(rows)
+        return len(rows), reason
 
     def _job(self, job_id: int) -> Job:
         job = self._jobs.get(job_id)
@@ -217,6 +246,7 @@ class JobRunner:
         if not pending:
             return
         done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        self._measure(len(done))
         for rid, future in list(self._hand.futures.items()):
             if future in done:
                 self._hand.drop(rid)

@@ -106,13 +106,19 @@ FROM runners ORDER BY heartbeat_at DESC LIMIT %s;
 -- name: claimable_jobs
 -- Jobs with work whose sender is not deferred and that have not expired: highest priority
 -- first, then oldest (scheduling.py orders them fairly within a priority).
-SELECT j.id, j.sender_email, j.priority, j.api_key_id FROM jobs j
-LEFT JOIN senders s ON s.email = j.sender_email
-WHERE (j.status IN ('queued', 'running')
-       OR (j.status = 'scheduled' AND j.send_at <= UTC_TIMESTAMP(6)))
-  AND (j.expires_at IS NULL OR j.expires_at > UTC_TIMESTAMP(6))
-  AND (s.paused_until IS NULL OR s.paused_until <= UTC_TIMESTAMP(6))
-ORDER BY j.priority DESC, j.id LIMIT %s;
+-- Numbered per key (rn), so the LIMIT keeps the oldest jobs of every key rather than
+-- the oldest jobs overall: one key with hundreds of waiting jobs cannot crowd others out.
+SELECT id, sender_email, priority, api_key_id FROM (
+  SELECT j.id, j.sender_email, j.priority, j.api_key_id,
+         ROW_NUMBER() OVER (PARTITION BY j.priority, j.api_key_id ORDER BY j.id) AS rn
+  FROM jobs j
+  LEFT JOIN senders s ON s.email = j.sender_email
+  WHERE (j.status IN ('queued', 'running')
+         OR (j.status = 'scheduled' AND j.send_at <= UTC_TIMESTAMP(6)))
+    AND (j.expires_at IS NULL OR j.expires_at > UTC_TIMESTAMP(6))
+    AND (s.paused_until IS NULL OR s.paused_until <= UTC_TIMESTAMP(6))
+) ranked
+ORDER BY priority DESC, rn, id LIMIT %s;
 
 -- name: expired_jobs
 SELECT id FROM jobs

@@ -142,3 +142,22 @@ def test_priority_and_expiry_are_validated(client, make_key, dao):
     ok = post(client, limited, body(1, priority="low", expires_at=later.isoformat()))
     job = client.get(ok.headers["Location"], headers={"X-API-Key": limited}).json
     assert job["priority"] == "low" and job["expires_at"].startswith(later.strftime("%Y-%m-%dT%H"))
+
+
+def test_a_key_with_hundreds_of_waiting_jobs_cannot_crowd_out_another_key(client, make_key,
+                                                                        dao):
+    """Regression (found by bench/fairness.py): the oldest 200 jobs all belonged to one key
+    whose sender was at its limit, so another key's job was never even offered a claim."""
+    from records import NewJob, NewRecipient
+
+    fresh_recorder()
+    crowd, other = make_key(senders=["*"]), make_key(senders=["*"])
+    crowd_id = dao.api_key_by_prefix(crowd.split("_")[1]).id
+    for _ in range(210):
+        dao.create_job(NewJob(crowd_id, "capped@example.com", None, None, "s", None, "t", {}, 1,
+                              0, None, None), [NewRecipient("x@example.com", None, None)])
+    dao.set_sender_limits("capped@example.com", 1, 0)  # 1 a minute: nearly always limited
+    job_id = post(client, other, body(3, sender_email="free@example.com")).json["job_id"]
+    dao.set_sender_limits("free@example.com", 0, 0)
+    with running(fast(dao.settings), dao, factory=Recorder):
+        assert wait_job_done(dao, job_id, timeout=10) == "completed"
