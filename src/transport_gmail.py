@@ -217,6 +217,12 @@ class _Session:
     creds: Credentials
     http: google_auth_httplib2.AuthorizedHttp
     service: Any
+    # users().messages() built once: building it costs ~1 ms of CPU (14 methods) per call.
+    messages: Any = None
+
+    def __post_init__(self) -> None:
+        if self.messages is None:
+            self.messages = self.service.users().messages()
 
 
 class GmailTransport:
@@ -244,18 +250,42 @@ class GmailTransport:
                                                        mimetype="message/rfc822", resumable=False)}
         response = self._call(
             msg.sender_email,
-            lambda service: service.users().messages().send(userId="me", **payload),
+            lambda messages: messages.send(userId="me", **payload),
             f"sending to {msg.to_email}", True)
         return SendResult(provider_id=response.get("id"))
 
     def find_by_message_id(self, sender_email: str, message_id: str) -> str | None:
         query = f"rfc822msgid:{message_id.strip().strip('<>')}"
         response = self._call(
-            sender_email, lambda service: service.users().messages().list(
+            sender_email, lambda messages: messages.list(
                 userId="me", q=query, maxResults=1, includeSpamTrash=True),
             f"looking up {message_id}", False)
         messages = response.get("messages") or []
         return messages[0]["id"] if messages else None
+
+    # -- reading the mailbox (bounce checks; needs gmail.readonly) ------------------------------
+    def list_message_ids(self, sender_email: str, query: str, limit: int = 2000) -> list[str]:
+        """Ids of the sender's messages that match a Gmail search, newest first."""
+        ids: list[str] = []
+        page: dict[str, str] = {}
+        while len(ids) < limit:
+            response = self._call(
+                sender_email, lambda messages: messages.list(
+                    userId="me", q=query, maxResults=min(500, limit - len(ids)), **page),
+                f"searching the mailbox ({query})", False)
+            ids += [m["id"] for m in response.get("messages") or []]
+            if not response.get("nextPageToken"):
+                break
+            page = {"pageToken": response["nextPageToken"]}
+        return ids
+
+    def get_raw(self, sender_email: str, gmail_id: str) -> bytes:
+        """The RFC 822 bytes of one message of the sender's mailbox."""
+        response = self._call(
+            sender_email, lambda messages: messages.get(
+                userId="me", id=gmail_id, format="raw"), f"reading message {gmail_id}", False)
+        raw = response.get("raw") or ""
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
 
     def close(self) -> None:
         for session in self._sessions.values():
@@ -315,7 +345,7 @@ class GmailTransport:
     def _execute(self, sender: str, session: _Session, make: Callable[[Any], Any], what: str,
                  sent_maybe: bool) -> dict:
         try:
-            request = make(session.service)
+            request = make(session.messages)
             self._fix_upload_scheme(request)
             return request.execute(http=session.http, num_retries=0)
         except HttpError as exc:

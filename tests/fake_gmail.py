@@ -6,9 +6,17 @@
         # build("gmail", "v1", ..., client_options={"api_endpoint": fake.url})
 
 Serves messages.send (JSON `raw`, and /upload/ with uploadType=media or multipart),
-messages.list (`q=rfc822msgid:...` only), messages.get, and `POST /token` (refresh_token grant).
+messages.list (`q=rfc822msgid:...`, or a small part of Gmail's search syntax: see _SearchQuery),
+messages.get, and `POST /token` (refresh_token grant). `deliver()` puts received mail (e.g.
+DSNs for bounce tests) into a mailbox.
 The bearer token picks the mailbox. Failures are scripted per send call with `fail_next` and
 `hang_next`; answers use Gmail's JSON error shape. Runs on 127.0.0.1, port 0, daemon threads.
+
+For fault tests: `fail_randomly({429: 0.3, 500: 0.1}, seconds=60)` fails that share of sends for
+a while; `drop_next()` stores a message and then closes the connection without an HTTP answer
+(the mail went out, the client sees a network error); `send_latency` makes every send take that
+long; `send_log` records every send attempt as (account, To address, status, time.time()); status 0
+is a dropped connection.
 """
 from __future__ import annotations
 
@@ -17,8 +25,11 @@ import binascii
 import email
 import email.policy
 import json
+import random
 import re
 import secrets
+import socket
+import struct
 import sys
 import threading
 import time
@@ -56,6 +67,7 @@ class Sent:
     raw: bytes
     message: EmailMessage
     time: float
+    labels: tuple[str, ...] = ("SENT",)   # ("INBOX",) for mail put in with deliver()
 
 
 @dataclass
@@ -68,6 +80,17 @@ class Rule:
     email: str | None
     store_anyway: bool = False
     delay: float = 0.0
+    drop: str | None = None     # "close" (FIN) or "reset" (RST): no HTTP answer at all
+
+
+@dataclass
+class Storm:
+    """Random failures: each send fails with status s with probability rates[s]."""
+    rates: dict[int, float]
+    until: float                # time.monotonic() deadline
+    email: str | None
+    rng: random.Random
+    store_anyway: bool = False
 
 
 @dataclass
@@ -100,6 +123,9 @@ class FakeGmail:
         self._accounts: dict[str, Account] = {}
         self._tokens: dict[str, str] = {}          # access token -> account email
         self._rules: list[Rule] = []
+        self._storm: Storm | None = None
+        self.send_latency = 0.0                    # seconds every send takes (before storing)
+        self.send_log: list[tuple[str, str, int, float]] = []  # account, To, status, time
         self._active: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -182,6 +208,50 @@ class FakeGmail:
         with self._lock:
             self._rules.append(Rule(None, None, None, {}, count, email, delay=seconds))
 
+    def drop_next(self, count: int = 1, email: str | None = None, store: bool = True,
+                  reset: bool = False) -> None:
+        """The next send(s) get no HTTP answer: the connection is closed (FIN, or RST with
+        `reset`) after the message is stored (`store`), so it went out but the client saw an
+        error."""
+        with self._lock:
+            self._rules.append(Rule(None, None, None, {}, count, email,
+                                    store_anyway=store, drop="reset" if reset else "close"))
+
+    def fail_randomly(self, rates: dict[int, float], seconds: float | None = None,
+                      email: str | None = None, seed: int | None = None,
+                      store_anyway: bool = False) -> None:
+        """From now on (for `seconds`, or until `stop_failing()`), each send that no scripted
+        rule takes fails with status s with probability rates[s] (Gmail's default error for s)."""
+        until = time.monotonic() + seconds if seconds is not None else float("inf")
+        with self._lock:
+            self._storm = Storm(dict(rates), until, email, random.Random(seed), store_anyway)
+
+    def stop_failing(self) -> None:
+        with self._lock:
+            self._storm = None
+
+    def _storm_status(self, account: str) -> int | None:
+        with self._lock:
+            storm = self._storm
+            if storm is None or time.monotonic() >= storm.until or \
+                    storm.email not in (None, account):
+                return None
+            roll = storm.rng.random()
+        for status, rate in storm.rates.items():
+            if roll < rate:
+                return status
+            roll -= rate
+        return None
+
+    def _log_send(self, account: str, raw: bytes, status: int) -> None:
+        try:
+            parsed = email.message_from_bytes(raw, policy=email.policy.default)
+            to = ",".join(a for _, a in getaddresses([parsed["To"] or ""]))
+        except Exception:  # a malformed message: log it anyway
+            to = ""
+        with self._lock:
+            self.send_log.append((account, to.lower(), status, time.time()))
+
     def _take_rule(self, account: str) -> Rule | None:
         with self._lock:
             for rule in self._rules:
@@ -189,6 +259,20 @@ class FakeGmail:
                     rule.remaining -= 1
                     return rule
         return None
+
+    # -- incoming mail (bounce tests) ----------------------------------------------------------
+    def deliver(self, email_address: str, raw: bytes, at: float | None = None) -> Sent:
+        """Put a received message (e.g. a DSN from mailer-daemon) into an account's mailbox:
+        messages.list finds it (search terms from:, after:, before:, newer_than:, OR, (), {}),
+        messages.get returns it with labelIds ["INBOX"] and its internalDate (`at`, epoch
+        seconds; default now). It is not in `sent`."""
+        gmail_id = secrets.token_hex(8)
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        record = Sent(email_address, gmail_id, gmail_id, raw, parsed,
+                      time.time() if at is None else at, ("INBOX",))
+        with self._lock:
+            self._accounts[email_address].mailbox.append(record)
+        return record
 
     # -- records ------------------------------------------------------------------------------
     def sent_to(self, address: str) -> list[Sent]:
@@ -206,6 +290,8 @@ class FakeGmail:
         with self._lock:
             self.sent.clear()
             self.requests.clear()
+            self.send_log.clear()
+            self._storm = None
             self._rules.clear()
             self.max_concurrent.clear()
             for account in self._accounts.values():
@@ -233,8 +319,92 @@ class _Refused(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+class _SearchQuery:
+    """The part of Gmail's search syntax bounce checks use: terms `from:x` (substring of From),
+    `after:EPOCH`, `before:EPOCH`, `newer_than:7d` (d, h, m), `rfc822msgid:id`; terms side by
+    side AND, `OR` between terms, `(...)` groups, `{a b}` any of, `-term` not. Anything else is
+    Gmail's 400, so a query the fake does not understand fails loudly."""
+
+    UNITS = {"d": 86400, "h": 3600, "m": 60}
+
+    def __init__(self, query: str) -> None:
+        for ch in "(){}":
+            query = query.replace(ch, f" {ch} ")
+        self.query = query
+        self.tokens = query.split()
+        self.pos = 0
+
+    def _refuse(self, why: str) -> _Refused:
+        return _Refused(400, "invalidArgument", f"the fake cannot search {self.query!r}: {why}")
+
+    def matcher(self):
+        match = self._all(None)
+        if self.pos != len(self.tokens):
+            raise self._refuse(f"unexpected {self.tokens[self.pos]!r}")
+        return match
+
+    def _all(self, end: str | None):
+        parts = []
+        while self.pos < len(self.tokens) and self.tokens[self.pos] != end:
+            parts.append(self._any())
+        return lambda s: all(p(s) for p in parts)
+
+    def _any(self):
+        parts = [self._atom()]
+        while self.pos < len(self.tokens) and self.tokens[self.pos] == "OR":
+            self.pos += 1
+            parts.append(self._atom())
+        return lambda s: any(p(s) for p in parts)
+
+    def _atom(self):
+        if self.pos >= len(self.tokens):
+            raise self._refuse("ends early")
+        token = self.tokens[self.pos]
+        self.pos += 1
+        if token in ("(", "{"):
+            end = ")" if token == "(" else "}"
+            inner = self._all(end) if token == "(" else self._either(end)
+            if self.pos >= len(self.tokens) or self.tokens[self.pos] != end:
+                raise self._refuse(f"missing {end!r}")
+            self.pos += 1
+            return inner
+        if token.startswith("-") and len(token) > 1:
+            inner = self._term(token[1:])
+            return lambda s: not inner(s)
+        return self._term(token)
+
+    def _either(self, end: str):
+        parts = []
+        while self.pos < len(self.tokens) and self.tokens[self.pos] != end:
+            parts.append(self._atom())
+        return lambda s: any(p(s) for p in parts)
+
+    def _term(self, token: str):
+        name, colon, value = token.partition(":")
+        value = value.strip('"')
+        if not colon or not value:
+            raise self._refuse(f"free text {token!r} is not supported")
+        name = name.lower()
+        if name == "from":
+            return lambda s: value.lower() in str(s.message["From"] or "").lower()
+        if name in ("after", "before") and value.isdigit():
+            moment = int(value)
+            return (lambda s: s.time >= moment) if name == "after" else \
+                (lambda s: s.time < moment)
+        if name == "newer_than" and value[:-1].isdigit() and value[-1:] in self.UNITS:
+            seconds = int(value[:-1]) * self.UNITS[value[-1]]
+            return lambda s: s.time >= time.time() - seconds
+        if name == "rfc822msgid":
+            wanted = value.strip("<>")
+            return lambda s: (s.message["Message-ID"] or "").strip().strip("<>") == wanted
+        raise self._refuse(f"term {token!r} is not supported")
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are written separately: without this every answer waits ~40 ms for the
+    # client's delayed ACK (Nagle), which hides the runner's real costs in benchmarks.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, *args) -> None:
@@ -272,6 +442,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._route()
         except _Refused as refused:
             self._error(refused.status, refused.reason, refused.message)
+        except ConnectionError:   # the client went away (e.g. a killed worker): nobody to answer
+            self.close_connection = True
         except Exception as exc:  # a bug in the fake: answer, so the client does not hang
             traceback.print_exc()
             self._error(500, "fakeCrashed", f"the fake crashed: {type(exc).__name__}: {exc}")
@@ -344,25 +516,69 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake._enter(account, +1)
         try:
             rule = self.fake._take_rule(account)
+            if self.fake.send_latency and self.fake._stopping.wait(self.fake.send_latency):
+                return
             if rule is not None and rule.delay and self.fake._stopping.wait(rule.delay):
                 return
+            if rule is not None and rule.drop:
+                if rule.store_anyway:
+                    self.fake._store(account, raw)
+                self.fake._log_send(account, raw, 0)
+                return self._drop(rule.drop == "reset")
             if rule is not None and rule.status is not None:
                 if rule.store_anyway:
                     self.fake._store(account, raw)
+                self.fake._log_send(account, raw, rule.status)
                 return self._error(rule.status, rule.reason, rule.message, rule.headers)
+            if rule is None:
+                status = self.fake._storm_status(account)
+                if status is not None:
+                    storm = self.fake._storm
+                    if storm is not None and storm.store_anyway:
+                        self.fake._store(account, raw)
+                    self.fake._log_send(account, raw, status)
+                    return self._error(status, *DEFAULT_ERROR.get(status,
+                                                                  ("backendError", "Error")))
             record = self.fake._store(account, raw)
+            self.fake._log_send(account, raw, 200)
             self._reply(200, {"id": record.id, "threadId": record.thread_id, "labelIds": ["SENT"]})
         finally:
             self.fake._enter(account, -1)
 
+    def _drop(self, reset: bool) -> None:
+        """Close the connection without a byte of answer (RST with `reset`, else FIN)."""
+        with self.fake._lock:
+            self.fake.requests.append((self.command, self.path, 0))
+        self.close_connection = True
+        try:
+            if reset:   # linger 0: closing sends RST (after the handler's files close)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.connection.close()
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _list(self, account: str) -> None:
         query = self._query.get("q", "")
         if query and not query.startswith("rfc822msgid:"):
-            raise _Refused(400, "invalidArgument", f"the fake only knows rfc822msgid:, not {query}")
+            return self._search(account, query)
         wanted = query[len("rfc822msgid:"):].strip("<>")
         with self.fake._lock:
             found = [s for s in self.fake._accounts[account].mailbox
                      if not wanted or (s.message["Message-ID"] or "").strip().strip("<>") == wanted]
+        if not found:
+            return self._reply(200, {"resultSizeEstimate": 0})
+        self._reply(200, {"messages": [{"id": s.id, "threadId": s.thread_id} for s in found],
+                          "resultSizeEstimate": len(found)})
+
+    def _search(self, account: str, query: str) -> None:
+        """messages.list with a Gmail search (bounce checks): newest first."""
+        match = _SearchQuery(query).matcher()
+        with self.fake._lock:
+            found = [s for s in self.fake._accounts[account].mailbox if match(s)]
+        found.sort(key=lambda s: s.time, reverse=True)
         if not found:
             return self._reply(200, {"resultSizeEstimate": 0})
         self._reply(200, {"messages": [{"id": s.id, "threadId": s.thread_id} for s in found],
@@ -374,8 +590,8 @@ class _Handler(BaseHTTPRequestHandler):
             record = next((s for s in mailbox if s.id == gmail_id), None)
         if record is None:
             return self._error(404, "notFound", "Requested entity was not found.")
-        body = {"id": record.id, "threadId": record.thread_id, "labelIds": ["SENT"],
-                "sizeEstimate": len(record.raw)}
+        body = {"id": record.id, "threadId": record.thread_id, "labelIds": list(record.labels),
+                "sizeEstimate": len(record.raw), "internalDate": str(int(record.time * 1000))}
         form = self._query.get("format", "full")
         if form == "raw":
             body["raw"] = base64.urlsafe_b64encode(record.raw).decode()
