@@ -4,6 +4,7 @@ at once."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(client, key,
     assert all(r.claimed_by is None and r.attempts == 0 for r in recipients(dao, job_id)
                if r.status == "queued")
     assert dao.runners()[0]["state"] == "stopped"
-    assert "released 9 unsent claim(s)" in out
+    assert re.search(r"released [1-9] unsent claim\(s\)", out)  # what it held beyond the one
 
 
 def test_a_second_signal_exits_at_once(client, key, dao, database, fake):
