@@ -121,6 +121,10 @@ class SendTemplateEmailsIn(Strict):
                                   "'expired', never sent late")
     priority: Literal["high", "normal", "low"] = Field(
         default="normal", description="higher priority work is always claimed first")
+    unsubscribe: bool | None = Field(
+        default=None, description="one-click unsubscribe (List-Unsubscribe, RFC 8058) in every "
+                                  "message; default: on when the server has "
+                                  "UNSUBSCRIBE_BASE_URL; true without it is refused")
 
     @field_validator("recipients", mode="before")
     @classmethod
@@ -182,6 +186,8 @@ class EnqueueOut(BaseModel):
     status: str
     recipients: int
     duplicates_removed: int
+    suppressed: int = Field(default=0, description="recipients stored as 'suppressed' (on the "
+                                                   "key's suppression list), never sent")
     status_url: str
     warnings: list[str] = Field(default_factory=list)
 
@@ -278,3 +284,26 @@ class HealthOut(BaseModel):
     transport: str | None = Field(default=None, description="gmail, outbox (not really sending) or null")
     runners: int | None = Field(default=None, description="runners with a fresh heartbeat")
     reason: str | None = None
+
+
+# --- suppression list ---------------------------------------------------------------------------
+class SuppressionIn(Strict):
+    """Body of POST /api/suppressions."""
+
+    email: Address
+    reason: Literal["unsubscribed", "hard_bounce", "complaint", "manual"] = "manual"
+
+
+class SuppressionOut(BaseModel):
+    id: int
+    email: str = Field(description="lower-cased")
+    reason: str = Field(description="unsubscribed, hard_bounce, complaint or manual")
+    job_id: int | None = Field(description="the job it came from (unsubscribe, bounce)")
+    recipient_id: int | None
+    detail: str | None = Field(description="e.g. the bounce's status and diagnostic")
+    created_at: datetime
+
+
+class SuppressionsPageOut(BaseModel):
+    suppressions: list[SuppressionOut]
+    next_after: int | None = Field(description="pass as ?after= for the next page")

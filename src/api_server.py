@@ -18,13 +18,14 @@ import job_control
 import metrics
 from api_keys import KeyVerifier
 from api_schemas import (EnqueueOut, RetryIn, SendTemplateEmailsIn, StoredTemplateIn,
-                         TemplateIn)
+                         SuppressionIn, TemplateIn)
 from dao_mysql import Dao, DatabaseUnavailable
 from enqueue import RequestRejected, check_template, enqueue, replay_or_conflict, request_hash
 from openapi_doc import openapi_document
-from records import JOB_STATUSES, RECIPIENT_STATUSES, Job, StoredTemplate
+from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS, Job, StoredTemplate
 from settings import Settings, load_settings
-from views import job_view, recipient_view, runner_view, sender_view, template_view
+from views import (job_view, recipient_view, runner_view, sender_view, suppression_view,
+                   template_view)
 
 log = logging.getLogger("mailjobs.api")
 
@@ -196,7 +197,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         req = parse_body(SendTemplateEmailsIn, body,
                          {"max_recipients": settings.max_recipients_per_job})
         with metrics.ENQUEUE_SECONDS.time():
-            result = enqueue(dao, g.api_key, req, body_hash, idem)
+            result = enqueue(dao, g.api_key, req, body_hash, idem,
+                             unsubscribe_base_url=settings.unsubscribe_base_url)
         if not result.replayed:
             metrics.ENQUEUED_RECIPIENTS.inc(result.job.total)
         return _enqueued(result.job, replayed=result.replayed)
@@ -209,9 +211,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if _live_runners() == 0:
             warnings.append("no live runner: the job is stored and will wait until a runner "
                             "(embedded, or `mailjobs worker`) is running")
-        first_status = "scheduled" if job.send_at is not None else "queued"
+        suppressed = dao.suppressed_count(job.id)
+        first_status = ("completed" if suppressed == job.total  # nothing to send (Dao.create_job)
+                        else "scheduled" if job.send_at is not None else "queued")
         body = EnqueueOut(job_id=job.id, status=first_status, recipients=job.total,
-                          duplicates_removed=job.duplicates_removed,
+                          duplicates_removed=job.duplicates_removed, suppressed=suppressed,
                           status_url=f"/api/jobs/{job.id}", warnings=warnings)
         response = jsonify(body.model_dump(mode="json"))
         response.status_code = 202
@@ -341,6 +345,39 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                                   [("name", "not found")])
         return jsonify({"name": name, "versions": [template_view(t) for t in versions]})
 
+    # --- suppression list: addresses this key's jobs never send to ---------------------------
+    @app.get("/api/suppressions")
+    def list_suppressions() -> Response:
+        limit = _int_arg("limit", defaults.PAGE_SIZE, 1, defaults.MAX_PAGE_SIZE)
+        after = _int_arg("after", 0)
+        reason = request.args.get("reason") or None
+        if reason is not None and reason not in SUPPRESSION_REASONS:
+            allowed = ", ".join(SUPPRESSION_REASONS)
+            raise RequestRejected(400, "validation_error", f"reason must be one of {allowed}",
+                                  [("reason", f"must be one of {allowed}")])
+        rows = dao.suppressions_page(g.api_key.id, after or 0, limit, reason)
+        return jsonify({"suppressions": [suppression_view(x) for x in rows],
+                        "next_after": rows[-1].id if len(rows) == limit else None})
+
+    @app.post("/api/suppressions")
+    def add_suppression() -> Response:
+        spec = _body(SuppressionIn)
+        entry, added = dao.add_suppression(g.api_key.id, spec.email, spec.reason,
+                                           detail=f"added through the API by key {g.api_key.id}")
+        if added:
+            log.info("%s suppressed (%s) by API key %d", entry.email, spec.reason, g.api_key.id)
+        response = jsonify(suppression_view(entry))
+        response.status_code = 201 if added else 200   # 200: listed already, entry unchanged
+        return response
+
+    @app.delete("/api/suppressions/<email>")
+    def remove_suppression(email: str) -> Response:
+        if not dao.remove_suppression(g.api_key.id, email):
+            raise RequestRejected(404, "not_found", f"{email} is not on this key's "
+                                  "suppression list", [("email", "not found")])
+        log.info("%s removed from the suppression list by API key %d", email, g.api_key.id)
+        return Response(status=204)
+
     @app.get("/api/runners")
     def list_runners() -> Response:
         _operator()
@@ -389,6 +426,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     from dashboard import register_dashboard  # operators' HTML pages, not in /openapi.json
     register_dashboard(app, dao, settings)
+    from unsubscribe import register_unsubscribe  # recipients' /u/ pages, not in /openapi.json
+    register_unsubscribe(app, dao, settings)
     return app
 
 

@@ -185,7 +185,8 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
     """Authorise SENDER's Gmail account and store its token (encrypted) in the database.
 
     Asks for gmail.send, plus gmail.readonly when IN_DOUBT_POLICY is check or auto (to look
-    an interrupted send up by its Message-ID).
+    an interrupted send up by its Message-ID) or BOUNCE_CHECK_INTERVAL is not 0 (to read
+    bounces).
     """
     from sender_credentials import CredentialStore
     from transport_gmail import credentials_to_info
@@ -203,11 +204,12 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
         from google_auth_oauthlib.flow import InstalledAppFlow
 
         scopes = [GMAIL_SEND_SCOPE]
-        if settings.in_doubt_policy in ("check", "auto"):
-            scopes.append(GMAIL_READ_SCOPE)
+        if settings.in_doubt_policy in ("check", "auto") or settings.bounce_check_interval > 0:
+            scopes.append(GMAIL_READ_SCOPE)   # also lets bounce checks read DSNs (bounces.py)
             click.echo(f"IN_DOUBT_POLICY={settings.in_doubt_policy}: also asking for gmail.readonly, "
                        "so an interrupted send can be looked up by its Message-ID instead of "
-                       "being sent twice (set IN_DOUBT_POLICY=resend or hold to skip it)", err=True)
+                       "being sent twice, and bounces can be read back (IN_DOUBT_POLICY=resend "
+                       "or hold with BOUNCE_CHECK_INTERVAL=0 skips it)", err=True)
         flow = InstalledAppFlow.from_client_secrets_file(settings.google_client_secrets,
                                                          scopes=scopes)
         click.echo(f"Sign in as {sender} at the URL below. On a headless server, forward the "
@@ -256,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 import cli_jobs  # noqa: E402,F401  (registers the job, runner and watch commands)
+import cli_suppressions  # noqa: E402,F401  (registers `mailjobs suppressions`)
 
 if __name__ == "__main__":
     main()

@@ -51,7 +51,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
 
 def _done(job: dict[str, Any]) -> int:
     c = job["counts"]
-    return c.get("sent", 0) + c.get("failed", 0) + c.get("in_doubt", 0) + c.get("cancelled", 0)
+    return (c.get("sent", 0) + c.get("failed", 0) + c.get("in_doubt", 0) + c.get("cancelled", 0)
+            + c.get("bounced", 0) + c.get("suppressed", 0) + c.get("expired", 0))
 
 
 @cli.command("jobs")
@@ -78,6 +79,8 @@ def _show(job: dict[str, Any]) -> None:
             click.echo(f"{key:<14} {job[key]}")
     click.echo("counts         " + (", ".join(f"{k}={v}" for k, v in sorted(job["counts"].items()))
                                     or "-"))
+    c = job["counts"]   # deliverability: bounces read back from Gmail, suppressed addresses
+    click.echo(f"{'bounced':<14} {c.get('bounced', 0)}   suppressed {c.get('suppressed', 0)}")
     if job.get("errors"):
         click.echo("errors:")
         for e in job["errors"]:

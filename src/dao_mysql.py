@@ -235,12 +235,15 @@ class Dao:
             if job.template_name is not None:
                 self._run(cur, "set_job_template", (job.template_name, job.template_version,
                                                     job_id))
+            if job.unsubscribe_base_url:
+                self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
             sql = self.queries["insert_recipients"]
             for start in range(0, len(recipients), batch):
                 cur.executemany(sql, [
                     (job_id, r.to_email, r.name,
                      json.dumps(r.variables) if r.variables is not None else None)
                     for r in recipients[start:start + batch]])
+            self._suppress_new_recipients(cur, job_id, job.api_key_id, len(recipients))
             return job_id
 
     def job(self, job_id: int, with_counts: bool = False) -> Job | None:
@@ -449,7 +452,7 @@ class Dao:
                 return None
             self._run(cur, "recipient_counts", (job_id,))
             counts = {s: int(n) for s, n in cur.fetchall()}
-            sent = counts.get("sent", 0)
+            sent = counts.get("sent", 0) + counts.get("bounced", 0)  # bounced: Gmail took it
             failed = counts.get("failed", 0) + counts.get("in_doubt", 0) + counts.get("expired", 0)
             status = "completed" if failed == 0 else ("failed" if sent == 0 else
                                                       "completed_with_errors")
@@ -618,6 +621,144 @@ class Dao:
     def smtp_slots(self) -> list[tuple[int, str | None, datetime | None]]:
         return [(int(s), h, e) for s, h, e in map(_utc, self._all("smtp_slots_all"))]
 
+    # --- deliverability: suppression list, unsubscribe, bounces ----------------------------
+    @staticmethod
+    def _suppression(row: tuple) -> Any:
+        from records import Suppression
+
+        row = _utc(row)
+        return Suppression(int(row[0]), int(row[1]), row[2], row[3],
+                           int(row[4]) if row[4] is not None else None,
+                           int(row[5]) if row[5] is not None else None, row[6], row[7])
+
+    def add_suppression(self, api_key_id: int, email: str, reason: str,
+                        job_id: int | None = None, recipient_id: int | None = None,
+                        detail: str | None = None) -> tuple[Any, bool]:
+        """Put an address on a key's list; returns the entry and whether it is new (an address
+        listed already keeps its first entry)."""
+        with self.transaction() as cur:
+            added = self._run(cur, "insert_suppression", (api_key_id, email, reason, job_id,
+                                                          recipient_id,
+                                                          detail[:65000] if detail else None))
+            self._run(cur, "suppression_by_email", (api_key_id, email))
+            return self._suppression(cur.fetchone()), added == 1
+
+    def suppression(self, api_key_id: int, email: str) -> Any:
+        row = self._one("suppression_by_email", (api_key_id, email))
+        return self._suppression(row) if row else None
+
+    def suppressions_page(self, api_key_id: int, after: int, limit: int,
+                          reason: str | None = None) -> list[Any]:
+        rows = self._all("suppressions_page", {"api_key_id": api_key_id, "after": after,
+                                               "limit": limit, "reason": reason})
+        return [self._suppression(r) for r in rows]
+
+    def remove_suppression(self, api_key_id: int, email: str) -> bool:
+        with self.transaction() as cur:
+            return self._run(cur, "delete_suppression", (api_key_id, email)) > 0
+
+    def _suppress_new_recipients(self, cur: Any, job_id: int, api_key_id: int,
+                                 total: int) -> int:
+        """In create_job's transaction: recipients whose address the key suppressed become
+        `suppressed`; when that is all of them, the job is `completed` at once."""
+        n = self._run(cur, "suppress_new_recipients", (api_key_id, job_id))
+        if n and n == total:
+            self._run(cur, "complete_suppressed_job",
+                      (f"nothing to send: all {n} recipient(s) are on the suppression list",
+                       job_id))
+        return n
+
+    def suppressed_count(self, job_id: int) -> int:
+        return int(self._one("suppressed_count", (job_id,))[0])
+
+    def suppressed_claims(self, api_key_id: int, ids: Sequence[int]) -> dict[int, str]:
+        """Of these claimed recipients, those whose address the key has suppressed since the
+        job was stored: {recipient id: reason}."""
+        if not ids:
+            return {}
+        with self.transaction() as cur:
+            cur.execute(self.queries["suppressed_claims"].format(ids=_placeholders(len(ids))),
+                        (api_key_id, *ids))
+            return {int(i): reason for i, reason in cur.fetchall()}
+
+    def unsubscribe_target(self, recipient_id: int, api_key_id: int) -> tuple[str, int] | None:
+        """(address, job id) of a recipient of that key's jobs; None when there is none."""
+        row = self._one("unsubscribe_target", (recipient_id,))
+        if row is None or int(row[3]) != api_key_id:
+            return None
+        return row[2], int(row[1])
+
+    def unsubscribe(self, recipient_id: int, api_key_id: int) -> tuple[str, bool] | None:
+        """One-click unsubscribe of a recipient: its address goes on its job's key's list.
+        Returns (address, newly added), or None when no such recipient of that key exists."""
+        target = self.unsubscribe_target(recipient_id, api_key_id)
+        if target is None:
+            return None
+        entry, added = self.add_suppression(api_key_id, target[0], "unsubscribed", target[1],
+                                            recipient_id, "one-click unsubscribe (RFC 8058)")
+        return entry.email, added
+
+    def bounce_senders(self) -> list[str]:
+        return [row[0] for row in self._all("bounce_senders")]
+
+    def claim_bounce_check(self, sender: str, interval: int) -> tuple[bool, datetime | None]:
+        """Whether this process checks `sender`'s mailbox now (at most one runner per
+        interval), and until when the DSNs were processed already."""
+        with self.transaction() as cur:
+            if self._run(cur, "claim_bounce_check", (interval, sender)) == 0:
+                return False, None
+            self._run(cur, "bounces_checked_at", (sender,))
+            row = cur.fetchone()
+        return True, _utc(row)[0] if row else None
+
+    def set_bounces_checked(self, sender: str, until: datetime) -> None:
+        when = _naive_utc(until)
+        with self.transaction() as cur:
+            self._run(cur, "set_bounces_checked", (when, when, sender))
+
+    def known_bounce_messages(self, sender: str, gmail_ids: Sequence[str]) -> set[str]:
+        known: set[str] = set()
+        for start in range(0, len(gmail_ids), 500):
+            chunk = list(gmail_ids[start:start + 500])
+            with self.transaction() as cur:
+                cur.execute(self.queries["known_bounce_messages"].format(
+                    ids=_placeholders(len(chunk))), (sender, *chunk))
+                known.update(row[0] for row in cur.fetchall())
+        return known
+
+    def record_bounce(self, sender: str, gmail_id: str, message_id: str | None,
+                      kind: str | None, error_code: str | None,
+                      error: str | None) -> dict[str, Any] | None:
+        """Record one mailbox message a bounce check read, in one transaction: a DSN matched
+        to its recipient by Message-ID marks it `bounced`; a hard one (kind "hard") also
+        suppresses the address for the job's key. None when the message was recorded before.
+        """
+        with self.transaction() as cur:
+            target = None
+            if kind and message_id:
+                self._run(cur, "bounce_recipient", (message_id, sender))
+                target = cur.fetchone()
+            outcome = "not_a_bounce" if not kind else (kind if target else "unmatched")
+            try:
+                self._run(cur, "insert_bounce_message",
+                          (sender, gmail_id, outcome, int(target[0]) if target else None))
+            except pymysql.err.IntegrityError as exc:
+                if exc.args and exc.args[0] == 1062:   # another runner read it first
+                    return None
+                raise
+            result: dict[str, Any] = {"outcome": outcome, "recipient_id": None,
+                                      "marked": False, "suppressed": False}
+            if target is None:
+                return result
+            rid, job_id, email, key_id = int(target[0]), int(target[1]), target[2], int(target[3])
+            result.update(recipient_id=rid, job_id=job_id, email=email)
+            result["marked"] = self._run(cur, "mark_bounced",
+                                         (error_code, (error or "")[:65000], rid)) > 0
+            if kind == "hard":
+                result["suppressed"] = self._run(cur, "insert_suppression", (
+                    key_id, email, "hard_bounce", job_id, rid, (error or "")[:65000])) == 1
+            return result
+
 
 def _naive_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc).replace(tzinfo=None) if value is not None else None
@@ -643,7 +784,8 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
     return Job(int(row[0]), row[1], int(row[2]), row[3], row[4], row[5], row[6], row[7], row[8],
                _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
                row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
-               row[23], int(row[24]), row[25], counts or {})
+               row[23], int(row[24]), row[25], counts or {},
+               unsubscribe_base_url=row[26] if len(row) > 26 else None)
 
 
 def _template(row: tuple) -> StoredTemplate:

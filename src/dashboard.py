@@ -129,10 +129,12 @@ def fmt_num(value: Any) -> str:
 
 # --- what the pages compute ----------------------------------------------------------------
 def progress(counts: dict[str, int], total: int) -> dict[str, Any]:
-    """Segments of a progress bar: sent, failed, in doubt, cancelled, and the rest pending."""
+    """Segments of a progress bar: sent, failed, in doubt, cancelled, bounced, suppressed, and
+    the rest pending."""
     total = max(total, sum(counts.values()), 1)
     parts = {"sent": counts.get("sent", 0), "failed": counts.get("failed", 0),
-             "in_doubt": counts.get("in_doubt", 0), "cancelled": counts.get("cancelled", 0)}
+             "in_doubt": counts.get("in_doubt", 0), "cancelled": counts.get("cancelled", 0),
+             "bounced": counts.get("bounced", 0), "suppressed": counts.get("suppressed", 0)}
     done = sum(parts.values())
     return {**parts, "total": total, "pending": total - done,
             "done_pct": round(100 * done / total, 1),

@@ -134,6 +134,16 @@ SMTP_MAX_CONNECTIONS = 4
 # Extra wait before retrying after a 421/4xx answer (servers shed load this way).
 SMTP_TRANSIENT_DELAY = 60.0
 
+# --- Deliverability ------------------------------------------------------------------------------
+# Public base URL of this API (e.g. https://mail.example.com): when set, every message carries
+# List-Unsubscribe: <BASE/u/TOKEN> and List-Unsubscribe-Post (RFC 8058 one-click); a job may opt
+# out with "unsubscribe": false. Unset: no such header (a job asking for one is refused).
+UNSUBSCRIBE_BASE_URL = ""
+# Days an unsubscribe link works (its token is signed with SECRET_KEY and carries its time).
+UNSUBSCRIBE_TOKEN_DAYS = 90
+# Seconds between bounce checks of each Gmail sender's mailbox (DSNs from mailer-daemon); 0: off.
+BOUNCE_CHECK_INTERVAL = 600
+
 # --- Dashboard and metrics ---------------------------------------------------------------------
 # Signs the dashboard's session cookie; set it in production (the same on every API process).
 SECRET_KEY = ""
@@ -153,6 +163,7 @@ _SHOWN = {
     "SMTP_USERNAME": "(unset)",
     "SMTP_PASSWORD": "(unset)",
     "SECRET_KEY": "(unset: generated into var/secret_key on first use)",
+    "UNSUBSCRIBE_BASE_URL": "(unset: no List-Unsubscribe header)",
 }
 _NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
             "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH"}

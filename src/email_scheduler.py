@@ -27,6 +27,8 @@ log = logging.getLogger("mailjobs.scheduler")
 
 # What the runner does with a recipient after one send attempt.
 SENT, FAILED, RETRY, HOLD, EXPIRED = "sent", "failed", "retry", "hold", "expired"
+# Not sent: the address was suppressed after the job was stored (the runner decides, at claim).
+SUPPRESSED = "suppressed"
 IN_DOUBT_POLICIES = ("auto", "check", "resend", "hold")
 
 
@@ -73,12 +75,19 @@ class EmailScheduler:
     def render(self, job: Job, r: Recipient) -> OutgoingMessage:
         """Build the RFC 5322 message; raises TemplateError, TemplateCompileError or
         HeaderInjection for a message that must not be sent."""
-        subject, html, text = self.templates(job).render(
-            recipient_context(job.variables, r.to_email, r.name, r.variables))
+        context = recipient_context(job.variables, r.to_email, r.name, r.variables)
+        extra = None
+        if job.unsubscribe_base_url:   # one-click unsubscribe: our link wins over any variable
+            from unsubscribe import headers, tokens_for
+
+            context["unsubscribe_url"] = url = tokens_for(self.settings).url(
+                job.unsubscribe_base_url, r.id, job.api_key_id)
+            extra = headers(url)
+        subject, html, text = self.templates(job).render(context)
         raw = build_message(sender_email=job.sender_email, from_name=job.from_name,
                             reply_to=job.reply_to, to_email=r.to_email, to_name=r.name,
                             subject=subject, text=text, html=html,
-                            message_id=r.message_id)
+                            message_id=r.message_id, extra_headers=extra)
         return OutgoingMessage(job.id, r.id, job.sender_email, r.to_email, r.message_id or "", raw)
 
     def send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:

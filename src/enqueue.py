@@ -99,9 +99,31 @@ def dedupe(req: SendTemplateEmailsIn) -> list[NewRecipient]:
     return out
 
 
+def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None,
+                      required: frozenset[str]) -> str | None:
+    """The job's one-click unsubscribe base URL (None: off). On by default when the server has
+    UNSUBSCRIBE_BASE_URL; `"unsubscribe": false` turns it off, `true` needs the setting. With it
+    off, a template's {{ unsubscribe_url }} must be provided as a variable (the client's own
+    link), or the request is refused: a mail must never say "unsubscribe: " and no link."""
+    base = None if req.unsubscribe is False else (base_url or "").rstrip("/") or None
+    if req.unsubscribe and base is None:
+        raise RequestRejected(400, "validation_error", "unsubscribe: true needs the server's "
+                              "UNSUBSCRIBE_BASE_URL, which is not set",
+                              [("unsubscribe", "UNSUBSCRIBE_BASE_URL is not set")])
+    if base is None and "unsubscribe_url" in required and "unsubscribe_url" not in req.variables \
+            and any("unsubscribe_url" not in (r.variables or {}) for r in req.recipients):
+        raise RequestRejected(
+            400, "missing_variables", "the template uses {{ unsubscribe_url }} but this job has "
+            "no one-click unsubscribe (UNSUBSCRIBE_BASE_URL unset or \"unsubscribe\": false); "
+            "turn it on, or give unsubscribe_url as a variable",
+            [("unsubscribe", "off, and unsubscribe_url is not provided")])
+    return base
+
+
 def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
-            idempotency_key: str | None) -> Enqueued:
-    """Validate what the schema cannot, then store the job in one transaction."""
+            idempotency_key: str | None, unsubscribe_base_url: str | None = None) -> Enqueued:
+    """Validate what the schema cannot, then store the job in one transaction. Recipients on
+    the key's suppression list are stored as `suppressed` (Dao.create_job)."""
     if not key.may_send_as(req.sender_email):
         raise RequestRejected(403, "sender_not_allowed",
                               f"this API key may not send as {req.sender_email}",
@@ -112,13 +134,16 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
     template, version = resolve_template(dao, key, req)
-    _missing_variables(req, check_template(template))
+    required = check_template(template)
+    unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, required)
+    _missing_variables(req, required)
     recipients = dedupe(req)
     new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
                  template.html, template.text, req.variables, len(recipients),
                  len(req.recipients) - len(recipients), idempotency_key, body_hash,
                  req.send_at if req.send_at and req.send_at > datetime.now(timezone.utc) else None,
-                 req.template_name, version, PRIORITIES[req.priority], req.expires_at)
+                 req.template_name, version, PRIORITIES[req.priority], req.expires_at,
+                 unsubscribe_base_url=unsubscribe_base)
     try:
         job_id = dao.create_job(new, recipients)
     except DuplicateKey:

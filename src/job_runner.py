@@ -20,12 +20,13 @@ from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+import bounces
 import job_control
 import metrics
 from dao_mysql import Dao, DatabaseUnavailable
 import scheduling
-from email_scheduler import (EXPIRED, FAILED, HOLD, RETRY, SENT, EmailScheduler, Outcome,
-                             TransportFactory)
+from email_scheduler import (EXPIRED, FAILED, HOLD, RETRY, SENT, SUPPRESSED, EmailScheduler,
+                             Outcome, TransportFactory)
 from rate_limit import Limits
 from records import Job, Recipient
 from settings import Settings
@@ -93,6 +94,9 @@ class JobRunner:
         self._windows: dict[int, deque[Outcome]] = {}
         self._limits = Limits(settings.sender_rate_per_minute, settings.sender_daily_cap,
                               settings.sender_burst_seconds)
+        # DSNs in the Gmail senders' mailboxes, every BOUNCE_CHECK_INTERVAL (bounces.py)
+        self._bounces = (bounces.BounceChecker(settings, dao, self.stop_event)
+                         if settings.transport_name == "gmail" else None)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -138,6 +142,8 @@ class JobRunner:
         self._renew_if_due()
         self._drop_stopped_jobs()
         self._expire_due_jobs()
+        if self._bounces is not None:
+            self._bounces.tick()   # starts a background check when one is due; never waits
         claimed = self._claim(pool)
         if self._hand.futures:
             self.state = "busy"
@@ -206,7 +212,15 @@ class JobRunner:
         job = self._job(c.job_id)
         log.info("job=%d claimed %d recipient(s) (runner %s)%s", c.job_id, len(rows), self.id,
                  f"; limited by {reason}" if reason else "")
+        # Addresses suppressed since the job was stored (unsubscribed, bounced): never sent.
+        suppressed = self.dao.suppressed_claims(job.api_key_id, [r.id for r in rows])
         for r in rows:
+            if r.id in suppressed:
+                self._outcomes.append(Outcome(
+                    r, job, SUPPRESSED, error_code="suppressed",
+                    error=f"not sent: the address is on the suppression list "
+                          f"({suppressed[r.id]})"))
+                continue
             self._hand.recipients[r.id] = r
             self._hand.jobs_of[r.id] = c.job_id
             self._hand.futures[r.id] = pool.submit(self._send_one, job, r)
@@ -266,7 +280,8 @@ class JobRunner:
             return
         outcomes = self._outcomes
         sent = [(o.recipient.id, o.provider_id) for o in outcomes if o.result == SENT]
-        final_status = {FAILED: "failed", HOLD: "in_doubt", EXPIRED: "expired"}
+        final_status = {FAILED: "failed", HOLD: "in_doubt", EXPIRED: "expired",
+                        SUPPRESSED: "suppressed"}
         failed = [(o.recipient.id, final_status[o.result], o.error_code or "error",
                    o.error or "") for o in outcomes if o.result in final_status]
         retry = [(o.recipient.id, o.error_code or "error", o.error or "", o.delay, o.refund,
@@ -300,6 +315,8 @@ class JobRunner:
                      o.provider_id, r.id, r.attempts)
         elif o.result == EXPIRED:
             log.warning("%s expired %s: %s recipient=%d", where, r.to_email, o.error, r.id)
+        elif o.result == SUPPRESSED:
+            log.info("%s suppressed %s: %s recipient=%d", where, r.to_email, o.error, r.id)
         elif o.result == HOLD:
             self.stats.failed += 1
             self.stats.since_log_failed += 1
@@ -460,6 +477,8 @@ class JobRunner:
         finally:
             for transport in self._transports:
                 transport.close()
+            if self._bounces is not None:   # it stops between two messages (stop_event)
+                self._bounces.join(2 * self.settings.gmail_timeout)
         log.info("runner %s stopped: sent=%d failed=%d", self.id, self.stats.sent,
                  self.stats.failed)
 

@@ -32,7 +32,11 @@ class _FastCompat32(Compat32):
 
     def fold_binary(self, name: str, value) -> bytes:
         if (isinstance(value, str) and value.isascii() and "\r" not in value
-                and "\n" not in value and len(name) + 2 + len(value) <= self.max_line_length):
+                and "\n" not in value and (len(name) + 2 + len(value) <= self.max_line_length
+                                           # one long word (a List-Unsubscribe <URL>): compat32
+                                           # could only fold it after the colon; keep one line
+                                           or (" " not in value and "\t" not in value
+                                               and len(name) + 2 + len(value) <= 998))):
             return f"{name}: {value}{self.linesep}".encode("ascii")
         return super().fold_binary(name, value)
 

@@ -7,12 +7,12 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 import api_schemas as s
-from records import JOB_STATUSES, RECIPIENT_STATUSES
+from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS
 
 _MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.EnqueueOut, s.ErrorOut, s.JobOut,
            s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut,
            s.StoredTemplateIn, s.TemplateIn, s.TemplateOut, s.TemplatesOut,
-           s.TemplateVersionsOut]
+           s.TemplateVersionsOut, s.SuppressionIn, s.SuppressionOut, s.SuppressionsPageOut]
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -26,7 +26,7 @@ def _json(model: type, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     words = {400: "invalid input (the field is named)", 401: "missing or unknown API key",
              403: "the key may not send as this sender (or: not an operator key)",
-             404: "no such job for this key",
+             404: "no such job (template, suppression) for this key",
              413: "body larger than MAX_REQUEST_BYTES", 415: "body is not application/json",
              409: "not allowed in the current state (job status, existing template)",
              422: "Idempotency-Key reused with another body", 503: "database unavailable"}
@@ -124,6 +124,30 @@ def openapi_document() -> dict[str, Any]:
                         "parameters": [name],
                         "responses": {"200": _json(s.TemplateVersionsOut, "versions"),
                                       **_errors(401, 404, 503)}}},
+            "/api/suppressions": {
+                "get": {"summary": "This key's suppression list (keyset pagination by id)",
+                        "parameters": [
+                            _param("reason", "query", "only this reason",
+                                   {"type": "string", "enum": list(SUPPRESSION_REASONS)}),
+                            _param("limit", "query", "page size (1-1000, default 100)",
+                                   {"type": "integer", "minimum": 1, "maximum": 1000}),
+                            _param("after", "query", "next_after of the previous page",
+                                   {"type": "integer", "minimum": 0})],
+                        "responses": {"200": _json(s.SuppressionsPageOut, "one page"),
+                                      **_errors(400, 401, 503)}},
+                "post": {"summary": "Suppress an address: this key's jobs never send to it",
+                         "requestBody": {"required": True, "content": {
+                             "application/json": {"schema": _ref(s.SuppressionIn)}}},
+                         "responses": {"201": _json(s.SuppressionOut, "added"),
+                                       "200": _json(s.SuppressionOut,
+                                                    "listed already (entry unchanged)"),
+                                       **_errors(400, 401, 415, 503)}}},
+            "/api/suppressions/{email}": {"delete": {
+                "summary": "Take an address off this key's suppression list",
+                "parameters": [_param("email", "path", "the address (any case)",
+                                      {"type": "string"}, required=True)],
+                "responses": {"204": {"description": "removed"},
+                              **_errors(401, 404, 503)}}},
             "/api/runners": {"get": {
                 "summary": "Runners with their heartbeat age and state (operator key)",
                 "responses": {"200": _json(s.RunnersOut, "recent runners"),

@@ -39,14 +39,16 @@ INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by, template_name, template_version, priority, expires_at
+       send_at, paused_by, template_name, template_version, priority, expires_at,
+       unsubscribe_base_url
 FROM jobs WHERE id = %s;
 
 -- name: job_by_idempotency_key
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by, template_name, template_version, priority, expires_at
+       send_at, paused_by, template_name, template_version, priority, expires_at,
+       unsubscribe_base_url
 FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 
 -- name: jobs_page
@@ -54,7 +56,8 @@ FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
-       send_at, paused_by, template_name, template_version, priority, expires_at
+       send_at, paused_by, template_name, template_version, priority, expires_at,
+       unsubscribe_base_url
 FROM jobs
 WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
   AND (%(status)s IS NULL OR status = %(status)s)
@@ -278,7 +281,8 @@ WHERE job_id = %s AND status IN ({statuses}) {code_filter};
 
 -- name: error_summary
 SELECT error_code, COUNT(*), MIN(error) FROM job_recipients
-WHERE job_id = %s AND error_code IS NOT NULL AND status IN ('failed', 'retrying', 'in_doubt')
+WHERE job_id = %s AND error_code IS NOT NULL
+  AND status IN ('failed', 'retrying', 'in_doubt', 'bounced')
 GROUP BY error_code ORDER BY COUNT(*) DESC;
 
 -- ===== senders ================================================================================
@@ -424,3 +428,95 @@ SELECT DATE_FORMAT(sent_at, '%%Y-%%m-%%d %%H:%%i') AS minute, COUNT(*)
 FROM job_recipients
 WHERE job_id = %s AND status = 'sent' AND sent_at IS NOT NULL
 GROUP BY minute ORDER BY minute;
+
+-- ===== deliverability: suppression list, one-click unsubscribe, bounces ========================
+-- suppressions.email holds LOWER(address) in a binary collation: every statement lowers with
+-- MySQL's LOWER() (never Python's), and compares job_recipients.to_email (unicode_ci) to it with
+-- an explicit COLLATE utf8mb4_bin.
+
+-- name: insert_suppression
+-- 1 row: added; 0 rows: the address was on the list already (the first entry stays).
+INSERT INTO suppressions (api_key_id, email, reason, job_id, recipient_id, detail)
+VALUES (%s, LOWER(%s), %s, %s, %s, %s)
+ON DUPLICATE KEY UPDATE id = id;
+
+-- name: suppression_by_email
+SELECT id, api_key_id, email, reason, job_id, recipient_id, detail, created_at
+FROM suppressions WHERE api_key_id = %s AND email = LOWER(%s);
+
+-- name: suppressions_page
+-- A key's list in id order, keyset paged; %(reason)s NULL lists every reason.
+SELECT id, api_key_id, email, reason, job_id, recipient_id, detail, created_at
+FROM suppressions
+WHERE api_key_id = %(api_key_id)s AND id > %(after)s
+  AND (%(reason)s IS NULL OR reason = %(reason)s)
+ORDER BY id LIMIT %(limit)s;
+
+-- name: delete_suppression
+DELETE FROM suppressions WHERE api_key_id = %s AND email = LOWER(%s);
+
+-- name: suppress_new_recipients
+-- Recipients of a job just stored whose address its key has suppressed: never claimed.
+UPDATE job_recipients r
+JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE utf8mb4_bin
+SET r.status = 'suppressed', r.error_code = 'suppressed',
+    r.error = CONCAT('not sent: the address is on the suppression list (', s.reason, ')')
+WHERE r.job_id = %s AND r.status = 'queued';
+
+-- name: complete_suppressed_job
+-- Every recipient of a new job is suppressed: nothing to send, the job is done at once.
+UPDATE jobs SET status = 'completed', status_reason = %s,
+                started_at = COALESCE(started_at, UTC_TIMESTAMP(6)), finished_at = UTC_TIMESTAMP(6)
+WHERE id = %s AND status IN ('queued', 'scheduled');
+
+-- name: suppressed_count
+SELECT COUNT(*) FROM job_recipients WHERE job_id = %s AND status = 'suppressed';
+
+-- name: set_job_unsubscribe
+UPDATE jobs SET unsubscribe_base_url = %s WHERE id = %s;
+
+-- name: suppressed_claims
+-- Claimed recipients (a placeholder list) whose address was suppressed after the job was stored.
+SELECT r.id, s.reason FROM job_recipients r
+JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE utf8mb4_bin
+WHERE r.id IN ({ids});
+
+-- name: unsubscribe_target
+SELECT r.id, r.job_id, r.to_email, j.api_key_id FROM job_recipients r
+JOIN jobs j ON j.id = r.job_id WHERE r.id = %s;
+
+-- name: bounce_senders
+-- Senders whose mailbox a bounce check can read.
+SELECT email FROM senders
+WHERE credentials IS NOT NULL AND auth_state <> 'auth_revoked' ORDER BY email;
+
+-- name: claim_bounce_check
+-- 1 row: this runner checks the sender now, and the next check is due in %s seconds.
+UPDATE senders SET bounce_check_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
+WHERE email = %s AND (bounce_check_due_at IS NULL OR bounce_check_due_at <= UTC_TIMESTAMP(6));
+
+-- name: bounces_checked_at
+SELECT bounces_checked_at FROM senders WHERE email = %s;
+
+-- name: set_bounces_checked
+UPDATE senders SET bounces_checked_at = GREATEST(COALESCE(bounces_checked_at, %s), %s)
+WHERE email = %s;
+
+-- name: known_bounce_messages
+-- {ids} is a placeholder list of Gmail message ids.
+SELECT gmail_id FROM bounce_messages WHERE sender_email = %s AND gmail_id IN ({ids});
+
+-- name: insert_bounce_message
+INSERT INTO bounce_messages (sender_email, gmail_id, outcome, recipient_id) VALUES (%s, %s, %s, %s);
+
+-- name: bounce_recipient
+-- The recipient a DSN is about, by the Message-ID mailjobs fixed before sending it.
+SELECT r.id, r.job_id, r.to_email, j.api_key_id FROM job_recipients r
+JOIN jobs j ON j.id = r.job_id
+WHERE r.message_id = %s AND j.sender_email = %s
+ORDER BY r.id LIMIT 1;
+
+-- name: mark_bounced
+-- A soft bounce never overwrites a hard one; a hard one may follow a soft one.
+UPDATE job_recipients SET status = 'bounced', error_code = %s, error = %s
+WHERE id = %s AND (status = 'sent' OR (status = 'bounced' AND error_code = 'bounce_4xx'));

@@ -9,7 +9,9 @@ JOB_STATUSES = ("queued", "scheduled", "running", "paused", "completed", "comple
                 "failed", "cancelled")
 FINAL_JOB_STATUSES = ("completed", "completed_with_errors", "failed", "cancelled")
 RECIPIENT_STATUSES = ("queued", "sending", "retrying", "sent", "failed", "in_doubt", "cancelled",
-                      "expired")
+                      "expired", "bounced", "suppressed")
+# Why an address is on an API key's suppression list.
+SUPPRESSION_REASONS = ("unsubscribed", "hard_bounce", "complaint", "manual")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class NewJob:
     template_version: int | None = None
     priority: int = 1
     expires_at: datetime | None = None
+    unsubscribe_base_url: str | None = None   # List-Unsubscribe links to <this>/u/<token>
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class Job:
     priority: int = 1
     expires_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    unsubscribe_base_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,3 +132,15 @@ class Recipient:
     updated_at: datetime | None = None
     in_doubt: bool = False
     attempts_base: int = 0
+
+
+@dataclass(frozen=True)
+class Suppression:
+    id: int
+    api_key_id: int
+    email: str
+    reason: str
+    job_id: int | None
+    recipient_id: int | None
+    detail: str | None
+    created_at: datetime

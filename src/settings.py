@@ -113,6 +113,9 @@ class Settings:
     smtp_max_messages_per_connection: int = defaults.SMTP_MAX_MESSAGES_PER_CONNECTION
     smtp_max_connections: int = defaults.SMTP_MAX_CONNECTIONS
     smtp_transient_delay: float = defaults.SMTP_TRANSIENT_DELAY
+    unsubscribe_base_url: str = defaults.UNSUBSCRIBE_BASE_URL
+    unsubscribe_token_days: int = defaults.UNSUBSCRIBE_TOKEN_DAYS
+    bounce_check_interval: int = defaults.BOUNCE_CHECK_INTERVAL
     secret_key: str = defaults.SECRET_KEY
     metrics_port: int = defaults.METRICS_PORT
 
@@ -131,6 +134,10 @@ class Settings:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.upper()} must be one of {', '.join(filter(None, allowed))},"
                                  f" got {getattr(self, name)!r}")
+        if self.unsubscribe_base_url and not self.unsubscribe_base_url.startswith(
+                ("http://", "https://")):
+            raise ValueError("UNSUBSCRIBE_BASE_URL must start with https:// (or http://), got "
+                             f"{self.unsubscribe_base_url!r}")
 
     @property
     def db(self) -> DatabaseParams:

@@ -13,8 +13,10 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
-# Variables every recipient has without providing them.
-BUILTIN_VARIABLES = frozenset({"email", "name"})
+# Variables every recipient has without providing them. `unsubscribe_url` (the recipient's
+# one-click unsubscribe link) exists only in jobs with unsubscribe on; elsewhere it is an ordinary
+# variable the request must provide (enqueue refuses it otherwise).
+BUILTIN_VARIABLES = frozenset({"email", "name", "unsubscribe_url"})
 
 _plain = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _html = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from api_schemas import ErrorSummary, JobOut, RecipientOut, TemplateOut
+from api_schemas import ErrorSummary, JobOut, RecipientOut, SuppressionOut, TemplateOut
 from records import Job, Recipient, StoredTemplate
 from scheduling import PRIORITY_NAMES
 
@@ -58,3 +58,10 @@ def sender_view(row: dict[str, Any], sent_24h: int, defaults: tuple[int, int]) -
             "daily_cap": row["daily_cap"] if row["daily_cap"] is not None else cap,
             "sent_24h": sent_24h, "paused_until": _iso(row["paused_until"]),
             "paused_reason": row["paused_reason"]}
+
+
+def suppression_view(x: Any) -> dict[str, Any]:
+    """A suppression list entry (records.Suppression)."""
+    return SuppressionOut(id=x.id, email=x.email, reason=x.reason, job_id=x.job_id,
+                          recipient_id=x.recipient_id, detail=x.detail,
+                          created_at=x.created_at).model_dump(mode="json")

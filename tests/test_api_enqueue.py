@@ -38,7 +38,8 @@ def test_post_stores_the_job_and_every_recipient_and_answers_202(client, key, da
     assert r.status_code == 202
     job_id = r.json["job_id"]
     assert r.json == {"job_id": job_id, "status": "queued", "recipients": 3,
-                      "duplicates_removed": 0, "status_url": f"/api/jobs/{job_id}",
+                      "duplicates_removed": 0, "suppressed": 0,
+                      "status_url": f"/api/jobs/{job_id}",
                       "warnings": [r.json["warnings"][0]]}  # no runner in this test
     assert r.headers["Location"] == f"/api/jobs/{job_id}"
     with dao.transaction() as cur:

@@ -1,0 +1,168 @@
+"""Bounce detection: read the delivery status notifications that come back to each Gmail
+sender's mailbox, and mark the recipients they are about.
+
+Every BOUNCE_CHECK_INTERVAL seconds (0: never) a runner using the Gmail transport starts a
+check in a background thread, so its loop never waits for Gmail. For each sender with stored
+credentials, one runner at a time (`Dao.claim_bounce_check` moves the sender's next-due time
+forward; whoever moves it does the check):
+
+1. `users.messages.list(q="(from:mailer-daemon OR from:postmaster) after:<epoch>")`, where the
+   epoch is the sender's `bounces_checked_at` minus OVERLAP (Gmail's search index lags behind
+   delivery by a little), or LOOKBACK ago on the first check;
+2. the ids already in `bounce_messages` are skipped; each new one is fetched
+   (`messages.get(format="raw")`) and parsed (dsn.py);
+3. `Dao.record_bounce`, one transaction per message: the recipient whose stored Message-ID the
+   DSN names becomes `bounced` (error_code `bounce_5xx` or `bounce_4xx`, the status and
+   diagnostic as `error`); a hard bounce (5.x.x) also puts the address on the job's key's
+   suppression list (reason `hard_bounce`). A soft bounce (4.x.x) is recorded, not suppressed.
+   The message id goes into `bounce_messages` in the same transaction, so nothing is processed
+   twice, even by two runners at once;
+4. when every message was handled, `bounces_checked_at` moves to the time the check started. A
+   check that fails half-way (Gmail down, no gmail.readonly scope) leaves it, so the next check
+   reads the same window again.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+import dsn
+from dao_mysql import Dao, DaoError
+from settings import Settings
+from transport_base import SendError
+
+log = logging.getLogger("mailjobs.bounces")
+
+QUERY = "(from:mailer-daemon OR from:postmaster) after:{after}"
+LOOKBACK = timedelta(days=7)        # how far back the first check of a sender reads
+OVERLAP = timedelta(minutes=15)     # re-read this much before the last check (index lag)
+LIST_LIMIT = 20000                  # message ids listed per sender and check
+FETCH_LIMIT = 1000                  # messages read per sender and check; the rest: next check
+
+
+class Mailbox(Protocol):
+    def list_message_ids(self, sender_email: str, query: str, limit: int = ...) -> list[str]: ...
+
+    def get_raw(self, sender_email: str, gmail_id: str) -> bytes: ...
+
+
+def query_since(checked_until: datetime | None, now: datetime) -> str:
+    since = (checked_until - OVERLAP) if checked_until is not None else now - LOOKBACK
+    return QUERY.format(after=int(since.timestamp()))
+
+
+def check_sender(dao: Dao, mailbox: Mailbox, sender: str, checked_until: datetime | None,
+                 stop: threading.Event | None = None) -> dict[str, int]:
+    """Read the sender's new DSNs; returns counts by outcome. Raises SendError when Gmail
+    fails (nothing is lost: the window is read again next time)."""
+    started = datetime.now(timezone.utc)
+    query = query_since(checked_until, started)
+    ids = mailbox.list_message_ids(sender, query, LIST_LIMIT)
+    known = dao.known_bounce_messages(sender, ids) if ids else set()
+    new = [i for i in ids if i not in known]
+    counts: dict[str, int] = {}
+    for gmail_id in new[:FETCH_LIMIT]:
+        if stop is not None and stop.is_set():
+            return counts                  # not finished: the window stays open
+        bounce = dsn.parse(mailbox.get_raw(sender, gmail_id))
+        result = dao.record_bounce(
+            sender, gmail_id, bounce.message_id if bounce else None,
+            bounce.kind if bounce else None, bounce.error_code if bounce else None,
+            bounce.error if bounce else None)
+        if result is None:
+            continue                       # another runner recorded it a moment ago
+        counts[result["outcome"]] = counts.get(result["outcome"], 0) + 1
+        _log(sender, gmail_id, bounce, result)
+    if len(new) <= FETCH_LIMIT and len(ids) < LIST_LIMIT:   # all read: close the window
+        dao.set_bounces_checked(sender, started)
+    return counts
+
+
+def _log(sender: str, gmail_id: str, bounce: dsn.Bounce | None, result: dict[str, Any]) -> None:
+    if bounce is None:
+        log.debug("sender %s: mailbox message %s is not a bounce", sender, gmail_id)
+    elif result["recipient_id"] is None:
+        log.info("sender %s: bounce %s (%s) matches no recipient (Message-ID %s)", sender,
+                 gmail_id, bounce.status, bounce.message_id)
+    else:
+        log.warning("job=%d recipient=%d %s bounced: %s%s", result["job_id"],
+                    result["recipient_id"], result["email"], bounce.error,
+                    "; address suppressed" if result["suppressed"] else "")
+
+
+def check_all(settings: Settings, dao: Dao, mailbox: Mailbox,
+              stop: threading.Event | None = None) -> dict[str, int]:
+    """One round over every sender whose check is due; returns counts by outcome."""
+    totals: dict[str, int] = {}
+    for sender in dao.bounce_senders():
+        if stop is not None and stop.is_set():
+            break
+        due, checked_until = dao.claim_bounce_check(sender, settings.bounce_check_interval)
+        if not due:
+            continue
+        try:
+            counts = check_sender(dao, mailbox, sender, checked_until, stop)
+        except SendError as exc:
+            hint = (" (reading the mailbox needs the gmail.readonly scope: run `mailjobs auth "
+                    f"{sender}`)" if exc.status == 403 else "")
+            log.warning("sender %s: bounce check failed: %s%s; next try in %d s", sender, exc,
+                        hint, settings.bounce_check_interval)
+            continue
+        for outcome, n in counts.items():
+            totals[outcome] = totals.get(outcome, 0) + n
+    return totals
+
+
+class BounceChecker:
+    """The runner's periodic bounce check: `tick()` from its loop is cheap and never blocks;
+    when BOUNCE_CHECK_INTERVAL has passed it starts one round in a daemon thread."""
+
+    def __init__(self, settings: Settings, dao: Dao, stop: threading.Event,
+                 mailbox_factory: Any = None) -> None:
+        self.settings = settings
+        self.dao = dao
+        self.stop = stop
+        self._factory = mailbox_factory or self._gmail
+        self._thread: threading.Thread | None = None
+        self._last = float("-inf")
+
+    def _gmail(self) -> Any:
+        import transports
+
+        return transports.transport_factory(self.settings, self.dao)()
+
+    def tick(self) -> None:
+        interval = self.settings.bounce_check_interval
+        if interval <= 0 or (self._thread is not None and self._thread.is_alive()):
+            return
+        # Each runner asks the database at most once a minute; the database decides which
+        # runner checks which sender, so N runners do not check N times.
+        if time.monotonic() - self._last < min(interval, 60):
+            return
+        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._round, name="bounce-check", daemon=True)
+        self._thread.start()
+
+    def _round(self) -> None:
+        mailbox = None
+        try:
+            mailbox = self._factory()
+            totals = check_all(self.settings, self.dao, mailbox, self.stop)
+            if totals:
+                log.info("bounce check: %s", ", ".join(f"{k}={v}" for k, v in
+                                                      sorted(totals.items())))
+        except DaoError as exc:
+            log.warning("bounce check: database unavailable (%s); next try later", exc)
+        except Exception:   # a bug: log it, the runner goes on, the next round tries again
+            log.exception("bounce check failed")
+        finally:
+            close = getattr(mailbox, "close", None)
+            if close is not None:
+                close()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
