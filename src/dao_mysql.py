@@ -150,6 +150,10 @@ class Dao:
         """A cursor in one transaction: committed on success, rolled back on error."""
         conn = self._acquire()
         try:
+            # An explicit BEGIN tells DBUtils a transaction is open: without it, DBUtils answers
+            # a failed statement (a deadlock, 1213) by silently re-running just that statement
+            # in a new transaction, losing the ones before it. Now the error reaches the caller.
+            conn.begin()
             cur = conn.cursor()
             try:
                 yield cur

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import re
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -211,6 +212,34 @@ def _network_error(exc: BaseException, what: str, sent_maybe: bool) -> SendError
     return SendError(kind, code, f"{what} failed: {type(exc).__name__}: {exc}{hint}")
 
 
+class SendOnceHttp(httplib2.Http):
+    """httplib2.Http that sends a non-idempotent request (POST: messages.send) exactly once.
+
+    httplib2 re-sends any request, POST included, when a kept-alive connection closes before
+    the status line: for messages.send that is a second email which nobody sees (the client
+    gets the second answer). Here such a failure is raised instead, so the send is in doubt and
+    IN_DOUBT_POLICY decides. GET and HEAD keep httplib2's own retries.
+    """
+
+    def _conn_request(self, conn, request_uri, method, body, headers):  # noqa: D401
+        if method in ("GET", "HEAD"):
+            return super()._conn_request(conn, request_uri, method, body, headers)
+        try:
+            if conn.sock is None:
+                conn.connect()
+            conn.request(method, request_uri, body, headers)
+            response = conn.getresponse()
+        except socket.gaierror:
+            conn.close()
+            raise httplib2.ServerNotFoundError(f"Unable to find the server at {conn.host}")
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            raise
+        content = response.read()
+        response = httplib2.Response(response)
+        return response, httplib2._decompressContent(response, content, self.limit_kwargs)
+
+
 # -- the transport -----------------------------------------------------------------------------
 @dataclass
 class _Session:
@@ -304,7 +333,7 @@ class GmailTransport:
         except Exception as exc:  # e.g. the database is down: not the recipient's fault
             raise SendError("transient", "credentials_unavailable", f"could not load the "
                             f"credentials of {sender}: {type(exc).__name__}: {exc}") from exc
-        http = httplib2.Http(timeout=self.timeout)
+        http = SendOnceHttp(timeout=self.timeout)
         authed = google_auth_httplib2.AuthorizedHttp(creds, http=http)
         options = {"api_endpoint": self.api_endpoint} if self.api_endpoint else None
         service = build("gmail", "v1", credentials=creds, static_discovery=True,

@@ -1,0 +1,82 @@
+"""A deadlock inside the runner's outcome transaction (`Dao.record_outcomes`).
+
+InnoDB answers a deadlock by rolling back the victim's whole transaction (error 1213). Then
+either every outcome of the batch is recorded or the call raises (the runner keeps the outcomes
+and records them again); never half of them, silently.
+
+Found by the storm scenario: rows Gmail had accepted stayed `sending` until their lease expired
+and another runner found them "in doubt" (with IN_DOUBT_POLICY=resend: a second email).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pymysql
+
+from dao_mysql import DaoError
+from faults_tools import post_job
+
+RUNNER = "r-deadlock-test"
+
+
+# Regression: Dao.transaction did not call conn.begin(), so DBUtils' SteadyDB thought no
+# transaction was open and, when a statement failed with a deadlock (1213), silently re-ran just
+# that statement in a new transaction; the statements before it, rolled back by InnoDB, were
+# lost and the commit succeeded.
+def test_a_deadlock_mid_record_outcomes_records_all_or_raises(client, key, dao):
+    job_id = post_job(client, key, 300)
+    rows = dao.recipients_page(job_id, None, 0, 1000)
+    sent_row, retry_row = rows[0].id, rows[1].id
+    others = [r.id for r in rows[2:]]
+    with dao.transaction() as cur:   # ours, and one another runner has taken over meanwhile
+        cur.execute("UPDATE job_recipients SET status = 'sending', claimed_by = %s "
+                    "WHERE id = %s", (RUNNER, sent_row))
+        cur.execute("UPDATE job_recipients SET status = 'sending', claimed_by = 'r-other' "
+                    "WHERE id = %s", (retry_row,))
+
+    p = dao.params
+    other = pymysql.connect(host=p.host, port=p.port, user=p.user, password=p.password,
+                            database=p.database, unix_socket=p.unix_socket, autocommit=False)
+    outcome: dict[str, object] = {}
+
+    def record() -> None:   # the runner's flush: one sent, one retry, in one transaction
+        try:
+            dao.record_outcomes(RUNNER, [(sent_row, "gmail-1")], [],
+                                [(retry_row, "gmail_429", "Gmail 429", 1.0, False, False)])
+            outcome["returned"] = True
+        except DaoError as exc:
+            outcome["raised"] = exc
+
+    try:
+        with other.cursor() as cur:
+            # Another transaction, heavier (so InnoDB picks the runner's as the victim), holds
+            # the retry row; the runner locks the sent row (record_sent), then waits for the
+            # retry row (record_retry); the other transaction asks for the sent row: deadlock.
+            cur.execute("UPDATE job_recipients SET error = 'heavy' WHERE id BETWEEN %s AND %s",
+                        (min(others), max(others)))   # a primary-key range: only those rows
+            cur.execute("UPDATE job_recipients SET error = 'other' WHERE id = %s", (retry_row,))
+            recorder = threading.Thread(target=record)
+            recorder.start()
+            time.sleep(0.7)            # record_sent done, record_retry waiting for the lock
+            cur.execute("UPDATE job_recipients SET error = 'other' WHERE id = %s", (sent_row,))
+            time.sleep(0.3)
+            other.commit()
+            recorder.join(30)
+            assert not recorder.is_alive()
+    finally:
+        other.close()
+    with dao.transaction() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
+        deadlocks = int(cur.fetchone()[1])
+    after = {r.id: r for r in dao.recipients_page(job_id, None, 0, 2)}
+    assert deadlocks > 0, "no deadlock happened: the scenario did not set up"
+    status = after[sent_row].status
+    if "returned" in outcome:   # then the sent outcome is recorded
+        assert status == "sent", (
+            f"record_outcomes returned normally but the sent row is {status!r}: the deadlock "
+            "rolled back its UPDATE and DBUtils re-ran only the failed statement (the retry "
+            "UPDATE) in a new transaction, which was committed")
+    else:                       # it raised: the runner keeps the outcome and records it again
+        assert status == "sending", status
+        assert "1213" in str(outcome["raised"]) or "Deadlock" in str(outcome["raised"])
