@@ -121,3 +121,18 @@ def gmail_settings(dao, fake):
              token_encryption_key=Fernet.generate_key().decode())
     CredentialStore(s, dao).store_info(SENDER, fake.authorized_user_info(SENDER), resume=True)
     return s
+
+
+@pytest.fixture()
+def run(dao, database, monkeypatch):
+    """Invoke the `mailjobs` command line (click's runner) against the test database."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    monkeypatch.setenv("DATABASE_URL", database.url)
+    monkeypatch.delenv("MAILJOBS_URL", raising=False)
+
+    def invoke(*args: str):
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return invoke

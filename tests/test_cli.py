@@ -4,19 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from cli import cli
-
-
-@pytest.fixture()
-def run(dao, database, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", database.url)
-
-    def invoke(*args: str):
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-        return result
-    return invoke
 
 
 def test_api_key_create_prints_a_working_key_once_and_stores_only_its_hash(run, dao, client):

@@ -11,23 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli import cli
 from runner_helpers import fast, running, wait_job_done
 from test_api_enqueue import body, post
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def run(dao, database, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", database.url)
-    monkeypatch.delenv("MAILJOBS_URL", raising=False)
-
-    def invoke(*args: str):
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return invoke
 
 
 @pytest.fixture()

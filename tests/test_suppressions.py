@@ -144,16 +144,6 @@ def test_an_address_suppressed_after_the_job_was_stored_is_not_sent(client, key,
 
 
 # --- the CLI -------------------------------------------------------------------------------
-@pytest.fixture()
-def run(dao, database, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", database.url)
-    monkeypatch.delenv("MAILJOBS_URL", raising=False)
-
-    def invoke(*args: str):
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return invoke
-
-
 def test_the_cli_adds_lists_and_removes(run, client, key, dao):
     key_id = dao.api_keys()[0].id
     added = run("suppressions", "add", "Bob@Example.com", "--api-key", str(key_id))
