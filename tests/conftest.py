@@ -88,13 +88,7 @@ def key(make_key) -> str:
     return make_key(senders=["ops@example.com", "*@example.org"])
 
 
-def count_rows(dao: Dao, table: str) -> int:
-    with dao.transaction() as cur:
-        cur.execute(f"SELECT COUNT(*) FROM {table}")
-        return int(cur.fetchone()[0])
-
-
-SENDER = "ops@example.com"
+from runner_helpers import SENDER, count_rows  # noqa: E402,F401  (tests import them from there)
 
 
 @pytest.fixture()

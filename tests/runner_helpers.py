@@ -63,3 +63,13 @@ def wait_job_done(dao: Dao, job_id: int, timeout: float = 30.0) -> str:
 
 def recipients(dao: Dao, job_id: int):
     return dao.recipients_page(job_id, None, 0, 100_000)
+
+
+# The sender the tests' jobs use (test_api_enqueue.body) and the fake Gmail's account.
+SENDER = "ops@example.com"
+
+
+def count_rows(dao: Dao, table: str) -> int:
+    with dao.transaction() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {table}")
+        return int(cur.fetchone()[0])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import count_rows
+from runner_helpers import count_rows
 
 URL = "/api/jobs/send_template_emails"
 

@@ -14,7 +14,7 @@ import pytest
 import bounces
 import dsn
 import transports
-from conftest import SENDER, count_rows
+from runner_helpers import SENDER, count_rows
 from runner_helpers import recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post
 from transport_base import SendError
