@@ -95,7 +95,7 @@ def serve_fake_gmail(latency: float, sender: str, nagle: bool, lean: bool) -> No
     if lean:
         def store_raw(self, account: str, raw: bytes):
             gmail_id = secrets.token_hex(8)
-            record = fake_gmail.Sent(account, gmail_id, gmail_id, raw, None, time.time())
+            record = fake_gmail.Sent(account, gmail_id, gmail_id, raw, time.time())
             with self._lock:
                 self.sent.append(record)
             return record
