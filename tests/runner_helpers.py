@@ -41,14 +41,18 @@ def running(settings: Settings, dao: Dao, count: int = 1, factory=None,
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, every: float = 0.05,
-             message: str = "condition") -> object:
+             message: str = "condition",
+             on_timeout: Callable[[], str] | None = None) -> object:
+    """Poll until condition() is truthy (returns it) or fail after timeout; on_timeout adds
+    details to the failure message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    extra = on_timeout() if on_timeout else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}{extra}")
 
 
 def job_status(dao: Dao, job_id: int) -> str:

@@ -11,9 +11,10 @@ import json
 import math
 import os
 import re
-import time
 from collections import Counter
 from typing import Callable
+
+import runner_helpers
 
 SCALE = float(os.environ.get("FAULTS_SCALE") or 1)
 ROOT_SCALE = math.sqrt(SCALE)
@@ -52,14 +53,8 @@ def post_job(client, key: str, n: int, prefix: str = "u") -> int:
 
 def wait_for(condition: Callable[[], object], timeout: float, message: str,
              every: float = 0.1, on_timeout: Callable[[], str] | None = None) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    extra = on_timeout() if on_timeout else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}{extra}")
+    """runner_helpers.wait_for with the message as third argument, as the fault tests read."""
+    return runner_helpers.wait_for(condition, timeout, every, message, on_timeout)
 
 
 def wait_final(dao, job_id: int, timeout: float, fleet=None) -> str:
