@@ -46,10 +46,13 @@ import requests  # noqa: E402
 
 import api_keys  # noqa: E402
 import defaults  # noqa: E402
-from dao_mysql import Dao, load_queries  # noqa: E402
+from dao_mysql import Dao  # noqa: E402
 from local_mariadb import LocalMariaDB  # noqa: E402
 from migrations import apply_migrations  # noqa: E402
+from records import NewJob  # noqa: E402
 from settings import Settings  # noqa: E402
+
+from benchlib import percentile, rss_kb  # noqa: E402
 
 BENCH_DB = "mailjobs_bench"
 SENDER = "bench@example.com"
@@ -63,32 +66,12 @@ DEV_KEY_FILE = ROOT / "var" / "dev_api_key"
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    if len(s) == 1:
-        return s[0]
-    pos = (len(s) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
 
 
 def mb(kb: float) -> float:
@@ -183,16 +166,14 @@ def clear_rows(conn: pymysql.connections.Connection, key_id: int, private: bool)
     conn.commit()
 
 
-def bare_insert(conn: pymysql.connections.Connection, queries: dict[str, str], key_id: int,
+def bare_insert(conn: pymysql.connections.Connection, dao: Dao, key_id: int,
                 rows: list[dict]) -> float:
-    """One jobs row (untimed), then the recipients like Dao.create_job stores them; ms."""
-    with conn.cursor() as cur:
-        cur.execute(queries["insert_job"], (
-            key_id, SENDER, "Bench", None, "s", "h", "t", "{}", len(rows), 0, None, None))
-        job_id = int(cur.lastrowid)
-    conn.commit()
+    """One jobs row (untimed, stored by the DAO itself), then the recipients like
+    Dao.create_job stores them, timed; ms."""
+    job_id = dao.create_job(NewJob(key_id, SENDER, "Bench", None, "s", "h", "t", {}, len(rows),
+                                   0, None, None), [])
     args = [(job_id, r["email"], r["name"], json.dumps(r["variables"])) for r in rows]
-    sql = queries["insert_recipients"]
+    sql = dao.queries["insert_recipients"]
     batch = defaults.INSERT_BATCH
     t0 = time.perf_counter()
     with conn.cursor() as cur:
@@ -297,7 +278,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_size(size: int, repeats: int, warmup: int, session: requests.Session, base: str,
-             key: str, conn, queries, key_id: int, private: bool,
+             key: str, conn, dao: Dao, key_id: int, private: bool,
              sampler: RssSampler) -> SizeResult:
     result = SizeResult(size, repeats)
     rows = recipients(size)
@@ -326,7 +307,7 @@ def run_size(size: int, repeats: int, warmup: int, session: requests.Session, ba
     print(f"[{size:,}] bare INSERT x{repeats}", file=sys.stderr, flush=True)
     clear_rows(conn, key_id, private)
     for i in range(warmup + repeats):
-        ms = bare_insert(conn, queries, key_id, rows)
+        ms = bare_insert(conn, dao, key_id, rows)
         if i >= warmup:
             result.bare_ms.append(ms)
     clear_rows(conn, key_id, private)
@@ -383,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     proc: subprocess.Popen | None = None
     sampler: RssSampler | None = None
     conn = None
+    dao: Dao | None = None
     # `mailjobs serve` writes a development key for *its* database into var/dev_api_key; keep
     # the developer's file as it was.
     saved_dev_key = DEV_KEY_FILE.read_bytes() if DEV_KEY_FILE.exists() else None
@@ -398,10 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         apply_migrations(settings.db)
         dao = Dao(settings)
         issued = api_keys.create_key(dao, "bench", ["*"])
-        dao.close()
         conn = connect(settings)
         version = server_version(conn)
-        queries = load_queries()
 
         port = free_port()
         proc = start_server(url, port, tmp / "server.log")
@@ -418,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         with requests.Session() as session:
             for size, repeats in zip(args.sizes, args.repeats):
                 results.append(run_size(size, repeats, args.warmup, session, base, issued.key,
-                                        conn, queries, issued.id, private, sampler))
+                                        conn, dao, issued.id, private, sampler))
         time.sleep(1.0)
         rss_after = sampler.sample() or 0
         largest = max(results, key=lambda r: r.size)
@@ -433,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sampler is not None:
             sampler.stop()
+        if dao is not None:
+            dao.close()
         if conn is not None:
             try:
                 conn.close()
