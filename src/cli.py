@@ -58,9 +58,8 @@ def serve(ctx: click.Context) -> None:
 
     from api_server import create_app
 
-    settings = _settings(ctx)
-    bootstrap.migrate(settings)
-    dao = Dao(settings)
+    dao = _dao(ctx)
+    settings = dao.settings
     key = bootstrap.dev_api_key(dao, bootstrap.dev_key_file(settings))
     transports.announce(settings)
     embedded = None
@@ -90,9 +89,8 @@ def serve(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a standalone JobRunner (any number of them may share one database)."""
-    settings = _settings(ctx)
-    bootstrap.migrate(settings)
-    dao = Dao(settings)
+    dao = _dao(ctx)
+    settings = dao.settings
     transports.announce(settings)
     runner = JobRunner(settings, dao, transports.transport_factory(settings, dao), kind="worker")
     metrics.serve_worker_metrics(settings.metrics_port, settings.host)
