@@ -647,10 +647,6 @@ class Dao:
             self._run(cur, "suppression_by_email", (api_key_id, email))
             return self._suppression(cur.fetchone()), added == 1
 
-    def suppression(self, api_key_id: int, email: str) -> Any:
-        row = self._one("suppression_by_email", (api_key_id, email))
-        return self._suppression(row) if row else None
-
     def suppressions_page(self, api_key_id: int, after: int, limit: int,
                           reason: str | None = None) -> list[Any]:
         rows = self._all("suppressions_page", {"api_key_id": api_key_id, "after": after,

@@ -29,7 +29,6 @@ log = logging.getLogger("mailjobs.scheduler")
 SENT, FAILED, RETRY, HOLD, EXPIRED = "sent", "failed", "retry", "hold", "expired"
 # Not sent: the address was suppressed after the job was stored (the runner decides, at claim).
 SUPPRESSED = "suppressed"
-IN_DOUBT_POLICIES = ("auto", "check", "resend", "hold")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from typing import Sequence
 from dao_mysql import Dao
 from records import FINAL_JOB_STATUSES
 
-RETRYABLE = ("failed", "in_doubt", "cancelled")
 ACTIVE = ("queued", "scheduled", "running")
 
 

@@ -479,8 +479,8 @@ class JobRunner:
                 transport.close()
             if self._bounces is not None:   # it stops between two messages (stop_event)
                 self._bounces.join(2 * self.settings.gmail_timeout)
-        log.info("runner %s stopped: sent=%d failed=%d", self.id, self.stats.sent,
-                 self.stats.failed)
+        log.info("runner %s stopped: sent=%d failed=%d retried=%d", self.id, self.stats.sent,
+                 self.stats.failed, self.stats.retried)
 
 
 class EmbeddedRunner:

@@ -206,7 +206,6 @@ class SmtpTransport:
         self._slot_renewed = 0.0
         self._on_conn = 0          # messages sent (tried) over the current connection
         self._last_used = time.monotonic()
-        self.connections_opened = 0
         _reaper.add(self)
 
     @property
@@ -311,7 +310,6 @@ class SmtpTransport:
             self._drop(quit=False)
             raise
         self._on_conn = 0
-        self.connections_opened += 1
         return self._conn
 
     def _keep_slot(self) -> bool:
