@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import secrets
 import threading
@@ -39,7 +40,7 @@ log = logging.getLogger("mailjobs.db")
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
 # Server-side errors that mean "not reachable now", not "your statement is wrong".
-_UNAVAILABLE_CODES = {1040, 1053, 1205, 1213, 2002, 2003, 2006, 2013, 2055}
+_UNAVAILABLE_CODES = {1040, 1053, 2002, 2003, 2006, 2013, 2055}
 
 
 class DaoError(Exception):
@@ -48,6 +49,11 @@ class DaoError(Exception):
 
 class DatabaseUnavailable(DaoError):
     """The database cannot be reached or did not answer in time. Retry later."""
+
+
+class TransactionConflict(DatabaseUnavailable):
+    """InnoDB chose this transaction as a deadlock victim (1213) or it waited too long for a
+    row lock (1205). The whole transaction was rolled back: re-running all of it is safe."""
 
 
 class DuplicateKey(DaoError):
@@ -71,6 +77,8 @@ def _translate(exc: Exception) -> DaoError | None:
         return DuplicateKey(str(exc.args[1]))
     if isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)):
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if code in (1205, 1213):
+            return TransactionConflict(f"transaction conflict ({code}): {exc.args[-1]}")
         if code is None or code in _UNAVAILABLE_CODES or isinstance(exc, pymysql.err.InterfaceError):
             return DatabaseUnavailable(f"database unavailable ({code}): {exc.args[-1] if exc.args else exc}")
     return None
@@ -92,6 +100,7 @@ class Dao:
         self._slots = threading.BoundedSemaphore(settings.db_pool_size)
         self._in_use = 0
         self._in_use_lock = threading.Lock()
+        self._known_senders: set[str] = set()
         self._pool = PooledDB(
             creator=pymysql, mincached=0, maxcached=settings.db_pool_size,
             maxconnections=settings.db_pool_size, blocking=False, ping=1, reset=True,
@@ -350,12 +359,30 @@ class Dao:
         One transaction: lock the sender row, take what the limits allow (due retries, then
         expired leases, then queued, each FOR UPDATE SKIP LOCKED), mark them `sending` under a
         lease with their Message-ID fixed, charge the sender, commit. Returns the rows and, when
-        limits allowed fewer than wanted, why.
+        limits allowed fewer than wanted, why. A transaction that loses a deadlock or lock wait
+        was rolled back whole and is run again, a few times, after a short random pause.
         """
+        for attempt in range(1, defaults.CONFLICT_RETRIES + 1):
+            try:
+                self._ensure_sender(sender)
+                return self._claim(job_id, sender, runner_id, wanted, lease, limits)
+            except TransactionConflict as exc:
+                if attempt == defaults.CONFLICT_RETRIES:
+                    raise
+                log.info("claim for job %d lost a lock conflict (%s); retrying (attempt %d)",
+                         job_id, exc, attempt)
+                time.sleep(random.uniform(0.005, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    def _claim(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
+               limits: Limits) -> tuple[list[Recipient], str | None]:
         with self.transaction() as cur:
-            self._run(cur, "ensure_sender", (sender,))
             self._run(cur, "lock_sender", (sender,))
-            rate, cap, tokens, elapsed, deferred = cur.fetchone()
+            row = cur.fetchone()
+            if row is None:  # deleted since this process created it
+                self._known_senders.discard(sender)
+                raise TransactionConflict(f"sender row {sender} missing; creating it again")
+            rate, cap, tokens, elapsed, deferred = row
             if deferred:
                 return [], "sender deferred"
             limits = Limits(limits.rate_per_minute if rate is None else int(rate),
@@ -513,9 +540,22 @@ class Dao:
             return changed
 
     # --- senders --------------------------------------------------------------------------
-    def defer_sender(self, sender: str, seconds: float, reason: str) -> None:
+    def _ensure_sender(self, sender: str, cached: bool = True) -> None:
+        """Create the sender's row, in a transaction of its own (once per process if cached).
+
+        Not inside the transaction that then locks the row: two runners' INSERT IGNOREs of the
+        same new row each take a shared lock on it, and each one's FOR UPDATE then waits for the
+        other's: a deadlock on every first claim of a new sender.
+        """
+        if cached and sender in self._known_senders:
+            return
         with self.transaction() as cur:
             self._run(cur, "ensure_sender", (sender,))
+        self._known_senders.add(sender)
+
+    def defer_sender(self, sender: str, seconds: float, reason: str) -> None:
+        self._ensure_sender(sender, cached=False)
+        with self.transaction() as cur:
             self._run(cur, "defer_sender", (int(seconds * 1_000_000), reason[:1000], sender))
 
     def pause_sender(self, sender: str, auth_state: str, reason: str, paused_by: str,
@@ -525,8 +565,8 @@ class Dao:
         A failure of a send that began (`failed_at`) before the sender's credentials were last
         stored is stale (it used the old grant): nothing changes and None is returned.
         """
+        self._ensure_sender(sender, cached=False)
         with self.transaction() as cur:
-            self._run(cur, "ensure_sender", (sender,))
             if failed_at is not None:
                 self._run(cur, "sender_credentials_at", (sender,))
                 stored = cur.fetchone()[0]

@@ -40,6 +40,8 @@ DB_POOL_TIMEOUT = 5.0
 DB_RETRY_ATTEMPTS = 3
 DB_RETRY_BASE = 0.2
 DB_RETRY_MAX = 2.0
+# A claim that loses a deadlock or lock wait (rolled back whole) is run again this many times.
+CONFLICT_RETRIES = 4
 # Rows per multi-row INSERT when storing recipients.
 INSERT_BATCH = 5000
 
@@ -166,7 +168,7 @@ _SHOWN = {
     "UNSUBSCRIBE_BASE_URL": "(unset: no List-Unsubscribe header)",
 }
 _NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
-            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH"}
+            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "CONFLICT_RETRIES"}
 
 
 def _shown(value: object) -> str:

@@ -81,9 +81,10 @@ def test_a_template_error_at_render_time_fails_that_recipient(client, key, dao, 
 
 def test_two_runners_share_one_job_and_each_recipient_is_written_once(client, key, dao,
                                                                      outbox_settings, tmp_path):
-    job_id = post(client, key, body(400)).json["job_id"]
     s = outbox_settings.with_overrides(claim_batch=20)
     with running(s, dao, count=2) as runners:
+        wait_for(lambda: all(r.state == "idle" for r in runners), 10, message="runners idle")
+        job_id = post(client, key, body(400)).json["job_id"]
         assert wait_job_done(dao, job_id) == "completed"
     files = list((tmp_path / "outbox").rglob("*.eml"))
     assert len(files) == 400

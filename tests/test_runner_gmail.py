@@ -185,9 +185,11 @@ def test_a_hung_gmail_hits_the_timeout_and_the_runner_goes_on(client, key, dao, 
 
 def test_two_runners_send_each_of_1000_recipients_exactly_once(client, key, dao, fake,
                                                                gmail_settings):
-    job_id = post(client, key, body(1000)).json["job_id"]
     s = gmail_settings.with_overrides(claim_batch=50, runner_concurrency=4)
     with running(s, dao, count=2) as runners:
+        # both polling before the job exists, so each has the same chance at it
+        wait_for(lambda: all(r.state == "idle" for r in runners), 10, message="runners idle")
+        job_id = post(client, key, body(1000)).json["job_id"]
         assert wait_job_done(dao, job_id, timeout=120) == "completed"
     addresses = [s.message["To"].addresses[0].addr_spec for s in fake.sent]
     assert len(addresses) == 1000
