@@ -416,7 +416,7 @@ class Dao:
             cur.execute(self.queries["claim_recipients"].format(ids=marks),
                         (runner_id, lease, lease, secrets.token_hex(4), domain, *ids))
             if limits.daily_cap > 0:
-                self._run(cur, "add_sender_sends", (sender, len(ids)))
+                self._run(cur, "add_sender_sends", (sender, len(ids), len(ids)))
             self._run(cur, "start_job", (job_id,))
             cur.execute(self.queries["claimed_rows"].format(ids=marks), ids)
             return [_recipient(row) for row in cur.fetchall()], allowed.reason
@@ -446,17 +446,19 @@ class Dao:
                     (runner_id, *cancelled))
             for sender, count in sender_refunds.items():
                 if count:
-                    self._run(cur, "add_sender_sends", (sender, -count))
+                    self._run(cur, "add_sender_sends", (sender, -count, -count))
             return n
 
     # --- outcomes -------------------------------------------------------------------------
     def record_outcomes(self, runner_id: str, sent: Sequence[tuple[int, str | None]],
-                        failed: Sequence[tuple[int, str, str]],
-                        retry: Sequence[tuple[int, str, str, float, bool]]) -> None:
+                        failed: Sequence[tuple[int, str, str, str, bool]],
+                        retry: Sequence[tuple[int, str, str, float, bool, bool]],
+                        sender_refunds: dict[str, int] | None = None) -> None:
         """Write a batch of outcomes in one transaction: one UPDATE for all sent rows.
 
-        sent: (id, provider id); failed: (id, final status failed|in_doubt, error_code, error);
-        retry: (id, error_code, error, delay seconds, refund the attempt, in doubt).
+        sent: (id, provider id); failed: (id, final status, error_code, error, refund the
+        attempt); retry: (id, error_code, error, delay seconds, refund the attempt, in doubt);
+        sender_refunds: {sender: sends} charged at claim that did not go out.
         """
         with self.transaction() as cur:
             if sent:
@@ -467,13 +469,17 @@ class Dao:
                 cur.execute(sql, (*args, runner_id, *[i for i, _ in sent]))
             if failed:
                 cur.executemany(self.queries["record_failed"], [
-                    (status, code, err[:65000], 1 if status == "in_doubt" else 0, rid, runner_id)
-                    for rid, status, code, err in failed])
+                    (status, code, err[:65000], 1 if status == "in_doubt" else 0,
+                     1 if refund else 0, rid, runner_id)
+                    for rid, status, code, err, refund in failed])
             if retry:
                 cur.executemany(self.queries["record_retry"], [
                     (code, err[:65000], int(delay * 1_000_000), 1 if refund else 0,
                      1 if doubt else 0, rid, runner_id)
                     for rid, code, err, delay, refund, doubt in retry])
+            for sender, count in (sender_refunds or {}).items():
+                if count:
+                    self._run(cur, "add_sender_sends", (sender, -count, -count))
 
     def finish_job_if_done(self, job_id: int) -> Job | None:
         """When no recipient is left to send, set the job's final status; returns the job then."""

@@ -95,7 +95,7 @@ class EmailScheduler:
 
     def _send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
         if job.expires_at is not None and datetime.now(timezone.utc) >= job.expires_at:
-            return Outcome(r, job, EXPIRED, error_code="expired",
+            return Outcome(r, job, EXPIRED, error_code="expired", refund=True,
                            error=f"not sent before the job's expires_at "
                                  f"({job.expires_at.isoformat(timespec='seconds')}); "
                                  "never sent late")
@@ -181,6 +181,9 @@ class EmailScheduler:
         if kind == "sender_config":
             return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
                            sender_action="pause_config")
+        if not exc.attempted:   # never left this host (no free SMTP connection): not counted
+            return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
+                           delay=exc.retry_after or s.retry_base_delay)
         # transient, rate, in_doubt: retry with backoff until MAX_ATTEMPTS
         return self._retry(exc, job, r, in_doubt=kind == "in_doubt")
 

@@ -217,7 +217,7 @@ class JobRunner:
         for r in rows:
             if r.id in suppressed:
                 self._outcomes.append(Outcome(
-                    r, job, SUPPRESSED, error_code="suppressed",
+                    r, job, SUPPRESSED, error_code="suppressed", refund=True,
                     error=f"not sent: the address is on the suppression list "
                           f"({suppressed[r.id]})"))
                 continue
@@ -283,10 +283,14 @@ class JobRunner:
         final_status = {FAILED: "failed", HOLD: "in_doubt", EXPIRED: "expired",
                         SUPPRESSED: "suppressed"}
         failed = [(o.recipient.id, final_status[o.result], o.error_code or "error",
-                   o.error or "") for o in outcomes if o.result in final_status]
+                   o.error or "", o.refund) for o in outcomes if o.result in final_status]
         retry = [(o.recipient.id, o.error_code or "error", o.error or "", o.delay, o.refund,
                   o.in_doubt) for o in outcomes if o.result == RETRY]
-        self.dao.record_outcomes(self.id, sent, failed, retry)
+        not_sent: dict[str, int] = {}   # charged to the sender's daily count at claim
+        for o in outcomes:
+            if o.refund:
+                not_sent[o.job.sender_email] = not_sent.get(o.job.sender_email, 0) + 1
+        self.dao.record_outcomes(self.id, sent, failed, retry, not_sent)
         self._outcomes = []
         for o in outcomes:
             self._log_outcome(o)

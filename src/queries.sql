@@ -156,10 +156,11 @@ WHERE sender_email = %s AND hour_start > UTC_TIMESTAMP() - INTERVAL 24 HOUR;
 UPDATE senders SET tokens = %s, tokens_at = UTC_TIMESTAMP(6) WHERE email = %s;
 
 -- name: add_sender_sends
--- Reserve (or, negative, refund) sends in the current hour's bucket.
+-- Reserve (or, negative, refund) sends in the current hour's bucket; never below zero (a refund
+-- of a send reserved in an earlier hour, or with no daily cap, is dropped: conservative).
 INSERT INTO sender_hourly_sends (sender_email, hour_start, sends)
-VALUES (%s, DATE_FORMAT(UTC_TIMESTAMP(), '%%Y-%%m-%%d %%H:00:00'), %s)
-ON DUPLICATE KEY UPDATE sends = GREATEST(0, sends + VALUES(sends));
+VALUES (%s, DATE_FORMAT(UTC_TIMESTAMP(), '%%Y-%%m-%%d %%H:00:00'), GREATEST(0, %s))
+ON DUPLICATE KEY UPDATE sends = GREATEST(0, sends + %s);
 
 -- name: due_retrying
 SELECT id FROM job_recipients
@@ -218,7 +219,7 @@ WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 -- name: record_failed
 UPDATE job_recipients
 SET status = %s, error_code = %s, error = %s, claimed_by = NULL, lease_expires_at = NULL,
-    in_doubt = %s
+    in_doubt = %s, attempts = GREATEST(0, attempts - %s)
 WHERE id = %s AND claimed_by = %s AND status = 'sending';
 
 -- name: record_retry

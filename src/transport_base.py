@@ -39,7 +39,8 @@ class SendError(Exception):
     """A send (or look-up) failed; `str(error)` is a sentence an operator can act on."""
 
     def __init__(self, kind: str, error_code: str, message: str, *,
-                 retry_after: float | None = None, status: int | None = None) -> None:
+                 retry_after: float | None = None, status: int | None = None,
+                 attempted: bool = True) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown SendError kind {kind!r}")
         super().__init__(message)
@@ -48,14 +49,19 @@ class SendError(Exception):
         self.message = message
         self.retry_after = retry_after
         self.status = status
+        # False: the message never left (no connection to the server was free); the attempt
+        # does not count towards MAX_ATTEMPTS and the sender's daily count is given back.
+        self.attempted = attempted
 
     def __reduce__(self):  # picklable despite the keyword-only arguments
         return (SendError, (self.kind, self.error_code, self.message),
-                {"retry_after": self.retry_after, "status": self.status})
+                {"retry_after": self.retry_after, "status": self.status,
+                 "attempted": self.attempted})
 
     def __repr__(self) -> str:
         return (f"SendError({self.kind!r}, {self.error_code!r}, {self.message!r}, "
-                f"retry_after={self.retry_after!r}, status={self.status!r})")
+                f"retry_after={self.retry_after!r}, status={self.status!r}, "
+                f"attempted={self.attempted!r})")
 
 
 class Transport(Protocol):

@@ -361,14 +361,14 @@ class SmtpTransport:
             except DaoError as exc:
                 raise SendError("rate", "smtp_busy", f"could not take an SMTP connection slot "
                                 f"(database: {exc}); not sent, retrying",
-                                retry_after=BUSY_RETRY) from exc
+                                retry_after=BUSY_RETRY, attempted=False) from exc
             if slot is not None:
                 return slot
             pause = random.uniform(*SLOT_POLL)
             if time.monotonic() + pause > deadline:
                 raise SendError("rate", "smtp_busy", f"all {self.slots.size} SMTP connections "
                                 f"(SMTP_MAX_CONNECTIONS) are in use by other runners; not sent, "
-                                "retrying", retry_after=BUSY_RETRY)
+                                "retrying", retry_after=BUSY_RETRY, attempted=False)
             time.sleep(pause)
 
     def _open(self) -> _SMTP:

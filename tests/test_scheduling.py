@@ -115,6 +115,7 @@ def test_expired_recipients_are_never_handed_to_the_transport(client, key, dao):
     expired = [x for x in rows if x.status == "expired"]
     assert len(sent) + len(expired) == 8 and 1 <= len(sent) <= 3
     assert all(x.error_code == "expired" for x in expired)
+    assert all(x.attempts == 0 for x in expired)   # never handed to the transport: no attempt
     assert {rid for _, _, rid in Recorder.log} == {x.id for x in sent}
     assert all(t <= expires.timestamp() + 0.05 for t in [x.sent_at.timestamp() for x in sent])
     job = client.get(f"/api/jobs/{job_id}", headers={"X-API-Key": key}).json

@@ -133,12 +133,18 @@ def test_the_runner_sends_only_to_addresses_not_suppressed(client, key, dao, tmp
 def test_an_address_suppressed_after_the_job_was_stored_is_not_sent(client, key, dao, tmp_path):
     job_id = post(client, key, body(3)).json["job_id"]
     suppress(client, key, "user2@example.com", "unsubscribed")   # e.g. from another job's link
-    settings = fast(dao.settings, mail_transport="outbox", outbox_dir=str(tmp_path / "out"))
+    settings = fast(dao.settings, mail_transport="outbox", outbox_dir=str(tmp_path / "out"),
+                    sender_daily_cap=100)
     with running(settings, dao):
         assert wait_job_done(dao, job_id) == "completed"
     rows = {x.to_email: x for x in recipients(dao, job_id)}
     assert (rows["user2@example.com"].status, rows["user2@example.com"].error_code) == \
         ("suppressed", "suppressed")
+    # claimed, then skipped: no attempt counted, nothing charged to the sender's daily count
+    assert rows["user2@example.com"].attempts == 0
+    with dao.transaction() as cur:
+        cur.execute("SELECT SUM(sends) FROM sender_hourly_sends")
+        assert int(cur.fetchone()[0]) == 2
     assert {rows[f"user{i}@example.com"].status for i in (0, 1)} == {"sent"}
     assert len(list((tmp_path / "out" / str(job_id)).glob("*.eml"))) == 2
 

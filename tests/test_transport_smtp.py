@@ -7,6 +7,7 @@ import asyncio
 import email
 import email.policy
 import itertools
+import logging
 import socket
 import threading
 import time
@@ -265,6 +266,27 @@ def test_max_connections_holds_over_two_runners_and_each_mail_goes_once(
                    for _, _, raw in smtp.messages).most_common(1)[0][1] == 1
     assert all(r.status == "sent" for j in job_ids for r in recipients(dao, j))
     assert slot_holders(dao) == [None, None]
+
+
+def test_waiting_for_a_busy_connection_slot_does_not_use_up_attempts(
+        client, key, dao, smtp, smtp_settings, monkeypatch, caplog):
+    monkeypatch.setattr(transport_smtp, "IDLE_CLOSE", 0.2)
+    monkeypatch.setattr(transport_smtp, "SLOT_WAIT", 0.02)     # give up on a slot at once
+    monkeypatch.setattr(transport_smtp, "BUSY_RETRY", 0.05)
+    s = smtp_settings.with_overrides(smtp_max_connections=1, runner_concurrency=2, claim_batch=4,
+                                     max_attempts=1, sender_daily_cap=1000)
+    job_id = post(client, key, body(10)).json["job_id"]
+    with caplog.at_level(logging.INFO, logger="mailjobs.runner"):
+        with running(s, dao, count=2):
+            assert wait_job_done(dao, job_id, timeout=60) == "completed"
+    assert any("smtp_busy" in r.getMessage() for r in caplog.records), "no slot was ever busy"
+    rows = recipients(dao, job_id)
+    assert all(r.status == "sent" and r.attempts == 1 for r in rows), \
+        [(r.status, r.attempts, r.error_code) for r in rows]
+    assert len(smtp.messages) == 10
+    with dao.transaction() as cur:      # the busy tries were given back to the daily count
+        cur.execute("SELECT SUM(sends) FROM sender_hourly_sends")
+        assert int(cur.fetchone()[0]) == 10
 
 
 def test_a_timeout_after_data_is_in_doubt_and_auto_resends(client, key, dao, smtp,
