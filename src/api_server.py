@@ -370,7 +370,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         response.status_code = 201 if added else 200   # 200: listed already, entry unchanged
         return response
 
-    @app.delete("/api/suppressions/<email>")
+    @app.delete("/api/suppressions/<path:email>")   # path: a local part may hold "/"
     def remove_suppression(email: str) -> Response:
         if not dao.remove_suppression(g.api_key.id, email):
             raise RequestRejected(404, "not_found", f"{email} is not on this key's "

@@ -44,6 +44,14 @@ def test_add_list_and_remove_an_address(client, key):
     assert client.get(URL, headers=h(key)).json["suppressions"] == []
 
 
+def test_an_address_with_a_slash_can_be_removed(client, key):
+    assert suppress(client, key, "sales/eu@example.com").status_code == 201   # "/" is atext
+    assert suppress(client, key, "a/b/c@example.com").status_code == 201
+    assert client.delete(f"{URL}/sales%2Feu@example.com", headers=h(key)).status_code == 204
+    assert client.delete(f"{URL}/a/b/c@example.com", headers=h(key)).status_code == 204
+    assert client.get(URL, headers=h(key)).json["suppressions"] == []
+
+
 def test_the_list_is_paged_by_id_and_filtered_by_reason(client, key):
     for i, reason in enumerate(["manual", "complaint", "manual", "unsubscribed", "hard_bounce"]):
         assert suppress(client, key, f"p{i}@example.com", reason).status_code == 201
