@@ -100,7 +100,7 @@ def test_openapi_describes_every_endpoint_from_the_request_models(client, app):
             continue  # the operators' HTML dashboard is for browsers, deliberately not in the spec
         if rule.rule.startswith("/u/"):
             continue  # one-click unsubscribe pages are for mail recipients, not API clients
-        path = re.sub(r"<(?:int:)?(\w+)>", r"{\1}", rule.rule)
+        path = re.sub(r"<(?:int:|path:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             if "<any(" in path:
                 for action in re.search(r"<any\(([^)]*)\):\w+>", path).group(1).split(","):
