@@ -1,5 +1,6 @@
-"""Bounce detection: read the delivery status notifications that come back to each Gmail
-sender's mailbox, and mark the recipients they are about.
+"""Bounce and complaint detection: read the delivery status notifications (and the feedback-loop
+complaint reports) that come back to each Gmail sender's mailbox, and act on the recipients they
+are about.
 
 Every BOUNCE_CHECK_INTERVAL seconds (0: never) a runner using the Gmail transport starts a
 check in a background thread, so its loop never waits for Gmail. For each sender with stored
@@ -8,13 +9,15 @@ forward; whoever moves it does the check):
 
 1. `users.messages.list(q="(from:mailer-daemon OR from:postmaster) after:<epoch>")`, where the
    epoch is the sender's `bounces_checked_at` minus OVERLAP (Gmail's search index lags behind
-   delivery by a little), or LOOKBACK ago on the first check;
+   delivery by a little), or LOOKBACK ago on the first check; each FEEDBACK_LOOP_FROM address
+   adds an `OR from:<address>`, so feedback loops' ARF complaint reports are read too;
 2. the ids already in `bounce_messages` are skipped; each new one is fetched
    (`messages.get(format="raw")`) and parsed (dsn.py);
 3. `Dao.record_bounce`, one transaction per message: the recipient whose stored Message-ID the
    DSN names becomes `bounced` (error_code `bounce_5xx` or `bounce_4xx`, the status and
    diagnostic as `error`); a hard bounce (5.x.x) also puts the address on the job's key's
    suppression list (reason `hard_bounce`). A soft bounce (4.x.x) is recorded, not suppressed.
+   A complaint leaves the recipient `sent` and suppresses the address (reason `complaint`).
    The message id goes into `bounce_messages` in the same transaction, so nothing is processed
    twice, even by two runners at once;
 4. when every message was handled, `bounces_checked_at` moves to the time the check started. A
@@ -27,7 +30,7 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import dsn
 from dao_mysql import Dao, DaoError
@@ -36,7 +39,8 @@ from transport_base import SendError
 
 log = logging.getLogger("mailjobs.bounces")
 
-QUERY = "(from:mailer-daemon OR from:postmaster) after:{after}"
+QUERY = "({senders}) after:{after}"
+BOUNCE_FROM = ("mailer-daemon", "postmaster")
 LOOKBACK = timedelta(days=7)        # how far back the first check of a sender reads
 OVERLAP = timedelta(minutes=15)     # re-read this much before the last check (index lag)
 LIST_LIMIT = 20000                  # message ids listed per sender and check
@@ -49,17 +53,20 @@ class Mailbox(Protocol):
     def get_raw(self, sender_email: str, gmail_id: str) -> bytes: ...
 
 
-def query_since(checked_until: datetime | None, now: datetime) -> str:
+def query_since(checked_until: datetime | None, now: datetime,
+                feedback_from: Sequence[str] = ()) -> str:
     since = (checked_until - OVERLAP) if checked_until is not None else now - LOOKBACK
-    return QUERY.format(after=int(since.timestamp()))
+    senders = " OR ".join(f"from:{s}" for s in (*BOUNCE_FROM, *feedback_from))
+    return QUERY.format(senders=senders, after=int(since.timestamp()))
 
 
 def check_sender(dao: Dao, mailbox: Mailbox, sender: str, checked_until: datetime | None,
-                 stop: threading.Event | None = None) -> dict[str, int]:
-    """Read the sender's new DSNs; returns counts by outcome. Raises SendError when Gmail
-    fails (nothing is lost: the window is read again next time)."""
+                 stop: threading.Event | None = None,
+                 feedback_from: Sequence[str] = ()) -> dict[str, int]:
+    """Read the sender's new DSNs and complaint reports; returns counts by outcome. Raises
+    SendError when Gmail fails (nothing is lost: the window is read again next time)."""
     started = datetime.now(timezone.utc)
-    query = query_since(checked_until, started)
+    query = query_since(checked_until, started, feedback_from)
     ids = mailbox.list_message_ids(sender, query, LIST_LIMIT)
     known = dao.known_bounce_messages(sender, ids) if ids else set()
     new = [i for i in ids if i not in known]
@@ -81,12 +88,18 @@ def check_sender(dao: Dao, mailbox: Mailbox, sender: str, checked_until: datetim
     return counts
 
 
-def _log(sender: str, gmail_id: str, bounce: dsn.Bounce | None, result: dict[str, Any]) -> None:
+def _log(sender: str, gmail_id: str, bounce: dsn.Bounce | dsn.Complaint | None,
+         result: dict[str, Any]) -> None:
     if bounce is None:
         log.debug("sender %s: mailbox message %s is not a bounce", sender, gmail_id)
     elif result["recipient_id"] is None:
-        log.info("sender %s: bounce %s (%s) matches no recipient (Message-ID %s)", sender,
-                 gmail_id, bounce.status, bounce.message_id)
+        log.info("sender %s: %s %s (%s) matches no recipient (Message-ID %s)", sender,
+                 bounce.kind if bounce.kind == "complaint" else "bounce", gmail_id,
+                 bounce.status, bounce.message_id)
+    elif bounce.kind == "complaint":
+        log.warning("job=%d recipient=%d %s complained: %s%s", result["job_id"],
+                    result["recipient_id"], result["email"], bounce.error,
+                    "; address suppressed" if result["suppressed"] else "")
     else:
         log.warning("job=%d recipient=%d %s bounced: %s%s", result["job_id"],
                     result["recipient_id"], result["email"], bounce.error,
@@ -104,7 +117,8 @@ def check_all(settings: Settings, dao: Dao, mailbox: Mailbox,
         if not due:
             continue
         try:
-            counts = check_sender(dao, mailbox, sender, checked_until, stop)
+            counts = check_sender(dao, mailbox, sender, checked_until, stop,
+                                  settings.feedback_loop_addresses)
         except SendError as exc:
             hint = (" (reading the mailbox needs the gmail.readonly scope: run `mailjobs auth "
                     f"{sender}`)" if exc.status == 403 else "")

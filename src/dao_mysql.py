@@ -777,7 +777,9 @@ class Dao:
                       error: str | None) -> dict[str, Any] | None:
         """Record one mailbox message a bounce check read, in one transaction: a DSN matched
         to its recipient by Message-ID marks it `bounced`; a hard one (kind "hard") also
-        suppresses the address for the job's key. None when the message was recorded before.
+        suppresses the address for the job's key. A complaint (kind "complaint", an ARF report)
+        leaves the recipient `sent` (it was delivered) and suppresses the address (reason
+        `complaint`). None when the message was recorded before.
         """
         with self.transaction() as cur:
             target = None
@@ -798,11 +800,13 @@ class Dao:
                 return result
             rid, job_id, email, key_id = int(target[0]), int(target[1]), target[2], int(target[3])
             result.update(recipient_id=rid, job_id=job_id, email=email)
-            result["marked"] = self._run(cur, "mark_bounced",
-                                         (error_code, (error or "")[:65000], rid)) > 0
-            if kind == "hard":
+            if kind != "complaint":
+                result["marked"] = self._run(cur, "mark_bounced",
+                                             (error_code, (error or "")[:65000], rid)) > 0
+            if kind in ("hard", "complaint"):
+                reason = "complaint" if kind == "complaint" else "hard_bounce"
                 result["suppressed"] = self._run(cur, "insert_suppression", (
-                    key_id, email, "hard_bounce", job_id, rid, (error or "")[:65000])) == 1
+                    key_id, email, reason, job_id, rid, (error or "")[:65000])) == 1
             return result
 
 

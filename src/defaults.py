@@ -145,6 +145,10 @@ UNSUBSCRIBE_BASE_URL = ""
 UNSUBSCRIBE_TOKEN_DAYS = 90
 # Seconds between bounce checks of each Gmail sender's mailbox (DSNs from mailer-daemon); 0: off.
 BOUNCE_CHECK_INTERVAL = 600
+# From addresses (or domains) of the feedback loops you registered (Yahoo CFL, Microsoft JMRP,
+# your ISP's...), comma-separated: the bounce check also reads their ARF complaint reports and
+# suppresses the complaining address. Empty: complaints are not read.
+FEEDBACK_LOOP_FROM = ""
 
 # --- Dashboard and metrics ---------------------------------------------------------------------
 # Signs the dashboard's session cookie; set it in production (the same on every API process).
@@ -166,6 +170,7 @@ _SHOWN = {
     "SMTP_PASSWORD": "(unset)",
     "SECRET_KEY": "(unset: generated into var/secret_key on first use)",
     "UNSUBSCRIBE_BASE_URL": "(unset: no List-Unsubscribe header)",
+    "FEEDBACK_LOOP_FROM": "(unset: complaint reports are not read)",
 }
 _NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
             "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "CONFLICT_RETRIES"}

@@ -15,6 +15,11 @@ from postmaster@, anything unreadable).
   of the copy of the original message quoted below it.
 
 Status 5.x.x is a hard bounce (the address is suppressed), 4.x.x a soft one (recorded only).
+
+- `multipart/report; report-type=feedback-report` (ARF, RFC 5965: what mailbox providers' feedback
+  loops send when a user marks a message as spam) is a `Complaint`: the Feedback-Type, the
+  reporter's User-Agent, Original-Rcpt-To when given (often redacted) and the Message-ID of the
+  returned message or headers. Feedback-Type `not-spam` and `auth-failure` are not complaints.
 """
 from __future__ import annotations
 
@@ -79,6 +84,33 @@ class Bounce:
         if self.recipient:
             what += f" for {self.recipient}"
         return f"{what}: {self.diagnostic or 'no diagnostic given'}"
+
+
+@dataclass(frozen=True)
+class Complaint:
+    """An ARF feedback report: a recipient marked one of our messages as spam (or abuse)."""
+    feedback_type: str           # abuse, fraud, virus, other
+    reporter: str | None         # the report's User-Agent, e.g. "YahooFeedbackLoop/1.0"
+    recipient: str | None        # Original-Rcpt-To, when the reporter did not redact it
+    message_id: str | None       # "<id@host>" of the message complained about
+
+    kind = "complaint"
+    error_code = "complaint"
+
+    @property
+    def status(self) -> str:
+        return self.feedback_type
+
+    @property
+    def error(self) -> str:
+        """One line for the suppression's detail and the log."""
+        what = f"complaint ({self.feedback_type})"
+        if self.recipient:
+            what += f" from {self.recipient}"
+        return f"{what}, reported by {self.reporter or 'an unnamed feedback loop'}"
+
+
+_COMPLAINT_TYPES = ("abuse", "fraud", "virus", "other")
 
 
 def _unfold(value: object) -> str:
@@ -210,8 +242,21 @@ def _from_text(msg: email.message.Message) -> Bounce | None:
                   diagnostic[:MAX_DIAGNOSTIC] or None, message_id)
 
 
-def parse(raw: bytes) -> Bounce | None:
-    """The bounce this message reports, or None when it reports none."""
+def _from_feedback(msg: email.message.Message, part: email.message.Message) -> Complaint | None:
+    blocks = _field_blocks(part)
+    if not blocks:
+        return None
+    fields = blocks[0]
+    feedback_type = _unfold(fields.get("Feedback-Type")).lower()
+    if feedback_type not in _COMPLAINT_TYPES:
+        return None                         # not-spam, auth-failure, missing: no complaint
+    return Complaint(feedback_type, _unfold(fields.get("User-Agent"))[:200] or None,
+                     _address(fields.get("Original-Rcpt-To")),
+                     _returned_message_id(msg) or _message_id(msg.get("In-Reply-To")))
+
+
+def parse(raw: bytes) -> Bounce | Complaint | None:
+    """The bounce or complaint this message reports, or None when it reports neither."""
     try:
         msg = email.message_from_bytes(raw)      # compat32: lenient with what MTAs write
     except Exception:   # the email package rarely raises, but this input is anyone's
@@ -219,4 +264,6 @@ def parse(raw: bytes) -> Bounce | None:
     for part in msg.walk():
         if part.get_content_type() in _DSN_TYPES:
             return _from_report(msg, part)
+        if part.get_content_type() == "message/feedback-report":
+            return _from_feedback(msg, part)
     return _from_text(msg)

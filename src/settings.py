@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import defaults
+
+# One FEEDBACK_LOOP_FROM entry: an address or a domain (it becomes a Gmail `from:` search term).
+_FEEDBACK_FROM = r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+|@?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,6 +120,7 @@ class Settings:
     unsubscribe_base_url: str = defaults.UNSUBSCRIBE_BASE_URL
     unsubscribe_token_days: int = defaults.UNSUBSCRIBE_TOKEN_DAYS
     bounce_check_interval: int = defaults.BOUNCE_CHECK_INTERVAL
+    feedback_loop_from: str = defaults.FEEDBACK_LOOP_FROM
     secret_key: str = defaults.SECRET_KEY
     metrics_port: int = defaults.METRICS_PORT
 
@@ -138,6 +143,15 @@ class Settings:
                 ("http://", "https://")):
             raise ValueError("UNSUBSCRIBE_BASE_URL must start with https:// (or http://), got "
                              f"{self.unsubscribe_base_url!r}")
+        for address in self.feedback_loop_addresses:   # each becomes a Gmail search term
+            if not re.fullmatch(_FEEDBACK_FROM, address):
+                raise ValueError("FEEDBACK_LOOP_FROM must list addresses or domains separated "
+                                 f"by commas, got {address!r}")
+
+    @property
+    def feedback_loop_addresses(self) -> tuple[str, ...]:
+        """FEEDBACK_LOOP_FROM split on commas and spaces (checked in __post_init__)."""
+        return tuple(a for a in re.split(r"[,\s]+", self.feedback_loop_from) if a)
 
     @property
     def db(self) -> DatabaseParams:

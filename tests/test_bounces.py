@@ -17,6 +17,7 @@ import transports
 from runner_helpers import SENDER, count_rows
 from runner_helpers import recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post
+from settings import Settings
 from transport_base import SendError
 
 SAMPLES = Path(__file__).parent / "dsn_samples"
@@ -242,3 +243,72 @@ def test_the_first_check_looks_back_a_week_and_later_ones_overlap():
     later = bounces.query_since(now, now + timedelta(minutes=10))
     assert later == ("(from:mailer-daemon OR from:postmaster) "
                      f"after:{int((now - timedelta(minutes=15)).timestamp())}")
+
+
+# --- complaints (ARF feedback reports) -----------------------------------------------------
+FBL = "fbl-reports@mail.example.net"
+
+
+@pytest.mark.parametrize("name, reporter, recipient", [
+    ("arf_abuse.eml", "ExampleNetFBL/2.1", "gone@example.net"),     # whole message returned
+    ("arf_redacted.eml", "ExampleOrg-Complaints/1.0", None),        # headers only, no address
+])
+def test_each_feedback_report_is_a_complaint(name, reporter, recipient):
+    complaint = dsn.parse(sample(name))
+    assert isinstance(complaint, dsn.Complaint)
+    assert (complaint.kind, complaint.error_code, complaint.feedback_type) == \
+        ("complaint", "complaint", "abuse")
+    assert (complaint.reporter, complaint.recipient) == (reporter, recipient)
+    assert complaint.message_id == "<mj.1.2.ab@example.com>"
+    assert complaint.error.startswith("complaint (abuse)") and reporter in complaint.error
+
+
+@pytest.mark.parametrize("feedback_type", ["not-spam", "auth-failure", ""])
+def test_reports_that_are_not_complaints_are_ignored(feedback_type):
+    raw = sample("arf_abuse.eml").replace(b"Feedback-Type: abuse",
+                                          f"Feedback-Type: {feedback_type}".encode())
+    assert dsn.parse(raw) is None
+
+
+def test_feedback_loop_addresses_join_the_search_and_are_checked():
+    now = datetime(2026, 1, 10, 12, 0, tzinfo=timezone.utc)
+    q = bounces.query_since(now, now, ("fbl@example.net", "arf.example.org"))
+    assert q.startswith("(from:mailer-daemon OR from:postmaster OR from:fbl@example.net OR "
+                        "from:arf.example.org) after:")
+    s = Settings(feedback_loop_from="fbl@example.net, arf.example.org")
+    assert s.feedback_loop_addresses == ("fbl@example.net", "arf.example.org")
+    for bad in ("x) OR (label:inbox", "a b@", "fbl@example.net;rm", "postmaster"):
+        with pytest.raises(ValueError, match="FEEDBACK_LOOP_FROM"):
+            Settings(feedback_loop_from=bad)
+
+
+def test_a_complaint_suppresses_the_address_and_leaves_the_recipient_sent(
+        client, key, dao, fake, gmail_settings, caplog):
+    rows = _sent_job(client, key, dao, gmail_settings, 3)
+    a, b = rows["user0@example.com"], rows["user1@example.com"]
+    fake.deliver(SENDER, sample("arf_abuse.eml", a.message_id, a.to_email).replace(
+        b"fbl-reports@mail.example.net", FBL.encode()))
+    fake.deliver(SENDER, sample("arf_redacted.eml", b.message_id, b.to_email).replace(
+        b"complaints@fbl.example.org", FBL.encode()))
+    fake.deliver(SENDER, sample("arf_abuse.eml", "<not.ours@example.com>").replace(
+        b"fbl-reports@mail.example.net", FBL.encode()))
+    # without FEEDBACK_LOOP_FROM the reports are not even listed
+    assert _check_now(dao, gmail_settings) == {}
+    settings = gmail_settings.with_overrides(feedback_loop_from=FBL)
+    with caplog.at_level(logging.WARNING, logger="mailjobs.bounces"):
+        assert _check_now(dao, settings) == {"complaint": 2, "unmatched": 1}
+    after = {x.to_email: x for x in recipients(dao, a.job_id)}
+    assert {after[x].status for x in after} == {"sent"}            # delivered, complained after
+    assert all(x.error_code is None for x in after.values())
+    listed = sql(dao, "SELECT email, reason, job_id, recipient_id, detail FROM suppressions "
+                      "ORDER BY email")
+    assert [row[:4] for row in listed] == [(a.to_email, "complaint", a.job_id, a.id),
+                                           (b.to_email, "complaint", b.job_id, b.id)]
+    assert "ExampleNetFBL/2.1" in listed[0][4] and "ExampleOrg-Complaints/1.0" in listed[1][4]
+    assert sorted(o for (o,) in sql(dao, "SELECT outcome FROM bounce_messages")) == \
+        ["complaint", "complaint", "unmatched"]
+    assert any(f"{a.to_email} complained" in m and "address suppressed" in m
+               for m in caplog.messages)
+    # a later job of the key skips both addresses
+    again = post(client, key, body(3))
+    assert (again.json["recipients"], again.json["suppressed"]) == (3, 2)
