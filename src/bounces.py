@@ -33,6 +33,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, Sequence
 
 import dsn
+import metrics
 from dao_mysql import Dao, DaoError
 from settings import Settings
 from transport_base import SendError
@@ -82,6 +83,7 @@ def check_sender(dao: Dao, mailbox: Mailbox, sender: str, checked_until: datetim
         if result is None:
             continue                       # another runner recorded it a moment ago
         counts[result["outcome"]] = counts.get(result["outcome"], 0) + 1
+        metrics.MAILBOX_REPORTS.labels(sender, result["outcome"]).inc()
         _log(sender, gmail_id, bounce, result)
     if len(new) <= FETCH_LIMIT and len(ids) < LIST_LIMIT:   # all read: close the window
         dao.set_bounces_checked(sender, started)

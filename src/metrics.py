@@ -25,6 +25,10 @@ SEND_SECONDS = Histogram("mailjobs_send_seconds", "Time one transport send took"
                          ["transport"], buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
 ENQUEUE_SECONDS = Histogram("mailjobs_enqueue_seconds", "Time to validate and store a job",
                             buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+MAILBOX_REPORTS = Counter("mailjobs_mailbox_reports",
+                          "Mailbox messages a bounce check read, by sender and outcome "
+                          "(hard, soft, complaint, unmatched, not_a_bounce)",
+                          ["sender", "outcome"])
 ENQUEUED_RECIPIENTS = Counter("mailjobs_enqueued_recipients", "Recipients stored by the API")
 POOL_IN_USE = Gauge("mailjobs_db_pool_in_use", "Database connections checked out of the pool",
                     multiprocess_mode="livesum")

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 import bounces
 import dsn
@@ -249,6 +250,11 @@ def test_the_first_check_looks_back_a_week_and_later_ones_overlap():
 FBL = "fbl-reports@mail.example.net"
 
 
+def _reports(outcome: str) -> float:
+    return REGISTRY.get_sample_value("mailjobs_mailbox_reports_total",
+                                     {"sender": SENDER, "outcome": outcome}) or 0.0
+
+
 @pytest.mark.parametrize("name, reporter, recipient", [
     ("arf_abuse.eml", "ExampleNetFBL/2.1", "gone@example.net"),     # whole message returned
     ("arf_redacted.eml", "ExampleOrg-Complaints/1.0", None),        # headers only, no address
@@ -295,8 +301,10 @@ def test_a_complaint_suppresses_the_address_and_leaves_the_recipient_sent(
     # without FEEDBACK_LOOP_FROM the reports are not even listed
     assert _check_now(dao, gmail_settings) == {}
     settings = gmail_settings.with_overrides(feedback_loop_from=FBL)
+    before = {o: _reports(o) for o in ("complaint", "unmatched")}
     with caplog.at_level(logging.WARNING, logger="mailjobs.bounces"):
         assert _check_now(dao, settings) == {"complaint": 2, "unmatched": 1}
+    assert {o: _reports(o) - before[o] for o in before} == {"complaint": 2, "unmatched": 1}
     after = {x.to_email: x for x in recipients(dao, a.job_id)}
     assert {after[x].status for x in after} == {"sent"}            # delivered, complained after
     assert all(x.error_code is None for x in after.values())
