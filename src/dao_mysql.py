@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -22,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import pymysql
 from dbutils.pooled_db import PooledDB, TooManyConnections
@@ -37,6 +38,7 @@ from records import ApiKey, Job, NewJob, NewRecipient, Recipient, StoredTemplate
 from settings import DatabaseParams, Settings
 
 log = logging.getLogger("mailjobs.db")
+T = TypeVar("T")
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
 # Server-side errors that mean "not reachable now", not "your statement is wrong".
@@ -82,6 +84,26 @@ def _translate(exc: Exception) -> DaoError | None:
         if code is None or code in _UNAVAILABLE_CODES or isinstance(exc, pymysql.err.InterfaceError):
             return DatabaseUnavailable(f"database unavailable ({code}): {exc.args[-1] if exc.args else exc}")
     return None
+
+
+def _rerun_on_conflict(method: Callable[..., T]) -> Callable[..., T]:
+    """For a DAO method that is one transaction (plus idempotent steps before it): when InnoDB
+    rolls it back as a deadlock victim or after a lock wait timeout, run it again, up to
+    CONFLICT_RETRIES times after a short random pause, before the error goes up. The runners'
+    claims and writes collide with each other; a collision is not an outage."""
+    @functools.wraps(method)
+    def rerun(self: "Dao", *args: Any, **kwargs: Any) -> T:
+        for attempt in range(1, defaults.CONFLICT_RETRIES + 1):
+            try:
+                return method(self, *args, **kwargs)
+            except TransactionConflict as exc:
+                if attempt == defaults.CONFLICT_RETRIES:
+                    raise
+                log.info("%s lost a lock conflict (%s); running it again (attempt %d)",
+                         method.__name__, exc, attempt + 1)
+                time.sleep(random.uniform(0.005, 0.05) * attempt)
+        raise AssertionError("unreachable")
+    return rerun
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -352,6 +374,7 @@ class Dao:
                 self._run(cur, "start_expired_job", (job_id,))
         return job_ids
 
+    @_rerun_on_conflict
     def claim(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
               limits: Limits) -> tuple[list[Recipient], str | None]:
         """Claim up to `wanted` due recipients of one job within the sender's limits.
@@ -359,23 +382,9 @@ class Dao:
         One transaction: lock the sender row, take what the limits allow (due retries, then
         expired leases, then queued, each FOR UPDATE SKIP LOCKED), mark them `sending` under a
         lease with their Message-ID fixed, charge the sender, commit. Returns the rows and, when
-        limits allowed fewer than wanted, why. A transaction that loses a deadlock or lock wait
-        was rolled back whole and is run again, a few times, after a short random pause.
+        limits allowed fewer than wanted, why.
         """
-        for attempt in range(1, defaults.CONFLICT_RETRIES + 1):
-            try:
-                self._ensure_sender(sender)
-                return self._claim(job_id, sender, runner_id, wanted, lease, limits)
-            except TransactionConflict as exc:
-                if attempt == defaults.CONFLICT_RETRIES:
-                    raise
-                log.info("claim for job %d lost a lock conflict (%s); retrying (attempt %d)",
-                         job_id, exc, attempt)
-                time.sleep(random.uniform(0.005, 0.05) * attempt)
-        raise AssertionError("unreachable")
-
-    def _claim(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
-               limits: Limits) -> tuple[list[Recipient], str | None]:
+        self._ensure_sender(sender)
         with self.transaction() as cur:
             self._run(cur, "lock_sender", (sender,))
             row = cur.fetchone()
@@ -421,6 +430,7 @@ class Dao:
             cur.execute(self.queries["claimed_rows"].format(ids=marks), ids)
             return [_recipient(row) for row in cur.fetchall()], allowed.reason
 
+    @_rerun_on_conflict
     def renew_leases(self, runner_id: str, ids: Sequence[int], lease: int) -> int:
         if not ids:
             return 0
@@ -428,6 +438,7 @@ class Dao:
             return cur.execute(self.queries["renew_leases"].format(ids=_placeholders(len(ids))),
                                (lease, lease, runner_id, *ids))
 
+    @_rerun_on_conflict
     def release(self, runner_id: str, sender_refunds: dict[str, int], ids: Sequence[int],
                 delay: float = 0.0, cancelled: Sequence[int] = ()) -> int:
         """Give unsent claims back (attempt refunded, daily reservation refunded); those of
@@ -450,6 +461,7 @@ class Dao:
             return n
 
     # --- outcomes -------------------------------------------------------------------------
+    @_rerun_on_conflict
     def record_outcomes(self, runner_id: str, sent: Sequence[tuple[int, str | None]],
                         failed: Sequence[tuple[int, str, str, str, bool]],
                         retry: Sequence[tuple[int, str, str, float, bool, bool]],

@@ -101,7 +101,7 @@ def test_a_claim_that_times_out_on_a_lock_is_run_again(client, key, dao, caplog)
         claimer.close()
     assert "raised" not in outcome, outcome.get("raised")
     assert len(outcome["rows"]) == 3
-    assert any("lost a lock conflict" in r.getMessage() and "1205" in r.getMessage()
+    assert any("claim lost a lock conflict" in r.getMessage() and "1205" in r.getMessage()
                for r in caplog.records)
 
 
