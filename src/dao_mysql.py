@@ -790,8 +790,8 @@ class Dao:
         """Record one mailbox message a bounce check read, in one transaction: a DSN matched
         to its recipient by Message-ID marks it `bounced`; a hard one (kind "hard") also
         suppresses the address for the job's key. A complaint (kind "complaint", an ARF report)
-        leaves the recipient `sent` (it was delivered) and suppresses the address (reason
-        `complaint`). None when the message was recorded before.
+        leaves the recipient `sent` (it was delivered) with error_code `complaint`, and
+        suppresses the address (reason `complaint`). None when the message was recorded before.
         """
         with self.transaction() as cur:
             target = None
@@ -812,7 +812,10 @@ class Dao:
                 return result
             rid, job_id, email, key_id = int(target[0]), int(target[1]), target[2], int(target[3])
             result.update(recipient_id=rid, job_id=job_id, email=email)
-            if kind != "complaint":
+            if kind == "complaint":
+                result["marked"] = self._run(cur, "mark_complained",
+                                             ((error or "")[:65000], rid)) > 0
+            else:
                 result["marked"] = self._run(cur, "mark_bounced",
                                              (error_code, (error or "")[:65000], rid)) > 0
             if kind in ("hard", "complaint"):

@@ -517,6 +517,10 @@ JOIN jobs j ON j.id = r.job_id
 WHERE r.message_id = %s AND j.sender_email = %s
 ORDER BY r.id LIMIT 1;
 
+-- name: mark_complained
+-- The recipient marked the message as spam: it stays 'sent' (it was delivered), annotated.
+UPDATE job_recipients SET error_code = 'complaint', error = %s WHERE id = %s AND status = 'sent';
+
 -- name: mark_bounced
 -- A soft bounce never overwrites a hard one; a hard one may follow a soft one.
 UPDATE job_recipients SET status = 'bounced', error_code = %s, error = %s

@@ -307,7 +307,9 @@ def test_a_complaint_suppresses_the_address_and_leaves_the_recipient_sent(
     assert {o: _reports(o) - before[o] for o in before} == {"complaint": 2, "unmatched": 1}
     after = {x.to_email: x for x in recipients(dao, a.job_id)}
     assert {after[x].status for x in after} == {"sent"}            # delivered, complained after
-    assert all(x.error_code is None for x in after.values())
+    assert [(x.error_code, x.error.split(",")[0]) for x in (after[a.to_email], after[b.to_email])] \
+        == [("complaint", f"complaint (abuse) from {a.to_email}"), ("complaint", "complaint (abuse)")]
+    assert after["user2@example.com"].error_code is None
     listed = sql(dao, "SELECT email, reason, job_id, recipient_id, detail FROM suppressions "
                       "ORDER BY email")
     assert [row[:4] for row in listed] == [(a.to_email, "complaint", a.job_id, a.id),
