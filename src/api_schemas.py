@@ -238,6 +238,32 @@ class RecipientOut(BaseModel):
     next_attempt_at: datetime | None
 
 
+class TracedRecipientOut(RecipientOut):
+    job_id: int
+    job_status: str
+    sender_email: str
+    created_at: datetime = Field(description="when the job stored this recipient")
+
+
+class TracedSuppressionOut(BaseModel):
+    api_key_id: int
+    reason: str = Field(description="unsubscribed, hard_bounce, complaint or manual")
+    job_id: int | None
+    recipient_id: int | None
+    detail: str | None
+    created_at: datetime
+
+
+class AddressTraceOut(BaseModel):
+    email: str = Field(description="the address looked up, normalised")
+    recipients: list[TracedRecipientOut] = Field(
+        description="every recipient row of this address, newest first")
+    next_before: int | None = Field(description="pass as ?before= for the next page")
+    suppressions: list[TracedSuppressionOut] = Field(
+        description="the address's suppression entries (this key's; every key's for an "
+                    "operator key)")
+
+
 class RecipientsPageOut(BaseModel):
     recipients: list[RecipientOut]
     next_after: int | None = Field(description="pass as ?after= for the next page")

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 import defaults
 import job_control
 import metrics
+from addresses import InvalidAddress, normalize_address
 from api_keys import KeyVerifier
 from api_schemas import (EnqueueOut, RetryIn, SendTemplateEmailsIn, StoredTemplateIn,
                          SuppressionIn, TemplateIn)
@@ -25,7 +26,7 @@ from openapi_doc import openapi_document
 from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS, Job, StoredTemplate
 from settings import Settings, load_settings
 from views import (job_view, recipient_view, runner_view, sender_view, suppression_view,
-                   template_view)
+                   template_view, trace_view)
 
 log = logging.getLogger("mailjobs.api")
 
@@ -291,6 +292,24 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         rows = dao.recipients_page(job_id, status, after or 0, limit)
         return jsonify({"recipients": [recipient_view(r) for r in rows],
                         "next_after": rows[-1].id if len(rows) == limit else None})
+
+    @app.get("/api/recipients")
+    def trace_address() -> Response:
+        """Why did (or didn't) this address get our mail: its rows across jobs."""
+        raw = (request.args.get("email") or "").strip()
+        if not raw:
+            raise RequestRejected(400, "validation_error", "email is required",
+                                  [("email", "required")])
+        try:
+            email = normalize_address(raw)
+        except InvalidAddress as exc:
+            raise RequestRejected(400, "validation_error", f"email is not an address: {exc}",
+                                  [("email", str(exc))]) from None
+        limit = _int_arg("limit", defaults.PAGE_SIZE, 1, defaults.MAX_PAGE_SIZE)
+        before = _int_arg("before", None, 1)
+        owner = None if g.api_key.is_operator else g.api_key.id
+        return jsonify(trace_view(email, dao.recipients_by_email(email, owner, before, limit),
+                                  limit, dao.suppressions_of_email(email, owner)))
 
     def _operator() -> None:
         if not g.api_key.is_operator:

@@ -8,7 +8,8 @@ from typing import Any, Protocol
 import job_control
 from dao_mysql import Dao
 from settings import Settings
-from views import job_view, recipient_view, runner_view, sender_view
+from addresses import InvalidAddress, normalize_address
+from views import job_view, recipient_view, runner_view, sender_view, trace_view
 
 
 class BackendError(Exception):
@@ -24,6 +25,7 @@ class Backend(Protocol):
     def retry(self, job_id: int, statuses: list[str], codes: list[str]) -> dict[str, Any]: ...
     def runners(self) -> list[dict[str, Any]]: ...
     def senders(self) -> list[dict[str, Any]]: ...
+    def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]: ...
 
 
 class LocalBackend:
@@ -73,6 +75,14 @@ class LocalBackend:
     def runners(self) -> list[dict[str, Any]]:
         stale = 3 * self.settings.heartbeat_interval
         return [runner_view(r, stale) for r in self.dao.runners(100)]
+
+    def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]:
+        try:
+            email = normalize_address(email.strip())
+        except InvalidAddress as exc:
+            raise BackendError(f"{email!r} is not an address: {exc}") from None
+        return trace_view(email, self.dao.recipients_by_email(email, None, before, limit), limit,
+                          self.dao.suppressions_of_email(email, None))
 
     def senders(self) -> list[dict[str, Any]]:
         limits = (self.settings.sender_rate_per_minute, self.settings.sender_daily_cap)
@@ -130,3 +140,7 @@ class RemoteBackend:
 
     def senders(self) -> list[dict[str, Any]]:
         return self._call("GET", "/api/senders")["senders"]
+
+    def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]:
+        params = {"email": email, "limit": limit, **({"before": before} if before else {})}
+        return self._call("GET", "/api/recipients", params=params)

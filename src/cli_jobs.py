@@ -130,6 +130,35 @@ def recipients_cmd(ctx: click.Context, job_id: int, status: str | None, limit: i
     _emit(page, as_json, human)
 
 
+@cli.command("trace")
+@click.argument("email")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--before", type=int, help="next_before of the previous page")
+@json_option
+@click.pass_context
+def trace_cmd(ctx: click.Context, email: str, limit: int, before: int | None,
+              as_json: bool) -> None:
+    """Did EMAIL get our mail? Its rows in every job, newest first, and its suppressions."""
+    found = _run(ctx, lambda b: b.trace(email, limit, before))
+
+    def human(t: dict[str, Any]) -> None:
+        if not t["recipients"]:
+            click.echo(f"{t['email']}: in no job")
+        else:
+            _table(["JOB", "JOB_STATUS", "RECIPIENT", "STATUS", "ATTEMPTS", "SENT_AT",
+                    "ERROR_CODE", "ERROR"],
+                   [[r["job_id"], r["job_status"], r["id"], r["status"], r["attempts"],
+                     r["sent_at"], r["error_code"], (r["error"] or "")[:70]]
+                    for r in t["recipients"]])
+        if t["next_before"]:
+            click.echo(f"more: --before {t['next_before']}")
+        for x in t["suppressions"]:
+            click.echo(f"suppressed for API key {x['api_key_id']} since {x['created_at']}: "
+                       f"{x['reason']}" + (f" (job {x['job_id']})" if x["job_id"] else "")
+                       + (f": {x['detail']}" if x["detail"] else ""))
+    _emit(found, as_json, human)
+
+
 def _control(action: str, help_text: str) -> None:
     @cli.command(action, help=help_text)
     @click.argument("job_id", type=int)

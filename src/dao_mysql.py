@@ -358,6 +358,15 @@ class Dao:
     def runners(self, limit: int = 100) -> list[dict[str, Any]]:
         return [_runner(row) for row in self._all("all_runners", (limit,))]
 
+    def recipients_by_email(self, email: str, api_key_id: int | None, before: int | None,
+                            limit: int) -> list[tuple[Recipient, str, str, int]]:
+        """An address's recipient rows across jobs, newest first, with each job's status,
+        sender and key: one key's jobs, or (None) every key's. Keyset paged by `before`."""
+        rows = self._all("recipients_by_email", {
+            "email": email, "api_key_id": api_key_id, "limit": limit,
+            "before": before if before is not None else 2**63 - 1})
+        return [(_recipient(row[:19]), row[19], row[20], int(row[21])) for row in rows]
+
     # --- claiming -------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[Claimable]:
         return [Claimable(int(i), s, int(p), int(k))
@@ -709,6 +718,11 @@ class Dao:
                           reason: str | None = None) -> list[Any]:
         rows = self._all("suppressions_page", {"api_key_id": api_key_id, "after": after,
                                                "limit": limit, "reason": reason})
+        return [self._suppression(r) for r in rows]
+
+    def suppressions_of_email(self, email: str, api_key_id: int | None) -> list[Any]:
+        """An address's suppression entries: one key's, or (None) every key's."""
+        rows = self._all("suppressions_of_email", {"email": email, "api_key_id": api_key_id})
         return [self._suppression(r) for r in rows]
 
     def remove_suppression(self, api_key_id: int, email: str) -> bool:

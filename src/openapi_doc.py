@@ -12,7 +12,8 @@ from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS
 _MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.EnqueueOut, s.ErrorOut, s.JobOut,
            s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut,
            s.StoredTemplateIn, s.TemplateIn, s.TemplateOut, s.TemplatesOut,
-           s.TemplateVersionsOut, s.SuppressionIn, s.SuppressionOut, s.SuppressionsPageOut]
+           s.TemplateVersionsOut, s.SuppressionIn, s.SuppressionOut, s.SuppressionsPageOut,
+           s.AddressTraceOut]
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -104,6 +105,17 @@ def openapi_document() -> dict[str, Any]:
                                       {"type": "integer", "minimum": 0})],
                 "responses": {"200": _json(s.RecipientsPageOut, "one page of recipients"),
                               **_errors(400, 401, 404, 503)}}},
+            "/api/recipients": {"get": {
+                "summary": "One address across jobs: every recipient row (newest first) and its "
+                           "suppressions; this key's jobs, every key's for an operator key",
+                "parameters": [_param("email", "query", "the address (any case)",
+                                      {"type": "string", "minLength": 1}, required=True),
+                               _param("limit", "query", "page size (1-1000, default 100)",
+                                      {"type": "integer", "minimum": 1, "maximum": 1000}),
+                               _param("before", "query", "next_before of the previous page",
+                                      {"type": "integer", "minimum": 1})],
+                "responses": {"200": _json(s.AddressTraceOut, "the address's rows"),
+                              **_errors(400, 401, 503)}}},
             "/api/templates": {
                 "post": {"summary": "Store a new template (version 1)",
                          "requestBody": {"required": True, "content": {

@@ -83,6 +83,18 @@ FROM job_recipients
 WHERE job_id = %(job_id)s AND status = %(status)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
 
+-- name: recipients_by_email
+-- Every recipient row of one address (case-insensitive: the column's collation), newest first,
+-- keyset paged by id; %(api_key_id)s NULL: every key's jobs (operators).
+SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts, r.next_attempt_at,
+       r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id, r.error_code, r.error,
+       r.sent_at, r.created_at, r.updated_at, r.in_doubt, r.attempts_base,
+       j.status, j.sender_email, j.api_key_id
+FROM job_recipients r JOIN jobs j ON j.id = r.job_id
+WHERE r.to_email = %(email)s AND r.id < %(before)s
+  AND (%(api_key_id)s IS NULL OR j.api_key_id = %(api_key_id)s)
+ORDER BY r.id DESC LIMIT %(limit)s;
+
 -- ===== runners ================================================================================
 
 -- name: runner_heartbeat
@@ -444,6 +456,13 @@ ON DUPLICATE KEY UPDATE id = id;
 -- name: suppression_by_email
 SELECT id, api_key_id, email, reason, job_id, recipient_id, detail, created_at
 FROM suppressions WHERE api_key_id = %s AND email = LOWER(%s);
+
+-- name: suppressions_of_email
+-- One address's entries; %(api_key_id)s NULL: every key's (operators).
+SELECT id, api_key_id, email, reason, job_id, recipient_id, detail, created_at
+FROM suppressions
+WHERE email = LOWER(%(email)s) AND (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
+ORDER BY id;
 
 -- name: suppressions_page
 -- A key's list in id order, keyset paged; %(reason)s NULL lists every reason.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from api_schemas import ErrorSummary, JobOut, RecipientOut, SuppressionOut, TemplateOut
+from api_schemas import (AddressTraceOut, ErrorSummary, JobOut, RecipientOut, SuppressionOut,
+                         TemplateOut, TracedRecipientOut, TracedSuppressionOut)
 from records import Job, Recipient, StoredTemplate
 from scheduling import PRIORITY_NAMES
 
@@ -36,6 +37,25 @@ def recipient_view(r: Recipient) -> dict[str, Any]:
                         message_id=r.message_id, gmail_message_id=r.gmail_message_id,
                         sent_at=r.sent_at, next_attempt_at=r.next_attempt_at
                         ).model_dump(mode="json")
+
+
+def trace_view(email: str, rows: list[tuple[Recipient, str, str, int]], limit: int,
+               suppressions: list[Any]) -> dict[str, Any]:
+    """GET /api/recipients?email=: an address's recipient rows across jobs and its suppressions."""
+    return AddressTraceOut(
+        email=email,
+        recipients=[TracedRecipientOut(
+            id=r.id, to_email=r.to_email, name=r.name, status=r.status, attempts=r.attempts,
+            error_code=r.error_code, error=r.error, message_id=r.message_id,
+            gmail_message_id=r.gmail_message_id, sent_at=r.sent_at,
+            next_attempt_at=r.next_attempt_at, job_id=r.job_id, job_status=job_status,
+            sender_email=sender, created_at=r.created_at) for r, job_status, sender, _ in rows],
+        next_before=rows[-1][0].id if len(rows) == limit else None,
+        suppressions=[TracedSuppressionOut(
+            api_key_id=x.api_key_id, reason=x.reason, job_id=x.job_id,
+            recipient_id=x.recipient_id, detail=x.detail, created_at=x.created_at)
+            for x in suppressions],
+    ).model_dump(mode="json")
 
 
 def _iso(value: Any) -> Any:
