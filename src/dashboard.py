@@ -26,6 +26,7 @@ from flask import (Blueprint, Flask, Response, abort, g, redirect, render_templa
                    session, url_for)
 from werkzeug.exceptions import HTTPException
 
+from addresses import InvalidAddress, normalize_address
 from api_keys import KeyVerifier
 from dao_mysql import Dao, DatabaseUnavailable
 from records import JOB_STATUSES, RECIPIENT_STATUSES, ApiKey
@@ -37,6 +38,7 @@ log = logging.getLogger("mailjobs.dashboard")
 DEV_SECRET_FILE = PROJECT_ROOT / "var" / "secret_key"
 JOBS_PER_PAGE = 25
 FAILED_PER_PAGE = 100
+TRACE_PER_PAGE = 50
 SESSION_LIFETIME = timedelta(hours=12)
 # Minutes per bar of the send-rate chart: the smallest that keeps it at most CHART_MAX_BARS bars.
 CHART_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 240, 360, 720, 1440)
@@ -325,6 +327,24 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             chart=send_rate_chart(dao.send_rate(job_id)), failed=failed, failed_after=after,
             next_failed=failed[-1].id if more else None,
             active=found.status in ("queued", "running", "scheduled"))
+
+    @bp.get("/recipients")
+    def trace() -> str:
+        """One address across every key's jobs: the operators' "did ann@ get it?" page."""
+        raw = (request.args.get("email") or "").strip()
+        if not raw:
+            return render_template("dashboard/trace.html", email="", rows=None, error=None)
+        try:
+            email = normalize_address(raw)
+        except InvalidAddress as exc:
+            return render_template("dashboard/trace.html", email=raw, rows=None,
+                                   error=f"That is not an email address: {exc}"), 400
+        before = _int_arg("before", 0) or None
+        rows = dao.recipients_by_email(email, None, before, TRACE_PER_PAGE + 1)
+        more, rows = len(rows) > TRACE_PER_PAGE, rows[:TRACE_PER_PAGE]
+        return render_template("dashboard/trace.html", email=email, rows=rows, error=None,
+                               suppressions=dao.suppressions_of_email(email, None),
+                               next_before=rows[-1][0].id if more else None)
 
     @bp.get("/runners")
     def runners() -> str:

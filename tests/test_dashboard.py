@@ -81,7 +81,7 @@ def test_a_non_operator_key_and_a_wrong_key_are_refused(client, key, op_key):
 
 @pytest.mark.parametrize("path", ["/dashboard/", "/dashboard/?status=failed", "/dashboard/jobs/1",
                                   "/dashboard/jobs/1?failed_after=5", "/dashboard/runners",
-                                  "/dashboard/senders"])
+                                  "/dashboard/senders", "/dashboard/recipients?email=a@b.org"])
 def test_every_page_redirects_to_the_login_when_logged_out(client, path):
     r = client.get(path)
     assert r.status_code == 302
@@ -223,6 +223,33 @@ def test_a_long_job_is_charted_in_buckets_of_several_minutes():
     assert chart["bucket"] == 10 and len(chart["bars"]) == 100
     assert chart["peak"] == "30" and chart["minutes"] == 999
     assert dashboard.send_rate_chart([]) is None
+
+
+def test_the_address_page_traces_every_keys_jobs_and_escapes_what_it_shows(
+        client, key, make_key, op_key, dao):
+    other = make_key(senders=["*"], name="other-app")
+    mine = post(client, key, body(2)).json["job_id"]
+    theirs = post(client, other, body(1)).json["job_id"]
+    sql(dao, "UPDATE job_recipients SET status='failed', error_code='gmail_400', "
+             "error='<script>alert(1)</script> Invalid To' WHERE job_id=%s", (theirs,))
+    client.post("/api/suppressions", json={"email": "user0@example.com"},
+                headers={"X-API-Key": key})
+    login(client, op_key)
+    empty = client.get("/dashboard/recipients")
+    assert empty.status_code == 200 and 'id="find-email"' in empty.text
+    page = client.get("/dashboard/recipients", query_string={"email": "USER0@example.com"})
+    assert page.status_code == 200
+    assert page.text.count('href="/dashboard/jobs/') >= 2
+    rows = page.text.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
+    assert [f"job {theirs}" in rows[0], f"job {mine}" in rows[1]] == [True, True]  # newest first
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>" not in page.text
+    assert "gmail_400" in rows[0] and "st-queued" in rows[1]
+    assert "for API key" in page.text and "manual" in page.text              # suppressed
+    bad = client.get("/dashboard/recipients", query_string={"email": "<b>nope"})
+    assert bad.status_code == 400 and "not an email address" in bad.text
+    assert "<b>nope" not in bad.text
+    none = client.get("/dashboard/recipients", query_string={"email": "nobody@example.com"})
+    assert "No job has had" in none.text
 
 
 def test_runners_page_marks_a_stale_runner_and_senders_show_quota(client, op_key, dao):
@@ -407,6 +434,16 @@ def test_the_dashboard_in_a_real_headless_chromium(client, dao, make_key, op_key
             assert page.locator(".tile.failed .n").inner_text() == str(counts["failed"])
             page.screenshot(path=str(shots / "dashboard-job.png"), full_page=True)
 
+            # "user5 says they never got it": the address box in the header
+            page.fill("#find-email", "User5@example.com")
+            page.press("#find-email", "Enter")
+            page.wait_for_url(re.compile(r".*/dashboard/recipients\?email=User5%40example\.com$"))
+            traced = page.locator("table.trace tbody tr")
+            assert traced.count() == 5                           # one row in each job
+            assert "template_error" in traced.nth(4).inner_text()    # the oldest: job 1
+            assert page.locator("table.trace .badge.st-sent").count() >= 1
+            page.screenshot(path=str(shots / "dashboard-trace.png"), full_page=True)
+
             page.click("header nav >> text=Senders")
             page.wait_for_url(f"{base}/dashboard/senders")
             text = page.locator("main").inner_text()
@@ -422,4 +459,4 @@ def test_the_dashboard_in_a_real_headless_chromium(client, dao, make_key, op_key
         server.shutdown()
     assert sorted(p.name for p in shots.glob("dashboard-*.png")) == [
         "dashboard-job.png", "dashboard-jobs.png", "dashboard-runners.png",
-        "dashboard-senders.png"]
+        "dashboard-senders.png", "dashboard-trace.png"]
