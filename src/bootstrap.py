@@ -20,9 +20,24 @@ log = logging.getLogger("mailjobs")
 DEV_KEY_FILE = PROJECT_ROOT / "var" / "dev_api_key"
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object per record: ts, level, logger, message, the record's `extra` fields (the
+    runner's job_id, recipient_id, ...) and, for an exception, exc_info as text."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter("{asctime}{levelname}{name}{message}", style="{",
+                         rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"})
+
+
+def configure_logging(level: str, fmt: str = defaults.LOG_FORMAT) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    if fmt == "json":
+        logging.captureWarnings(True)   # library warnings too: every line is one JSON object
 
 
 def ensure_database(settings: Settings, stop_at_exit: bool = True) -> Settings:

@@ -41,7 +41,7 @@ def cli(ctx: click.Context, url: str | None, key: str | None) -> None:
         settings = load_settings()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    bootstrap.configure_logging(settings.log_level)
+    bootstrap.configure_logging(settings.log_level, settings.log_format)
     ctx.ensure_object(dict)
     ctx.obj.update(settings=settings, url=url, key=key)
 

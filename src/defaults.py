@@ -63,6 +63,9 @@ EXPECT_RUNNERS = 0
 POLL_INTERVAL = 0.5
 # Seconds between heartbeat row writes; a runner is dead after 3 x this without one.
 HEARTBEAT_INTERVAL = 5.0
+# Log lines as `text` (human) or `json` (one object per line: ts, level, logger, message, and on
+# each recipient's outcome job_id, recipient_id, to_email, outcome, error_code, attempt, runner).
+LOG_FORMAT = "text"
 # Seconds between INFO heartbeat log lines.
 HEARTBEAT_LOG_INTERVAL = 30.0
 # Seconds a claim is valid; renewed every third of it while the work goes on. Work whose lease

@@ -307,33 +307,40 @@ class JobRunner:
         if o.result in (SENT, FAILED, EXPIRED):
             self._progress[job_id] = self._progress.get(job_id, 0) + 1
         where = f"job={job_id} [{self._progress.get(job_id, 0)}/{o.job.total}]"
+        # the same facts as fields, for LOG_FORMAT=json (the text format shows the message only)
+        extra = {"job_id": job_id, "recipient_id": r.id, "to_email": r.to_email,
+                 "outcome": "recovered" if o.recovered else o.result,
+                 "error_code": o.error_code, "attempt": r.attempts, "runner": self.id}
         if o.result == SENT:
             self.stats.sent += 1
             self.stats.since_log_sent += 1
             if o.recovered:
                 log.warning("%s in-doubt send to %s recovered: found at Gmail as %s (%s), not "
                             "sent again; recipient=%d", where, r.to_email, o.provider_id,
-                            r.message_id, r.id)
+                            r.message_id, r.id, extra=extra)
                 return
             log.info("%s sent to %s provider_id=%s recipient=%d attempt=%d", where, r.to_email,
-                     o.provider_id, r.id, r.attempts)
+                     o.provider_id, r.id, r.attempts, extra=extra)
         elif o.result == EXPIRED:
-            log.warning("%s expired %s: %s recipient=%d", where, r.to_email, o.error, r.id)
+            log.warning("%s expired %s: %s recipient=%d", where, r.to_email, o.error, r.id,
+                        extra=extra)
         elif o.result == SUPPRESSED:
-            log.info("%s suppressed %s: %s recipient=%d", where, r.to_email, o.error, r.id)
+            log.info("%s suppressed %s: %s recipient=%d", where, r.to_email, o.error, r.id,
+                     extra=extra)
         elif o.result == HOLD:
             self.stats.failed += 1
             self.stats.since_log_failed += 1
-            log.warning("%s held in doubt %s: %s recipient=%d", where, r.to_email, o.error, r.id)
+            log.warning("%s held in doubt %s: %s recipient=%d", where, r.to_email, o.error,
+                        r.id, extra=extra)
         elif o.result == FAILED:
             self.stats.failed += 1
             self.stats.since_log_failed += 1
             log.warning("%s failed %s: %s [%s] recipient=%d attempt=%d", where, r.to_email,
-                        o.error, o.error_code, r.id, r.attempts)
+                        o.error, o.error_code, r.id, r.attempts, extra=extra)
         else:
             self.stats.retried += 1
             log.warning("%s retry %s in %.1f s: %s [%s] recipient=%d attempt=%d", where,
-                        r.to_email, o.delay, o.error, o.error_code, r.id, r.attempts)
+                        r.to_email, o.delay, o.error, o.error_code, r.id, r.attempts, extra=extra)
 
     def _sender_action(self, o: Outcome) -> None:
         sender = o.job.sender_email

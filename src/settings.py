@@ -80,6 +80,7 @@ class Settings:
     db_pool_timeout: float = defaults.DB_POOL_TIMEOUT
     db_retry_attempts: int = defaults.DB_RETRY_ATTEMPTS
     log_level: str = "INFO"
+    log_format: str = defaults.LOG_FORMAT
     embedded_runner: bool = defaults.EMBEDDED_RUNNER
     expect_runners: int = defaults.EXPECT_RUNNERS
     poll_interval: float = defaults.POLL_INTERVAL
@@ -134,7 +135,8 @@ class Settings:
     def __post_init__(self) -> None:
         choices = {"mail_transport": ("", "gmail", "smtp", "outbox", "null"),
                    "in_doubt_policy": ("auto", "check", "resend", "hold"),
-                   "smtp_security": ("starttls", "ssl", "none")}
+                   "smtp_security": ("starttls", "ssl", "none"),
+                   "log_format": ("text", "json")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.upper()} must be one of {', '.join(filter(None, allowed))},"

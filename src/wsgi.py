@@ -11,5 +11,5 @@ from bootstrap import configure_logging
 from settings import load_settings
 
 settings = load_settings()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 app = create_app(settings)

@@ -72,3 +72,7 @@ def test_a_bad_setting_is_refused_with_its_name(monkeypatch):
     monkeypatch.setenv("IN_DOUBT_POLICY", "sometimes")
     with pytest.raises(ValueError, match="IN_DOUBT_POLICY must be one of"):
         load_settings(dotenv=False)
+    monkeypatch.setenv("IN_DOUBT_POLICY", "check")
+    monkeypatch.setenv("LOG_FORMAT", "xml")
+    with pytest.raises(ValueError, match="LOG_FORMAT must be one of text, json"):
+        load_settings(dotenv=False)

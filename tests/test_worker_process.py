@@ -3,6 +3,7 @@ hand finishes, unsent claims are released, the runner row says stopped); a secon
 at once."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -91,3 +92,30 @@ def test_a_second_signal_exits_at_once(client, key, dao, database, fake):
         if worker.poll() is None:
             worker.kill()
     assert worker.returncode == 130
+
+
+def test_with_log_format_json_every_line_is_an_object_with_the_recipients_fields(
+        client, key, dao, database, fake):
+    fake.fail_next(400, "invalidArgument", "Invalid To header", count=1)
+    job_id = post(client, key, body(3)).json["job_id"]
+    worker = start_worker(database, fake, dao, LOG_FORMAT="json")
+    try:
+        wait_for(lambda: dao.job(job_id).status == "completed_with_errors", 30,
+                 message="job done")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, out
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]   # all JSON
+    assert all({"ts", "level", "logger", "message"} <= set(x) for x in lines)
+    outcomes = {x["recipient_id"]: x for x in lines if "outcome" in x}
+    rows = {r.id: r for r in recipients(dao, job_id)}
+    assert set(outcomes) == set(rows)                   # one outcome line per recipient
+    for rid, x in outcomes.items():
+        assert (x["job_id"], x["to_email"], x["outcome"], x["attempt"]) == \
+            (job_id, rows[rid].to_email, rows[rid].status, rows[rid].attempts)
+        assert x["runner"].startswith("r-") and f"recipient={rid}" in x["message"]
+    failed = [x for x in outcomes.values() if x["outcome"] == "failed"]
+    assert [(x["level"], x["error_code"]) for x in failed] == [("WARNING", "gmail_400")]
+    assert any(x["message"].startswith("runner ") and "started (worker" in x["message"]
+               for x in lines)
