@@ -152,7 +152,10 @@ UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, UTC_TIMEST
 WHERE id = %s AND status IN ('queued', 'scheduled', 'paused');
 
 -- name: ensure_sender
-INSERT IGNORE INTO senders (email, tokens, tokens_at) VALUES (%s, 0, UTC_TIMESTAMP(6));
+-- A new sender's bucket starts full (its refill time long past: allowance() caps it at the
+-- burst capacity), so its first mail goes at once, like any token bucket's.
+INSERT IGNORE INTO senders (email, tokens, tokens_at)
+VALUES (%s, 0, UTC_TIMESTAMP(6) - INTERVAL 1 DAY);
 
 -- name: lock_sender
 SELECT rate_per_minute, daily_cap, tokens,

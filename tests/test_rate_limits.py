@@ -39,6 +39,15 @@ def test_bucket_arithmetic():
     assert allowance(Limits(0, 0, 5), 100, 0, None, 0).count == 100
 
 
+def test_a_new_senders_bucket_starts_full_so_its_first_mails_go_at_once(client, key, dao):
+    job_id = post(client, key, body(5)).json["job_id"]
+    limits = Limits(rate_per_minute=60, daily_cap=0, burst_seconds=3)
+    rows, reason = dao.claim(job_id, "ops@example.com", "r-1", 5, 30, limits)
+    assert len(rows) == 3 and reason == "rate limit 60/min"      # the burst, not nothing
+    rows, reason = dao.claim(job_id, "ops@example.com", "r-1", 5, 30, limits)
+    assert rows == [] and reason == "rate limit 60/min"          # then 1/s
+
+
 def test_the_rate_limit_holds_across_two_runners(client, key, dao):
     RecordingTransport.times = []
     job_id = post(client, key, body(12)).json["job_id"]
