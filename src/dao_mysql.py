@@ -252,6 +252,7 @@ class Dao:
             return self._run(cur, "revoke_api_key", (id_or_prefix, id_or_prefix)) > 0
 
     # --- jobs -----------------------------------------------------------------------------
+    @_rerun_on_conflict
     def create_job(self, job: NewJob, recipients: Sequence[NewRecipient]) -> int:
         """Store a job and all its recipients in one transaction; returns the job id.
 
@@ -372,6 +373,7 @@ class Dao:
         return [Claimable(int(i), s, int(p), int(k))
                 for i, s, p, k in self._all("claimable_jobs", (limit,))]
 
+    @_rerun_on_conflict
     def expire_due_jobs(self, limit: int = 20) -> list[int]:
         """Recipients of jobs past expires_at that were not sent end 'expired'; returns the
         jobs touched (the caller finishes them)."""
@@ -502,6 +504,7 @@ class Dao:
                 if count:
                     self._run(cur, "add_sender_sends", (sender, -count, -count))
 
+    @_rerun_on_conflict
     def finish_job_if_done(self, job_id: int) -> Job | None:
         """When no recipient is left to send, set the job's final status; returns the job then."""
         with self.transaction() as cur:
@@ -535,6 +538,7 @@ class Dao:
                 self._all("error_summary", (job_id,))]
 
     # --- job control ----------------------------------------------------------------------
+    @_rerun_on_conflict
     def control_job(self, job_id: int, action: str, decide: Any,
                     statuses: Sequence[str] = (), codes: Sequence[str] = ()) -> int:
         """Run one control action in a transaction with the job row locked.
@@ -580,11 +584,13 @@ class Dao:
             self._run(cur, "ensure_sender", (sender,))
         self._known_senders.add(sender)
 
+    @_rerun_on_conflict
     def defer_sender(self, sender: str, seconds: float, reason: str) -> None:
         self._ensure_sender(sender, cached=False)
         with self.transaction() as cur:
             self._run(cur, "defer_sender", (int(seconds * 1_000_000), reason[:1000], sender))
 
+    @_rerun_on_conflict
     def pause_sender(self, sender: str, auth_state: str, reason: str, paused_by: str,
                      failed_at: datetime | None = None) -> int | None:
         """Mark the sender broken and pause its queued/running jobs; returns jobs paused.
@@ -702,6 +708,7 @@ class Dao:
                            int(row[4]) if row[4] is not None else None,
                            int(row[5]) if row[5] is not None else None, row[6], row[7])
 
+    @_rerun_on_conflict
     def add_suppression(self, api_key_id: int, email: str, reason: str,
                         job_id: int | None = None, recipient_id: int | None = None,
                         detail: str | None = None) -> tuple[Any, bool]:
@@ -798,6 +805,7 @@ class Dao:
                 known.update(row[0] for row in cur.fetchall())
         return known
 
+    @_rerun_on_conflict
     def record_bounce(self, sender: str, gmail_id: str, message_id: str | None,
                       kind: str | None, error_code: str | None,
                       error: str | None) -> dict[str, Any] | None:

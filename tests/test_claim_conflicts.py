@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import pymysql
 
+from api_server import create_app
 from dao_mysql import Dao
 from rate_limit import Limits
 from test_api_enqueue import body, post
@@ -61,48 +64,87 @@ def test_runners_making_their_first_claim_for_a_new_sender_do_not_deadlock(clien
     assert _deadlocks(dao) == before, "a first claim for a new sender deadlocked"
 
 
-def test_a_claim_that_times_out_on_a_lock_is_run_again(client, key, dao, caplog):
-    sender = "busy@example.org"
-    job_id = _job_for(client, key, sender)
+@contextmanager
+def short_lock_waits(dao: Dao) -> Iterator[pymysql.connections.Connection]:
+    """innodb_lock_wait_timeout = 1 s for connections made inside (then restored); yields a
+    connection of "another runner" to hold locks with."""
     p = dao.params
     other = pymysql.connect(host=p.host, port=p.port, user=p.user, password=p.password,
                             database=p.database, unix_socket=p.unix_socket, autocommit=False)
     with other.cursor() as cur:
         cur.execute("SELECT @@GLOBAL.innodb_lock_wait_timeout")
         saved = int(cur.fetchone()[0])
-        cur.execute("SET GLOBAL innodb_lock_wait_timeout = 1")   # for connections made now
-    claimer = Dao(dao.settings)
-    outcome: dict[str, object] = {}
-
-    def claim() -> None:
-        try:
-            outcome["rows"] = claimer.claim(job_id, sender, "r-waiting", 10, 30, UNLIMITED)[0]
-        except Exception as exc:   # noqa: BLE001 - asserted below
-            outcome["raised"] = exc
-
+        cur.execute("SET GLOBAL innodb_lock_wait_timeout = 1")
     try:
-        with other.cursor() as cur:
-            cur.execute("INSERT IGNORE INTO senders (email, tokens, tokens_at) "
-                        "VALUES (%s, 0, UTC_TIMESTAMP(6))", (sender,))
-            other.commit()
-            # another runner's claim holds the sender's row past the lock wait timeout
-            cur.execute("SELECT email FROM senders WHERE email = %s FOR UPDATE", (sender,))
-            with caplog.at_level(logging.INFO, logger="mailjobs.db"):
-                t = threading.Thread(target=claim)
-                t.start()
-                t.join(1.6)            # one wait has timed out (1205) by now
-                other.commit()         # the other claim ends; the retry gets the lock
-                t.join(30)
-            assert not t.is_alive()
+        yield other
     finally:
+        other.rollback()
         with other.cursor() as cur:
             cur.execute(f"SET GLOBAL innodb_lock_wait_timeout = {saved}")
         other.close()
-        claimer.close()
+
+
+def _held_past_the_timeout(other, lock_sql: str, args, call) -> dict[str, object]:
+    """Hold a row lock in `other` while `call` runs, past one lock wait timeout, then let go."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except Exception as exc:   # noqa: BLE001 - asserted by the caller
+            outcome["raised"] = exc
+
+    with other.cursor() as cur:
+        cur.execute(lock_sql, args)
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(1.6)            # one wait has timed out (1205) by now
+        other.commit()         # the other transaction ends; the re-run gets the lock
+        t.join(30)
+    assert not t.is_alive()
+    return outcome
+
+
+def test_a_claim_that_times_out_on_a_lock_is_run_again(client, key, dao, caplog):
+    sender = "busy@example.org"
+    job_id = _job_for(client, key, sender)
+    with short_lock_waits(dao) as other, caplog.at_level(logging.INFO, logger="mailjobs.db"):
+        with other.cursor() as cur:
+            cur.execute("INSERT IGNORE INTO senders (email, tokens, tokens_at) "
+                        "VALUES (%s, 0, UTC_TIMESTAMP(6))", (sender,))
+        other.commit()
+        claimer = Dao(dao.settings)
+        try:   # another runner's claim holds the sender's row past the lock wait timeout
+            outcome = _held_past_the_timeout(
+                other, "SELECT email FROM senders WHERE email = %s FOR UPDATE", (sender,),
+                lambda: claimer.claim(job_id, sender, "r-waiting", 10, 30, UNLIMITED)[0])
+        finally:
+            claimer.close()
     assert "raised" not in outcome, outcome.get("raised")
-    assert len(outcome["rows"]) == 3
+    assert len(outcome["result"]) == 3
     assert any("claim lost a lock conflict" in r.getMessage() and "1205" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_job_control_call_that_times_out_on_a_lock_is_run_again_not_a_503(
+        client, key, dao, caplog):
+    """Found by the fault suite: a retry by error code deadlocked with a runner's writes and the
+    API answered 503 database_unavailable."""
+    job_id = _job_for(client, key, "ops@example.com")
+    with short_lock_waits(dao) as other, caplog.at_level(logging.INFO, logger="mailjobs.db"):
+        api_dao = Dao(dao.settings)
+        try:
+            api = create_app(dao.settings, api_dao).test_client()
+            outcome = _held_past_the_timeout(
+                other, "SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,),
+                lambda: api.post(f"/api/jobs/{job_id}/pause", headers={"X-API-Key": key}))
+        finally:
+            api_dao.close()
+    assert "raised" not in outcome, outcome.get("raised")
+    response = outcome["result"]
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "paused"
+    assert any("control_job lost a lock conflict" in r.getMessage() for r in caplog.records)
 
 
 def test_a_sender_row_deleted_under_a_running_process_is_created_again(client, key, dao):
