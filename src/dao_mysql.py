@@ -436,10 +436,16 @@ class Dao:
             cur.execute(self.queries["claim_recipients"].format(ids=marks),
                         (runner_id, lease, lease, secrets.token_hex(4), domain, *ids))
             if limits.daily_cap > 0:
-                self._run(cur, "add_sender_sends", (sender, len(ids), len(ids)))
+                self._add_sender_sends(cur, {sender: len(ids)})
             self._run(cur, "start_job", (job_id,))
             cur.execute(self.queries["claimed_rows"].format(ids=marks), ids)
             return [_recipient(row) for row in cur.fetchall()], allowed.reason
+
+    def _add_sender_sends(self, cur: Any, sends: dict[str, int]) -> None:
+        """Reserve (positive) or give back (negative) sends in each sender's hourly bucket."""
+        for sender, n in sends.items():
+            if n:
+                self._run(cur, "add_sender_sends", (sender, n, n))
 
     @_rerun_on_conflict
     def renew_leases(self, runner_id: str, ids: Sequence[int], lease: int) -> int:
@@ -466,9 +472,7 @@ class Dao:
                 n += cur.execute(
                     self.queries["cancel_claims"].format(ids=_placeholders(len(cancelled))),
                     (runner_id, *cancelled))
-            for sender, count in sender_refunds.items():
-                if count:
-                    self._run(cur, "add_sender_sends", (sender, -count, -count))
+            self._add_sender_sends(cur, {s: -count for s, count in sender_refunds.items()})
             return n
 
     # --- outcomes -------------------------------------------------------------------------
@@ -500,9 +504,7 @@ class Dao:
                     (code, err[:65000], int(delay * 1_000_000), 1 if refund else 0,
                      1 if doubt else 0, rid, runner_id)
                     for rid, code, err, delay, refund, doubt in retry])
-            for sender, count in (sender_refunds or {}).items():
-                if count:
-                    self._run(cur, "add_sender_sends", (sender, -count, -count))
+            self._add_sender_sends(cur, {s: -count for s, count in (sender_refunds or {}).items()})
 
     @_rerun_on_conflict
     def finish_job_if_done(self, job_id: int) -> Job | None:

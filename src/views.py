@@ -31,12 +31,13 @@ def template_view(t: StoredTemplate) -> dict[str, Any]:
                        text=t.text, created_at=t.created_at).model_dump(mode="json")
 
 
+def _recipient_fields(r: Recipient) -> dict[str, Any]:
+    """The fields of RecipientOut (and of its subclass TracedRecipientOut) from a row."""
+    return {name: getattr(r, name) for name in RecipientOut.model_fields}
+
+
 def recipient_view(r: Recipient) -> dict[str, Any]:
-    return RecipientOut(id=r.id, to_email=r.to_email, name=r.name, status=r.status,
-                        attempts=r.attempts, error_code=r.error_code, error=r.error,
-                        message_id=r.message_id, gmail_message_id=r.gmail_message_id,
-                        sent_at=r.sent_at, next_attempt_at=r.next_attempt_at
-                        ).model_dump(mode="json")
+    return RecipientOut(**_recipient_fields(r)).model_dump(mode="json")
 
 
 def trace_view(email: str, rows: list[tuple[Recipient, str, str, int]], limit: int,
@@ -45,10 +46,7 @@ def trace_view(email: str, rows: list[tuple[Recipient, str, str, int]], limit: i
     return AddressTraceOut(
         email=email,
         recipients=[TracedRecipientOut(
-            id=r.id, to_email=r.to_email, name=r.name, status=r.status, attempts=r.attempts,
-            error_code=r.error_code, error=r.error, message_id=r.message_id,
-            gmail_message_id=r.gmail_message_id, sent_at=r.sent_at,
-            next_attempt_at=r.next_attempt_at, job_id=r.job_id, job_status=job_status,
+            **_recipient_fields(r), job_id=r.job_id, job_status=job_status,
             sender_email=sender, created_at=r.created_at) for r, job_status, sender, _ in rows],
         next_before=rows[-1][0].id if len(rows) == limit else None,
         suppressions=[TracedSuppressionOut(

@@ -6,6 +6,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import pymysql
+
 from dao_mysql import Dao
 from job_runner import JobRunner
 from settings import Settings
@@ -77,3 +79,17 @@ def count_rows(dao: Dao, table: str) -> int:
     with dao.transaction() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {table}")
         return int(cur.fetchone()[0])
+
+
+def raw_connection(dao: Dao) -> pymysql.connections.Connection:
+    """A connection of its own, outside the pool (another runner holding locks, say)."""
+    p = dao.params
+    return pymysql.connect(host=p.host, port=p.port, user=p.user, password=p.password,
+                           database=p.database, unix_socket=p.unix_socket, autocommit=False)
+
+
+def innodb_deadlocks(dao: Dao) -> int:
+    """The server's count of deadlocks so far (SHOW GLOBAL STATUS)."""
+    with dao.transaction() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
+        return int(cur.fetchone()[1])

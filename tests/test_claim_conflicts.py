@@ -17,15 +17,10 @@ import pymysql
 from api_server import create_app
 from dao_mysql import Dao
 from rate_limit import Limits
+from runner_helpers import innodb_deadlocks, raw_connection
 from test_api_enqueue import body, post
 
 UNLIMITED = Limits(0, 0, 1)
-
-
-def _deadlocks(dao: Dao) -> int:
-    with dao.transaction() as cur:
-        cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
-        return int(cur.fetchone()[1])
 
 
 def _job_for(client, key, sender: str, n: int = 3) -> int:
@@ -38,7 +33,7 @@ def _job_for(client, key, sender: str, n: int = 3) -> int:
 
 def test_runners_making_their_first_claim_for_a_new_sender_do_not_deadlock(client, key, dao):
     threads_per_round, rounds = 6, 5
-    before = _deadlocks(dao)
+    before = innodb_deadlocks(dao)
     for round_no in range(rounds):
         sender = f"new{round_no}@example.org"   # no senders row yet
         jobs = [_job_for(client, key, sender) for _ in range(threads_per_round)]
@@ -61,16 +56,14 @@ def test_runners_making_their_first_claim_for_a_new_sender_do_not_deadlock(clien
         for d in daos:
             d.close()
         assert results == {i: 3 for i in range(len(jobs))}, results
-    assert _deadlocks(dao) == before, "a first claim for a new sender deadlocked"
+    assert innodb_deadlocks(dao) == before, "a first claim for a new sender deadlocked"
 
 
 @contextmanager
 def short_lock_waits(dao: Dao) -> Iterator[pymysql.connections.Connection]:
     """innodb_lock_wait_timeout = 1 s for connections made inside (then restored); yields a
     connection of "another runner" to hold locks with."""
-    p = dao.params
-    other = pymysql.connect(host=p.host, port=p.port, user=p.user, password=p.password,
-                            database=p.database, unix_socket=p.unix_socket, autocommit=False)
+    other = raw_connection(dao)
     with other.cursor() as cur:
         cur.execute("SELECT @@GLOBAL.innodb_lock_wait_timeout")
         saved = int(cur.fetchone()[0])

@@ -14,10 +14,9 @@ import logging
 import threading
 import time
 
-import pymysql
-
 from dao_mysql import DaoError
 from faults_tools import post_job
+from runner_helpers import innodb_deadlocks, raw_connection
 
 RUNNER = "r-deadlock-test"
 
@@ -37,9 +36,7 @@ def test_a_deadlock_mid_record_outcomes_is_run_again_whole(client, key, dao, cap
         cur.execute("UPDATE job_recipients SET status = 'sending', claimed_by = 'r-other' "
                     "WHERE id = %s", (retry_row,))
 
-    p = dao.params
-    other = pymysql.connect(host=p.host, port=p.port, user=p.user, password=p.password,
-                            database=p.database, unix_socket=p.unix_socket, autocommit=False)
+    other = raw_connection(dao)
     outcome: dict[str, object] = {}
 
     def record() -> None:   # the runner's flush: one sent, one retry, in one transaction
@@ -69,9 +66,7 @@ def test_a_deadlock_mid_record_outcomes_is_run_again_whole(client, key, dao, cap
             assert not recorder.is_alive()
     finally:
         other.close()
-    with dao.transaction() as cur:
-        cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
-        deadlocks = int(cur.fetchone()[1])
+    deadlocks = innodb_deadlocks(dao)
     after = {r.id: r for r in dao.recipients_page(job_id, None, 0, 2)}
     assert deadlocks > 0, "no deadlock happened: the scenario did not set up"
     status = after[sent_row].status
