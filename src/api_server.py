@@ -5,6 +5,11 @@ the whole service as `mailjobs serve` does.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # `python src/api_server.py`: stop signals handled before the imports
+    import entry
+
+    entry.install()
+
 import logging
 import threading
 from typing import Any
@@ -451,6 +456,6 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
 
 if __name__ == "__main__":
-    from cli import main
+    from entry import main
 
     main(["serve"])

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 
 import click
 
 import api_keys
 import bootstrap
+import entry
 import metrics
 import transports
-from job_runner import EmbeddedRunner, JobRunner, install_signal_handlers
+from job_runner import EmbeddedRunner, JobRunner
 from dao_mysql import Dao, DaoError
 from settings import Settings, load_settings
 
@@ -46,15 +46,15 @@ def cli(ctx: click.Context, url: str | None, key: str | None) -> None:
     ctx.obj.update(settings=settings, url=url, key=key)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _interrupt() -> None:
+    raise KeyboardInterrupt("stop signal")
 
 
 @cli.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Start the API (and, when DATABASE_URL is unset, a project-local MariaDB)."""
-    from waitress import serve as waitress_serve
+    from waitress import create_server
 
     from api_server import create_app
 
@@ -62,25 +62,33 @@ def serve(ctx: click.Context) -> None:
     settings = dao.settings
     key = bootstrap.dev_api_key(dao, bootstrap.dev_key_file(settings))
     transports.announce(settings)
-    embedded = None
-    if settings.embedded_runner:
-        factory = transports.transport_factory(settings, dao)
-        embedded = EmbeddedRunner(lambda: JobRunner(settings, dao, factory, kind="embedded"))
-        embedded.start()
-    app = create_app(settings, dao, runs_runner=embedded is not None)
-    click.echo(bootstrap.ready_line(settings, key), err=True)
-    # SIGTERM (systemd, kill) stops like Ctrl-C: the server returns, then the embedded runner
-    # finishes the messages in hand and releases its claims, then atexit handlers (the local
-    # MariaDB's clean shutdown) run.
-    signal.signal(signal.SIGTERM, _interrupt)
+    app = create_app(settings, dao, runs_runner=settings.embedded_runner)
     try:
-        waitress_serve(app, host=settings.host, port=settings.port,
-                       threads=settings.http_threads,
-                       max_request_body_size=settings.max_request_bytes + 1024,
-                       ident="mailjobs", clear_untrusted_proxy_headers=True)
+        # Bound before "ready" is printed: a port in use is one sentence, not a traceback after
+        # the ready line.
+        server = create_server(app, host=settings.host, port=settings.port,
+                               threads=settings.http_threads,
+                               max_request_body_size=settings.max_request_bytes + 1024,
+                               ident="mailjobs", clear_untrusted_proxy_headers=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: "
+                                   f"{exc.strerror or exc} (set HOST and PORT)") from None
+    embedded = None
+    try:
+        if settings.embedded_runner:
+            factory = transports.transport_factory(settings, dao)
+            embedded = EmbeddedRunner(lambda: JobRunner(settings, dao, factory, kind="embedded"))
+            embedded.start()
+        # From here a stop signal returns from the server like Ctrl-C; then the embedded runner
+        # finishes the messages in hand and releases its claims, then atexit handlers (the
+        # local MariaDB's clean shutdown) run. A second signal exits at once (entry.py).
+        entry.running(_interrupt)
+        click.echo(bootstrap.ready_line(settings, key), err=True)
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
+        server.close()
         if embedded is not None:
             embedded.stop()
 
@@ -94,7 +102,7 @@ def worker(ctx: click.Context) -> None:
     transports.announce(settings)
     runner = JobRunner(settings, dao, transports.transport_factory(settings, dao), kind="worker")
     metrics.serve_worker_metrics(settings.metrics_port, settings.host)
-    install_signal_handlers(runner.stop)
+    entry.running(runner.stop)   # a stop signal from here on is a warm stop
     runner.run()
 
 

@@ -9,10 +9,14 @@ iteration is logged with its traceback and the loop goes on after a bounded back
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # `python -m job_runner`: stop signals handled before the imports
+    import entry
+
+    entry.install()
+
 import logging
 import os
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -548,25 +552,7 @@ class EmbeddedRunner:
             thread.join(timeout)
 
 
-def install_signal_handlers(stop: callable) -> None:
-    """First SIGTERM/SIGINT: warm stop (finish the message in hand). Second: exit now."""
-    count = {"n": 0}
-
-    def handler(signum: int, frame: object) -> None:
-        count["n"] += 1
-        if count["n"] == 1:
-            log.warning("signal %d: stopping after the messages in hand (again to exit now)",
-                        signum)
-            stop()
-        else:
-            log.error("signal %d again: exiting now; unfinished claims will expire", signum)
-            os._exit(130)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 if __name__ == "__main__":
-    from cli import main
+    from entry import main
 
     main(["worker"])

@@ -1,6 +1,7 @@
 """Helpers for runner tests: run JobRunners in threads, wait for conditions, post jobs."""
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -93,3 +94,22 @@ def innodb_deadlocks(dao: Dao) -> int:
     with dao.transaction() as cur:
         cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
         return int(cur.fetchone()[1])
+
+
+def catches_sigterm(pid: int) -> bool:
+    """/proc says the process catches SIGTERM: mailjobs' first line (entry.install) has run.
+    Before that the Python interpreter itself is still starting, and SIGTERM's default action
+    would end it."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(line for line in f if line.startswith("SigCgt:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def wait_until_stoppable(proc, timeout: float = 30.0) -> None:
+    """Wait (by condition, not by a sleep) until a mailjobs process handles stop signals, or
+    has already exited."""
+    wait_for(lambda: proc.poll() is not None or catches_sigterm(proc.pid), timeout, 0.001,
+             f"process {proc.pid} to install its signal handlers")

@@ -17,6 +17,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from fake_gmail import FakeGmail
+from runner_helpers import wait_until_stoppable
 from sender_credentials import CredentialStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +90,12 @@ class Fleet:
                 if p.poll() is not None and p.returncode != -signal.SIGKILL]
 
     def stop_all(self, timeout: float = 20.0) -> list[int]:
-        """Warm stop (SIGTERM) of every live worker; returns their exit codes."""
+        """Warm stop (SIGTERM) of every live worker; returns their exit codes. A worker that
+        was started a moment ago may still be in the Python interpreter's own start, before
+        mailjobs' first line installs its handlers: the signal is sent once it handles it."""
         live = [p for p in self.all if p.poll() is None]
         for p in live:
+            wait_until_stoppable(p)
             p.send_signal(signal.SIGTERM)
         codes = []
         deadline = time.monotonic() + timeout
