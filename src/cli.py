@@ -26,7 +26,9 @@ def _settings(ctx: click.Context) -> Settings:
 
 def _dao(ctx: click.Context) -> Dao:
     settings = _settings(ctx)
+    entry.check()
     bootstrap.migrate(settings)
+    entry.check()
     return Dao(settings)
 
 
@@ -75,14 +77,14 @@ def serve(ctx: click.Context) -> None:
                                    f"{exc.strerror or exc} (set HOST and PORT)") from None
     embedded = None
     try:
-        if settings.embedded_runner:
-            factory = transports.transport_factory(settings, dao)
-            embedded = EmbeddedRunner(lambda: JobRunner(settings, dao, factory, kind="embedded"))
-            embedded.start()
         # From here a stop signal returns from the server like Ctrl-C; then the embedded runner
         # finishes the messages in hand and releases its claims, then atexit handlers (the
         # local MariaDB's clean shutdown) run. A second signal exits at once (entry.py).
         entry.running(_interrupt)
+        if settings.embedded_runner:
+            factory = transports.transport_factory(settings, dao)
+            embedded = EmbeddedRunner(lambda: JobRunner(settings, dao, factory, kind="embedded"))
+            embedded.start()
         click.echo(bootstrap.ready_line(settings, key), err=True)
         server.run()
     except KeyboardInterrupt:

@@ -20,13 +20,20 @@ interpreter's own start, before any line of mailjobs runs (measured in bench/REA
 """
 from __future__ import annotations
 
-import logging
+# Only what the interpreter has already loaded: `signal` (its enum), `typing` and `logging`
+# would each cost milliseconds before the handlers are in place, so the C module `_signal`
+# is used directly and logging is looked up only once something else imported it.
+import _signal
 import os
-import signal
 import sys
-from typing import Callable
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+WARNING, ERROR = 30, 40
+SIGNALS = (_signal.SIGTERM, _signal.SIGINT)
+NAMES = {_signal.SIGTERM: "SIGTERM", _signal.SIGINT: "SIGINT"}
 
 
 class StartupInterrupted(SystemExit):
@@ -39,42 +46,58 @@ class StartupInterrupted(SystemExit):
 
 _stop: Callable[[], None] | None = None
 _received = 0
+_requested: int | None = None   # the start-up signal, until the process has exited
 
 
 def _say(level: int, message: str) -> None:
     """A log line once logging is configured (so LOG_FORMAT=json holds), stderr before that."""
-    if logging.getLogger().handlers:
+    logging = sys.modules.get("logging")
+    root = getattr(logging, "root", None)   # None too while logging is half imported
+    if root is not None and root.handlers:
         logging.getLogger("mailjobs").log(level, message)
-    else:
-        sys.stderr.write(f"mailjobs: {message}\n")
-        sys.stderr.flush()
+        return
+    sys.stderr.write(f"mailjobs: {message}\n")
+    sys.stderr.flush()
 
 
 def _handler(signum: int, frame: object) -> None:
     global _received
     _received += 1
-    name = signal.Signals(signum).name
+    name = NAMES.get(signum, f"signal {signum}")
     if _received > 1:
-        _say(logging.ERROR, f"{name} again: exiting now; unfinished claims will expire")
+        _say(ERROR, f"{name} again: exiting now; unfinished claims will expire")
         os._exit(130)
     if _stop is None:
-        _say(logging.WARNING, f"{name} during start-up (pid {os.getpid()}): exiting before "
+        global _requested
+        _requested = signum
+        _say(WARNING, f"{name} during start-up (pid {os.getpid()}): exiting before "
                               "taking any work")
+        # Raised wherever the main thread is; if that is a finalizer (__del__, a weakref
+        # callback, run by the garbage collector during an import), Python prints and drops
+        # it, so `check()` raises it again before any work starts.
         raise StartupInterrupted(signum)
-    _say(logging.WARNING, f"{name}: stopping after the messages in hand (again to exit now)")
+    _say(WARNING, f"{name}: stopping after the messages in hand (again to exit now)")
     _stop()
 
 
 def install() -> None:
     """Install the handlers (start-up behaviour) and unblock the signals. Main thread only."""
     for signum in SIGNALS:
-        signal.signal(signum, _handler)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        _signal.signal(signum, _handler)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, SIGNALS)
+
+
+def check() -> None:
+    """Raise StartupInterrupted if a stop signal arrived during start-up (a checkpoint)."""
+    if _requested is not None:
+        raise StartupInterrupted(_requested)
 
 
 def running(stop: Callable[[], None]) -> None:
-    """From now on the first signal calls `stop` (warm stop) instead of ending start-up."""
+    """Start-up is over, work begins: from now on the first signal calls `stop` (warm stop).
+    A signal that arrived before this ends the process here instead."""
     global _stop
+    check()
     _stop = stop
 
 

@@ -313,6 +313,11 @@ class FakeGmail:
             self._accounts[account].mailbox.append(record)
         return record
 
+    def in_flight(self, account: str) -> int:
+        """Sends of `account` being answered right now (between request and reply)."""
+        with self._lock:
+            return self._active.get(account, 0)
+
     def _enter(self, account: str, delta: int) -> None:
         with self._lock:
             self._active[account] = self._active.get(account, 0) + delta

@@ -96,6 +96,14 @@ def innodb_deadlocks(dao: Dao) -> int:
         return int(cur.fetchone()[1])
 
 
+def lock_waits(dao: Dao) -> int:
+    """Transactions waiting for a row lock right now (InnoDB's own view)."""
+    with dao.transaction() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX "
+                    "WHERE trx_state = 'LOCK WAIT'")
+        return int(cur.fetchone()[0])
+
+
 def catches_sigterm(pid: int) -> bool:
     """/proc says the process catches SIGTERM: mailjobs' first line (entry.install) has run.
     Before that the Python interpreter itself is still starting, and SIGTERM's default action

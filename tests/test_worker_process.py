@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SENDER = "ops@example.com"
 
 
-def start_worker(database, fake, dao, **env) -> subprocess.Popen:
+def start_worker(database, fake, dao, stdout: Path | None = None, **env) -> subprocess.Popen:
     key = Fernet.generate_key().decode()
     settings = dao.settings.with_overrides(token_encryption_key=key)
     CredentialStore(settings, dao).store_info(SENDER, fake.authorized_user_info(SENDER),
@@ -32,9 +32,13 @@ def start_worker(database, fake, dao, **env) -> subprocess.Popen:
                 "TOKEN_ENCRYPTION_KEY": key, "POLL_INTERVAL": "0.05",
                 "RECORD_FLUSH_INTERVAL": "0.05", "SENDER_RATE_PER_MINUTE": "0",
                 "SENDER_DAILY_CAP": "0", "RUNNER_CONCURRENCY": "1", "LOG_LEVEL": "INFO", **env}
-    return subprocess.Popen([sys.executable, "-m", "job_runner"], cwd=ROOT / "src",
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    out = open(stdout, "w") if stdout else subprocess.PIPE
+    try:
+        return subprocess.Popen([sys.executable, "-m", "job_runner"], cwd=ROOT / "src",
+                                env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    finally:
+        if stdout:
+            out.close()
 
 
 def test_a_worker_process_sends_a_job(client, key, dao, database, fake):
@@ -56,10 +60,8 @@ def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(client, key,
     job_id = post(client, key, body(10)).json["job_id"]
     worker = start_worker(database, fake, dao)
     try:
-        wait_for(lambda: fake.requests or dao.recipient_counts(job_id).get("sending"), 20,
-                 message="the worker to claim")
-        time.sleep(0.5)  # the first send is in progress at the fake
-        worker.send_signal(signal.SIGTERM)
+        wait_for(lambda: fake.in_flight(SENDER), 20, message="the first send at the fake")
+        worker.send_signal(signal.SIGTERM)   # while that send takes its 2 s
         out, _ = worker.communicate(timeout=30)
     finally:
         if worker.poll() is None:
@@ -74,16 +76,17 @@ def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(client, key,
     assert re.search(r"released [1-9] unsent claim\(s\)", out)  # what it held beyond the one
 
 
-def test_a_second_signal_exits_at_once(client, key, dao, database, fake):
+def test_a_second_signal_exits_at_once(client, key, dao, database, fake, tmp_path):
     fake.hang_next(20.0, count=1)
     post(client, key, body(3))
-    worker = start_worker(database, fake, dao)
+    log = tmp_path / "worker.log"
+    worker = start_worker(database, fake, dao, stdout=log)
     try:
-        wait_for(lambda: fake.requests or fake.max_concurrent, 20, every=0.05,
-                 message="a send in progress")
-        time.sleep(0.3)
+        wait_for(lambda: fake.in_flight(SENDER), 20, message="a send in progress")
         worker.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # the second signal only once the first was handled (two pending ones would be one)
+        wait_for(lambda: "stopping after the messages in hand" in log.read_text(), 20,
+                 message="the first signal handled")
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=10)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from dao_mysql import DaoError
 from faults_tools import post_job
-from runner_helpers import innodb_deadlocks, raw_connection
+from runner_helpers import innodb_deadlocks, lock_waits, raw_connection, wait_for
 
 RUNNER = "r-deadlock-test"
 
@@ -58,9 +57,10 @@ def test_a_deadlock_mid_record_outcomes_is_run_again_whole(client, key, dao, cap
             caplog.set_level(logging.INFO, logger="mailjobs.db")
             recorder = threading.Thread(target=record)
             recorder.start()
-            time.sleep(0.7)            # record_sent done, record_retry waiting for the lock
+            # record_sent done, record_retry waiting for the lock: a condition, not a sleep
+            wait_for(lambda: lock_waits(dao) > 0, 20,
+                     message="the runner's flush to wait for the lock")
             cur.execute("UPDATE job_recipients SET error = 'other' WHERE id = %s", (sent_row,))
-            time.sleep(0.3)
             other.commit()
             recorder.join(30)
             assert not recorder.is_alive()
