@@ -6,14 +6,17 @@ import atexit
 import hashlib
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
+
+import pymysql
 
 import api_keys
 import defaults
 from dao_mysql import Dao
 from local_mariadb import LocalMariaDB
-from migrations import apply_migrations
+from migrations import applied_versions, apply_migrations, discover
 from settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger("mailjobs")
@@ -40,23 +43,95 @@ def configure_logging(level: str, fmt: str = defaults.LOG_FORMAT) -> None:
         logging.captureWarnings(True)   # library warnings too: every line is one JSON object
 
 
-def ensure_database(settings: Settings, stop_at_exit: bool = True) -> Settings:
-    """Return settings with a DATABASE_URL, starting the project-local MariaDB when none is set.
+class StartupError(Exception):
+    """Why this process cannot start, in one sentence for the operator (no traceback)."""
 
-    The local server is stopped when this process exits only if this process started it.
+
+def local_database() -> LocalMariaDB:
+    return LocalMariaDB(PROJECT_ROOT / defaults.LOCAL_DB_DIR)
+
+
+def ensure_database(settings: Settings, start: bool = True) -> Settings:
+    """Return settings with a DATABASE_URL: the project-local MariaDB's when none is set.
+
+    `start`: start it when it is not running (serve, worker, migrate), sharing it with the other
+    processes of this checkout; it is stopped when the last of them exits. Without `start` (the
+    other commands) it must already run.
     """
     if settings.database_url:
         return settings
-    local = LocalMariaDB(PROJECT_ROOT / defaults.LOCAL_DB_DIR)
-    started = local.start()
-    if started and stop_at_exit:
-        atexit.register(local.stop)
+    local = local_database()
+    if start:
+        started = local.use()
+        atexit.register(local.release)
+    elif local.pid() is None:
+        raise StartupError("DATABASE_URL is not set and the project-local MariaDB (var/mariadb) "
+                           "is not running: start the service (make run) or set DATABASE_URL")
+    else:
+        started = False
     local.create_database(defaults.LOCAL_DB_NAME)
     url = local.url(defaults.LOCAL_DB_NAME)
     os.environ["DATABASE_URL"] = url  # for child processes (workers) of this one
     log.info("using the project-local MariaDB at %s%s", local.socket,
              "" if started else " (already running)")
     return replace(settings, database_url=url)
+
+
+def _where(settings: Settings) -> str:
+    db = settings.db
+    return db.unix_socket or f"{db.host}:{db.port}"
+
+
+def reach_database(settings: Settings, wait: float) -> None:
+    """Connect once; while the server cannot be reached, try again with a doubling pause (each
+    try logged) until `wait` seconds have passed, then raise StartupError. A refused login is
+    a configuration error: no retry."""
+    db, where = settings.db, _where(settings)
+    deadline = time.monotonic() + wait
+    pause, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        try:
+            pymysql.connect(host=db.host, port=db.port, user=db.user, password=db.password,
+                            unix_socket=db.unix_socket, connect_timeout=settings.db_connect_timeout,
+                            read_timeout=settings.db_connect_timeout,
+                            write_timeout=settings.db_connect_timeout).close()
+            if attempt > 1:
+                log.info("database at %s reachable (attempt %d)", where, attempt)
+            return
+        except pymysql.err.OperationalError as exc:
+            code = exc.args[0] if exc.args else 0
+            reason = exc.args[1] if len(exc.args) > 1 else str(exc)
+            if code in (1044, 1045, 1698):   # access denied
+                raise StartupError(f"the database at {where} refused user {db.user!r}: "
+                                   f"{reason} (check DATABASE_URL)") from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                tries = f" after {attempt} attempts in {wait:.0f} s" if attempt > 1 else ""
+                raise StartupError(f"cannot reach the database at {where}{tries}: {reason} "
+                                   "(check DATABASE_URL and that the server runs)") from None
+            log.warning("database at %s not reachable (%s); attempt %d, next in %.1f s",
+                        where, reason, attempt, min(pause, left))
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 5.0)
+
+
+def check_schema(settings: Settings) -> None:
+    """Refuse (StartupError) a database whose schema is behind or ahead of this code; only
+    `mailjobs migrate` and `mailjobs serve` change it."""
+    applied = applied_versions(settings.db, settings.db_connect_timeout)
+    known = {m.version for m in discover()}
+    latest = max(known)
+    name = settings.db.database
+    if applied is None:
+        raise StartupError(f"database {name!r} has no mailjobs schema yet: run `mailjobs "
+                           "migrate` (`mailjobs serve` migrates too)")
+    if applied - known:
+        raise StartupError(f"database {name!r} has migration {max(applied):03d}, newer than this "
+                           f"mailjobs ({latest:03d}): upgrade mailjobs on this host")
+    if known - applied:
+        raise StartupError(f"database {name!r} is at migration {max(applied, default=0):03d}, this "
+                           f"mailjobs needs {latest:03d}: run `mailjobs migrate`")
 
 
 def migrate(settings: Settings) -> None:
@@ -67,7 +142,7 @@ def migrate(settings: Settings) -> None:
 def dev_key_file(settings: Settings) -> Path:
     """var/dev_api_key for the project-local database; one file per other DATABASE_URL, so
     pointing `serve` at another database never overwrites the local key."""
-    local = LocalMariaDB(PROJECT_ROOT / defaults.LOCAL_DB_DIR).url(defaults.LOCAL_DB_NAME)
+    local = local_database().url(defaults.LOCAL_DB_NAME)
     if settings.database_url in (None, local):
         return DEV_KEY_FILE
     digest = hashlib.sha256((settings.database_url or "").encode()).hexdigest()[:8]

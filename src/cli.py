@@ -13,26 +13,47 @@ import metrics
 import transports
 from job_runner import EmbeddedRunner, JobRunner
 from dao_mysql import Dao, DaoError
+from local_mariadb import LocalDatabaseError
+from migrations import MigrationError
 from settings import Settings, load_settings
 
 
-def _settings(ctx: click.Context) -> Settings:
+def _settings(ctx: click.Context, start_local: bool = False) -> Settings:
+    """The settings with a DATABASE_URL: without one, the project-local MariaDB's (started
+    only for serve, worker and migrate; other commands need it running)."""
     settings: Settings = ctx.obj["settings"]
     if not settings.database_url:
-        settings = bootstrap.ensure_database(settings)
+        settings = bootstrap.ensure_database(settings, start=start_local)
         ctx.obj["settings"] = settings
     return settings
 
 
 def _dao(ctx: click.Context) -> Dao:
+    """For the operators' commands: the database tried once, its schema checked, never
+    migrated (an operator's newer CLI must not change the production schema)."""
     settings = _settings(ctx)
+    bootstrap.reach_database(settings, wait=0)
+    bootstrap.check_schema(settings)
+    return Dao(settings)
+
+
+def _service_dao(ctx: click.Context, migrate: bool) -> Dao:
+    """For serve (migrate) and worker (schema checked): the database waited for up to
+    STARTUP_DB_WAIT, with a stop signal honoured at each step (entry.check)."""
+    settings = _settings(ctx, start_local=True)
     entry.check()
-    bootstrap.migrate(settings)
+    bootstrap.reach_database(settings, wait=settings.startup_db_wait)
+    entry.check()
+    if migrate:
+        bootstrap.migrate(settings)
+    else:
+        bootstrap.check_schema(settings)
     entry.check()
     return Dao(settings)
 
 
 @click.group()
+@click.version_option(package_name="mailjobs", prog_name="mailjobs")
 @click.option("--url", envvar="MAILJOBS_URL",
               help="talk to this mailjobs API instead of the database (env MAILJOBS_URL)")
 @click.option("--key", envvar="MAILJOBS_API_KEY", help="API key for --url (env MAILJOBS_API_KEY)")
@@ -60,7 +81,7 @@ def serve(ctx: click.Context) -> None:
 
     from api_server import create_app
 
-    dao = _dao(ctx)
+    dao = _service_dao(ctx, migrate=True)
     settings = dao.settings
     key = bootstrap.dev_api_key(dao, bootstrap.dev_key_file(settings))
     transports.announce(settings)
@@ -73,8 +94,8 @@ def serve(ctx: click.Context) -> None:
                                max_request_body_size=settings.max_request_bytes + 1024,
                                ident="mailjobs", clear_untrusted_proxy_headers=True)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: "
-                                   f"{exc.strerror or exc} (set HOST and PORT)") from None
+        raise bootstrap.StartupError(f"cannot listen on {settings.host}:{settings.port}: "
+                                     f"{exc.strerror or exc} (set HOST and PORT)") from None
     embedded = None
     try:
         # From here a stop signal returns from the server like Ctrl-C; then the embedded runner
@@ -99,7 +120,7 @@ def serve(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a standalone JobRunner (any number of them may share one database)."""
-    dao = _dao(ctx)
+    dao = _service_dao(ctx, migrate=False)
     settings = dao.settings
     transports.announce(settings)
     runner = JobRunner(settings, dao, transports.transport_factory(settings, dao), kind="worker")
@@ -112,7 +133,8 @@ def worker(ctx: click.Context) -> None:
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Apply pending schema migrations from sql/."""
-    settings = _settings(ctx)
+    settings = _settings(ctx, start_local=True)
+    bootstrap.reach_database(settings, wait=settings.startup_db_wait)
     bootstrap.migrate(settings)
     click.echo("migrations up to date")
 
@@ -260,7 +282,7 @@ def senders_set(ctx: click.Context, sender: str, rate: int | None, daily_cap: in
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="mailjobs", standalone_mode=True)
-    except DaoError as exc:
+    except (DaoError, bootstrap.StartupError, LocalDatabaseError, MigrationError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 

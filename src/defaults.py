@@ -40,6 +40,10 @@ DB_POOL_TIMEOUT = 5.0
 DB_RETRY_ATTEMPTS = 3
 DB_RETRY_BASE = 0.2
 DB_RETRY_MAX = 2.0
+# Seconds `mailjobs serve`, `worker` and `migrate` keep trying to reach the database at start-up
+# (each try logged, pauses doubling to 5 s) before they exit with one sentence; other commands
+# try once. A service manager's restart then takes over.
+STARTUP_DB_WAIT = 60.0
 # A claim that loses a deadlock or lock wait (rolled back whole) is run again this many times.
 CONFLICT_RETRIES = 4
 # Rows per multi-row INSERT when storing recipients.

@@ -6,14 +6,17 @@ collides with a MariaDB/MySQL already running on the machine.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pymysql
 
@@ -38,8 +41,13 @@ def _binary(*names: str) -> str:
 
 @dataclass
 class LocalMariaDB:
+    """One data directory's server. Several mailjobs processes of one checkout may share it
+    (two `make run`, a `serve` and a `worker`): `use()` starts it under a lock, so two servers
+    never start on one data directory, and registers the process as a user; `release()` stops it
+    only when the last user leaves."""
     root: Path
     _proc: subprocess.Popen | None = None
+    _user_fd: int | None = None
 
     @property
     def datadir(self) -> Path:
@@ -146,6 +154,47 @@ class LocalMariaDB:
                 return
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Held while the server is started or stopped (root/start.lock)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "start.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)   # closing releases the lock
+
+    def use(self) -> bool:
+        """Start the server unless it runs, and hold a share of it (a shared lock on
+        root/users.lock) until release(); True when this call started it."""
+        with self._exclusive():
+            started = self.start()
+            if self._user_fd is None:
+                self._user_fd = os.open(self.root / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._user_fd, fcntl.LOCK_SH)
+        return started
+
+    def release(self) -> bool:
+        """Give up this process's share; stop the server if no other process holds one.
+        True when this call stopped it."""
+        if self._user_fd is None:
+            return False
+        with self._exclusive():
+            fd, self._user_fd = self._user_fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # nobody else shares it
+            except BlockingIOError:
+                log.info("private MariaDB left running: another mailjobs process uses it")
+                os.close(fd)
+                return False
+            try:
+                self.stop()
+            finally:
+                os.close(fd)
+            return True
 
     def create_database(self, name: str) -> None:
         conn = pymysql.connect(unix_socket=str(self.socket), user="root", connect_timeout=5)

@@ -22,6 +22,10 @@ SQL_DIR = PROJECT_ROOT / "sql"
 _FILE = re.compile(r"^(\d{3,})_([\w-]+)\.sql$")
 
 
+class MigrationError(RuntimeError):
+    """A migration's statement failed: which migration, which statement, the server's error."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -44,6 +48,29 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), path))
     return found
+
+
+def applied_versions(db: DatabaseParams, timeout: float = 10) -> set[int] | None:
+    """The versions recorded in `schema_migrations`; None when the database or the table does
+    not exist yet. Reads only: for the processes that must not migrate (worker, CLI)."""
+    try:
+        conn = pymysql.connect(host=db.host, port=db.port, user=db.user, password=db.password,
+                               unix_socket=db.unix_socket, database=db.database,
+                               connect_timeout=timeout, read_timeout=timeout, charset="utf8mb4")
+    except pymysql.err.OperationalError as exc:
+        if exc.args and exc.args[0] == 1049:    # ER_BAD_DB_ERROR: unknown database
+            return None
+        raise
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version FROM schema_migrations")
+            return {row[0] for row in cur.fetchall()}
+    except pymysql.err.ProgrammingError as exc:
+        if exc.args and exc.args[0] == 1146:    # ER_NO_SUCH_TABLE
+            return None
+        raise
+    finally:
+        conn.close()
 
 
 def apply_migrations(db: DatabaseParams, sql_dir: Path = SQL_DIR) -> list[Migration]:
@@ -71,7 +98,12 @@ def apply_migrations(db: DatabaseParams, sql_dir: Path = SQL_DIR) -> list[Migrat
                         continue
                     log.info("applying migration %03d_%s", migration.version, migration.name)
                     for statement in migration.statements():
-                        cur.execute(statement)
+                        try:
+                            cur.execute(statement)
+                        except pymysql.MySQLError as exc:
+                            raise MigrationError(
+                                f"migration {migration.version:03d}_{migration.name} failed at "
+                                f"`{' '.join(statement.split())[:200]}`: {exc}") from exc
                     cur.execute("INSERT INTO schema_migrations (version, name, checksum) "
                                 "VALUES (%s, %s, %s)",
                                 (migration.version, migration.name, migration.checksum()))

@@ -22,10 +22,13 @@ def _env(name: str, default: Any) -> Any:
         return default
     if isinstance(default, bool):
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
+    try:
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
     return raw
 
 
@@ -45,7 +48,13 @@ class DatabaseParams:
         """Parse `mysql://user:pass@host:port/db?unix_socket=/path`."""
         parts = urlparse(url)
         if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
-            raise ValueError(f"DATABASE_URL must start with mysql://, got {parts.scheme!r}")
+            raise ValueError("DATABASE_URL must be a MySQL/MariaDB URL (mysql://user:password@"
+                             f"host:3306/database), got one starting {parts.scheme + '://'!r}")
+        try:
+            parts.port
+        except ValueError:
+            host = parts.netloc.rsplit("@", 1)[-1]      # never the password
+            raise ValueError(f"DATABASE_URL has an invalid port: {host!r}") from None
         query = parse_qs(parts.query)
         socket = query.get("unix_socket", [None])[0]
         return cls(
@@ -79,6 +88,7 @@ class Settings:
     db_pool_size: int = defaults.DB_POOL_SIZE
     db_pool_timeout: float = defaults.DB_POOL_TIMEOUT
     db_retry_attempts: int = defaults.DB_RETRY_ATTEMPTS
+    startup_db_wait: float = defaults.STARTUP_DB_WAIT
     log_level: str = "INFO"
     log_format: str = defaults.LOG_FORMAT
     embedded_runner: bool = defaults.EMBEDDED_RUNNER
@@ -145,6 +155,8 @@ class Settings:
                 ("http://", "https://")):
             raise ValueError("UNSUBSCRIBE_BASE_URL must start with https:// (or http://), got "
                              f"{self.unsubscribe_base_url!r}")
+        if self.database_url:
+            DatabaseParams.from_url(self.database_url)   # a bad URL is one sentence at start
         for address in self.feedback_loop_addresses:   # each becomes a Gmail search term
             if not re.fullmatch(_FEEDBACK_FROM, address):
                 raise ValueError("FEEDBACK_LOOP_FROM must list addresses or domains separated "
