@@ -219,6 +219,10 @@ class JobOut(BaseModel):
                                   "(on single-job answers)")
 
 
+class RetryOut(JobOut):
+    requeued: int = Field(description="how many recipients this retry queued again")
+
+
 class JobsPageOut(BaseModel):
     jobs: list[JobOut]
     next_before: int | None = Field(description="pass as ?before= for the next (older) page")

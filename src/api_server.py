@@ -23,7 +23,7 @@ import job_control
 import metrics
 from addresses import InvalidAddress, normalize_address
 from api_keys import KeyVerifier
-from api_schemas import (EnqueueOut, RetryIn, SendTemplateEmailsIn, StoredTemplateIn,
+from api_schemas import (EnqueueOut, RetryIn, RetryOut, SendTemplateEmailsIn, StoredTemplateIn,
                          SuppressionIn, TemplateIn)
 from dao_mysql import Dao, DatabaseUnavailable
 from enqueue import RequestRejected, check_template, enqueue, replay_or_conflict, request_hash
@@ -31,7 +31,7 @@ from openapi_doc import openapi_document
 from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS, Job, StoredTemplate
 from settings import Settings, load_settings
 from views import (job_view, recipient_view, runner_view, sender_view, suppression_view,
-                   template_view, trace_view)
+                   keyset_page, template_view, trace_view)
 
 log = logging.getLogger("mailjobs.api")
 
@@ -275,7 +275,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         log.info("job=%d: %d recipient(s) queued again by API key %d (status %s%s)", job_id, n,
                  g.api_key.id, spec.status,
                  f", error_code {spec.error_code}" if spec.error_code else "")
-        return _full_job(job_id)
+        job = job_view(_visible_job(job_id, with_counts=True), dao.error_summary(job_id))
+        return jsonify(RetryOut(**job, requeued=n).model_dump(mode="json"))
 
     @app.get("/api/jobs")
     def list_jobs() -> Response:
@@ -283,10 +284,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         before = _int_arg("before", None, 1)
         status = _status_arg(JOB_STATUSES)
         owner = None if g.api_key.is_operator else g.api_key.id
-        jobs = dao.jobs_page(owner, before, limit, status)
-        page = [job_view(j) for j in jobs]
-        next_before = jobs[-1].id if len(jobs) == limit else None
-        return jsonify({"jobs": page, "next_before": next_before})
+        jobs, next_before = keyset_page(dao.jobs_page(owner, before, limit + 1, status), limit)
+        return jsonify({"jobs": [job_view(j) for j in jobs], "next_before": next_before})
 
     @app.get("/api/jobs/<int:job_id>/recipients")
     def list_recipients(job_id: int) -> Response:
@@ -294,9 +293,10 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         limit = _int_arg("limit", defaults.PAGE_SIZE, 1, defaults.MAX_PAGE_SIZE)
         after = _int_arg("after", 0)
         status = _status_arg(RECIPIENT_STATUSES)
-        rows = dao.recipients_page(job_id, status, after or 0, limit)
+        rows, next_after = keyset_page(dao.recipients_page(job_id, status, after or 0, limit + 1),
+                                       limit)
         return jsonify({"recipients": [recipient_view(r) for r in rows],
-                        "next_after": rows[-1].id if len(rows) == limit else None})
+                        "next_after": next_after})
 
     @app.get("/api/recipients")
     def trace_address() -> Response:
@@ -313,7 +313,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         limit = _int_arg("limit", defaults.PAGE_SIZE, 1, defaults.MAX_PAGE_SIZE)
         before = _int_arg("before", None, 1)
         owner = None if g.api_key.is_operator else g.api_key.id
-        return jsonify(trace_view(email, dao.recipients_by_email(email, owner, before, limit),
+        return jsonify(trace_view(email, dao.recipients_by_email(email, owner, before, limit + 1),
                                   limit, dao.suppressions_of_email(email, owner)))
 
     def _operator() -> None:
@@ -379,9 +379,10 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             allowed = ", ".join(SUPPRESSION_REASONS)
             raise RequestRejected(400, "validation_error", f"reason must be one of {allowed}",
                                   [("reason", f"must be one of {allowed}")])
-        rows = dao.suppressions_page(g.api_key.id, after or 0, limit, reason)
+        rows, next_after = keyset_page(
+            dao.suppressions_page(g.api_key.id, after or 0, limit + 1, reason), limit)
         return jsonify({"suppressions": [suppression_view(x) for x in rows],
-                        "next_after": rows[-1].id if len(rows) == limit else None})
+                        "next_after": next_after})
 
     @app.post("/api/suppressions")
     def add_suppression() -> Response:

@@ -9,7 +9,8 @@ import job_control
 from dao_mysql import Dao
 from settings import Settings
 from addresses import InvalidAddress, normalize_address
-from views import job_view, recipient_view, runner_view, sender_view, trace_view
+from views import (job_view, keyset_page, recipient_view, runner_view, sender_view,
+                   trace_view)
 
 
 class BackendError(Exception):
@@ -47,9 +48,9 @@ class LocalBackend:
     def recipients(self, job_id: int, status: str | None, limit: int,
                    after: int) -> dict[str, Any]:
         self.job(job_id)
-        rows = self.dao.recipients_page(job_id, status, after, limit)
-        return {"recipients": [recipient_view(r) for r in rows],
-                "next_after": rows[-1].id if len(rows) == limit else None}
+        rows, next_after = keyset_page(self.dao.recipients_page(job_id, status, after, limit + 1),
+                                       limit)
+        return {"recipients": [recipient_view(r) for r in rows], "next_after": next_after}
 
     def control(self, job_id: int, action: str) -> dict[str, Any]:
         self.job(job_id)
@@ -81,7 +82,7 @@ class LocalBackend:
             email = normalize_address(email.strip())
         except InvalidAddress as exc:
             raise BackendError(f"{email!r} is not an address: {exc}") from None
-        return trace_view(email, self.dao.recipients_by_email(email, None, before, limit), limit,
+        return trace_view(email, self.dao.recipients_by_email(email, None, before, limit + 1), limit,
                           self.dao.suppressions_of_email(email, None))
 
     def senders(self) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from cli import _dao, cli
 from cli_jobs import _emit, _table, json_option
 from dao_mysql import Dao
 from records import SUPPRESSION_REASONS
-from views import suppression_view
+from views import keyset_page, suppression_view
 
 api_key_option = click.option("--api-key", "api_key", required=True, metavar="ID|PREFIX",
                               help="the API key whose list it is (id or prefix, as in "
@@ -40,9 +40,9 @@ def suppressions_list(ctx: click.Context, api_key: str, reason: str | None, limi
                       after: int, as_json: bool) -> None:
     """One page of the key's list, oldest first."""
     dao = _dao(ctx)
-    rows = dao.suppressions_page(_key_id(dao, api_key), after, limit, reason)
-    page = {"suppressions": [suppression_view(x) for x in rows],
-            "next_after": rows[-1].id if len(rows) == limit else None}
+    rows, next_after = keyset_page(dao.suppressions_page(_key_id(dao, api_key), after, limit + 1,
+                                                         reason), limit)
+    page = {"suppressions": [suppression_view(x) for x in rows], "next_after": next_after}
 
     def human(p: dict) -> None:
         _table(["ID", "EMAIL", "REASON", "JOB", "CREATED", "DETAIL"],

@@ -31,7 +31,7 @@ from api_keys import KeyVerifier
 from dao_mysql import Dao, DatabaseUnavailable
 from records import JOB_STATUSES, RECIPIENT_STATUSES, ApiKey
 from settings import PROJECT_ROOT, Settings
-from views import runner_view, sender_view
+from views import keyset_page, runner_view, sender_view
 
 log = logging.getLogger("mailjobs.dashboard")
 
@@ -131,11 +131,12 @@ def fmt_num(value: Any) -> str:
 
 # --- what the pages compute ----------------------------------------------------------------
 def progress(counts: dict[str, int], total: int) -> dict[str, Any]:
-    """Segments of a progress bar: sent, failed, in doubt, cancelled, bounced, suppressed, and
-    the rest pending."""
+    """Segments of a progress bar: sent, failed, in doubt, expired, cancelled, bounced,
+    suppressed, and the rest pending."""
     total = max(total, sum(counts.values()), 1)
     parts = {"sent": counts.get("sent", 0), "failed": counts.get("failed", 0),
-             "in_doubt": counts.get("in_doubt", 0), "cancelled": counts.get("cancelled", 0),
+             "in_doubt": counts.get("in_doubt", 0), "expired": counts.get("expired", 0),
+             "cancelled": counts.get("cancelled", 0),
              "bounced": counts.get("bounced", 0), "suppressed": counts.get("suppressed", 0)}
     done = sum(parts.values())
     return {**parts, "total": total, "pending": total - done,
@@ -305,13 +306,13 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
         if status is not None and status not in JOB_STATUSES:
             abort(400, f"status must be one of {', '.join(JOB_STATUSES)}")
         before = _int_arg("before", 0) or None
-        page = dao.jobs_page(None, before, JOBS_PER_PAGE + 1, status)
-        more, page = len(page) > JOBS_PER_PAGE, page[:JOBS_PER_PAGE]
+        page, next_before = keyset_page(dao.jobs_page(None, before, JOBS_PER_PAGE + 1, status),
+                                        JOBS_PER_PAGE)
         counts = dao.job_counts([j.id for j in page])
         rows = [{"job": j, "progress": progress(counts.get(j.id, {}), j.total)} for j in page]
         return render_template("dashboard/jobs.html", rows=rows, status=status,
                                statuses=JOB_STATUSES, first_page=before is None,
-                               next_before=page[-1].id if more else None)
+                               next_before=next_before)
 
     @bp.get("/jobs/<int:job_id>")
     def job(job_id: int) -> str:
@@ -319,13 +320,13 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
         if found is None:
             abort(404, f"There is no job {job_id}.")
         after = _int_arg("failed_after", 0)
-        failed = dao.recipients_page(job_id, "failed", after, FAILED_PER_PAGE + 1)
-        more, failed = len(failed) > FAILED_PER_PAGE, failed[:FAILED_PER_PAGE]
+        failed, next_failed = keyset_page(
+            dao.recipients_page(job_id, "failed", after, FAILED_PER_PAGE + 1), FAILED_PER_PAGE)
         return render_template(
             "dashboard/job.html", job=found, progress=progress(found.counts, found.total),
             statuses=RECIPIENT_STATUSES, errors=dao.error_summary(job_id),
             chart=send_rate_chart(dao.send_rate(job_id)), failed=failed, failed_after=after,
-            next_failed=failed[-1].id if more else None,
+            next_failed=next_failed,
             active=found.status in ("queued", "running", "scheduled"))
 
     @bp.get("/recipients")
@@ -340,11 +341,12 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             return render_template("dashboard/trace.html", email=raw, rows=None,
                                    error=f"That is not an email address: {exc}"), 400
         before = _int_arg("before", 0) or None
-        rows = dao.recipients_by_email(email, None, before, TRACE_PER_PAGE + 1)
-        more, rows = len(rows) > TRACE_PER_PAGE, rows[:TRACE_PER_PAGE]
+        rows, next_before = keyset_page(
+            dao.recipients_by_email(email, None, before, TRACE_PER_PAGE + 1), TRACE_PER_PAGE,
+            lambda row: row[0].id)
         return render_template("dashboard/trace.html", email=email, rows=rows, error=None,
                                suppressions=dao.suppressions_of_email(email, None),
-                               next_before=rows[-1][0].id if more else None)
+                               next_before=next_before)
 
     @bp.get("/runners")
     def runners() -> str:

@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 import api_schemas as s
 from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS
 
-_MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.EnqueueOut, s.ErrorOut, s.JobOut,
+_MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.RetryOut, s.EnqueueOut, s.ErrorOut, s.JobOut,
            s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut,
            s.StoredTemplateIn, s.TemplateIn, s.TemplateOut, s.TemplatesOut,
            s.TemplateVersionsOut, s.SuppressionIn, s.SuppressionOut, s.SuppressionsPageOut,
@@ -92,7 +92,8 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [job_id],
                 "requestBody": {"required": False, "content": {
                     "application/json": {"schema": _ref(s.RetryIn)}}},
-                "responses": {"200": _json(s.JobOut, "the job's new state"),
+                "responses": {"200": _json(s.RetryOut, "the job's new state, and how many "
+                                                       "recipients were queued again"),
                               **_errors(400, 401, 404, 409, 415, 503)}}},
             "/api/jobs/{job_id}/recipients": {"get": {
                 "summary": "One page of a job's recipients (keyset pagination by id)",

@@ -298,7 +298,7 @@ WHERE job_id = %s AND status IN ({statuses}) {code_filter};
 -- name: error_summary
 SELECT error_code, COUNT(*), MIN(error) FROM job_recipients
 WHERE job_id = %s AND error_code IS NOT NULL
-  AND status IN ('failed', 'retrying', 'in_doubt', 'bounced')
+  AND status IN ('failed', 'retrying', 'in_doubt', 'bounced', 'expired')
 GROUP BY error_code ORDER BY COUNT(*) DESC;
 
 -- ===== senders ================================================================================

@@ -3,12 +3,27 @@ dashboard."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
 
 from api_schemas import (AddressTraceOut, ErrorSummary, JobOut, RecipientOut, SuppressionOut,
                          TemplateOut, TracedRecipientOut, TracedSuppressionOut)
 from records import Job, Recipient, StoredTemplate
 from scheduling import PRIORITY_NAMES
+
+
+T = TypeVar("T")
+# A recipient's next_attempt_at means "due then" only in these statuses (for `sending` it is the
+# lease's end; a final row's is whatever it last was): null in the others.
+DUE_STATUSES = ("queued", "retrying")
+
+
+def keyset_page(rows: Sequence[T], limit: int,
+                cursor: Callable[[T], int] = lambda r: r.id) -> tuple[list[T], int | None]:
+    """One page out of `limit + 1` rows fetched: the page, and the cursor of the next page (its
+    last row's id) only when another row exists, so the last page says null."""
+    if len(rows) > limit:
+        return list(rows[:limit]), cursor(rows[limit - 1])
+    return list(rows), None
 
 
 def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict[str, Any]:
@@ -33,22 +48,27 @@ def template_view(t: StoredTemplate) -> dict[str, Any]:
 
 def _recipient_fields(r: Recipient) -> dict[str, Any]:
     """The fields of RecipientOut (and of its subclass TracedRecipientOut) from a row."""
-    return {name: getattr(r, name) for name in RecipientOut.model_fields}
+    fields = {name: getattr(r, name) for name in RecipientOut.model_fields}
+    if r.status not in DUE_STATUSES:
+        fields["next_attempt_at"] = None
+    return fields
 
 
 def recipient_view(r: Recipient) -> dict[str, Any]:
     return RecipientOut(**_recipient_fields(r)).model_dump(mode="json")
 
 
-def trace_view(email: str, rows: list[tuple[Recipient, str, str, int]], limit: int,
+def trace_view(email: str, fetched: list[tuple[Recipient, str, str, int]], limit: int,
                suppressions: list[Any]) -> dict[str, Any]:
-    """GET /api/recipients?email=: an address's recipient rows across jobs and its suppressions."""
+    """GET /api/recipients?email=: an address's recipient rows across jobs and its suppressions
+    (`fetched`: up to limit + 1 rows, see keyset_page)."""
+    rows, next_before = keyset_page(fetched, limit, lambda row: row[0].id)
     return AddressTraceOut(
         email=email,
         recipients=[TracedRecipientOut(
             **_recipient_fields(r), job_id=r.job_id, job_status=job_status,
             sender_email=sender, created_at=r.created_at) for r, job_status, sender, _ in rows],
-        next_before=rows[-1][0].id if len(rows) == limit else None,
+        next_before=next_before,
         suppressions=[TracedSuppressionOut(
             api_key_id=x.api_key_id, reason=x.reason, job_id=x.job_id,
             recipient_id=x.recipient_id, detail=x.detail, created_at=x.created_at)

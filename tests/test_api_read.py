@@ -111,3 +111,52 @@ def test_openapi_describes_every_endpoint_from_the_request_models(client, app):
     req = doc["components"]["schemas"]["SendTemplateEmailsIn"]
     assert set(req["required"]) == {"sender_email", "recipients"}  # and template or template_name
     assert req["additionalProperties"] is False
+
+
+def test_an_exactly_full_last_page_says_there_is_no_next_one(client, key, dao):
+    """Regression: a page holding exactly `limit` rows answered a cursor to an empty page."""
+    ids = [post(client, key, body(1)).json["job_id"] for _ in range(4)]
+    first = client.get("/api/jobs?limit=2", headers=h(key)).json
+    last = client.get(f"/api/jobs?limit=2&before={first['next_before']}", headers=h(key)).json
+    assert [j["id"] for j in last["jobs"]] == ids[::-1][2:] and last["next_before"] is None
+    job_id = ids[0]
+    full = client.get(f"/api/jobs/{job_id}/recipients?limit=1", headers=h(key)).json
+    assert len(full["recipients"]) == 1 and full["next_after"] is None
+
+
+def test_next_attempt_at_is_shown_only_where_it_means_due(client, key, dao):
+    job_id = post(client, key, body(3)).json["job_id"]
+    with dao.transaction() as cur:   # a sent one keeps its old lease time in the row
+        cur.execute("UPDATE job_recipients SET status='sent', sent_at=UTC_TIMESTAMP(6), "
+                    "next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL 60 SECOND "
+                    "WHERE job_id=%s AND to_email='user0@example.com'", (job_id,))
+        cur.execute("UPDATE job_recipients SET status='retrying', "
+                    "next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL 60 SECOND "
+                    "WHERE job_id=%s AND to_email='user1@example.com'", (job_id,))
+    rows = {r["to_email"]: r for r in
+            client.get(f"/api/jobs/{job_id}/recipients", headers=h(key)).json["recipients"]}
+    assert rows["user0@example.com"]["next_attempt_at"] is None           # sent
+    assert rows["user1@example.com"]["next_attempt_at"] is not None       # retrying: due then
+    assert rows["user2@example.com"]["next_attempt_at"] is not None       # queued
+
+
+def test_a_retry_says_how_many_recipients_it_queued_again(client, key, dao):
+    job_id = post(client, key, body(3)).json["job_id"]
+    with dao.transaction() as cur:
+        cur.execute("UPDATE job_recipients SET status='failed', error_code='gmail_400', "
+                    "error='x' WHERE job_id=%s AND to_email <> 'user0@example.com'", (job_id,))
+    r = client.post(f"/api/jobs/{job_id}/retry", headers=h(key))
+    assert r.status_code == 200 and r.json["requeued"] == 2, r.json
+    assert r.json["counts"] == {"queued": 3}
+
+
+def test_a_job_whose_recipients_all_expired_names_expired_in_its_errors(client, key, dao):
+    job_id = post(client, key, body(2)).json["job_id"]
+    with dao.transaction() as cur:
+        cur.execute("UPDATE jobs SET expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND "
+                    "WHERE id=%s", (job_id,))
+    for expired in dao.expire_due_jobs():
+        dao.finish_job_if_done(expired)
+    job = client.get(f"/api/jobs/{job_id}", headers=h(key)).json
+    assert job["status"] == "failed" and job["counts"] == {"expired": 2}    # none sent
+    assert [(e["error_code"], e["count"]) for e in job["errors"]] == [("expired", 2)]
