@@ -214,6 +214,10 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     def _enqueued(job: Job, replayed: bool) -> Response:
         warnings = []
+        if runs_runner and settings.transport_name in ("outbox", "null"):
+            warnings.append(f"MAIL_TRANSPORT is {settings.transport_name}: this server's runner "
+                            "sends no mail" + (f" (messages are written to {settings.outbox_dir})"
+                                               if settings.transport_name == "outbox" else ""))
         if _live_runners() == 0:
             warnings.append("no live runner: the job is stored and will wait until a runner "
                             "(embedded, or `mailjobs worker`) is running")

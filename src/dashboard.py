@@ -372,6 +372,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             view["deferred"] = row["paused_until"] is not None and row["paused_until"] > now
             view["blocked"] = view["auth_state"] in ("auth_revoked", "config_error")
             rows.append(view)
-        return render_template("dashboard/senders.html", rows=rows)
+        local = settings.transport_name if settings.transport_name in ("outbox", "null") else None
+        return render_template("dashboard/senders.html", rows=rows, local_transport=local)
 
     return bp

@@ -76,3 +76,12 @@ def test_a_bad_setting_is_refused_with_its_name(monkeypatch):
     monkeypatch.setenv("LOG_FORMAT", "xml")
     with pytest.raises(ValueError, match="LOG_FORMAT must be one of text, json"):
         load_settings(dotenv=False)
+
+
+def test_api_key_revoke_takes_the_prefix_as_list_prints_it(run, client):
+    key = run("api-key", "create", "--name", "b", "--sender", "*").stdout.strip()
+    table = run("api-key", "list").stdout
+    printed = next(word for word in table.split() if word.startswith("mj_"))
+    done = run("api-key", "revoke", printed)
+    assert done.exit_code == 0, done.output
+    assert client.get("/api/jobs", headers={"X-API-Key": key}).status_code == 401

@@ -266,6 +266,20 @@ def test_runners_page_marks_a_stale_runner_and_senders_show_quota(client, op_key
     assert "mailjobs auth news@example.org" in senders  # its jobs wait for a new grant
 
 
+def test_senders_page_says_outbox_mode_instead_of_missing_credentials(dao, op_key):
+    from api_server import create_app
+
+    dao.set_sender_limits("new@example.com", 60, 2000)      # a sender without credentials
+    for transport, says, not_said in (("outbox", "not needed: outbox", "no credentials stored"),
+                                      ("gmail", "no credentials stored", "not needed")):
+        client = create_app(dao.settings.with_overrides(mail_transport=transport),
+                            dao).test_client()
+        login(client, op_key)
+        page = client.get("/dashboard/senders").text
+        assert says in page and not_said not in page, transport
+        assert ("MAIL_TRANSPORT is <b>outbox</b>" in page) == (transport == "outbox")
+
+
 # --- a realistic state, shared with the browser test ---------------------------------------
 def make_runners(dao) -> None:
     """One live runner and one whose heartbeat stopped 7 minutes ago (crashed)."""
