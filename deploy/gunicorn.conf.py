@@ -18,6 +18,17 @@ accesslog = "-"
 errorlog = "-"
 
 
+def on_starting(server):
+    """prometheus-client multiprocess mode: the directory must start empty, or the counters of
+    the last run's processes (same pids, reused) are added to this run's."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(folder, name))
+
+
 def child_exit(server, worker):
     """prometheus-client multiprocess mode: forget a dead worker's live gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -2,6 +2,8 @@
 # Prepares a machine for mailjobs: Python venv with the requirements, and (unless a database
 # URL is given) a MariaDB server binary for the project-local database. Idempotent and quick
 # when nothing changed. Usage: scripts/setup.sh [run|test]
+#   run:  the runtime dependencies only (requirements.txt), what `make run` needs
+#   test: the development set too (requirements-dev.txt: pytest, playwright, schemathesis, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -26,11 +28,15 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
-stamp=.venv/.installed
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] \
+# One stamp per set: `make test` after `make run` adds the development set; `make run` after
+# `make test` has nothing to add.
+reqs=requirements.txt
+[ "$mode" = "test" ] && reqs=requirements-dev.txt
+stamp=".venv/.installed-$mode"
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$reqs" -nt "$stamp" ] \
    || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$reqs"
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi
