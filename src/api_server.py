@@ -289,7 +289,9 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         status = _status_arg(JOB_STATUSES)
         owner = None if g.api_key.is_operator else g.api_key.id
         jobs, next_before = keyset_page(dao.jobs_page(owner, before, limit + 1, status), limit)
-        return jsonify({"jobs": [job_view(j) for j in jobs], "next_before": next_before})
+        counts = dao.job_counts([j.id for j in jobs])
+        return jsonify({"jobs": [job_view(j, counts=counts[j.id]) for j in jobs],
+                        "next_before": next_before})
 
     @app.get("/api/jobs/<int:job_id>/recipients")
     def list_recipients(job_id: int) -> Response:

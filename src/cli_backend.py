@@ -37,7 +37,9 @@ class LocalBackend:
         self.dao = dao
 
     def jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        return [job_view(j) for j in self.dao.jobs_page(None, None, limit, status)]
+        jobs = self.dao.jobs_page(None, None, limit, status)
+        counts = self.dao.job_counts([j.id for j in jobs])
+        return [job_view(j, counts=counts[j.id]) for j in jobs]
 
     def job(self, job_id: int) -> dict[str, Any]:
         job = self.dao.job(job_id, with_counts=True)

@@ -26,11 +26,14 @@ def keyset_page(rows: Sequence[T], limit: int,
     return list(rows), None
 
 
-def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None) -> dict[str, Any]:
+def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
+             counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """A job; `counts` when they were read apart from the row (a list's page, one query)."""
     return JobOut(
         id=job.id, type=job.type, status=job.status, status_reason=job.status_reason,
         sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
-        total=job.total, duplicates_removed=job.duplicates_removed, counts=job.counts,
+        total=job.total, duplicates_removed=job.duplicates_removed,
+        counts=job.counts if counts is None else counts,
         template_name=job.template_name, template_version=job.template_version,
         priority=PRIORITY_NAMES.get(job.priority, str(job.priority)), expires_at=job.expires_at,
         created_at=job.created_at, send_at=job.send_at, started_at=job.started_at,

@@ -160,3 +160,15 @@ def test_a_job_whose_recipients_all_expired_names_expired_in_its_errors(client, 
     job = client.get(f"/api/jobs/{job_id}", headers=h(key)).json
     assert job["status"] == "failed" and job["counts"] == {"expired": 2}    # none sent
     assert [(e["error_code"], e["count"]) for e in job["errors"]] == [("expired", 2)]
+
+
+def test_the_job_list_has_each_jobs_counts(client, key, dao):
+    a = post(client, key, body(3)).json["job_id"]
+    b = post(client, key, body(1)).json["job_id"]
+    with dao.transaction() as cur:
+        cur.execute("UPDATE job_recipients SET status='sent' WHERE job_id=%s "
+                    "AND to_email='user0@example.com'", (a,))
+    listed = {j["id"]: j for j in client.get("/api/jobs", headers=h(key)).json["jobs"]}
+    assert listed[a]["counts"] == {"queued": 2, "sent": 1}
+    assert listed[b]["counts"] == {"queued": 1}
+    assert listed[a]["errors"] is None
