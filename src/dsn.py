@@ -47,19 +47,22 @@ import defaults
 MAX_DIAGNOSTIC = 500
 MAX_PARAM_HEADER = 4096     # characters of a Content-Type header whose parameters are read
 MAX_PARAMS = 32             # parameters read from one such header
-TEXT_SCAN = 65536           # characters of a text bounce's explanation searched for codes
+TEXT_SCAN = 16384           # characters of a text bounce's explanation searched for codes
+FIELD_SCAN = 4096           # characters of a report field (Status, Diagnostic-Code) searched
 # The email package's parser costs about a microsecond per line, plus a little per line for each
 # enclosing multipart: a message is read up to its MAX_LINES-th line and its MAX_MULTIPARTS-th
 # "multipart/" (a report and the copy it returns need a handful of each).
 MAX_LINES = 10000
 MAX_MULTIPARTS = 10
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LINE_END = re.compile(rb"[\r\n]")     # a CRLF counts twice: a cap, not a line count
 _MULTIPART = re.compile(rb"multipart/", re.I)
 # Codecs that are not charsets of mail text: idna and punycode raise on arbitrary bytes (and
 # punycode decodes in quadratic time), the escape codecs turn text into other text.
 _UNSAFE_CODECS = frozenset({"idna", "punycode", "raw_unicode_escape", "unicode_escape"})
-_FAIL_STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_SMTP_CODE = re.compile(r"(?<![\d.])([45])\d\d(?=[ -]\S)")
+# The [45] comes first (then a lookbehind says no digit or dot was before it), so the engine
+# skips quickly to each 4 or 5 instead of trying a lookbehind at every character.
+_FAIL_STATUS = re.compile(r"([45])(?<![\d.][45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_SMTP_CODE = re.compile(r"([45])(?<![\d.][45])\d\d(?=[ -]\S)")
 # Bounded runs, no '@' inside either half: one try costs at most ~510 steps, and a try starts
 # only at a '<'.
 _ID = r"<[^<>@\s]{1,255}@[^<>@\s]{1,255}>"
@@ -84,8 +87,9 @@ _BOUNCE_TEXT = re.compile(
 # names the copy, or a header line of the copy (checked line by line: see _quote_start).
 _QUOTE_WORDS = ("copy of", "original message", "below this line", "returned message", "headers")
 _QUOTE_HEADER = re.compile(r"(Return-Path|Received|Message-ID|From|Date|Subject|To):[ \t]", re.I)
-_PERMANENT = re.compile(r"permanent(ly)?|does not exist|user unknown|no such user", re.I)
-_TEMPORARY = re.compile(r"delayed|temporar(y|ily)|will (keep )?(re)?try", re.I)
+# Searched in the lower-cased explanation (faster than re.I).
+_PERMANENT = re.compile(r"permanent(ly)?|does not exist|user unknown|no such user")
+_TEMPORARY = re.compile(r"delayed|temporar(y|ily)|will (keep )?(re)?try")
 _DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/global",
                    "message/global-headers")
@@ -275,8 +279,8 @@ def _from_report(msg: email.message.Message, part: email.message.Message) -> Bou
         action = _unfold(block.get("Action")).lower() or None
         if action in ("delivered", "relayed", "expanded"):
             continue                        # a success report for this recipient
-        diagnostic = _unfold(block.get("Diagnostic-Code"))
-        status = _status_of(action or "", _unfold(block.get("Status")), diagnostic)
+        diagnostic = _unfold(block.get("Diagnostic-Code"))[:FIELD_SCAN]
+        status = _status_of(action or "", _unfold(block.get("Status"))[:FIELD_SCAN], diagnostic)
         if status is None:
             continue
         named = tuple(dict.fromkeys(a for a in (_address(block.get("Final-Recipient")),
@@ -310,9 +314,9 @@ def _from_text(msg: email.message.Message) -> Bounce | None:
         code = _SMTP_CODE.search(explanation)
         if code:
             status = f"{code.group(1)}.0.0"
-        elif _PERMANENT.search(explanation):
+        elif _PERMANENT.search(explanation.lower()):
             status = "5.0.0"
-        elif _TEMPORARY.search(explanation):
+        elif _TEMPORARY.search(explanation.lower()):
             status = "4.0.0"
         else:
             return None
@@ -352,8 +356,11 @@ def _quote_start(body: str) -> int | None:
     return None
 
 
-def _cut_at(raw: bytes, pattern: re.Pattern[bytes], n: int) -> bytes:
-    """raw up to the start of the n-th match of pattern (all of it when there are fewer)."""
+def _cut_at(raw: bytes, pattern: re.Pattern[bytes], n: int, count: int) -> bytes:
+    """raw up to the start of the n-th match of pattern (all of it when there are fewer;
+    `count`, a fast upper bound of the matches, skips the search when it is below n)."""
+    if count < n:
+        return raw
     for i, match in enumerate(pattern.finditer(raw)):
         if i + 1 >= n:
             return raw[:match.start()]
@@ -365,7 +372,8 @@ def bounded(raw: bytes, max_bytes: int = defaults.MAILBOX_MAX_MESSAGE_BYTES) -> 
     MAX_LINES lines and MAX_MULTIPARTS multiparts."""
     if max_bytes > 0:
         raw = raw[:max_bytes]
-    return _cut_at(_cut_at(raw, _LINE_END, MAX_LINES + 1), _MULTIPART, MAX_MULTIPARTS + 1)
+    raw = _cut_at(raw, _LINE_END, MAX_LINES + 1, raw.count(b"\n") + raw.count(b"\r"))
+    return _cut_at(raw, _MULTIPART, MAX_MULTIPARTS + 1, raw.lower().count(b"multipart/"))
 
 
 def parse(raw: bytes, max_bytes: int = defaults.MAILBOX_MAX_MESSAGE_BYTES
