@@ -28,6 +28,7 @@ def test_gunicorn_api_and_two_workers_send_a_job_together(dao, database, tmp_pat
     port = free_port()
     worker_ports = [free_port(), free_port()]
     key = create_key(dao, "deploy-test", ["*"]).key
+    scraper = create_key(dao, "prometheus", [], operator=True).key   # /metrics: operators only
     multiproc = tmp_path / "prom"
     multiproc.mkdir()
     base_env = {**os.environ, "DATABASE_URL": database.url, "MAIL_TRANSPORT": "outbox",
@@ -65,7 +66,8 @@ def test_gunicorn_api_and_two_workers_send_a_job_together(dao, database, tmp_pat
         assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 600
         # the API's metrics add up over both gunicorn processes, whichever answers the scrape
         for _ in range(4):
-            text = requests.get(f"{base}/metrics", timeout=5).text
+            text = requests.get(f"{base}/metrics", timeout=5,
+                                headers={"Authorization": f"Bearer {scraper}"}).text
             assert metric(text, "mailjobs_enqueued_recipients_total") == 600
         sends = [metric(requests.get(f"http://127.0.0.1:{p}/metrics", timeout=5).text,
                         "mailjobs_sends_total") for p in worker_ports]
