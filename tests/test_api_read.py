@@ -111,3 +111,24 @@ def test_openapi_describes_every_endpoint_from_the_request_models(client, app):
     req = doc["components"]["schemas"]["SendTemplateEmailsIn"]
     assert set(req["required"]) == {"sender_email", "recipients"}  # and template or template_name
     assert req["additionalProperties"] is False
+
+
+def _bytes_sent_by_the_server(dao) -> int:
+    with dao.transaction() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Bytes_sent'")
+        return int(cur.fetchone()[1])
+
+
+def test_listing_jobs_does_not_read_their_template_bodies(client, key, dao):
+    """Three jobs of 1 MB html and 1 MB text each: the list answers from the columns it shows,
+    so the database sends the API kilobytes, not the 6 MB of bodies."""
+    big = body(1)
+    big["template"]["html"] = "<p>" + "x" * 1_000_000 + "</p>"
+    big["template"]["text"] = "y" * 1_000_000
+    ids = [post(client, key, big).json["job_id"] for _ in range(3)]
+    before = _bytes_sent_by_the_server(dao)
+    r = client.get("/api/jobs", headers=h(key))
+    sent = _bytes_sent_by_the_server(dao) - before
+    assert [j["id"] for j in r.json["jobs"]] == ids[::-1]
+    assert r.json["jobs"][0]["sender_email"] == "ops@example.com"
+    assert sent < 200_000, f"the database sent {sent} bytes to list 3 jobs"
