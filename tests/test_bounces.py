@@ -490,7 +490,7 @@ def _messages(draw, depth: int = 0) -> bytes:
 
 
 @fuzz_settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow],
-          derandomize=True)
+               database=None, derandomize=True)
 @given(st.one_of(st.binary(max_size=2000), _messages()))
 def test_fuzzed_mail_never_makes_the_parser_raise(raw):
     report = dsn.parse(raw)
