@@ -42,3 +42,18 @@ def normalize_address(address: str) -> str:
         return validate_email(address, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise InvalidAddress(str(exc)) from None
+
+
+def address_key(address: str) -> str:
+    """One spelling of an address for comparisons: lower case, domain in ASCII (IDNA), so
+    `User@Bücher.example` and `user@xn--bcher-kva.example` compare equal."""
+    local, _, domain = address.strip().rpartition("@")
+    domain = domain.lower()
+    if not domain.isascii():
+        try:
+            import idna
+
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except Exception:   # not an encodable domain: compare it as written
+            pass
+    return f"{local.lower()}@{domain}"

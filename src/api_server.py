@@ -10,8 +10,10 @@ if __name__ == "__main__":   # `python src/api_server.py`: stop signals handled 
 
     entry.install()
 
+import hashlib
 import logging
 import threading
+import time
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -117,6 +119,9 @@ def _status_arg(allowed: tuple[str, ...]) -> str | None:
     return status
 
 
+SCRAPER_GRACE = 600.0   # seconds an operator key that read /metrics still may while the DB is down
+
+
 def create_app(settings: Settings | None = None, dao: Dao | None = None,
                runs_runner: bool = False) -> Flask:
     """The app. `runs_runner`: this process runs an embedded JobRunner, so /healthz
@@ -128,6 +133,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     app.json.sort_keys = False
     app.extensions["mailjobs"] = {"dao": dao, "settings": settings}
     verifier = KeyVerifier(dao)
+    metrics.configure(settings.metrics_sender_labels)
     large_slots = threading.BoundedSemaphore(max(1, settings.large_enqueue_concurrency))
 
     @app.errorhandler(RequestRejected)
@@ -446,8 +452,35 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         response.status_code = status
         return response
 
+    recent_scrapers: dict[str, float] = {}     # SHA-256 of an operator key -> when verified
+
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
+        # Operators only: X-API-Key, or `Authorization: Bearer KEY` (Prometheus' own setting).
+        bearer = request.headers.get("Authorization", "")
+        presented = request.headers.get("X-API-Key") or (
+            bearer[7:].strip() if bearer[:7].lower() == "bearer " else "")
+        if not presented:
+            return error_response(401, "unauthorized", "/metrics needs an operator API key in "
+                                  "X-API-Key or Authorization: Bearer", [("X-API-Key", "missing")])
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        try:
+            scraper = verifier.verify(presented)
+        except DatabaseUnavailable:
+            # /metrics must say the database is down: an operator key verified in the last
+            # SCRAPER_GRACE seconds may still read it
+            if time.monotonic() - recent_scrapers.get(digest, float("-inf")) > SCRAPER_GRACE:
+                raise
+            body, content_type = metrics.render(dao)
+            return Response(body, content_type=content_type)
+        if scraper is not None and scraper.is_operator:
+            recent_scrapers[digest] = time.monotonic()
+        if scraper is None:
+            return error_response(401, "unauthorized", "the API key is unknown or revoked",
+                                  [("X-API-Key", "unknown or revoked")])
+        if not scraper.is_operator:
+            return error_response(403, "operator_only", "this needs an operator API key",
+                                  [("X-API-Key", "not an operator key")])
         body, content_type = metrics.render(dao)
         return Response(body, content_type=content_type)
 

@@ -6,6 +6,7 @@ import atexit
 import hashlib
 import logging
 import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -139,18 +140,78 @@ def migrate(settings: Settings) -> None:
         log.info("applied migration %03d_%s", migration.version, migration.name)
 
 
+# What deploy/production.env.example and the docs write where a secret goes, and values no one
+# chose at random. A real SECRET_KEY is `secrets.token_urlsafe(32)` (43 characters).
+_PLACEHOLDER = re.compile(r"change[-_ ]?(me|this|it)|replace[-_ ]?(me|this)|<[^>]*>|"
+                          r"\A(x+|secret|password|todo|example|dev|test|default)\Z", re.I)
+MIN_SECRET_CHARS = 32
+
+
+def local_database_url() -> str:
+    return local_database().url(defaults.LOCAL_DB_NAME)
+
+
+def development_mode(settings: Settings) -> bool:
+    """Development mode: DEVELOPMENT=1, or the project-local database (DATABASE_URL unset, or
+    the URL of that database, which `make run` hands to its own child processes)."""
+    return settings.development or settings.database_url in (None, "", local_database_url())
+
+
+def _weak(value: str) -> bool:
+    return bool(_PLACEHOLDER.search(value)) or len(set(value)) < 8
+
+
+def secret_problems(settings: Settings) -> list[str]:
+    """What is wrong with SECRET_KEY and TOKEN_ENCRYPTION_KEY (unset is fine: a random key is
+    generated into var/ on first use)."""
+    problems = []
+    secret = settings.secret_key
+    if secret and (len(secret) < MIN_SECRET_CHARS or _weak(secret)):
+        problems.append(f"SECRET_KEY is a placeholder or shorter than {MIN_SECRET_CHARS} "
+                        "characters")
+    token_key = settings.token_encryption_key
+    if token_key:
+        from cryptography.fernet import Fernet
+
+        try:
+            Fernet(token_key.encode())
+            valid = not _weak(token_key)
+        except (ValueError, TypeError):
+            valid = False
+        if not valid:
+            problems.append("TOKEN_ENCRYPTION_KEY is a placeholder or not a Fernet key")
+    return problems
+
+
+def check_production_settings(settings: Settings) -> None:
+    """Refuse to start outside development mode with a placeholder or weak secret: raises
+    ValueError with one sentence saying what to set. In development mode it only warns."""
+    problems = secret_problems(settings)
+    if not problems:
+        return
+    what = " and ".join(problems)
+    if development_mode(settings):
+        log.warning("%s; accepted only because this is development mode", what)
+        return
+    raise ValueError(
+        f"refusing to start: {what}; generate SECRET_KEY with `python -c 'import secrets; "
+        "print(secrets.token_urlsafe(32))'` and TOKEN_ENCRYPTION_KEY with `python -c 'from "
+        "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'` (or set "
+        "DEVELOPMENT=1 on a development machine)")
+
+
 def dev_key_file(settings: Settings) -> Path:
     """var/dev_api_key for the project-local database; one file per other DATABASE_URL, so
     pointing `serve` at another database never overwrites the local key."""
-    local = local_database().url(defaults.LOCAL_DB_NAME)
-    if settings.database_url in (None, local):
+    if settings.database_url in (None, local_database_url()):
         return DEV_KEY_FILE
     digest = hashlib.sha256((settings.database_url or "").encode()).hexdigest()[:8]
     return DEV_KEY_FILE.with_name(f"dev_api_key.{digest}")
 
 
 def dev_api_key(dao: Dao, key_file: Path = DEV_KEY_FILE) -> str:
-    """The development key kept in key_file, created (may send as anyone) when missing."""
+    """The development key kept in key_file, created (may send as anyone) when missing. Only
+    for development mode (`serve` checks development_mode first)."""
     verifier = api_keys.KeyVerifier(dao)
     if key_file.exists():
         key = key_file.read_text().strip()
@@ -158,14 +219,19 @@ def dev_api_key(dao: Dao, key_file: Path = DEV_KEY_FILE) -> str:
             return key
     issued = api_keys.create_key(dao, "development", ["*"], operator=True)
     key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(issued.key + "\n")
-    key_file.chmod(0o600)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # 0600 from the start
+    with os.fdopen(fd, "w") as handle:
+        handle.write(issued.key + "\n")
     log.info("created development API key %d (saved in %s)", issued.id, key_file)
     return issued.key
 
 
-def ready_line(settings: Settings, key: str) -> str:
+def ready_line(settings: Settings, key: str | None) -> str:
     base = f"http://{settings.host}:{settings.port}"
+    if key is None:
+        return (f"mailjobs is ready on {base}\n"
+                "  no development key (DATABASE_URL is not the project-local database): create "
+                "one with `mailjobs api-key create --name NAME --sender ADDRESS`")
     body = ('{"sender_email": "dev@example.com", "from_name": "Dev", '
             '"template": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}, this is mailjobs."}, '
             '"recipients": [{"email": "you@example.com", "name": "You"}]}')

@@ -23,6 +23,12 @@ forward; whoever moves it does the check):
 4. when every message was handled, `bounces_checked_at` moves to the time the check started. A
    check that fails half-way (Gmail down, no gmail.readonly scope) leaves it, so the next check
    reads the same window again.
+
+Nothing a stranger mails can stop or mislead this: a message is read up to
+MAILBOX_MAX_MESSAGE_BYTES, dsn.parse never raises (an unreadable message is recorded as
+`unreadable`, logged and counted), a report counts only for the recipient whose own Message-ID
+token it carries and whose address it names (`Dao.record_bounce`), and an unexpected error with
+one message or one sender is logged and the check goes on with the next.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, Sequence
 
+import defaults
 import dsn
 import metrics
 from dao_mysql import Dao, DaoError
@@ -63,7 +70,8 @@ def query_since(checked_until: datetime | None, now: datetime,
 
 def check_sender(dao: Dao, mailbox: Mailbox, sender: str, checked_until: datetime | None,
                  stop: threading.Event | None = None,
-                 feedback_from: Sequence[str] = ()) -> dict[str, int]:
+                 feedback_from: Sequence[str] = (),
+                 max_bytes: int = defaults.MAILBOX_MAX_MESSAGE_BYTES) -> dict[str, int]:
     """Read the sender's new DSNs and complaint reports; returns counts by outcome. Raises
     SendError when Gmail fails (nothing is lost: the window is read again next time)."""
     started = datetime.now(timezone.utc)
@@ -75,25 +83,52 @@ def check_sender(dao: Dao, mailbox: Mailbox, sender: str, checked_until: datetim
     for gmail_id in new[:FETCH_LIMIT]:
         if stop is not None and stop.is_set():
             return counts                  # not finished: the window stays open
-        bounce = dsn.parse(mailbox.get_raw(sender, gmail_id))
-        result = dao.record_bounce(
-            sender, gmail_id, bounce.message_id if bounce else None,
-            bounce.kind if bounce else None, bounce.error_code if bounce else None,
-            bounce.error if bounce else None)
-        if result is None:
-            continue                       # another runner recorded it a moment ago
-        counts[result["outcome"]] = counts.get(result["outcome"], 0) + 1
-        metrics.MAILBOX_REPORTS.labels(sender, result["outcome"]).inc()
-        _log(sender, gmail_id, bounce, result)
+        raw = mailbox.get_raw(sender, gmail_id)       # SendError: Gmail failed, read again
+        outcome = _handle(dao, sender, gmail_id, raw, max_bytes)
+        if outcome is not None:
+            counts[outcome] = counts.get(outcome, 0) + 1
+            metrics.MAILBOX_REPORTS.labels(metrics.sender_label(sender), outcome).inc()
     if len(new) <= FETCH_LIMIT and len(ids) < LIST_LIMIT:   # all read: close the window
         dao.set_bounces_checked(sender, started)
     return counts
+
+
+def _handle(dao: Dao, sender: str, gmail_id: str, raw: bytes, max_bytes: int) -> str | None:
+    """Parse and record one mailbox message; its outcome, or None when another runner recorded
+    it first. Nothing in the message can stop the check: dsn.parse never raises, and a failure
+    to record it (other than the database being down) is logged, counted `failed` and skipped."""
+    report = dsn.parse(raw, max_bytes)
+    if isinstance(report, dsn.Unreadable):
+        log.warning("sender %s: mailbox message %s (%d bytes) is unreadable, skipped: %s",
+                    sender, gmail_id, len(raw), report.reason)
+    try:
+        result = dao.record_bounce(
+            sender, gmail_id, report.message_id if report else None,
+            report.kind if report else None, getattr(report, "error_code", None),
+            getattr(report, "error", None), report.named if report else (),
+            getattr(report, "recipient", None))
+    except DaoError:
+        raise                              # the database is down: the round stops
+    except Exception:   # a bug or a value the database refused: this message only
+        log.exception("sender %s: mailbox message %s could not be recorded; skipped", sender,
+                      gmail_id)
+        return "failed"
+    if result is None:
+        return None                        # another runner recorded it a moment ago
+    if not isinstance(report, dsn.Unreadable):
+        _log(sender, gmail_id, report, result)
+    return result["outcome"]
 
 
 def _log(sender: str, gmail_id: str, bounce: dsn.Bounce | dsn.Complaint | None,
          result: dict[str, Any]) -> None:
     if bounce is None:
         log.debug("sender %s: mailbox message %s is not a bounce", sender, gmail_id)
+    elif result["outcome"] == "mismatched":
+        log.warning("sender %s: %s %s (%s) names Message-ID %s but not its recipient (it names "
+                    "%s): not counted", sender,
+                    bounce.kind if bounce.kind == "complaint" else "bounce", gmail_id,
+                    bounce.status, bounce.message_id, ", ".join(bounce.named)[:300])
     elif result["recipient_id"] is None:
         log.info("sender %s: %s %s (%s) matches no recipient (Message-ID %s)", sender,
                  bounce.kind if bounce.kind == "complaint" else "bounce", gmail_id,
@@ -120,12 +155,19 @@ def check_all(settings: Settings, dao: Dao, mailbox: Mailbox,
             continue
         try:
             counts = check_sender(dao, mailbox, sender, checked_until, stop,
-                                  settings.feedback_loop_addresses)
+                                  settings.feedback_loop_addresses,
+                                  settings.mailbox_max_message_bytes)
         except SendError as exc:
             hint = (" (reading the mailbox needs the gmail.readonly scope: run `mailjobs auth "
                     f"{sender}`)" if exc.status == 403 else "")
             log.warning("sender %s: bounce check failed: %s%s; next try in %d s", sender, exc,
                         hint, settings.bounce_check_interval)
+            continue
+        except DaoError:
+            raise                          # the database is down: no sender can be checked
+        except Exception:   # a bug with this sender's mailbox: the other senders go on
+            log.exception("sender %s: bounce check failed; next try in %d s", sender,
+                          settings.bounce_check_interval)
             continue
         for outcome, n in counts.items():
             totals[outcome] = totals.get(outcome, 0) + n

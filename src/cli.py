@@ -69,6 +69,13 @@ def cli(ctx: click.Context, url: str | None, key: str | None) -> None:
     ctx.obj.update(settings=settings, url=url, key=key)
 
 
+def _refuse_weak_secrets(ctx: click.Context) -> None:
+    try:
+        bootstrap.check_production_settings(ctx.obj["settings"])
+    except ValueError as exc:
+        raise bootstrap.StartupError(str(exc)) from None
+
+
 def _interrupt() -> None:
     raise KeyboardInterrupt("stop signal")
 
@@ -81,9 +88,13 @@ def serve(ctx: click.Context) -> None:
 
     from api_server import create_app
 
+    _refuse_weak_secrets(ctx)
+    development = bootstrap.development_mode(ctx.obj["settings"])
     dao = _service_dao(ctx, migrate=True)
     settings = dao.settings
-    key = bootstrap.dev_api_key(dao, bootstrap.dev_key_file(settings))
+    # The development operator key (may send as anyone) only for the project-local database or
+    # with DEVELOPMENT=1, never silently against another DATABASE_URL.
+    key = bootstrap.dev_api_key(dao, bootstrap.dev_key_file(settings)) if development else None
     transports.announce(settings)
     app = create_app(settings, dao, runs_runner=settings.embedded_runner)
     try:
@@ -120,8 +131,10 @@ def serve(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a standalone JobRunner (any number of them may share one database)."""
+    _refuse_weak_secrets(ctx)
     dao = _service_dao(ctx, migrate=False)
     settings = dao.settings
+    metrics.configure(settings.metrics_sender_labels)
     transports.announce(settings)
     runner = JobRunner(settings, dao, transports.transport_factory(settings, dao), kind="worker")
     metrics.serve_worker_metrics(settings.metrics_port, settings.host)

@@ -17,7 +17,6 @@ import json
 import logging
 import random
 import re
-import secrets
 import threading
 import time
 from datetime import datetime, timezone
@@ -32,6 +31,8 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception_type, stop_af
 
 import defaults
 import metrics
+from addresses import address_key
+from mail_message import has_own_token, recipient_message_id
 from rate_limit import Limits, allowance
 from scheduling import Claimable
 from records import ApiKey, Job, NewJob, NewRecipient, Recipient, StoredTemplate
@@ -432,9 +433,10 @@ class Dao:
             if expired:  # their runner died mid-send: the mail may have gone out
                 cur.execute(self.queries["mark_in_doubt"].format(ids=_placeholders(len(expired))),
                             expired)
-            domain = sender.rpartition("@")[2]
-            cur.execute(self.queries["claim_recipients"].format(ids=marks),
-                        (runner_id, lease, lease, secrets.token_hex(4), domain, *ids))
+            new_ids = [x for i in ids for x in (i, recipient_message_id(job_id, i, sender))]
+            cur.execute(self.queries["claim_recipients"].format(
+                ids=marks, case=" ".join(["WHEN %s THEN %s"] * len(ids))),
+                (runner_id, lease, lease, *new_ids, *ids))
             if limits.daily_cap > 0:
                 self._add_sender_sends(cur, {sender: len(ids)})
             self._run(cur, "start_job", (job_id,))
@@ -642,6 +644,22 @@ class Dao:
         row = self._one("api_key_by_id", (key_id,))
         return _api_key(row) if row else None
 
+    @_rerun_on_conflict
+    def create_dashboard_session(self, token_hash: str, key_id: int, seconds: int) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "insert_dashboard_session", (token_hash, key_id, int(seconds)))
+
+    def dashboard_session_key(self, token_hash: str) -> int | None:
+        """The key id of a live dashboard session, None when it ended (logout) or expired."""
+        row = self._one("dashboard_session_key", (token_hash,))
+        return int(row[0]) if row else None
+
+    @_rerun_on_conflict
+    def end_dashboard_session(self, token_hash: str) -> None:
+        """Ends this session (and clears expired ones)."""
+        with self.transaction() as cur:
+            self._run(cur, "delete_dashboard_session", (token_hash,))
+
     def job_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """Recipient counts by status of several jobs: {job_id: {status: n}}."""
         if not job_ids:
@@ -810,19 +828,28 @@ class Dao:
     @_rerun_on_conflict
     def record_bounce(self, sender: str, gmail_id: str, message_id: str | None,
                       kind: str | None, error_code: str | None,
-                      error: str | None) -> dict[str, Any] | None:
+                      error: str | None, named: Sequence[str] = (),
+                      guess: str | None = None) -> dict[str, Any] | None:
         """Record one mailbox message a bounce check read, in one transaction: a DSN matched
         to its recipient by Message-ID marks it `bounced`; a hard one (kind "hard") also
         suppresses the address for the job's key. A complaint (kind "complaint", an ARF report)
         leaves the recipient `sent` (it was delivered) with error_code `complaint`, and
         suppresses the address (reason `complaint`). None when the message was recorded before.
+
+        Attribution (`attributed`): the Message-ID must be the recipient's own, and when the
+        report names recipients (`named`) the recipient's address must be one of them; outcome
+        `mismatched` otherwise. Kind "unreadable" is recorded as such and acts on nobody.
         """
         with self.transaction() as cur:
             target = None
-            if kind and message_id:
+            if kind and kind != "unreadable" and message_id:
                 self._run(cur, "bounce_recipient", (message_id, sender))
                 target = cur.fetchone()
             outcome = "not_a_bounce" if not kind else (kind if target else "unmatched")
+            if kind == "unreadable":
+                outcome = "unreadable"
+            elif target is not None and not attributed(target[4], target[2], named, guess):
+                target, outcome = None, "mismatched"
             try:
                 self._run(cur, "insert_bounce_message",
                           (sender, gmail_id, outcome, int(target[0]) if target else None))
@@ -847,6 +874,21 @@ class Dao:
                 result["suppressed"] = self._run(cur, "insert_suppression", (
                     key_id, email, reason, job_id, rid, (error or "")[:65000])) == 1
             return result
+
+
+def attributed(stored_message_id: str | None, to_email: str, named: Sequence[str],
+               guess: str | None) -> bool:
+    """Whether a report whose Message-ID is this recipient's own counts for it. A report that
+    names its recipients (Final-Recipient, Original-Recipient, Original-Rcpt-To) must name this
+    one. A Message-ID of the older per-batch form (guessable by another recipient of the batch)
+    counts only when the report names the recipient, in its fields or, for a text bounce, as
+    the address it quotes (`guess`)."""
+    mine = address_key(to_email)
+    if named:
+        return any(address_key(a) == mine for a in named)
+    if has_own_token(stored_message_id):
+        return True
+    return guess is not None and address_key(guess) == mine
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:

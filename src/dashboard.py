@@ -1,9 +1,11 @@
 """The operators' dashboard: read-only HTML pages over the same data as the API and the CLI.
 
 - Behind an OPERATOR API key: `/dashboard/login` takes the key once, checks it with KeyVerifier
-  and accepts operator keys only; the key's id then lives in Flask's signed session cookie
-  (HttpOnly, SameSite=Lax, path /dashboard, 12 hours). Every request reads the key row again, so
-  revoking the key (`mailjobs api-key revoke`) ends its sessions at once.
+  and accepts operator keys only; a random session token then lives in Flask's signed session
+  cookie (HttpOnly, SameSite=Lax, path /dashboard, 12 hours, Secure when the request came over
+  HTTPS), and its SHA-256 in `dashboard_sessions`. Every request reads the session row and the
+  key row again, so logging out ends that session (an old copy of the cookie no longer works)
+  and revoking the key (`mailjobs api-key revoke`) ends all its sessions at once.
 - Server-rendered Jinja templates (`templates/dashboard/`, autoescaped), plain CSS, no
   JavaScript: the send-rate chart is inline SVG computed here. A strict Content-Security-Policy
   forbids scripts altogether, as a second line behind the escaping.
@@ -14,6 +16,7 @@ var/secret_key (0600) and reused, as sender_credentials does for its token key.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -24,6 +27,7 @@ from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, Response, abort, g, redirect, render_template, request,
                    session, url_for)
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from addresses import InvalidAddress, normalize_address
@@ -81,9 +85,22 @@ def secret_key(settings: Settings) -> str:
         return secrets.token_urlsafe(48)
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure whenever the request itself came over HTTPS
+    (wsgi.url_scheme; behind a proxy, gunicorn sets it from a trusted X-Forwarded-Proto)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure or super().get_cookie_secure(app)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def register_dashboard(app: Flask, dao: Dao, settings: Settings) -> None:
     """Mount the dashboard on `app` under /dashboard."""
     app.secret_key = secret_key(settings)
+    app.session_interface = _SessionInterface()
     app.config.update(SESSION_COOKIE_NAME="mailjobs_dashboard", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_PATH="/dashboard",
                       PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME)
@@ -233,8 +250,12 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
         bp.add_app_template_filter(func, name)
 
     def _session_key() -> ApiKey | None:
-        key_id = session.get("key_id")
-        if not isinstance(key_id, int):
+        token = session.get("sid")
+        if not isinstance(token, str):
+            return None
+        key_id = dao.dashboard_session_key(_token_hash(token))
+        if key_id is None:                 # logged out or expired: the cookie is worth nothing
+            session.clear()
             return None
         key = dao.api_key_by_id(key_id)
         if key is None or key.revoked_at is not None or not key.is_operator:
@@ -291,12 +312,18 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             return render_template("dashboard/login.html", next_url=next_url,
                                    error=error), status
         session.clear()
-        session["key_id"] = key.id
+        token = secrets.token_urlsafe(32)
+        dao.create_dashboard_session(_token_hash(token), key.id,
+                                     int(SESSION_LIFETIME.total_seconds()))
+        session["sid"] = token
         log.info("dashboard login with operator key %d (%s)", key.id, key.name)
         return redirect(next_url)
 
     @bp.post("/logout")
     def logout() -> Response:
+        token = session.get("sid")
+        if isinstance(token, str):
+            dao.end_dashboard_session(_token_hash(token))
         session.clear()
         return redirect(url_for("dashboard.login", logged_out=1))
 

@@ -156,12 +156,28 @@ BOUNCE_CHECK_INTERVAL = 600
 # your ISP's...), comma-separated: the bounce check also reads their ARF complaint reports and
 # suppresses the complaining address. Empty: complaints are not read.
 FEEDBACK_LOOP_FROM = ""
+# Bytes of one mailbox message a bounce check reads (anyone can mail a sender's mailbox): a
+# bigger one is read up to this size. A report's own parts come first, so a genuine DSN or ARF
+# report is still understood; only the returned copy of the original may be cut.
+MAILBOX_MAX_MESSAGE_BYTES = 1048576
 
 # --- Dashboard and metrics ---------------------------------------------------------------------
-# Signs the dashboard's session cookie; set it in production (the same on every API process).
+# Signs the dashboard's session cookie and the unsubscribe links; set it in production (the
+# same on every API process, at least 32 characters; a placeholder such as CHANGE-ME is refused).
 SECRET_KEY = ""
-# Port of the Prometheus /metrics server of a standalone worker (0: none).
+# Port of the Prometheus /metrics server of a standalone worker (0: none). It needs no key: bind
+# HOST to a private interface. The API's /metrics needs an operator key.
 METRICS_PORT = 0
+# 1: metrics carry each sender address as a label (per-tenant detail for whoever can scrape);
+# 0: the sender label is "all".
+METRICS_SENDER_LABELS = False
+
+# --- Development mode ----------------------------------------------------------------------------
+# 1: development mode even with a DATABASE_URL: weak or placeholder SECRET_KEY /
+# TOKEN_ENCRYPTION_KEY are accepted and `mailjobs serve` creates (and prints) a development
+# operator key. Without it, development mode is on only for the project-local database
+# (DATABASE_URL unset), which is what `make run` uses.
+DEVELOPMENT = False
 
 # How the README shows a default that is not a plain value.
 _SHOWN = {

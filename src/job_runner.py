@@ -306,7 +306,7 @@ class JobRunner:
 
     def _log_outcome(self, o: Outcome) -> None:
         job_id, r = o.job.id, o.recipient
-        metrics.SENDS.labels(o.job.sender_email, "recovered" if o.recovered else o.result,
+        metrics.SENDS.labels(metrics.sender_label(o.job.sender_email), "recovered" if o.recovered else o.result,
                              o.error_code or "").inc()
         if o.result in (SENT, FAILED, EXPIRED):
             self._progress[job_id] = self._progress.get(job_id, 0) + 1

@@ -131,6 +131,34 @@ def _body(text: str | None, html: str | None) -> MIMENonMultipart | MIMEMultipar
     return _text_part(text or "", "plain")
 
 
+# mailjobs' own Message-IDs: <mj.JOB.RECIPIENT.TOKEN@domain>. Since issue 13 TOKEN is 128 random
+# bits of its own per recipient (32 hex digits), so knowing one's own Message-ID tells nothing
+# about another recipient's; before, it was 8 hex digits shared by a whole claim batch.
+RECIPIENT_TOKEN_BYTES = 16
+_OWN_ID = re.compile(r"<mj\.\d+\.\d+\.([0-9a-f]+)@[^<>@\s]+>\Z")
+
+
+def recipient_message_id(job_id: int, recipient_id: int, sender_email: str) -> str:
+    """The Message-ID fixed on a recipient's row when it is first claimed: its ids, a token of
+    its own (RECIPIENT_TOKEN_BYTES random bytes) and the sender's domain in ASCII (IDNA), so
+    the header sent, the stored value and Gmail's rfc822msgid: search are the same string."""
+    try:
+        domain = _ascii_domain(sender_email.rpartition("@")[2]).lower()
+    except (ValueError, UnicodeError):     # not reached for a validated sender; never fail
+        domain = "mailjobs.invalid"        # a claim for it: the id stays one consistent string
+    if not domain or not re.fullmatch(r"[a-z0-9.-]+", domain):
+        domain = "mailjobs.invalid"
+    token = secrets.token_hex(RECIPIENT_TOKEN_BYTES)
+    return f"<mj.{int(job_id)}.{int(recipient_id)}.{token}@{domain}>"
+
+
+def has_own_token(message_id: str | None) -> bool:
+    """True for a Message-ID made by recipient_message_id (a per-recipient unguessable token);
+    False for the older per-batch form and anything else."""
+    match = _OWN_ID.match(message_id or "")
+    return bool(match) and len(match.group(1)) >= 2 * RECIPIENT_TOKEN_BYTES
+
+
 def new_message_id(domain: str) -> str:
     """A fresh, globally unique Message-ID such as `<1732380000.3f2a...@example.com>`."""
     _check("domain", domain)

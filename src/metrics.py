@@ -19,7 +19,23 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 log = logging.getLogger("mailjobs.metrics")
 
-SENDS = Counter("mailjobs_sends", "Send attempts by sender, result and error_code",
+# METRICS_SENDER_LABELS: whether the sender label carries each address (per-tenant detail) or
+# "all"; set once at start by configure().
+_SENDER_LABELS = False
+
+
+def configure(sender_labels: bool) -> None:
+    global _SENDER_LABELS
+    _SENDER_LABELS = bool(sender_labels)
+
+
+def sender_label(sender: str) -> str:
+    """The value of a metric's `sender` label: the address only with METRICS_SENDER_LABELS=1."""
+    return sender if _SENDER_LABELS else "all"
+
+
+SENDS = Counter("mailjobs_sends", "Send attempts by sender (see sender_label), result and "
+                "error_code",
                 ["sender", "result", "error_code"])
 SEND_SECONDS = Histogram("mailjobs_send_seconds", "Time one transport send took",
                          ["transport"], buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
@@ -27,7 +43,8 @@ ENQUEUE_SECONDS = Histogram("mailjobs_enqueue_seconds", "Time to validate and st
                             buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 MAILBOX_REPORTS = Counter("mailjobs_mailbox_reports",
                           "Mailbox messages a bounce check read, by sender and outcome "
-                          "(hard, soft, complaint, unmatched, not_a_bounce)",
+                          "(hard, soft, complaint, unmatched, mismatched, not_a_bounce, "
+                          "unreadable, failed)",
                           ["sender", "outcome"])
 ENQUEUED_RECIPIENTS = Counter("mailjobs_enqueued_recipients", "Recipients stored by the API")
 POOL_IN_USE = Gauge("mailjobs_db_pool_in_use", "Database connections checked out of the pool",

@@ -52,7 +52,9 @@ def openapi_document() -> dict[str, Any]:
                  "description": "Templated bulk email through Gmail, queued in MySQL."},
         "components": {
             "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                                "bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "an API key (for /metrics scrapers)"}},
         },
         "security": [{"apiKey": []}],
         "paths": {
@@ -173,10 +175,12 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json(s.HealthOut, "healthy"),
                               "503": _json(s.HealthOut, "database (or runners) unavailable")}}},
             "/metrics": {"get": {
-                "summary": "Prometheus metrics (sends, latencies, queue depth, runners, pool)",
-                "security": [],
+                "summary": "Prometheus metrics (sends, latencies, queue depth, runners, pool); "
+                           "operator key, in X-API-Key or as Authorization: Bearer",
+                "security": [{"apiKey": []}, {"bearer": []}],
                 "responses": {"200": {"description": "Prometheus text format", "content": {
-                    "text/plain": {"schema": {"type": "string"}}}}}}},
+                    "text/plain": {"schema": {"type": "string"}}}},
+                    **_errors(401, 403, 503)}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [],
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },

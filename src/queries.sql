@@ -53,8 +53,10 @@ FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 
 -- name: jobs_page
 -- Newest first, keyset paged by id; %(api_key_id)s NULL lists every key's jobs (operators).
-SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
-       text_template, variables, status, status_reason, total, duplicates_removed,
+-- A list needs no template bodies nor variables (megabytes a job): NULL in their places, and the
+-- subject's first 200 characters (the dashboard shows 60).
+SELECT id, type, api_key_id, sender_email, from_name, reply_to, LEFT(subject_template, 200),
+       NULL, NULL, NULL, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
        unsubscribe_base_url
@@ -197,12 +199,14 @@ ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED;
 UPDATE job_recipients SET in_doubt = 1 WHERE id IN ({ids});
 
 -- name: claim_recipients
--- {ids} is replaced by one %s placeholder per id. The Message-ID is fixed here, before any send.
+-- {ids} is replaced by one %s placeholder per id, {case} by "WHEN %s THEN %s" per id (the id and
+-- its new Message-ID, mail_message.recipient_message_id). The Message-ID is fixed here, before
+-- any send, and never changed after.
 UPDATE job_recipients
 SET status = 'sending', claimed_by = %s, attempts = attempts + 1,
     lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
     next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
-    message_id = COALESCE(message_id, CONCAT('<mj.', job_id, '.', id, '.', %s, '@', %s, '>'))
+    message_id = COALESCE(message_id, CASE id {case} END)
 WHERE id IN ({ids});
 
 -- name: claimed_rows
@@ -505,7 +509,7 @@ JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE
 WHERE r.id IN ({ids});
 
 -- name: unsubscribe_target
-SELECT r.id, r.job_id, r.to_email, j.api_key_id FROM job_recipients r
+SELECT r.id, r.job_id, r.to_email, j.api_key_id, r.message_id FROM job_recipients r
 JOIN jobs j ON j.id = r.job_id WHERE r.id = %s;
 
 -- name: bounce_senders
@@ -534,7 +538,7 @@ INSERT INTO bounce_messages (sender_email, gmail_id, outcome, recipient_id) VALU
 
 -- name: bounce_recipient
 -- The recipient a DSN is about, by the Message-ID mailjobs fixed before sending it.
-SELECT r.id, r.job_id, r.to_email, j.api_key_id FROM job_recipients r
+SELECT r.id, r.job_id, r.to_email, j.api_key_id, r.message_id FROM job_recipients r
 JOIN jobs j ON j.id = r.job_id
 WHERE r.message_id = %s AND j.sender_email = %s
 ORDER BY r.id LIMIT 1;
@@ -547,3 +551,15 @@ UPDATE job_recipients SET error_code = 'complaint', error = %s WHERE id = %s AND
 -- A soft bounce never overwrites a hard one; a hard one may follow a soft one.
 UPDATE job_recipients SET status = 'bounced', error_code = %s, error = %s
 WHERE id = %s AND (status = 'sent' OR (status = 'bounced' AND error_code = 'bounce_4xx'));
+
+-- ===== dashboard sessions =====================================================================
+
+-- name: insert_dashboard_session
+INSERT INTO dashboard_sessions (token_hash, api_key_id, expires_at)
+VALUES (%s, %s, UTC_TIMESTAMP(6) + INTERVAL %s SECOND);
+
+-- name: dashboard_session_key
+SELECT api_key_id FROM dashboard_sessions WHERE token_hash = %s AND expires_at > UTC_TIMESTAMP(6);
+
+-- name: delete_dashboard_session
+DELETE FROM dashboard_sessions WHERE token_hash = %s OR expires_at <= UTC_TIMESTAMP(6);

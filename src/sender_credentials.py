@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import threading
 from typing import Any
 
@@ -31,8 +33,16 @@ def fernet(settings: Settings) -> Fernet:
         return Fernet(DEV_KEY_FILE.read_bytes().strip())
     DEV_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
     key = Fernet.generate_key()
-    DEV_KEY_FILE.write_bytes(key)
-    DEV_KEY_FILE.chmod(0o600)
+    tmp = DEV_KEY_FILE.with_name(f".{DEV_KEY_FILE.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)   # 0600 from the start
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    try:
+        os.link(tmp, DEV_KEY_FILE)     # atomic; another process that got there first wins
+    except FileExistsError:
+        key = DEV_KEY_FILE.read_bytes().strip()
+    finally:
+        tmp.unlink()
     log.warning("TOKEN_ENCRYPTION_KEY is not set: generated a development key in %s; set "
                 "TOKEN_ENCRYPTION_KEY in production (the same on every host)", DEV_KEY_FILE)
     return Fernet(key)

@@ -132,8 +132,11 @@ class Settings:
     unsubscribe_token_days: int = defaults.UNSUBSCRIBE_TOKEN_DAYS
     bounce_check_interval: int = defaults.BOUNCE_CHECK_INTERVAL
     feedback_loop_from: str = defaults.FEEDBACK_LOOP_FROM
+    mailbox_max_message_bytes: int = defaults.MAILBOX_MAX_MESSAGE_BYTES
     secret_key: str = defaults.SECRET_KEY
     metrics_port: int = defaults.METRICS_PORT
+    metrics_sender_labels: bool = defaults.METRICS_SENDER_LABELS
+    development: bool = defaults.DEVELOPMENT
 
     @property
     def transport_name(self) -> str:

@@ -7,9 +7,13 @@ Migrations are applied by `mailjobs migrate` before the service starts (systemd 
 from __future__ import annotations
 
 from api_server import create_app
-from bootstrap import configure_logging
+from bootstrap import check_production_settings, configure_logging
 from settings import load_settings
 
 settings = load_settings()
 configure_logging(settings.log_level, settings.log_format)
+try:
+    check_production_settings(settings)   # a placeholder SECRET_KEY: refuse to serve
+except ValueError as exc:
+    raise SystemExit(f"mailjobs: {exc}") from None
 app = create_app(settings)

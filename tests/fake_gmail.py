@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email
+import email.parser
 import email.policy
 import json
 import random
@@ -77,6 +78,12 @@ class Sent:
         if self._parsed is None:
             self._parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
         return self._parsed
+
+    def header(self, name: str) -> str:
+        """One header as text, read leniently (compat32, headers only), as Gmail's search reads
+        anything anyone mails: a received message with a broken MIME part never fails it."""
+        parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.raw)
+        return str(parsed.get(name) or "")
 
 
 @dataclass
@@ -398,7 +405,7 @@ class _SearchQuery:
             raise self._refuse(f"free text {token!r} is not supported")
         name = name.lower()
         if name == "from":
-            return lambda s: value.lower() in str(s.message["From"] or "").lower()
+            return lambda s: value.lower() in s.header("From").lower()
         if name in ("after", "before") and value.isdigit():
             moment = int(value)
             return (lambda s: s.time >= moment) if name == "after" else \
@@ -408,7 +415,7 @@ class _SearchQuery:
             return lambda s: s.time >= time.time() - seconds
         if name == "rfc822msgid":
             wanted = value.strip("<>")
-            return lambda s: (s.message["Message-ID"] or "").strip().strip("<>") == wanted
+            return lambda s: s.header("Message-ID").strip().strip("<>") == wanted
         raise self._refuse(f"term {token!r} is not supported")
 
 
@@ -579,7 +586,7 @@ class _Handler(BaseHTTPRequestHandler):
         wanted = query[len("rfc822msgid:"):].strip("<>")
         with self.fake._lock:
             found = [s for s in self.fake._accounts[account].mailbox
-                     if not wanted or (s.message["Message-ID"] or "").strip().strip("<>") == wanted]
+                     if not wanted or s.header("Message-ID").strip().strip("<>") == wanted]
         if not found:
             return self._reply(200, {"resultSizeEstimate": 0})
         self._reply(200, {"messages": [{"id": s.id, "threadId": s.thread_id} for s in found],

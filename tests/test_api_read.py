@@ -172,3 +172,24 @@ def test_the_job_list_has_each_jobs_counts(client, key, dao):
     assert listed[a]["counts"] == {"queued": 2, "sent": 1}
     assert listed[b]["counts"] == {"queued": 1}
     assert listed[a]["errors"] is None
+
+
+def _bytes_sent_by_the_server(dao) -> int:
+    with dao.transaction() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Bytes_sent'")
+        return int(cur.fetchone()[1])
+
+
+def test_listing_jobs_does_not_read_their_template_bodies(client, key, dao):
+    """Three jobs of 1 MB html and 1 MB text each: the list answers from the columns it shows,
+    so the database sends the API kilobytes, not the 6 MB of bodies."""
+    big = body(1)
+    big["template"]["html"] = "<p>" + "x" * 1_000_000 + "</p>"
+    big["template"]["text"] = "y" * 1_000_000
+    ids = [post(client, key, big).json["job_id"] for _ in range(3)]
+    before = _bytes_sent_by_the_server(dao)
+    r = client.get("/api/jobs", headers=h(key))
+    sent = _bytes_sent_by_the_server(dao) - before
+    assert [j["id"] for j in r.json["jobs"]] == ids[::-1]
+    assert r.json["jobs"][0]["sender_email"] == "ops@example.com"
+    assert sent < 200_000, f"the database sent {sent} bytes to list 3 jobs"

@@ -34,9 +34,9 @@ def op_key(make_key) -> str:
     return make_key(senders=[], operator=True, name="ops-dashboard")
 
 
-def login(client, key: str, next_url: str | None = None):
+def login(client, key: str, next_url: str | None = None, **request_args):
     data = {"api_key": key, **({"next": next_url} if next_url else {})}
-    return client.post("/dashboard/login", data=data)
+    return client.post("/dashboard/login", data=data, **request_args)
 
 
 def sql(dao, statement: str, args=None) -> None:
@@ -109,6 +109,24 @@ def test_a_revoked_keys_session_stops_at_once(client, op_key, dao):
     r = client.get("/dashboard/runners")
     assert r.status_code == 302 and r.headers["Location"].startswith("/dashboard/login")
     assert login(client, op_key).status_code == 401
+
+
+def test_the_cookie_is_secure_when_the_request_came_over_https(app, op_key):
+    plain = login(app.test_client(), op_key).headers["Set-Cookie"]
+    assert "Secure" not in plain           # http://localhost in development: no Secure
+    secure = login(app.test_client(), op_key, None, base_url="https://mail.example.com")
+    cookie = secure.headers["Set-Cookie"]
+    assert cookie.startswith("mailjobs_dashboard=") and "; Secure" in cookie
+
+
+def test_logging_out_ends_the_session_even_for_a_copy_of_the_cookie(client, op_key):
+    r = login(client, op_key)
+    stolen = r.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)[1]
+    assert client.get("/dashboard/runners").status_code == 200
+    assert client.post("/dashboard/logout").status_code == 302
+    client.set_cookie("mailjobs_dashboard", stolen, path="/dashboard")   # the old cookie
+    r = client.get("/dashboard/runners")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/dashboard/login")
 
 
 def test_the_dev_secret_key_is_generated_0600_and_reused(tmp_path, monkeypatch, dao):

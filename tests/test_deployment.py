@@ -28,6 +28,7 @@ def test_gunicorn_api_and_two_workers_send_a_job_together(dao, database, tmp_pat
     port = free_port()
     worker_ports = [free_port(), free_port()]
     key = create_key(dao, "deploy-test", ["*"]).key
+    scraper = create_key(dao, "prometheus", [], operator=True).key   # /metrics: operators only
     multiproc = tmp_path / "prom"
     multiproc.mkdir()
     # what an earlier run of the API left in the directory: gunicorn.conf.py must empty it
@@ -71,7 +72,8 @@ def test_gunicorn_api_and_two_workers_send_a_job_together(dao, database, tmp_pat
         # the API's metrics add up over both gunicorn processes, whichever answers the scrape,
         # and nothing of the earlier run's 1000 is counted
         for _ in range(4):
-            text = requests.get(f"{base}/metrics", timeout=5).text
+            text = requests.get(f"{base}/metrics", timeout=5,
+                                headers={"Authorization": f"Bearer {scraper}"}).text
             assert metric(text, "mailjobs_enqueued_recipients_total") == 600
         sends = [metric(requests.get(f"http://127.0.0.1:{p}/metrics", timeout=5).text,
                         "mailjobs_sends_total") for p in worker_ports]

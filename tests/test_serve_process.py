@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from api_keys import create_key
@@ -63,3 +64,70 @@ def test_serve_sends_through_its_embedded_runner_and_stops_on_sigterm(dao, datab
     output = (tmp_path / "serve.log").read_text()
     assert "NO MAIL IS SENT" in output
     assert "mailjobs is ready on" in output
+    # DATABASE_URL is not the project-local database: no operator key was made or printed
+    assert "no development key" in output and "API key (development)" not in output
+    assert [k.name for k in dao.api_keys()] == ["serve-test"]
+
+
+@pytest.mark.parametrize("command", [[sys.executable, str(ROOT / "src" / "api_server.py")],
+                                     [str(Path(sys.executable).parent / "mailjobs"), "worker"]],
+                         ids=["serve", "worker"])
+@pytest.mark.parametrize("name, value", [
+    ("SECRET_KEY", "CHANGE-ME"),                       # deploy/production.env.example's
+    ("SECRET_KEY", "short-but-not-a-placeholder"),     # < 32 characters
+    ("SECRET_KEY", "a" * 40),                          # long, but no one chose it at random
+    ("TOKEN_ENCRYPTION_KEY", "CHANGE-ME"),             # not even a Fernet key
+])
+def test_serve_and_worker_refuse_a_placeholder_or_short_secret(database, tmp_path, command,
+                                                               name, value):
+    env = {**os.environ, "DATABASE_URL": database.url, "PORT": str(free_port()),
+           "MAIL_TRANSPORT": "null", name: value, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("DEVELOPMENT", None)
+    try:
+        done = subprocess.run(command, env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{command[-1]} started with {name}={value!r}") from None
+    assert done.returncode != 0
+    assert f"refusing to start: {name} is a placeholder" in done.stderr
+    assert "mailjobs is ready" not in done.stderr
+
+
+def test_development_mode_accepts_weak_secrets_and_production_accepts_real_ones(database):
+    import secrets
+
+    from cryptography.fernet import Fernet
+
+    import bootstrap
+    from settings import Settings
+
+    weak = dict(secret_key="CHANGE-ME", token_encryption_key="CHANGE-ME")
+    bootstrap.check_production_settings(Settings(**weak))                    # project-local
+    bootstrap.check_production_settings(Settings(database_url=bootstrap.local_database_url(),
+                                                 **weak))                    # its children
+    bootstrap.check_production_settings(Settings(database_url=database.url, development=True,
+                                                 **weak))
+    with pytest.raises(ValueError, match="SECRET_KEY .* and TOKEN_ENCRYPTION_KEY"):
+        bootstrap.check_production_settings(Settings(database_url=database.url, **weak))
+    bootstrap.check_production_settings(Settings(
+        database_url=database.url, secret_key=secrets.token_urlsafe(32),
+        token_encryption_key=Fernet.generate_key().decode()))
+    bootstrap.check_production_settings(Settings(database_url=database.url))   # unset: fine
+    assert not bootstrap.development_mode(Settings(database_url=database.url))
+
+
+def test_the_dev_api_key_file_is_created_0600_without_a_chmod_after(dao, tmp_path,
+                                                                    monkeypatch):
+    import stat
+
+    import bootstrap
+
+    chmods = []
+    monkeypatch.setattr(os, "chmod", lambda *args, **kw: chmods.append(args))
+    old_umask = os.umask(0o022)
+    try:
+        key = bootstrap.dev_api_key(dao, tmp_path / "dev_api_key")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "dev_api_key").stat().st_mode) == 0o600 and chmods == []
+    assert bootstrap.dev_api_key(dao, tmp_path / "dev_api_key") == key
