@@ -646,7 +646,9 @@ class Dao:
 
     @_rerun_on_conflict
     def create_dashboard_session(self, token_hash: str, key_id: int, seconds: int) -> None:
+        """A new session for `seconds`; expired ones are removed on the way."""
         with self.transaction() as cur:
+            self._run(cur, "purge_dashboard_sessions")
             self._run(cur, "insert_dashboard_session", (token_hash, key_id, int(seconds)))
 
     def dashboard_session_key(self, token_hash: str) -> int | None:

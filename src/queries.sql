@@ -554,6 +554,9 @@ WHERE id = %s AND (status = 'sent' OR (status = 'bounced' AND error_code = 'boun
 
 -- ===== dashboard sessions =====================================================================
 
+-- name: purge_dashboard_sessions
+DELETE FROM dashboard_sessions WHERE expires_at <= UTC_TIMESTAMP(6);
+
 -- name: insert_dashboard_session
 INSERT INTO dashboard_sessions (token_hash, api_key_id, expires_at)
 VALUES (%s, %s, UTC_TIMESTAMP(6) + INTERVAL %s SECOND);
