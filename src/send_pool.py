@@ -1,0 +1,107 @@
+"""The runner's sending threads, shared fairly between API keys and between jobs.
+
+A claimed recipient waits in its job's queue until a thread is free. A free thread takes the
+next recipient of the API key with the fewest sends running (round-robin between keys on a
+tie), and within that key of the job with the fewest running. One key never occupies more
+than `per_key` threads: the runner has RUNNER_CONCURRENCY + 1 threads and a key may use
+RUNNER_CONCURRENCY of them, so however slow one key's renders or sends are (a template that
+takes its whole RENDER_TIMEOUT, a Gmail call that hangs for GMAIL_TIMEOUT), another key's
+recipient always finds a thread, and a key alone loses nothing.
+
+Work is handed out as `concurrent.futures.Future`s, like a ThreadPoolExecutor's: a queued
+recipient's future can be cancelled (pause, cancel, warm stop), a running one cannot.
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from concurrent.futures import Future
+from typing import Any, Callable
+
+_Item = tuple[Future, Callable[..., Any], tuple]
+
+
+class FairPool:
+    def __init__(self, threads: int, per_key: int, name: str) -> None:
+        self.per_key = max(1, per_key)
+        self._cond = threading.Condition()
+        self._queues: dict[int, dict[int, deque[_Item]]] = {}   # key -> job -> waiting
+        self._running_key: Counter[int] = Counter()
+        self._running_job: Counter[int] = Counter()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+                         for i in range(max(1, threads))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, key: int, job: int, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("submit after shutdown")
+            self._queues.setdefault(key, {}).setdefault(job, deque()).append((future, fn, args))
+            self._cond.notify()
+        return future
+
+    def running(self, key: int) -> int:
+        with self._cond:
+            return self._running_key[key]
+
+    def shutdown(self, wait: bool = True) -> None:
+        """No more submissions; threads end when nothing runnable is left (cancel first what
+        should not run)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _next(self) -> tuple[int, int, _Item] | None:
+        """Under the lock: the next item to run, or None when nothing may run now."""
+        best = None
+        for key in self._queues:
+            running = self._running_key[key]
+            if running < self.per_key and (best is None or running < self._running_key[best]):
+                best = key
+        if best is None:
+            return None
+        jobs = self._queues.pop(best)   # re-inserted last: round-robin between equal keys
+        job = min(jobs, key=self._running_job.__getitem__)
+        item = jobs[job].popleft()
+        if not jobs[job]:
+            del jobs[job]
+        if jobs:
+            self._queues[best] = jobs
+        return best, job, item
+
+    def _take(self) -> tuple[int, int, _Item] | None:
+        with self._cond:
+            while True:
+                picked = self._next()
+                if picked is not None:
+                    key, job, (future, _fn, _args) = picked
+                    if not future.set_running_or_notify_cancel():
+                        continue   # cancelled while it waited
+                    self._running_key[key] += 1
+                    self._running_job[job] += 1
+                    return picked
+                if self._closed and not self._queues:
+                    return None
+                self._cond.wait()
+
+    def _work(self) -> None:
+        while True:
+            picked = self._take()
+            if picked is None:
+                return
+            key, job, (future, fn, args) = picked
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # the future carries it to the runner's loop
+                future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._running_key[key] -= 1
+                    self._running_job[job] -= 1
+                    self._cond.notify_all()
