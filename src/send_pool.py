@@ -24,10 +24,13 @@ _Item = tuple[Future, Callable[..., Any], tuple]
 class FairPool:
     def __init__(self, threads: int, per_key: int, name: str) -> None:
         self.per_key = max(1, per_key)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queues: dict[int, dict[int, deque[_Item]]] = {}   # key -> job -> waiting
         self._running_key: Counter[int] = Counter()
         self._running_job: Counter[int] = Counter()
+        # Idle threads, the most recently idle last: it is woken first, so a key sending one
+        # message after another keeps one thread (and its transport connection).
+        self._idle: list[threading.Condition] = []
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
                          for i in range(max(1, threads))]
@@ -36,26 +39,27 @@ class FairPool:
 
     def submit(self, key: int, job: int, fn: Callable[..., Any], *args: Any) -> Future:
         future: Future = Future()
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("submit after shutdown")
             self._queues.setdefault(key, {}).setdefault(job, deque()).append((future, fn, args))
-            self._cond.notify()
+            self._wake_one()
         return future
-
-    def running(self, key: int) -> int:
-        with self._cond:
-            return self._running_key[key]
 
     def shutdown(self, wait: bool = True) -> None:
         """No more submissions; threads end when nothing runnable is left (cancel first what
         should not run)."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            while self._idle:
+                self._wake_one()
         if wait:
             for thread in self._threads:
                 thread.join()
+
+    def _wake_one(self) -> None:
+        if self._idle:
+            self._idle.pop().notify()
 
     def _next(self) -> tuple[int, int, _Item] | None:
         """Under the lock: the next item to run, or None when nothing may run now."""
@@ -75,33 +79,42 @@ class FairPool:
             self._queues[best] = jobs
         return best, job, item
 
-    def _take(self) -> tuple[int, int, _Item] | None:
-        with self._cond:
-            while True:
-                picked = self._next()
-                if picked is not None:
-                    key, job, (future, _fn, _args) = picked
-                    if not future.set_running_or_notify_cancel():
-                        continue   # cancelled while it waited
-                    self._running_key[key] += 1
-                    self._running_job[job] += 1
-                    return picked
-                if self._closed and not self._queues:
-                    return None
-                self._cond.wait()
+    def _take(self, me: threading.Condition) -> tuple[int, int, _Item] | None:
+        """Under the lock: the next item this thread runs (counted as running), waiting while
+        there is none; None when the pool is shut down and empty."""
+        while True:
+            picked = self._next()
+            if picked is not None:
+                key, job, (future, _fn, _args) = picked
+                if not future.set_running_or_notify_cancel():
+                    continue   # cancelled while it waited
+                self._running_key[key] += 1
+                self._running_job[job] += 1
+                if self._queues:
+                    self._wake_one()   # more waiting: another idle thread may take some
+                return picked
+            if self._closed and not self._queues:
+                return None
+            self._idle.append(me)
+            me.wait()
+            if me in self._idle:
+                self._idle.remove(me)
 
     def _work(self) -> None:
+        me = threading.Condition(self._lock)
+        done: tuple[int, int] | None = None
         while True:
-            picked = self._take()
-            if picked is None:
-                return
+            with self._lock:
+                if done is not None:
+                    self._running_key[done[0]] -= 1
+                    self._running_job[done[1]] -= 1
+                picked = self._take(me)
+                if picked is None:
+                    self._wake_one()   # shutting down: pass it on
+                    return
             key, job, (future, fn, args) = picked
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # the future carries it to the runner's loop
                 future.set_exception(exc)
-            finally:
-                with self._cond:
-                    self._running_key[key] -= 1
-                    self._running_job[job] -= 1
-                    self._cond.notify_all()
+            done = (key, job)

@@ -42,6 +42,9 @@ BUILTIN_VARIABLES = frozenset({"email", "name", "unsubscribe_url"})
 MAX_RANGE = 10_000
 # Largest integer a template may compute, in bits (a 4300-digit number is ~14,300 bits).
 MAX_INT_BITS = 20_000
+# A render running longer than YIELD_AFTER seconds sleeps YIELD_FOR seconds (GIL fairness).
+YIELD_AFTER = 0.002
+YIELD_FOR = 0.002
 # What one output value costs besides its characters (a Python string object and its slot).
 OBJECT_COST = 64
 # Text a render may produce in all, intermediate values included, per byte of RENDER_MAX_BYTES.
@@ -89,11 +92,18 @@ class RenderBudget:
         self.limits = limits
         self.deadline = time.monotonic() + limits.timeout
         self.left = WORK_FACTOR * limits.max_bytes
+        self._ran_since = time.monotonic()
 
     def tick(self) -> None:
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now > self.deadline:
             raise RenderBudgetExceeded(
                 f"rendering took longer than RENDER_TIMEOUT ({self.limits.timeout:g} s)")
+        if now - self._ran_since > YIELD_AFTER:
+            # A long render gives the GIL away for a moment: without it, a few renders that
+            # spin for their whole RENDER_TIMEOUT starve the other sending threads' I/O.
+            time.sleep(YIELD_FOR)
+            self._ran_since = time.monotonic()
 
     def need(self, size: int, what: str) -> None:
         """Refuse, before allocating, what would produce `size` characters over the budget."""
@@ -362,34 +372,77 @@ _FOLDABLE = {nodes.Mul: "*", nodes.Pow: "**", nodes.Add: "+", nodes.Mod: "%",
              nodes.Sub: "-", nodes.Div: "/", nodes.FloorDiv: "//"}
 
 
-def _check_constants(env: "BudgetedEnvironment", ast: nodes.Template,
-                     limits: TemplateLimits) -> None:
+class _Sized:
+    """A constant string or list known only by its length: never built at compile time."""
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def _length(value: Any) -> int | None:
+    if isinstance(value, _Sized):
+        return value.n
+    return len(value) if isinstance(value, (str, list, tuple)) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fold(budget: RenderBudget, op: str, left: Any, right: Any) -> Any:
+    """What a constant binary expression would be, with the render's checks (raises
+    RenderBudgetExceeded); strings and lists as _Sized; None when not worth knowing."""
+    if op == "*" and _is_int(left) and _length(right) is not None:
+        left, right = right, left
+    if op == "*" and _length(left) is not None and _is_int(right):
+        budget.charge(_length(left) * max(0, right), "a * repetition")
+        return _Sized(_length(left) * max(0, right))
+    if op == "+" and _length(left) is not None and _length(right) is not None:
+        budget.charge(_length(left) + _length(right), "a + concatenation")
+        return _Sized(_length(left) + _length(right))
+    if op == "%" and isinstance(left, str):
+        _check_percent(budget, left)
+        return None
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        if _is_int(left) and _is_int(right):
+            if op == "*" and left.bit_length() + right.bit_length() > MAX_INT_BITS or \
+                    op == "**" and right > 0 and max(1, left.bit_length()) * right > MAX_INT_BITS:
+                raise RenderBudgetExceeded(f"a number over {MAX_INT_BITS} bits "
+                                           f"({left} {op} {right})")
+        try:
+            return SandboxedEnvironment.default_binop_table[op](left, right)
+        except (ArithmeticError, ValueError, TypeError):
+            return None   # 1 // 0: left for the render to report
+    return None
+
+
+def _check_constants(ast: nodes.Template, limits: TemplateLimits) -> None:
     """Refuse a constant expression (`"x" * 10**8`, `9**(9**7)`) that every render would find
-    over budget: evaluated bottom-up with the render's own checks, never folded into the code."""
+    over budget. Worked out bottom-up with the render's own checks, strings by their length
+    only, in bounded time and memory; nothing is folded into the code."""
     order, stack = [], [ast]
     while stack:
         node = stack.pop()
         order.append(node)
         stack.extend(node.iter_child_nodes())
     known: dict[int, Any] = {}
-    _local.budget = RenderBudget(RenderLimits(timeout=1.0, max_bytes=limits.render_max_bytes))
-    try:
-        for node in reversed(order):   # children before their parents
-            if isinstance(node, nodes.Const):
-                known[id(node)] = node.value
-            elif isinstance(node, (nodes.List, nodes.Tuple)) and \
-                    all(id(item) in known for item in node.items):
-                known[id(node)] = [known[id(item)] for item in node.items]
-            elif type(node) in _FOLDABLE and id(node.left) in known and id(node.right) in known:
-                try:
-                    known[id(node)] = env.call_binop(None, _FOLDABLE[type(node)],
-                                                     known[id(node.left)], known[id(node.right)])
-                except RenderBudgetExceeded as exc:
-                    raise ValueError(f"line {node.lineno}: {exc}") from None
-                except Exception:
-                    pass   # an error every render will report (1 // 0): left to the render
-    finally:
-        _local.budget = None
+    budget = RenderBudget(RenderLimits(timeout=1.0, max_bytes=limits.render_max_bytes))
+    for node in reversed(order):   # children before their parents
+        if isinstance(node, nodes.Const):
+            known[id(node)] = node.value
+        elif isinstance(node, (nodes.List, nodes.Tuple)) and \
+                all(id(item) in known for item in node.items):
+            known[id(node)] = _Sized(len(node.items))
+        elif type(node) in _FOLDABLE and known.get(id(node.left)) is not None and \
+                known.get(id(node.right)) is not None:
+            try:
+                value = _fold(budget, _FOLDABLE[type(node)], known[id(node.left)],
+                              known[id(node.right)])
+            except RenderBudgetExceeded as exc:
+                raise ValueError(f"line {node.lineno}: {exc}") from None
+            if value is not None:
+                known[id(node)] = value
 
 
 def _static_chars(body: list[nodes.Node]) -> int:
@@ -450,7 +503,7 @@ def _parse(env: SandboxedEnvironment, part: str, source: str,
         _count_tokens(env, source, limits.max_nodes)
         ast = env.parse(source)
         _check_tree(ast, limits)
-        _check_constants(env, ast, limits)
+        _check_constants(ast, limits)
         needed = _undeclared(env, ast)
         _instrument(ast)
         return env.from_string(ast), needed
