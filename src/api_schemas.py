@@ -13,6 +13,7 @@ from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Fiel
                       ValidationInfo, field_validator, model_validator)
 
 from addresses import InvalidAddress, normalize_address
+from mail_message import header_text_problem
 from records import JOB_STATUSES, RECIPIENT_STATUSES
 
 
@@ -23,13 +24,32 @@ def _address(value: str) -> str:
         raise ValueError(f"not a valid email address: {exc}") from None
 
 
+def _mailbox(value: str) -> str:
+    """An address mailjobs can send to or from: its local part must be ASCII (a non-ASCII one,
+    josé@example.com, needs SMTPUTF8, which neither the Gmail API path nor the SMTP transport
+    here sends; refused at POST rather than failing every send)."""
+    local = value.rpartition("@")[0]
+    if not local.isascii():
+        raise ValueError(f"{value!r} has a non-ASCII local part, which needs SMTPUTF8; mailjobs "
+                         "does not send it (non-ASCII domains are fine)")
+    problem = header_text_problem(value)
+    if problem:
+        raise ValueError(f"{problem} (header injection)")
+    return value
+
+
 def _one_line(value: str | None) -> str | None:
-    if value is not None and ("\r" in value or "\n" in value):
-        raise ValueError("must not contain CR or LF (header injection)")
+    problem = header_text_problem(value)
+    if problem:
+        raise ValueError(f"must not contain CR, LF, any other line break or NUL (header "
+                         f"injection): {problem}")
     return value
 
 
 Address = Annotated[str, Field(max_length=320), AfterValidator(_address)]
+# An address a message is sent to or from (or Reply-To).
+Mailbox = Annotated[str, Field(max_length=320), AfterValidator(_address),
+                    AfterValidator(_mailbox)]
 HeaderText = Annotated[str, Field(max_length=255), AfterValidator(_one_line)]
 def _finite(value: dict[str, Any]) -> dict[str, Any]:
     try:
@@ -57,8 +77,10 @@ class Strict(BaseModel):
 
 class TemplateIn(Strict):
     subject: Annotated[str, Field(min_length=1, max_length=998), AfterValidator(_one_line)]
-    html: str | None = Field(default=None, max_length=5_000_000)
-    text: str | None = Field(default=None, max_length=5_000_000)
+    html: str | None = Field(default=None, description="at most TEMPLATE_MAX_BYTES bytes "
+                             "(UTF-8); larger is 413")
+    text: str | None = Field(default=None, description="at most TEMPLATE_MAX_BYTES bytes "
+                             "(UTF-8); larger is 413")
 
     @model_validator(mode="after")
     def _has_body(self) -> "TemplateIn":
@@ -95,7 +117,7 @@ class TemplateVersionsOut(BaseModel):
 
 
 class RecipientIn(Strict):
-    email: Address
+    email: Mailbox
     name: HeaderText | None = None
     variables: Variables | None = None
 
@@ -103,9 +125,9 @@ class RecipientIn(Strict):
 class SendTemplateEmailsIn(Strict):
     """Body of POST /api/jobs/send_template_emails."""
 
-    sender_email: Address
+    sender_email: Mailbox
     from_name: HeaderText | None = None
-    reply_to: Address | None = None
+    reply_to: Mailbox | None = None
     template: TemplateIn | None = Field(default=None, description="inline template; or give "
                                         "template_name")
     template_name: TemplateName | None = Field(default=None, description="a stored template")

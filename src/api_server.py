@@ -28,7 +28,8 @@ from api_keys import KeyVerifier
 from api_schemas import (EnqueueOut, RetryIn, RetryOut, SendTemplateEmailsIn, StoredTemplateIn,
                          SuppressionIn, TemplateIn)
 from dao_mysql import Dao, DatabaseUnavailable
-from enqueue import RequestRejected, check_template, enqueue, replay_or_conflict, request_hash
+from enqueue import (RequestRejected, check_template, check_template_storage, enqueue,
+                     replay_or_conflict, request_hash)
 from openapi_doc import openapi_document
 from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS, Job, StoredTemplate
 from settings import Settings, load_settings
@@ -210,7 +211,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                          {"max_recipients": settings.max_recipients_per_job})
         with metrics.ENQUEUE_SECONDS.time():
             result = enqueue(dao, g.api_key, req, body_hash, idem,
-                             unsubscribe_base_url=settings.unsubscribe_base_url)
+                             unsubscribe_base_url=settings.unsubscribe_base_url,
+                             settings=settings, body_size=len(body))
         if not result.replayed:
             metrics.ENQUEUED_RECIPIENTS.inc(result.job.total)
         return _enqueued(result.job, replayed=result.replayed)
@@ -346,7 +348,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.post("/api/templates")
     def create_template() -> Response:
         spec = _body(StoredTemplateIn)
-        check_template(spec, prefix="")
+        check_template(spec, settings, prefix="")
+        check_template_storage(dao, spec)
         stored = dao.add_template_version(g.api_key.id, spec.name, spec.subject, spec.html,
                                           spec.text, must_exist=False)
         if stored is None:
@@ -359,7 +362,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.put("/api/templates/<name>")
     def update_template(name: str) -> Response:
         spec = _body(TemplateIn)
-        check_template(spec, prefix="")
+        check_template(spec, settings, prefix="")
+        check_template_storage(dao, spec)
         stored = dao.add_template_version(g.api_key.id, name, spec.subject, spec.html,
                                           spec.text, must_exist=True)
         if stored is None:

@@ -124,6 +124,7 @@ class Dao:
         self._in_use = 0
         self._in_use_lock = threading.Lock()
         self._known_senders: set[str] = set()
+        self._max_packet: int | None = None
         self._pool = PooledDB(
             creator=pymysql, mincached=0, maxcached=settings.db_pool_size,
             maxconnections=settings.db_pool_size, blocking=False, ping=1, reset=True,
@@ -224,6 +225,13 @@ class Dao:
     def ping(self) -> None:
         self._one("ping")
 
+    def max_packet_bytes(self) -> int:
+        """The server's max_allowed_packet: no one statement may be larger (read once)."""
+        if self._max_packet is None:
+            row = self._one("max_allowed_packet")
+            self._max_packet = int(row[0]) if row else 16 * 1024 * 1024
+        return self._max_packet
+
     def close(self) -> None:
         self._pool.close()
 
@@ -275,11 +283,8 @@ class Dao:
             if job.unsubscribe_base_url:
                 self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
             sql = self.queries["insert_recipients"]
-            for start in range(0, len(recipients), batch):
-                cur.executemany(sql, [
-                    (job_id, r.to_email, r.name,
-                     json.dumps(r.variables) if r.variables is not None else None)
-                    for r in recipients[start:start + batch]])
+            for rows in _batches(job_id, recipients, batch, self.max_packet_bytes() // 2):
+                cur.executemany(sql, rows)
             self._suppress_new_recipients(cur, job_id, job.api_key_id, len(recipients))
             return job_id
 
@@ -936,6 +941,25 @@ def _recipient(row: tuple) -> Recipient:
     row = _utc(row)
     return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
                      *row[7:17], bool(row[17]), int(row[18]))
+
+
+def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
+             max_bytes: int) -> Iterator[list[tuple]]:
+    """Rows for multi-row INSERTs: at most `rows` a statement, and under `max_bytes` by an
+    upper bound of their escaped size (4 bytes a character), so no statement passes
+    max_allowed_packet (the server drops the connection then: a 503 for a too-large request)."""
+    out: list[tuple] = []
+    size = 0
+    for r in recipients:
+        variables = json.dumps(r.variables) if r.variables is not None else None
+        bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")) + 64
+        if out and (len(out) >= rows or size + bound > max_bytes):
+            yield out
+            out, size = [], 0
+        out.append((job_id, r.to_email, r.name, variables))
+        size += bound
+    if out:
+        yield out
 
 
 def _placeholders(n: int) -> str:

@@ -100,6 +100,20 @@ IN_DOUBT_POLICY = "auto"
 ERROR_WINDOW = 50
 MAX_ERROR_RATE = 0.5
 
+# --- Tenant budgets: what one tenant's template may cost -------------------------------------
+# Largest html or text template, in UTF-8 bytes (the columns are MEDIUMTEXT: 16 MB of bytes).
+TEMPLATE_MAX_BYTES = 5_000_000
+# Most elements (tags, expressions, names, literals) in one template part: compiling costs
+# ~0.1 ms and ~10 KB each, so 100,000 "{{ a }}" would take seconds and a GB at POST.
+TEMPLATE_MAX_NODES = 5000
+# Deepest nesting of blocks and expressions in a template (Python's own compiler stops near 100).
+TEMPLATE_MAX_DEPTH = 40
+# Seconds one recipient's render (subject, html and text) may take; over it: template_error.
+RENDER_TIMEOUT = 2.0
+# Largest rendered message (subject + html + text) of one recipient, in bytes; text produced
+# while rendering, intermediate values included, may be at most twice this (in characters).
+RENDER_MAX_BYTES = 10 * 1024 * 1024
+
 # --- Senders -------------------------------------------------------------------------------------
 # Sends per minute per sender, over all runners (Gmail: 6,000 units/min per user at 100 units a
 # send). 0 means unlimited (benchmarks, relays that allow it).

@@ -20,7 +20,8 @@ import metrics
 from mail_message import HeaderInjection, UnsupportedAddress, build_message
 from records import Job, Recipient
 from settings import Settings
-from templating import CompiledTemplates, TemplateCompileError, compile_templates, recipient_context
+from templating import (CompiledTemplates, TemplateCompileError, TemplateRenderError,
+                        compile_templates, recipient_context, render_limits, template_limits)
 from transport_base import OutgoingMessage, SendError, Transport
 
 log = logging.getLogger("mailjobs.scheduler")
@@ -41,6 +42,7 @@ class Outcome:
     error: str | None = None
     delay: float = 0.0             # seconds until the retry may be claimed
     refund: bool = False           # the attempt does not count (not the recipient's fault)
+    not_sent: bool = False         # nothing reached the transport: the daily count is given back
     sender_action: str | None = None  # pause_auth, pause_config, defer
     sender_delay: float = 0.0
     in_doubt: bool = False         # the attempt may have reached Gmail
@@ -65,7 +67,7 @@ class EmailScheduler:
             compiled = self._compiled.get(job.id)
             if compiled is None:
                 compiled = compile_templates(job.subject_template, job.html_template,
-                                             job.text_template)
+                                             job.text_template, template_limits(self.settings))
                 self._compiled[job.id] = compiled
                 while len(self._compiled) > 256:
                     self._compiled.popitem(last=False)
@@ -82,7 +84,7 @@ class EmailScheduler:
             context["unsubscribe_url"] = url = tokens_for(self.settings).url(
                 job.unsubscribe_base_url, r.id, job.api_key_id)
             extra = headers(url)
-        subject, html, text = self.templates(job).render(context)
+        subject, html, text = self.templates(job).render(context, render_limits(self.settings))
         raw = build_message(sender_email=job.sender_email, from_name=job.from_name,
                             reply_to=job.reply_to, to_email=r.to_email, to_name=r.name,
                             subject=subject, text=text, html=html,
@@ -106,19 +108,25 @@ class EmailScheduler:
         try:
             message = self.render(job, r)
         except HeaderInjection as exc:
-            return Outcome(r, job, FAILED, error_code="header_injection",
-                           error=f"refused to send: a rendered header contains CR/LF ({exc})")
+            return Outcome(r, job, FAILED, error_code="header_injection", not_sent=True,
+                           error=f"refused to send: a rendered header contains a line break "
+                                 f"or NUL ({exc})")
         except UnsupportedAddress as exc:
-            return Outcome(r, job, FAILED, error_code="invalid_address",
+            return Outcome(r, job, FAILED, error_code="invalid_address", not_sent=True,
                            error=f"address cannot be put in a message header: {exc}")
+        except TemplateRenderError as exc:   # anything the tenant's template raised
+            return Outcome(r, job, FAILED, error_code="template_error", not_sent=True,
+                           error=f"template could not be rendered: {exc}")
         except (TemplateError, TemplateCompileError, TypeError, ValueError) as exc:
-            return Outcome(r, job, FAILED, error_code="template_error",
+            return Outcome(r, job, FAILED, error_code="template_error", not_sent=True,
                            error=f"template could not be rendered: {type(exc).__name__}: {exc}")
         started = time.monotonic()
         try:
             result = transport.send(message)
         except SendError as exc:
             return self.classify(exc, job, r)
+        except Exception as exc:   # a bug in the transport: the message may have gone out
+            return self.internal_error(exc, job, r, attempted=True)
         finally:
             metrics.SEND_SECONDS.labels(getattr(transport, "name", "?")).observe(
                 time.monotonic() - started)
@@ -154,6 +162,27 @@ class EmailScheduler:
         if found:
             return Outcome(r, job, SENT, provider_id=found, recovered=True)
         return None
+
+    def internal_error(self, exc: Exception, job: Job, r: Recipient,
+                       attempted: bool) -> Outcome:
+        """A bug in mailjobs, not a send result: retried with the backoff up to MAX_ATTEMPTS
+        (then failed); when the transport was never called the daily count is given back, and
+        when it was, the next attempt treats the message as in doubt."""
+        s = self.settings
+        n = r.attempts - r.attempts_base
+        text = f"{type(exc).__name__}: {exc}"
+        if n <= 1:   # the traceback once per recipient, not at every retry
+            log.exception("job=%d recipient=%d attempt=%d: unexpected error while sending",
+                          job.id, r.id, r.attempts)
+        else:
+            log.error("job=%d recipient=%d attempt=%d: unexpected error while sending again: %s",
+                      job.id, r.id, r.attempts, text)
+        if n >= s.max_attempts:
+            return Outcome(r, job, FAILED, error_code="internal_error", not_sent=not attempted,
+                           in_doubt=attempted, error=f"gave up after {n} attempts: {text}")
+        return Outcome(r, job, RETRY, error_code="internal_error", error=text,
+                       not_sent=not attempted, in_doubt=attempted,
+                       delay=backoff(n, s.retry_base_delay, s.retry_max_delay))
 
     def _retry(self, exc: SendError, job: Job, r: Recipient, in_doubt: bool) -> Outcome:
         s = self.settings

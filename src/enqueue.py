@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime, timezone
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 from api_schemas import SendTemplateEmailsIn, TemplateIn
 from dao_mysql import Dao, DuplicateKey
+from mail_message import header_text_problem
 from records import ApiKey, Job, NewJob, NewRecipient
 from scheduling import PRIORITIES, PRIORITY_NAMES
-from templating import BUILTIN_VARIABLES, TemplateCompileError, compile_templates
+from settings import Settings
+from templating import (BUILTIN_VARIABLES, TemplateCompileError, compile_templates,
+                        template_limits)
 
 MAX_LISTED_ERRORS = 20
 
@@ -56,14 +61,107 @@ def resolve_template(dao: Dao, key: ApiKey,
     return TemplateIn(subject=stored.subject, html=stored.html, text=stored.text), stored.version
 
 
-def check_template(t: TemplateIn, prefix: str = "template.") -> frozenset[str]:
-    """Compile the template; returns the variables it needs, or raises a 400."""
+def check_template(t: TemplateIn, settings: Settings,
+                   prefix: str = "template.") -> tuple[frozenset[str], frozenset[str]]:
+    """Check the template's size in bytes and compile it within TEMPLATE_MAX_NODES and
+    TEMPLATE_MAX_DEPTH; returns the variables it needs and those of the subject, or raises a
+    413 or 400."""
+    for part in ("html", "text"):
+        source = getattr(t, part)
+        size = len(source.encode("utf-8", "surrogatepass")) if source is not None else 0
+        if size > settings.template_max_bytes:
+            raise RequestRejected(
+                413, "payload_too_large", f"{prefix}{part} is {size} bytes in UTF-8, more than "
+                f"TEMPLATE_MAX_BYTES ({settings.template_max_bytes})",
+                [(f"{prefix}{part}", f"at most {settings.template_max_bytes} bytes")])
     try:
-        compiled = compile_templates(t.subject, t.html, t.text)
+        compiled = compile_templates(t.subject, t.html, t.text, template_limits(settings))
     except TemplateCompileError as exc:
         raise RequestRejected(400, "template_error", f"{prefix}{exc.part} does not compile: {exc}",
                               [(f"{prefix}{exc.part}", str(exc))]) from None
-    return compiled.required
+    return compiled.required, compiled.subject_required
+
+
+def stored_size(text: str | None) -> int:
+    """Bytes `text` takes in an SQL statement: UTF-8, with the characters pymysql escapes
+    counted twice."""
+    if not text:
+        return 0
+    return len(text.encode("utf-8", "surrogatepass")) + sum(text.count(c) for c in
+                                                            "\\'\"\0\n\r\x1a")
+
+
+def _check_stored_sizes(dao: Dao, req: SendTemplateEmailsIn, template: TemplateIn,
+                        body_size: int) -> None:
+    """No statement may pass the server's max_allowed_packet: it would drop the connection
+    (a 503 the client retries for ever). Checked only for bodies big enough to reach it."""
+    packet = dao.max_packet_bytes()
+    if 2 * body_size + 64 * 1024 < packet:
+        return
+    room = check_stored_row(dao, {"variables": stored_size(json.dumps(req.variables)),
+                                  **_template_sizes(template, "template.")})
+    for i, r in enumerate(req.recipients):
+        size = stored_size(json.dumps(r.variables)) if r.variables else 0
+        if size > room // 2:
+            raise RequestRejected(
+                413, "payload_too_large", f"recipients[{i}].variables take {size} bytes when "
+                f"stored, more than one recipient may ({room // 2}: half of max_allowed_packet "
+                f"{packet} less 64 KB)", [(f"recipients[{i}].variables", f"{size} bytes")])
+
+
+def _template_sizes(t: TemplateIn, prefix: str) -> dict[str, int]:
+    return {f"{prefix}{part}": stored_size(getattr(t, part)) for part in ("subject", "html", "text")}
+
+
+def check_stored_row(dao: Dao, parts: dict[str, int]) -> int:
+    """Refuse (413, naming the largest field) a row whose statement would pass the server's
+    max_allowed_packet; returns the room a statement has."""
+    packet = dao.max_packet_bytes()
+    room = packet - 64 * 1024   # the statement's own text and the other columns
+    if sum(parts.values()) > room:
+        field = max(parts, key=parts.__getitem__)
+        raise RequestRejected(
+            413, "payload_too_large", f"the template and variables take "
+            f"{sum(parts.values())} bytes when stored, more than the database accepts in one "
+            f"statement ({room} of max_allowed_packet {packet}); {field} is the largest",
+            [(field, f"{parts[field]} bytes when stored")])
+    return room
+
+
+def check_template_storage(dao: Dao, t: TemplateIn) -> None:
+    """A stored template's row fits in one statement (POST/PUT /api/templates)."""
+    check_stored_row(dao, _template_sizes(t, ""))
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def _subject_variables(req: SendTemplateEmailsIn, used: frozenset[str]) -> None:
+    """A variable the subject uses must not put a line break or NUL in the Subject header: the
+    sender would refuse every such message (header_injection)."""
+    sources = [("variables", req.variables)] + [
+        (f"recipients[{i}].variables", r.variables or {}) for i, r in enumerate(req.recipients)]
+    errors: list[tuple[str | None, str]] = []
+    for prefix, variables in sources:
+        for name in used & variables.keys():
+            for path, text in _strings(variables[name], f"{prefix}.{name}"):
+                problem = header_text_problem(text)
+                if problem:
+                    errors.append((path, f"used in template.subject: {problem} (header "
+                                         "injection)"))
+                    break
+        if len(errors) >= MAX_LISTED_ERRORS:
+            break
+    if errors:
+        raise RequestRejected(400, "validation_error", f"{errors[0][0]}: {errors[0][1]}", errors)
 
 
 def _missing_variables(req: SendTemplateEmailsIn, required: frozenset[str]) -> None:
@@ -121,7 +219,8 @@ def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None,
 
 
 def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
-            idempotency_key: str | None, unsubscribe_base_url: str | None = None) -> Enqueued:
+            idempotency_key: str | None, unsubscribe_base_url: str | None = None,
+            settings: Settings | None = None, body_size: int = 0) -> Enqueued:
     """Validate what the schema cannot, then store the job in one transaction. Recipients on
     the key's suppression list are stored as `suppressed` (Dao.create_job)."""
     if not key.may_send_as(req.sender_email):
@@ -134,9 +233,11 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
     template, version = resolve_template(dao, key, req)
-    required = check_template(template)
+    required, in_subject = check_template(template, settings or dao.settings)
     unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, required)
     _missing_variables(req, required)
+    _subject_variables(req, in_subject)
+    _check_stored_sizes(dao, req, template, body_size)
     recipients = dedupe(req)
     new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
                  template.html, template.text, req.variables, len(recipients),

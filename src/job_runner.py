@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 import bounces
@@ -33,6 +33,7 @@ from email_scheduler import (EXPIRED, FAILED, HOLD, RETRY, SENT, SUPPRESSED, Ema
                              Outcome, TransportFactory)
 from rate_limit import Limits
 from records import Job, Recipient
+from send_pool import FairPool
 from settings import Settings
 from transport_base import Transport
 
@@ -95,6 +96,7 @@ class JobRunner:
         self._completed_since = 0
         self._last_status_check = time.monotonic()
         self._last_expiry_check = 0.0
+        self._last_idle_claim = 0.0
         self._windows: dict[int, deque[Outcome]] = {}
         self._limits = Limits(settings.sender_rate_per_minute, settings.sender_daily_cap,
                               settings.sender_burst_seconds)
@@ -109,7 +111,9 @@ class JobRunner:
                  self.id, self.kind, os.getpid(), s.poll_interval, s.runner_concurrency,
                  s.transport_name)
         backoff = s.poll_interval
-        pool = ThreadPoolExecutor(max(1, s.runner_concurrency), thread_name_prefix=self.id)
+        # one thread more than a key may use: another key's recipient always finds one free
+        concurrency = max(1, s.runner_concurrency)
+        pool = FairPool(concurrency + 1, per_key=concurrency, name=self.id)
         try:
             while not self.stop_event.is_set():
                 try:
@@ -138,7 +142,7 @@ class JobRunner:
         """Warm stop: finish the messages in hand, release unsent claims, then return."""
         self.stop_event.set()
 
-    def _iteration(self, pool: ThreadPoolExecutor) -> bool:
+    def _iteration(self, pool: FairPool) -> bool:
         """One pass; True when there is work in hand (so no idle wait is needed)."""
         self._heartbeat_if_due()
         self._collect(timeout=0.0)
@@ -179,10 +183,21 @@ class JobRunner:
         else:
             self._completed_since += completed
 
-    def _claim(self, pool: ThreadPoolExecutor) -> int:
-        room = self._capacity() - len(self._hand.futures)
-        if room < self._capacity() // 2 or self.stop_event.is_set():
+    def _claim(self, pool: FairPool) -> int:
+        capacity = self._capacity()
+        room = capacity - len(self._hand.futures)
+        if self.stop_event.is_set():
             return 0
+        idle_keys_only = room < capacity // 2
+        if idle_keys_only:
+            # The hand is full of some keys' work (slow renders or sends hold it): a key with
+            # nothing in hand still gets a thread's worth, once a poll, so its small job does
+            # not wait behind that backlog (send_pool gives it a free thread).
+            if time.monotonic() - self._last_idle_claim < self.settings.poll_interval:
+                return 0
+            self._last_idle_claim = time.monotonic()
+            room = self.settings.runner_concurrency
+            busy_keys = {self._jobs[j].api_key_id for j in self._hand.job_ids() if j in self._jobs}
         jobs = self.dao.claimable_jobs(limit=200)
         if not jobs:
             return 0
@@ -196,6 +211,10 @@ class JobRunner:
                     return claimed
                 if c.sender in limited:
                     continue
+                if idle_keys_only:
+                    if c.api_key_id in busy_keys:
+                        continue
+                    busy_keys.add(c.api_key_id)
                 n, reason = self._claim_job(pool, c, min(room, each, self.settings.claim_batch))
                 if reason:
                     limited.add(c.sender)
@@ -203,7 +222,7 @@ class JobRunner:
                 room -= n
         return claimed
 
-    def _claim_job(self, pool: ThreadPoolExecutor, c: scheduling.Claimable,
+    def _claim_job(self, pool: FairPool, c: scheduling.Claimable,
                    wanted: int) -> tuple[int, str | None]:
         """Claim up to `wanted` of one job; returns how many, and why fewer if the sender's
         limits held it back."""
@@ -227,7 +246,7 @@ class JobRunner:
                 continue
             self._hand.recipients[r.id] = r
             self._hand.jobs_of[r.id] = c.job_id
-            self._hand.futures[r.id] = pool.submit(self._send_one, job, r)
+            self._hand.futures[r.id] = pool.submit(job.api_key_id, job.id, self._send_one, job, r)
         return len(rows), reason
 
     def _job(self, job_id: int) -> Job:
@@ -252,11 +271,8 @@ class JobRunner:
     def _send_one(self, job: Job, r: Recipient) -> Outcome:
         try:
             return self.scheduler.send(self._transport(), job, r)
-        except Exception as exc:  # a bug, not a send result: keep the recipient, log loudly
-            log.exception("job=%d recipient=%d: unexpected error while sending", job.id, r.id)
-            return Outcome(r, job, RETRY, error_code="internal_error",
-                           error=f"{type(exc).__name__}: {exc}",
-                           delay=self.settings.retry_base_delay)
+        except Exception as exc:  # a bug before the transport was called: nothing was sent
+            return self.scheduler.internal_error(exc, job, r, attempted=False)
 
     # --- recording ------------------------------------------------------------------------
     def _collect(self, timeout: float) -> None:
@@ -292,7 +308,7 @@ class JobRunner:
                   o.in_doubt) for o in outcomes if o.result == RETRY]
         not_sent: dict[str, int] = {}   # charged to the sender's daily count at claim
         for o in outcomes:
-            if o.refund:
+            if o.refund or o.not_sent:
                 not_sent[o.job.sender_email] = not_sent.get(o.job.sender_email, 0) + 1
         self.dao.record_outcomes(self.id, sent, failed, retry, not_sent)
         self._outcomes = []
@@ -466,7 +482,7 @@ class JobRunner:
             self._last_log = now
 
     # --- stopping -------------------------------------------------------------------------
-    def _shutdown(self, pool: ThreadPoolExecutor) -> None:
+    def _shutdown(self, pool: FairPool) -> None:
         """Let sends in progress finish, record them, give back what was never started."""
         self.state = "stopping"
         not_started = [rid for rid, f in self._hand.futures.items() if f.cancel()]

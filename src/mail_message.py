@@ -44,8 +44,9 @@ class _FastCompat32(Compat32):
 _POLICY = _FastCompat32(linesep="\r\n")
 _UTF8 = Charset("utf-8")          # headers: shortest of B/Q; bodies: base64
 _ASCII = Charset("us-ascii")      # 7bit
-# CR, LF and everything else str.splitlines() treats as a line break.
-_LINE_BREAK = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# CR, LF and everything else str.splitlines() treats as a line break, and NUL. The API refuses
+# the same characters in every header field at POST (api_schemas uses header_text_problem).
+_LINE_BREAK = re.compile("[\x00\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")   # printable ASCII except ':' (RFC 5322 ftext)
 _MAX_7BIT_LINE = 998
 _OWN_HEADERS = frozenset({"from", "to", "reply-to", "subject", "date", "message-id",
@@ -60,9 +61,19 @@ class UnsupportedAddress(ValueError):
     """An address this builder cannot write (non-ASCII local part needs SMTPUTF8)."""
 
 
+def header_text_problem(value: str | None) -> str | None:
+    """Why `value` cannot be put in a header (a line break of any kind, or NUL), or None."""
+    found = _LINE_BREAK.search(value) if value else None
+    if found is None:
+        return None
+    return ("contains NUL" if found.group() == "\x00" else
+            f"contains a line break (U+{ord(found.group()):04X})")
+
+
 def _check(field: str, value: str | None) -> None:
-    if value and _LINE_BREAK.search(value):
-        raise HeaderInjection(f"{field} contains a line break: {value[:80]!r}")
+    problem = header_text_problem(value)
+    if problem:
+        raise HeaderInjection(f"{field} {problem}: {value[:80]!r}")
 
 
 def _ascii_domain(domain: str) -> str:

@@ -5,6 +5,9 @@
 -- name: ping
 SELECT 1;
 
+-- name: max_allowed_packet
+SELECT @@max_allowed_packet;
+
 -- name: insert_api_key
 INSERT INTO api_keys (name, prefix, secret_hash, allowed_senders, is_operator, max_priority)
 VALUES (%s, %s, %s, %s, %s, %s);

@@ -108,6 +108,11 @@ class Settings:
     in_doubt_policy: str = defaults.IN_DOUBT_POLICY
     error_window: int = defaults.ERROR_WINDOW
     max_error_rate: float = defaults.MAX_ERROR_RATE
+    template_max_bytes: int = defaults.TEMPLATE_MAX_BYTES
+    template_max_nodes: int = defaults.TEMPLATE_MAX_NODES
+    template_max_depth: int = defaults.TEMPLATE_MAX_DEPTH
+    render_timeout: float = defaults.RENDER_TIMEOUT
+    render_max_bytes: int = defaults.RENDER_MAX_BYTES
     sender_rate_per_minute: int = defaults.SENDER_RATE_PER_MINUTE
     sender_burst_seconds: float = defaults.SENDER_BURST_SECONDS
     sender_daily_cap: int = defaults.SENDER_DAILY_CAP

@@ -53,9 +53,11 @@ def test_the_message_id_is_stored_before_the_send(dao, client, key, outbox_setti
 
 def test_a_rendered_header_with_crlf_is_refused_never_sent(client, key, dao, outbox_settings,
                                                            tmp_path):
+    # A variable with a line break is refused at POST (test_api_enqueue); a line break the
+    # template itself makes at render time is the runner's to refuse.
     b = body(2)
-    b["template"]["subject"] = "Hello {{ topic }}"
-    b["recipients"][0]["variables"] = {"topic": "x\r\nBcc: victim@example.com"}
+    b["template"]["subject"] = "Hello {{ topic|replace('+', '\\r\\nBcc: victim@example.com') }}"
+    b["recipients"][0]["variables"] = {"topic": "x+"}
     b["recipients"][1]["variables"] = {"topic": "news"}
     job_id = post(client, key, b).json["job_id"]
     with running(outbox_settings, dao):

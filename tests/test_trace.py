@@ -41,10 +41,11 @@ def history(client, key, make_key, dao, tmp_path):
                         "variables": {"n": "not a number"}}]
     broken = accepted(post(client, key, b))               # any case; fails at render time
     b = body(0)
-    b["template"]["subject"] = "Hi {{ topic }}"
-    b["recipients"] = [{"email": ANN, "name": "Ann",
-                        "variables": {"topic": "x\r\nBcc: evil@example.net"}}]
-    injected = accepted(post(client, key, b))             # a header injection attempt
+    # a header injection the template makes at render time (a variable with a line break
+    # would be refused at POST)
+    b["template"]["subject"] = "Hi {{ topic|replace('+', '\\r\\nBcc: evil@example.net') }}"
+    b["recipients"] = [{"email": ANN, "name": "Ann", "variables": {"topic": "x+"}}]
+    injected = accepted(post(client, key, b))
     theirs = job_with(client, other, ANN)
     with running(fast(dao.settings, mail_transport="outbox",
                       outbox_dir=str(tmp_path / "out")), dao):
