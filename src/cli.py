@@ -86,6 +86,7 @@ def serve(ctx: click.Context) -> None:
     """Start the API (and, when DATABASE_URL is unset, a project-local MariaDB)."""
     from waitress import create_server
 
+    import http_errors
     from api_server import create_app
 
     _refuse_weak_secrets(ctx)
@@ -107,6 +108,7 @@ def serve(ctx: click.Context) -> None:
     except OSError as exc:
         raise bootstrap.StartupError(f"cannot listen on {settings.host}:{settings.port}: "
                                      f"{exc.strerror or exc} (set HOST and PORT)") from None
+    http_errors.json_errors(server)   # a 413 from waitress itself is JSON too
     embedded = None
     try:
         # From here a stop signal returns from the server like Ctrl-C; then the embedded runner

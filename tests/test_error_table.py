@@ -15,7 +15,9 @@ ROW = re.compile(r"^\|\s*(\d{3})\s*\|\s*`([a-z_]+)`\s*\|", re.M)
 
 
 def emitted() -> set[tuple[int, str]]:
-    found = set(HTTP_ERRORS)
+    from http_errors import CODES   # what waitress answers itself, in the JSON shape
+
+    found = set(HTTP_ERRORS) | set(CODES.items())
     for path in (ROOT / "src").rglob("*.py"):
         found |= {(int(s), c) for s, c in EMITTED.findall(path.read_text())}
     return found

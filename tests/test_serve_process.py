@@ -131,3 +131,35 @@ def test_the_dev_api_key_file_is_created_0600_without_a_chmod_after(dao, tmp_pat
         os.umask(old_umask)
     assert stat.S_IMODE((tmp_path / "dev_api_key").stat().st_mode) == 0o600 and chmods == []
     assert bootstrap.dev_api_key(dao, tmp_path / "dev_api_key") == key
+
+
+def test_a_body_over_the_limit_is_answered_in_json_however_large(dao, database, tmp_path):
+    """Over MAX_REQUEST_BYTES by a little (Flask's check) or by a lot (waitress' own, before the
+    app sees the request): both are the JSON 413, not waitress' text/plain."""
+    port = free_port()
+    key = create_key(dao, "limit-test", ["*"]).key
+    env = {**os.environ, "DATABASE_URL": database.url, "PORT": str(port),
+           "MAIL_TRANSPORT": "outbox", "OUTBOX_DIR": str(tmp_path / "outbox"),
+           "EMBEDDED_RUNNER": "0", "MAX_REQUEST_BYTES": "2000"}
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, str(ROOT / "src" / "api_server.py")], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def answers():
+            try:
+                return requests.get(f"{base}/openapi.json", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+        wait_for(answers, 30, every=0.2, message="the server to answer")
+        for size in (2500, 100_000):
+            r = requests.post(f"{base}/api/jobs/send_template_emails", data=b"x" * size,
+                              headers={"Content-Type": "application/json",
+                                       "X-API-Key": key}, timeout=10)
+            assert r.status_code == 413, (size, r.text)
+            assert r.headers["Content-Type"].startswith("application/json"), (size, r.text)
+            assert r.json()["error"] == "payload_too_large", (size, r.json())
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
