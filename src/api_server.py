@@ -14,7 +14,7 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
@@ -124,9 +124,10 @@ SCRAPER_GRACE = 600.0   # seconds an operator key that read /metrics still may w
 
 
 def create_app(settings: Settings | None = None, dao: Dao | None = None,
-               runs_runner: bool = False) -> Flask:
+               runs_runner: bool = False, on_enqueue: Callable[[], None] | None = None) -> Flask:
     """The app. `runs_runner`: this process runs an embedded JobRunner, so /healthz
-    requires a live one."""
+    requires a live one. `on_enqueue`: called after a job is committed, resumed or retried
+    (the embedded runner's wake(), so it does not wait for its next poll)."""
     settings = settings or load_settings()
     dao = dao or Dao(settings)
     app = Flask(__name__)
@@ -215,7 +216,12 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                              settings=settings, body_size=len(body))
         if not result.replayed:
             metrics.ENQUEUED_RECIPIENTS.inc(result.job.total)
+            _work_added()
         return _enqueued(result.job, replayed=result.replayed)
+
+    def _work_added() -> None:
+        if on_enqueue is not None:
+            on_enqueue()
 
     def _live_runners() -> int:
         return len(dao.live_runners(3 * settings.heartbeat_interval))
@@ -273,6 +279,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             log.info("job=%d paused by %s", job_id, who)
         else:
             job_control.resume(dao, job_id)
+            _work_added()
             log.info("job=%d resumed by %s", job_id, who)
         return _full_job(job_id)
 
@@ -284,6 +291,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             require_json()
         spec = parse_body(RetryIn, raw) if raw.strip() else RetryIn()
         n = job_control.retry(dao, job_id, spec.status, spec.error_code)
+        _work_added()
         log.info("job=%d: %d recipient(s) queued again by API key %d (status %s%s)", job_id, n,
                  g.api_key.id, spec.status,
                  f", error_code {spec.error_code}" if spec.error_code else "")

@@ -97,7 +97,12 @@ def serve(ctx: click.Context) -> None:
     # with DEVELOPMENT=1, never silently against another DATABASE_URL.
     key = bootstrap.dev_api_key(dao, bootstrap.dev_key_file(settings)) if development else None
     transports.announce(settings)
-    app = create_app(settings, dao, runs_runner=settings.embedded_runner)
+    embedded = None
+    if settings.embedded_runner:   # made now, started once the port is bound
+        factory = transports.transport_factory(settings, dao)
+        embedded = EmbeddedRunner(lambda: JobRunner(settings, dao, factory, kind="embedded"))
+    app = create_app(settings, dao, runs_runner=embedded is not None,
+                     on_enqueue=embedded.wake if embedded is not None else None)
     try:
         # Bound before "ready" is printed: a port in use is one sentence, not a traceback after
         # the ready line.
@@ -109,15 +114,12 @@ def serve(ctx: click.Context) -> None:
         raise bootstrap.StartupError(f"cannot listen on {settings.host}:{settings.port}: "
                                      f"{exc.strerror or exc} (set HOST and PORT)") from None
     http_errors.json_errors(server)   # a 413 from waitress itself is JSON too
-    embedded = None
     try:
         # From here a stop signal returns from the server like Ctrl-C; then the embedded runner
         # finishes the messages in hand and releases its claims, then atexit handlers (the
         # local MariaDB's clean shutdown) run. A second signal exits at once (entry.py).
         entry.running(_interrupt)
-        if settings.embedded_runner:
-            factory = transports.transport_factory(settings, dao)
-            embedded = EmbeddedRunner(lambda: JobRunner(settings, dao, factory, kind="embedded"))
+        if embedded is not None:
             embedded.start()
         click.echo(bootstrap.ready_line(settings, key), err=True)
         server.run()

@@ -75,6 +75,8 @@ class JobRunner:
         self.kind = kind
         self.id = runner_id or f"r-{socket.gethostname()[:20]}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stop_event = threading.Event()
+        # set by wake() (the API process committed a job) or stop(): ends the idle wait early
+        self.wakeup = threading.Event()
         self.scheduler = EmailScheduler(settings)
         self._factory = transport_factory
         self._local = threading.local()
@@ -116,6 +118,7 @@ class JobRunner:
         pool = FairPool(concurrency + 1, per_key=concurrency, name=self.id)
         try:
             while not self.stop_event.is_set():
+                self.wakeup.clear()   # a wake() from here on ends this pass's idle wait
                 try:
                     busy = self._iteration(pool)
                     if self.state == "db_backoff":
@@ -134,13 +137,19 @@ class JobRunner:
                     self.stop_event.wait(backoff)
                     continue
                 if not busy:
-                    self.stop_event.wait(s.poll_interval)
+                    self.wakeup.wait(s.poll_interval)
         finally:
             self._shutdown(pool)
 
     def stop(self) -> None:
         """Warm stop: finish the messages in hand, release unsent claims, then return."""
         self.stop_event.set()
+        self.wakeup.set()
+
+    def wake(self) -> None:
+        """Look for work now instead of at the next poll (any thread may call it): the API
+        process that runs this runner has just committed a job."""
+        self.wakeup.set()
 
     def _iteration(self, pool: FairPool) -> bool:
         """One pass; True when there is work in hand (so no idle wait is needed)."""
@@ -557,6 +566,12 @@ class EmbeddedRunner:
                 log.error("embedded runner thread %s exited unexpectedly; starting a new one "
                           "(restart %d)", self.runner.id if self.runner else "?", self.restarts)
                 self._start_runner()
+
+    def wake(self) -> None:
+        """A job was committed in this process: the runner looks for it now."""
+        runner = self.runner
+        if runner is not None:
+            runner.wake()
 
     def stop(self, timeout: float = 60.0) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import api_keys
 from job_runner import EmbeddedRunner, JobRunner
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post
@@ -230,3 +231,18 @@ def test_the_embedded_runner_is_restarted_when_its_thread_dies(dao, outbox_setti
         assert any("exited unexpectedly" in m for m in caplog.messages)
     finally:
         embedded.stop()
+
+
+def test_an_embedded_runner_is_woken_by_the_api_instead_of_waiting_for_its_poll(dao, tmp_path):
+    """POLL_INTERVAL 30 s: a job posted to the API process that runs the runner is sent long
+    before the next poll, because the commit wakes the runner (separate workers still poll)."""
+    from api_server import create_app
+
+    s = fast(dao.settings, mail_transport="outbox", outbox_dir=str(tmp_path / "outbox"),
+             poll_interval=30.0)
+    with running(s, dao) as (runner,):
+        wait_for(lambda: runner.state == "idle", 10, message="the runner idle in its poll wait")
+        app = create_app(s, dao, runs_runner=True, on_enqueue=runner.wake)
+        key = api_keys.create_key(dao, "wake", ["*"]).key
+        job_id = post(app.test_client(), key, body(2)).json["job_id"]
+        assert wait_job_done(dao, job_id, timeout=10) == "completed"   # not after 30 s
