@@ -41,6 +41,9 @@ log = logging.getLogger("mailjobs.db")
 T = TypeVar("T")
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
+# Ids per `WHERE id IN (...)` statement of a purge batch: under MariaDB's
+# in_predicate_conversion_threshold (1,000), so the list stays a primary-key range.
+PK_CHUNK = 500
 # Server-side errors that mean "not reachable now", not "your statement is wrong".
 _UNAVAILABLE_CODES = {1040, 1053, 2002, 2003, 2006, 2013, 2055}
 
@@ -908,9 +911,18 @@ class Dao:
             if not ids:
                 return 0, 0, after
             self._run(cur, "set_variables_erasing", (job_id,))
-            erased = cur.execute(self.queries["erase_variables"].format(
-                ids=_placeholders(len(ids))), ids)
+            erased = self._by_ids(cur, "erase_variables", ids)
             return len(ids), erased, ids[-1]
+
+    def _by_ids(self, cur: Any, name: str, ids: Sequence[int]) -> int:
+        """Run a `WHERE id IN ({ids})` statement over `ids` in chunks of PK_CHUNK, so each
+        stays a primary-key lookup that locks exactly those rows (queries.sql)."""
+        changed = 0
+        for start in range(0, len(ids), PK_CHUNK):
+            chunk = ids[start:start + PK_CHUNK]
+            changed += cur.execute(self.queries[name].format(ids=_placeholders(len(chunk))),
+                                   chunk)
+        return changed
 
     @_rerun_on_conflict
     def mark_variables_erased(self, job_id: int, cutoff: datetime) -> bool:
@@ -934,8 +946,7 @@ class Dao:
             ids = [int(r[0]) for r in cur.fetchall()]
             deleted = 0
             if ids:
-                deleted = cur.execute(self.queries["delete_recipients"].format(
-                    ids=_placeholders(len(ids))), ids)
+                deleted = self._by_ids(cur, "delete_recipients", ids)
             if len(ids) < limit:   # that was the last of them: the job row goes too
                 self._run(cur, "delete_job", (job_id,))
                 return deleted, True

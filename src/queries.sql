@@ -614,8 +614,12 @@ SELECT id FROM job_recipients WHERE job_id = %s AND variables IS NOT NULL LIMIT 
 SELECT id FROM job_recipients WHERE job_id = %s LIMIT %s;
 
 -- name: erase_variables
--- {ids} is a placeholder list.
-UPDATE job_recipients SET variables = NULL WHERE id IN ({ids}) AND variables IS NOT NULL;
+-- {ids} is a placeholder list of at most PK_CHUNK ids. FORCE INDEX and the short list keep this
+-- a primary-key range: with a long list (MariaDB turns one of over 1,000 values into a subquery)
+-- or ids covering much of a small table, the optimizer scans the table instead, and a scanning
+-- UPDATE locks every row it reads, rows of unfinished jobs included.
+UPDATE job_recipients FORCE INDEX (PRIMARY) SET variables = NULL
+WHERE id IN ({ids}) AND variables IS NOT NULL;
 
 -- name: set_variables_erasing
 UPDATE jobs SET variables_erased_at = COALESCE(variables_erased_at, UTC_TIMESTAMP(6))
@@ -627,8 +631,9 @@ UPDATE jobs SET variables_erased = 1,
 WHERE id = %s;
 
 -- name: delete_recipients
--- {ids} is a placeholder list.
-DELETE FROM job_recipients WHERE id IN ({ids});
+-- {ids} is a placeholder list of at most PK_CHUNK ids (see erase_variables; a single-table
+-- DELETE takes no index hint, so the multi-table form).
+DELETE r FROM job_recipients r FORCE INDEX (PRIMARY) WHERE r.id IN ({ids});
 
 -- name: delete_job
 DELETE FROM jobs WHERE id = %s;

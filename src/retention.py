@@ -60,6 +60,7 @@ class PurgeResult:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     batches: int = 0              # transactions that changed rows
     longest_batch: float = 0.0    # seconds, the longest of them
+    busy: float = 0.0             # seconds inside batches (the rest: pauses, finding jobs)
     seconds: float = 0.0
     stopped: bool = False         # a stop signal (or a lost lease) ended it early
 
@@ -150,6 +151,7 @@ class Purge:
             r = self.result
             r.batches += 1
             r.longest_batch = max(r.longest_batch, took)
+            r.busy += took
             log.debug("purge batch %d: %s changed %d row(s) in %.1f ms", r.batches,
                       call.__name__, changed, took * 1000)
             if self.on_batch is not None and not self.on_batch():
