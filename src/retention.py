@@ -90,6 +90,7 @@ class PurgeResult:
                 "cutoffs": {"now": _iso(k.now), "variables_and_bounce_messages": _iso(k.erase),
                             "jobs": _iso(k.delete), "runners": _iso(k.runners)},
                 "batches": self.batches, "longest_batch_s": round(self.longest_batch, 4),
+                "busy_s": round(self.busy, 3),
                 "seconds": round(self.seconds, 3), "stopped": self.stopped}
 
 
