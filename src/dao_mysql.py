@@ -967,16 +967,21 @@ class Dao:
         seconds over every runner on every host, and never while another holder's lease of
         `lease` seconds lasts. One UPDATE of one row (works on Galera, unlike GET_LOCK)."""
         args = (int(interval * 1_000_000), holder, int(lease * 1_000_000), name)
-        with self.transaction() as cur:
-            if self._run(cur, "claim_lease", args) == 1:
-                return True
-            self._run(cur, "lease_row", (name,))
-            if cur.fetchone() is not None:
-                return False
-        with self.transaction() as cur:   # first use: the row is created in its own transaction
-            self._run(cur, "ensure_lease", (name,))
-        with self.transaction() as cur:
-            return self._run(cur, "claim_lease", args) == 1
+        try:
+            with self.transaction() as cur:
+                if self._run(cur, "claim_lease", args) == 1:
+                    return True
+                self._run(cur, "lease_row", (name,))
+                if cur.fetchone() is not None:
+                    return False
+            with self.transaction() as cur:   # first use: the row is created on its own
+                self._run(cur, "ensure_lease", (name,))
+            with self.transaction() as cur:
+                return self._run(cur, "claim_lease", args) == 1
+        except TransactionConflict:
+            # another runner updated the row at the same moment (on Galera: a certification
+            # failure at commit, reported as a deadlock): it has the turn, not an outage
+            return False
 
     def renew_lease(self, name: str, holder: str, lease: float) -> bool:
         with self.transaction() as cur:
