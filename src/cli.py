@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
 
 import cli_jobs  # noqa: E402,F401  (registers the job, runner and watch commands)
 import cli_suppressions  # noqa: E402,F401  (registers `mailjobs suppressions`)
+import cli_retention  # noqa: E402,F401  (registers `mailjobs purge`)
 
 if __name__ == "__main__":
     main()

@@ -42,6 +42,9 @@ log = logging.getLogger("mailjobs.db")
 T = TypeVar("T")
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
+# Ids per `WHERE id IN (...)` statement of a purge batch: under MariaDB's
+# in_predicate_conversion_threshold (1,000), so the list stays a primary-key range.
+PK_CHUNK = 500
 # Server-side errors that mean "not reachable now", not "your statement is wrong".
 _UNAVAILABLE_CODES = {1040, 1053, 2002, 2003, 2006, 2013, 2055}
 
@@ -554,7 +557,8 @@ class Dao:
 
         `decide(status, started, future_send_at, paused_by, sender)` returns the new
         (status, paused_by, reason, finished) or raises; for "retry" it is called after the
-        matching recipients were re-queued and receives their number as `matched=`.
+        matching recipients were re-queued and receives their number as `matched=` and when
+        retention erased the recipients' variables as `erased_at=` (None: never).
         Returns the recipients changed.
         """
         with self.transaction() as cur:
@@ -572,7 +576,9 @@ class Dao:
                     statuses=_placeholders(len(statuses)),
                     code_filter=f"AND error_code IN ({_placeholders(len(codes))})" if codes else "")
                 changed = cur.execute(sql, (job_id, *statuses, *codes))
-                new = decide(*state, matched=changed)
+                self._run(cur, "job_variables_erased_at", (job_id,))
+                erased_at = _utc(cur.fetchone())[0]   # retention erased what a resend needs
+                new = decide(*state, matched=changed, erased_at=erased_at)
             else:
                 new = decide(*state)
             status, paused_by, reason, finished = new
@@ -881,6 +887,149 @@ class Dao:
                 result["suppressed"] = self._run(cur, "insert_suppression", (
                     key_id, email, reason, job_id, rid, (error or "")[:65000])) == 1
             return result
+
+    # --- data retention (retention.py) ----------------------------------------------------
+    # Every batch is one short transaction over rows of one finished job, locked by its job row
+    # first; the rows are found without locking and changed by primary key (queries.sql).
+    def db_now(self) -> datetime:
+        """The database's clock (UTC): retention cut-offs are taken from it, not the host's."""
+        return _utc(self._one("db_now"))[0]
+
+    def purge_counts(self, erase_cutoff: datetime | None, delete_cutoff: datetime | None,
+                     bounce_cutoff: datetime | None,
+                     runner_cutoff: datetime) -> dict[str, int]:
+        """What a purge with these cut-offs (None: that kind is off) would remove now."""
+        out = dict.fromkeys(("jobs_deleted", "recipients_deleted", "jobs_erased",
+                             "recipients_erased", "bounce_messages_deleted",
+                             "runners_deleted"), 0)
+        with self.transaction() as cur:
+            if delete_cutoff is not None:
+                self._run(cur, "purge_count_delete", (_naive_utc(delete_cutoff),))
+                out["jobs_deleted"], out["recipients_deleted"] = map(int, cur.fetchone())
+            if erase_cutoff is not None:
+                self._run(cur, "purge_count_erase", {"cutoff": _naive_utc(erase_cutoff),
+                                                     "delete_cutoff": _naive_utc(delete_cutoff)})
+                out["jobs_erased"], out["recipients_erased"] = map(int, cur.fetchone())
+            if bounce_cutoff is not None:
+                self._run(cur, "purge_count_bounce_messages", (_naive_utc(bounce_cutoff),))
+                out["bounce_messages_deleted"] = int(cur.fetchone()[0])
+            self._run(cur, "purge_count_runners", (_naive_utc(runner_cutoff),))
+            out["runners_deleted"] = int(cur.fetchone()[0])
+        return out
+
+    def purge_candidates(self, kind: str, cutoff: datetime, limit: int) -> list[int]:
+        """Finished jobs, oldest first, to delete whole (kind "delete") or whose recipients'
+        variables to erase ("erase")."""
+        name = "purge_jobs_to_delete" if kind == "delete" else "purge_jobs_to_erase"
+        return [int(r[0]) for r in self._all(name, (_naive_utc(cutoff), limit))]
+
+    def job_recipient_statuses(self, job_id: int) -> list[str]:
+        return sorted(r[0] for r in self._all("purge_job_statuses", (job_id,)))
+
+    @_rerun_on_conflict
+    def erase_variables_batch(self, job_id: int, cutoff: datetime, status: str | None,
+                              after: int, limit: int) -> tuple[int, int, int] | None:
+        """Erase the variables of up to `limit` recipients of a job finished before `cutoff`:
+        those of `status` with an id above `after` (None: any still holding variables).
+        Returns (rows looked at, rows erased, last id), or None when the job is no longer
+        finished before the cut-off (retried meanwhile, or gone)."""
+        with self.transaction() as cur:
+            self._run(cur, "purge_lock_job", (job_id, _naive_utc(cutoff)))
+            if cur.fetchone() is None:
+                return None
+            if status is None:
+                self._run(cur, "purge_recipient_ids_with_variables", (job_id, limit))
+            else:
+                self._run(cur, "purge_recipient_ids", (job_id, status, after, limit))
+            ids = [int(r[0]) for r in cur.fetchall()]
+            if not ids:
+                return 0, 0, after
+            self._run(cur, "set_variables_erasing", (job_id,))
+            erased = self._by_ids(cur, "erase_variables", ids)
+            return len(ids), erased, ids[-1]
+
+    def _by_ids(self, cur: Any, name: str, ids: Sequence[int]) -> int:
+        """Run a `WHERE id IN ({ids})` statement over `ids` in chunks of PK_CHUNK, so each
+        stays a primary-key lookup that locks exactly those rows (queries.sql)."""
+        changed = 0
+        for start in range(0, len(ids), PK_CHUNK):
+            chunk = ids[start:start + PK_CHUNK]
+            changed += cur.execute(self.queries[name].format(ids=_placeholders(len(chunk))),
+                                   chunk)
+        return changed
+
+    @_rerun_on_conflict
+    def mark_variables_erased(self, job_id: int, cutoff: datetime) -> bool:
+        with self.transaction() as cur:
+            self._run(cur, "purge_lock_job", (job_id, _naive_utc(cutoff)))
+            if cur.fetchone() is None:
+                return False
+            return self._run(cur, "set_variables_erased", (job_id,)) > 0
+
+    @_rerun_on_conflict
+    def delete_job_batch(self, job_id: int, cutoff: datetime,
+                         limit: int) -> tuple[int, bool] | None:
+        """Delete up to `limit` recipients of a job finished before `cutoff`, and the job row
+        once none is left. Returns (recipients deleted, job deleted), or None when the job is
+        no longer finished before the cut-off."""
+        with self.transaction() as cur:
+            self._run(cur, "purge_lock_job", (job_id, _naive_utc(cutoff)))
+            if cur.fetchone() is None:
+                return None
+            self._run(cur, "purge_any_recipient_ids", (job_id, limit))
+            ids = [int(r[0]) for r in cur.fetchall()]
+            deleted = 0
+            if ids:
+                deleted = self._by_ids(cur, "delete_recipients", ids)
+            if len(ids) < limit:   # that was the last of them: the job row goes too
+                self._run(cur, "delete_job", (job_id,))
+                return deleted, True
+            return deleted, False
+
+    @_rerun_on_conflict
+    def delete_bounce_messages(self, cutoff: datetime, limit: int) -> int:
+        with self.transaction() as cur:
+            return self._run(cur, "delete_bounce_messages", (_naive_utc(cutoff), limit))
+
+    @_rerun_on_conflict
+    def delete_dead_runners(self, cutoff: datetime, limit: int) -> int:
+        with self.transaction() as cur:
+            return self._run(cur, "delete_dead_runners", (_naive_utc(cutoff), limit))
+
+    def claim_lease(self, name: str, holder: str, interval: float, lease: float) -> bool:
+        """Whether `holder` runs the periodic task `name` now: at most once per `interval`
+        seconds over every runner on every host, and never while another holder's lease of
+        `lease` seconds lasts. One UPDATE of one row (works on Galera, unlike GET_LOCK)."""
+        args = (int(interval * 1_000_000), holder, int(lease * 1_000_000), name)
+        try:
+            with self.transaction() as cur:
+                if self._run(cur, "claim_lease", args) == 1:
+                    return True
+                self._run(cur, "lease_row", (name,))
+                if cur.fetchone() is not None:
+                    return False
+            with self.transaction() as cur:   # first use: the row is created on its own
+                self._run(cur, "ensure_lease", (name,))
+            with self.transaction() as cur:
+                return self._run(cur, "claim_lease", args) == 1
+        except TransactionConflict:
+            # another runner updated the row at the same moment (on Galera: a certification
+            # failure at commit, reported as a deadlock): it has the turn, not an outage
+            return False
+
+    def renew_lease(self, name: str, holder: str, lease: float) -> bool:
+        with self.transaction() as cur:
+            return self._run(cur, "renew_lease", (int(lease * 1_000_000), name, holder)) > 0
+
+    def finish_lease(self, name: str, holder: str, result: str) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "finish_lease", (result[:1000], name, holder))
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        row = self._one("lease_row", (name,))
+        keys = ("name", "due_at", "holder", "lease_expires_at", "started_at", "finished_at",
+                "last_result")
+        return dict(zip(keys, _utc(row))) if row else None
 
 
 def attributed(stored_message_id: str | None, to_email: str, named: Sequence[str],

@@ -175,6 +175,27 @@ FEEDBACK_LOOP_FROM = ""
 # report is still understood; only the returned copy of the original may be cut.
 MAILBOX_MAX_MESSAGE_BYTES = 1048576
 
+# --- Data retention (retention.py, `mailjobs purge`) -------------------------------------------
+# Days after a job finished (completed, completed_with_errors, failed, cancelled) at which its
+# recipients' variables (the personal values templates were rendered with) are erased; rows,
+# statuses, errors and counts stay. Bounce messages (the record of mailbox messages read) older
+# than this are deleted too. 0: never.
+RETENTION_DAYS = 90
+# Days after a job finished at which it is deleted whole with its recipients. 0 (the default):
+# never. Deleting is irreversible and takes the history `mailjobs trace` answers from (and the
+# job's Idempotency-Key) with it, so it is left for an operator to choose.
+JOB_RETENTION_DAYS = 0
+# Seconds between purges run by the runners (one runner at a time over all hosts, through the
+# maintenance_leases row); 0: runners never purge (run `mailjobs purge` from cron instead).
+PURGE_INTERVAL = 3600.0
+# Rows changed per purge transaction: each batch locks only its own rows, for milliseconds.
+PURGE_BATCH = 5000
+# Seconds of pause after a full batch (scaled down for a smaller one), so purging yields to
+# sends and replicas keep up.
+PURGE_PAUSE = 0.1
+# Runner rows whose heartbeat is older than this many seconds are deleted (dead or stopped).
+DEAD_RUNNER_SECONDS = 86400
+
 # --- Dashboard and metrics ---------------------------------------------------------------------
 # Signs the dashboard's session cookie and the unsubscribe links; set it in production (the
 # same on every API process, at least 32 characters; a placeholder such as CHANGE-ME is refused).
@@ -210,7 +231,8 @@ _SHOWN = {
     "FEEDBACK_LOOP_FROM": "(unset: complaint reports are not read)",
 }
 _NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
-            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "CONFLICT_RETRIES"}
+            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "CONFLICT_RETRIES",
+            "DEAD_RUNNER_SECONDS"}
 
 
 def _shown(value: object) -> str:

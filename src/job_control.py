@@ -63,7 +63,11 @@ def resume(dao: Dao, job_id: int) -> None:
 
 def retry(dao: Dao, job_id: int, statuses: Sequence[str], codes: Sequence[str]) -> int:
     """Put matching recipients back to queued and the job back to work. Returns how many."""
-    def decide(status, started, future, paused_by, sender, matched):
+    def decide(status, started, future, paused_by, sender, matched, erased_at=None):
+        if erased_at is not None:
+            raise Conflict(f"job is {status} and its recipients' variables were erased on "
+                           f"{erased_at:%Y-%m-%d} (RETENTION_DAYS): it cannot be retried; post "
+                           "a new job")
         if matched == 0:
             raise Conflict("no recipient of this job matches the filter "
                            f"(status in {list(statuses)}"

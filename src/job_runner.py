@@ -28,6 +28,7 @@ import bounces
 import job_control
 import metrics
 from dao_mysql import Dao, DatabaseUnavailable
+import retention
 import scheduling
 from email_scheduler import (EXPIRED, FAILED, HOLD, RETRY, SENT, SUPPRESSED, EmailScheduler,
                              Outcome, TransportFactory)
@@ -105,6 +106,8 @@ class JobRunner:
         # DSNs in the Gmail senders' mailboxes, every BOUNCE_CHECK_INTERVAL (bounces.py)
         self._bounces = (bounces.BounceChecker(settings, dao, self.stop_event)
                          if settings.transport_name == "gmail" else None)
+        # data retention, once per PURGE_INTERVAL over all runners (retention.py)
+        self._purger = retention.Purger(settings, dao, self.stop_event, self.id)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -161,6 +164,7 @@ class JobRunner:
         self._expire_due_jobs()
         if self._bounces is not None:
             self._bounces.tick()   # starts a background check when one is due; never waits
+        self._purger.tick()        # the same for the purge, when this runner's turn is due
         claimed = self._claim(pool)
         if self._hand.futures:
             self.state = "busy"
@@ -519,6 +523,7 @@ class JobRunner:
                 transport.close()
             if self._bounces is not None:   # it stops between two messages (stop_event)
                 self._bounces.join(2 * self.settings.gmail_timeout)
+            self._purger.join(2 * self.settings.db_read_timeout)   # stops between batches
         log.info("runner %s stopped: sent=%d failed=%d retried=%d", self.id, self.stats.sent,
                  self.stats.failed, self.stats.retried)
 

@@ -555,7 +555,7 @@ UPDATE job_recipients SET error_code = 'complaint', error = %s WHERE id = %s AND
 UPDATE job_recipients SET status = 'bounced', error_code = %s, error = %s
 WHERE id = %s AND (status = 'sent' OR (status = 'bounced' AND error_code = 'bounce_4xx'));
 
--- ===== dashboard sessions =====================================================================
+-- ===== dashboard sessions ==============================================================
 
 -- name: purge_dashboard_sessions
 DELETE FROM dashboard_sessions WHERE expires_at <= UTC_TIMESTAMP(6);
@@ -569,3 +569,128 @@ SELECT api_key_id FROM dashboard_sessions WHERE token_hash = %s AND expires_at >
 
 -- name: delete_dashboard_session
 DELETE FROM dashboard_sessions WHERE token_hash = %s OR expires_at <= UTC_TIMESTAMP(6);
+=======
+-- ===== data retention (retention.py, `mailjobs purge`) =========================================
+-- Purging touches only rows of FINISHED jobs (completed, completed_with_errors, failed,
+-- cancelled), bounce_messages and dead runners' rows; never a row a claim can want (claims take
+-- queued/retrying/sending rows of unfinished jobs). Each batch is one short transaction that
+-- first locks the job row (so a retry of that job waits for the batch, and the batch sees it if
+-- it came first), reads the batch's ids without locking, then changes exactly those rows by
+-- primary key: no range or gap is locked.
+
+-- name: db_now
+SELECT UTC_TIMESTAMP(6);
+
+-- name: purge_count_delete
+-- Finished jobs deleted whole, with their recipients (JOB_RETENTION_DAYS).
+SELECT COUNT(DISTINCT j.id), COUNT(r.id) FROM jobs j
+LEFT JOIN job_recipients r ON r.job_id = j.id
+WHERE j.finished_at < %s
+  AND j.status IN ('completed', 'completed_with_errors', 'failed', 'cancelled');
+
+-- name: purge_count_erase
+-- Recipients whose variables would be erased (RETENTION_DAYS), in jobs not deleted whole.
+SELECT COUNT(DISTINCT j.id), COUNT(r.id) FROM jobs j
+JOIN job_recipients r ON r.job_id = j.id AND r.variables IS NOT NULL
+WHERE j.variables_erased = 0 AND j.finished_at < %(cutoff)s
+  AND (%(delete_cutoff)s IS NULL OR j.finished_at >= %(delete_cutoff)s)
+  AND j.status IN ('completed', 'completed_with_errors', 'failed', 'cancelled');
+
+-- name: purge_count_bounce_messages
+SELECT COUNT(*) FROM bounce_messages WHERE processed_at < %s;
+
+-- name: purge_count_runners
+SELECT COUNT(*) FROM runners WHERE heartbeat_at < %s;
+
+-- name: purge_jobs_to_delete
+SELECT id FROM jobs
+WHERE finished_at < %s AND status IN ('completed', 'completed_with_errors', 'failed', 'cancelled')
+ORDER BY finished_at, id LIMIT %s;
+
+-- name: purge_jobs_to_erase
+SELECT id FROM jobs
+WHERE variables_erased = 0 AND finished_at < %s
+  AND status IN ('completed', 'completed_with_errors', 'failed', 'cancelled')
+ORDER BY finished_at, id LIMIT %s;
+
+-- name: purge_lock_job
+-- The job row, locked, while it is still finished before the cut-off; no row: leave it alone.
+SELECT id FROM jobs
+WHERE id = %s AND finished_at < %s
+  AND status IN ('completed', 'completed_with_errors', 'failed', 'cancelled')
+FOR UPDATE;
+
+-- name: purge_job_statuses
+SELECT DISTINCT status FROM job_recipients WHERE job_id = %s;
+
+-- name: purge_recipient_ids
+-- The next batch of one job's recipients, by (job_id, status, id) (ix_recipients_list).
+SELECT id FROM job_recipients
+WHERE job_id = %s AND status = %s AND id > %s ORDER BY id LIMIT %s;
+
+-- name: purge_recipient_ids_with_variables
+-- Any recipient of a job still holding variables (a row that changed status mid-way).
+SELECT id FROM job_recipients WHERE job_id = %s AND variables IS NOT NULL LIMIT %s;
+
+-- name: purge_any_recipient_ids
+SELECT id FROM job_recipients WHERE job_id = %s LIMIT %s;
+
+-- name: erase_variables
+-- {ids} is a placeholder list of at most PK_CHUNK ids. FORCE INDEX and the short list keep this
+-- a primary-key range: with a long list (MariaDB turns one of over 1,000 values into a subquery)
+-- or ids covering much of a small table, the optimizer scans the table instead, and a scanning
+-- UPDATE locks every row it reads, rows of unfinished jobs included.
+UPDATE job_recipients FORCE INDEX (PRIMARY) SET variables = NULL
+WHERE id IN ({ids}) AND variables IS NOT NULL;
+
+-- name: set_variables_erasing
+UPDATE jobs SET variables_erased_at = COALESCE(variables_erased_at, UTC_TIMESTAMP(6))
+WHERE id = %s;
+
+-- name: set_variables_erased
+UPDATE jobs SET variables_erased = 1,
+                variables_erased_at = COALESCE(variables_erased_at, UTC_TIMESTAMP(6))
+WHERE id = %s;
+
+-- name: delete_recipients
+-- {ids} is a placeholder list of at most PK_CHUNK ids (see erase_variables; a single-table
+-- DELETE takes no index hint, so the multi-table form).
+DELETE r FROM job_recipients r FORCE INDEX (PRIMARY) WHERE r.id IN ({ids});
+
+-- name: delete_job
+DELETE FROM jobs WHERE id = %s;
+
+-- name: delete_bounce_messages
+DELETE FROM bounce_messages WHERE processed_at < %s ORDER BY processed_at LIMIT %s;
+
+-- name: delete_dead_runners
+DELETE FROM runners WHERE heartbeat_at < %s ORDER BY heartbeat_at LIMIT %s;
+
+-- name: job_variables_erased_at
+SELECT variables_erased_at FROM jobs WHERE id = %s;
+
+-- name: ensure_lease
+INSERT IGNORE INTO maintenance_leases (name, due_at) VALUES (%s, UTC_TIMESTAMP(6));
+
+-- name: claim_lease
+-- 1 row: this runner runs the task now; the next run is due in %s microseconds, and nobody else
+-- starts it while this runner's lease lasts.
+UPDATE maintenance_leases
+SET due_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND, holder = %s,
+    lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND,
+    started_at = UTC_TIMESTAMP(6), finished_at = NULL
+WHERE name = %s AND due_at <= UTC_TIMESTAMP(6)
+  AND (holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= UTC_TIMESTAMP(6));
+
+-- name: renew_lease
+UPDATE maintenance_leases SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+WHERE name = %s AND holder = %s;
+
+-- name: finish_lease
+UPDATE maintenance_leases
+SET holder = NULL, lease_expires_at = NULL, finished_at = UTC_TIMESTAMP(6), last_result = %s
+WHERE name = %s AND holder = %s;
+
+-- name: lease_row
+SELECT name, due_at, holder, lease_expires_at, started_at, finished_at, last_result
+FROM maintenance_leases WHERE name = %s;

@@ -138,6 +138,11 @@ class Settings:
     bounce_check_interval: int = defaults.BOUNCE_CHECK_INTERVAL
     feedback_loop_from: str = defaults.FEEDBACK_LOOP_FROM
     mailbox_max_message_bytes: int = defaults.MAILBOX_MAX_MESSAGE_BYTES
+    retention_days: int = defaults.RETENTION_DAYS
+    job_retention_days: int = defaults.JOB_RETENTION_DAYS
+    purge_interval: float = defaults.PURGE_INTERVAL
+    purge_batch: int = defaults.PURGE_BATCH
+    purge_pause: float = defaults.PURGE_PAUSE
     secret_key: str = defaults.SECRET_KEY
     metrics_port: int = defaults.METRICS_PORT
     metrics_sender_labels: bool = defaults.METRICS_SENDER_LABELS
@@ -165,6 +170,15 @@ class Settings:
                              f"{self.unsubscribe_base_url!r}")
         if self.database_url:
             DatabaseParams.from_url(self.database_url)   # a bad URL is one sentence at start
+        for name in ("retention_days", "job_retention_days", "purge_interval", "purge_pause"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.upper()} must be 0 or more, got {getattr(self, name)}")
+        if self.purge_batch < 1:
+            raise ValueError(f"PURGE_BATCH must be 1 or more, got {self.purge_batch}")
+        if 0 < self.job_retention_days < self.unsubscribe_token_days:
+            raise ValueError(f"JOB_RETENTION_DAYS ({self.job_retention_days}) must be 0 or at least "
+                             f"UNSUBSCRIBE_TOKEN_DAYS ({self.unsubscribe_token_days}): an "
+                             "unsubscribe link must find its recipient for as long as it works")
         for address in self.feedback_loop_addresses:   # each becomes a Gmail search term
             if not re.fullmatch(_FEEDBACK_FROM, address):
                 raise ValueError("FEEDBACK_LOOP_FROM must list addresses or domains separated "
