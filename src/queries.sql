@@ -555,7 +555,7 @@ UPDATE job_recipients SET error_code = 'complaint', error = %s WHERE id = %s AND
 UPDATE job_recipients SET status = 'bounced', error_code = %s, error = %s
 WHERE id = %s AND (status = 'sent' OR (status = 'bounced' AND error_code = 'bounce_4xx'));
 
--- ===== dashboard sessions ==============================================================
+-- ===== dashboard sessions =====================================================================
 
 -- name: purge_dashboard_sessions
 DELETE FROM dashboard_sessions WHERE expires_at <= UTC_TIMESTAMP(6);
@@ -569,7 +569,7 @@ SELECT api_key_id FROM dashboard_sessions WHERE token_hash = %s AND expires_at >
 
 -- name: delete_dashboard_session
 DELETE FROM dashboard_sessions WHERE token_hash = %s OR expires_at <= UTC_TIMESTAMP(6);
-=======
+
 -- ===== data retention (retention.py, `mailjobs purge`) =========================================
 -- Purging touches only rows of FINISHED jobs (completed, completed_with_errors, failed,
 -- cancelled), bounce_messages and dead runners' rows; never a row a claim can want (claims take

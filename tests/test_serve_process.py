@@ -24,23 +24,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_sends_through_its_embedded_runner_and_stops_on_sigterm(dao, database, tmp_path):
+def start_serve(database, tmp_path, **env: str) -> tuple[subprocess.Popen, str]:
+    """`python src/api_server.py` on a free port with the outbox transport, its output in
+    tmp_path/serve.log; returns the process and its base URL."""
     port = free_port()
-    key = create_key(dao, "serve-test", ["*"]).key
-    env = {**os.environ, "DATABASE_URL": database.url, "PORT": str(port),
-           "OUTBOX_DIR": str(tmp_path / "outbox"), "MAIL_TRANSPORT": "outbox",
-           "POLL_INTERVAL": "0.1", "HEARTBEAT_INTERVAL": "0.5", "SENDER_RATE_PER_MINUTE": "0"}
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, str(ROOT / "src" / "api_server.py")], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    full_env = {**os.environ, "DATABASE_URL": database.url, "PORT": str(port),
+                "OUTBOX_DIR": str(tmp_path / "outbox"), "MAIL_TRANSPORT": "outbox", **env}
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([sys.executable, str(ROOT / "src" / "api_server.py")],
+                                  env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def answers(url: str) -> bool:
     try:
-        def healthy():
-            try:
-                return requests.get(f"{base}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-        wait_for(healthy, 30, every=0.2, message="the server to be healthy")
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def test_serve_sends_through_its_embedded_runner_and_stops_on_sigterm(dao, database, tmp_path):
+    key = create_key(dao, "serve-test", ["*"]).key
+    server, base = start_serve(database, tmp_path, POLL_INTERVAL="0.1", HEARTBEAT_INTERVAL="0.5",
+                               SENDER_RATE_PER_MINUTE="0")
+    try:
+        wait_for(lambda: answers(f"{base}/healthz"), 30, every=0.2,
+                 message="the server to be healthy")
         r = requests.post(f"{base}/api/jobs/send_template_emails", headers={"X-API-Key": key},
                           json={"sender_email": "dev@example.com",
                                 "template": {"subject": "Hi {{ name }}", "text": "Hello"},
@@ -58,7 +67,6 @@ def test_serve_sends_through_its_embedded_runner_and_stops_on_sigterm(dao, datab
     finally:
         if server.poll() is None:
             server.kill()
-        log.close()
     assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 2
     assert dao.runners()[0]["state"] == "stopped"
     output = (tmp_path / "serve.log").read_text()
@@ -136,22 +144,11 @@ def test_the_dev_api_key_file_is_created_0600_without_a_chmod_after(dao, tmp_pat
 def test_a_body_over_the_limit_is_answered_in_json_however_large(dao, database, tmp_path):
     """Over MAX_REQUEST_BYTES by a little (Flask's check) or by a lot (waitress' own, before the
     app sees the request): both are the JSON 413, not waitress' text/plain."""
-    port = free_port()
     key = create_key(dao, "limit-test", ["*"]).key
-    env = {**os.environ, "DATABASE_URL": database.url, "PORT": str(port),
-           "MAIL_TRANSPORT": "outbox", "OUTBOX_DIR": str(tmp_path / "outbox"),
-           "EMBEDDED_RUNNER": "0", "MAX_REQUEST_BYTES": "2000"}
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, str(ROOT / "src" / "api_server.py")], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_serve(database, tmp_path, EMBEDDED_RUNNER="0", MAX_REQUEST_BYTES="2000")
     try:
-        def answers():
-            try:
-                return requests.get(f"{base}/openapi.json", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-        wait_for(answers, 30, every=0.2, message="the server to answer")
+        wait_for(lambda: answers(f"{base}/openapi.json"), 30, every=0.2,
+                 message="the server to answer")
         for size in (2500, 100_000):
             r = requests.post(f"{base}/api/jobs/send_template_emails", data=b"x" * size,
                               headers={"Content-Type": "application/json",
@@ -162,4 +159,3 @@ def test_a_body_over_the_limit_is_answered_in_json_however_large(dao, database, 
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-        log.close()
