@@ -28,9 +28,14 @@ class FairPool:
         self._queues: dict[int, dict[int, deque[_Item]]] = {}   # key -> job -> waiting
         self._running_key: Counter[int] = Counter()
         self._running_job: Counter[int] = Counter()
-        # Idle threads, the most recently idle last: it is woken first, so a key sending one
-        # message after another keeps one thread (and its transport connection).
+        # Idle threads. The one that finished a send most recently is woken first, so a key
+        # sending one message after another keeps one thread (and its transport connection).
+        # Not "the most recently idle": a thread woken for nothing (a key at its cap) goes back
+        # to idle after the one that just sent, and would take the next send (a second SMTP
+        # connection for a sequential stream, found by test_transport_smtp under load).
         self._idle: list[threading.Condition] = []
+        self._finished: dict[threading.Condition, int] = {}   # thread -> when it last sent
+        self._sends = 0
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
                          for i in range(max(1, threads))]
@@ -59,7 +64,9 @@ class FairPool:
 
     def _wake_one(self) -> None:
         if self._idle:
-            self._idle.pop().notify()
+            me = max(self._idle, key=lambda c: self._finished.get(c, 0))
+            self._idle.remove(me)
+            me.notify()
 
     def _next(self) -> tuple[int, int, _Item] | None:
         """Under the lock: the next item to run, or None when nothing may run now."""
@@ -108,6 +115,8 @@ class FairPool:
                 if done is not None:
                     self._running_key[done[0]] -= 1
                     self._running_job[done[1]] -= 1
+                    self._sends += 1
+                    self._finished[me] = self._sends
                 picked = self._take(me)
                 if picked is None:
                     self._wake_one()   # shutting down: pass it on
