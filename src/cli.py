@@ -56,6 +56,8 @@ def serve(ctx: click.Context) -> None:
     """Start the API (and, when DATABASE_URL is unset, a project-local MariaDB)."""
     from waitress import serve as waitress_serve
 
+    import http_lanes
+
     from api_server import create_app
 
     dao = _dao(ctx)
@@ -77,7 +79,8 @@ def serve(ctx: click.Context) -> None:
         waitress_serve(app, host=settings.host, port=settings.port,
                        threads=settings.http_threads,
                        max_request_body_size=settings.max_request_bytes + 1024,
-                       ident="mailjobs", clear_untrusted_proxy_headers=True)
+                       ident="mailjobs", clear_untrusted_proxy_headers=True,
+                       _dispatcher=http_lanes.dispatcher(settings.http_threads))
     except KeyboardInterrupt:
         pass
     finally:

@@ -30,7 +30,7 @@ def test_api_answers_503_json_while_the_database_is_down_and_recovers(client, ke
     assert elapsed < 10
     assert client.get(f"/api/jobs/{job_id}", headers={"X-API-Key": key}).status_code == 503
     health = client.get("/healthz")
-    assert (health.status_code, health.json["database"]) == (503, "unavailable")
+    assert (health.status_code, health.json["database"]) == (503, "refused")
 
     stoppable.start()
     assert client.get("/healthz").status_code == 200
