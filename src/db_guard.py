@@ -39,6 +39,9 @@ PING_IDLE = 1.0
 # gets a moment, a new statement is refused before it is sent (Dao._checkout).
 MIN_BOUND = 0.05
 
+# Of an API request's deadline, the seconds kept for writing the answer after the database work.
+ANSWER_MARGIN = 0.25
+
 _local = threading.local()
 
 
@@ -70,8 +73,9 @@ def cap(seconds: float) -> Iterator[None]:
 
 
 def start_deadline(seconds: float) -> None:
-    """Set this thread's deadline (an API request's start); end_deadline() clears it."""
-    _local.ends = time.monotonic() + seconds
+    """Set this thread's deadline at an API request's start (end_deadline() clears it): its
+    database work ends ANSWER_MARGIN before `seconds`, so the 503 itself is out in time too."""
+    _local.ends = time.monotonic() + max(MIN_BOUND, seconds - ANSWER_MARGIN)
 
 
 def end_deadline() -> None:
