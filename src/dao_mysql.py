@@ -108,7 +108,7 @@ def _translate(exc: Exception) -> DaoError | None:
     return None
 
 
-def _rerun_on_conflict(method: Callable[..., T]) -> Callable[..., T]:
+def _rerun_on_conflict(method: Callable[..., T], label: str | None = None) -> Callable[..., T]:
     """For a DAO method that is one transaction (plus idempotent steps before it): when InnoDB
     rolls it back as a deadlock victim or after a lock wait timeout, run it again, up to
     CONFLICT_RETRIES times after a short random pause, before the error goes up. The runners'
@@ -122,7 +122,7 @@ def _rerun_on_conflict(method: Callable[..., T]) -> Callable[..., T]:
                 if attempt == defaults.CONFLICT_RETRIES:
                     raise
                 log.info("%s lost a lock conflict (%s); running it again (attempt %d)",
-                         method.__name__, exc, attempt + 1)
+                         label or method.__name__, exc, attempt + 1)
                 time.sleep(random.uniform(0.005, 0.05) * attempt)
         raise AssertionError("unreachable")
     return rerun
@@ -182,8 +182,8 @@ class Dao:
         return self._in_use
 
     def _checkout(self) -> Any:
-        """A pooled connection with its transaction begun (BEGIN is where a stale connection
-        shows, so a lost one is retried by _acquire before any statement ran)."""
+        """A pooled connection with its transaction begun (no round trip: see
+        BoundedConnection.begin); a connection idle for a moment was pinged by DBUtils."""
         left = db_guard.remaining()
         if left is not None and left <= 0:
             raise DatabaseUnavailable("the request's database deadline "
@@ -499,15 +499,23 @@ class Dao:
                 self._run(cur, "start_expired_job", (job_id,))
         return job_ids
 
-    @_rerun_on_conflict
     def claim(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
               limits: Limits) -> tuple[list[Recipient], str | None]:
+        rows, reason, _ = self.claim_checked(job_id, sender, runner_id, wanted, lease, limits)
+        return rows, reason
+
+    @functools.partial(_rerun_on_conflict, label="claim")
+    def claim_checked(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
+                      limits: Limits, api_key_id: int | None = None
+                      ) -> tuple[list[Recipient], str | None, dict[int, str]]:
         """Claim up to `wanted` due recipients of one job within the sender's limits.
 
         One transaction: lock the sender row, take what the limits allow (due retries, then
         expired leases, then queued, each FOR UPDATE SKIP LOCKED), mark them `sending` under a
         lease with their Message-ID fixed, charge the sender, commit. Returns the rows and, when
-        limits allowed fewer than wanted, why.
+        limits allowed fewer than wanted, why; and, with `api_key_id`, those of them whose
+        address that key suppressed since the job was stored ({id: reason}), read in the same
+        transaction (a round trip, not a transaction of its own: suppressed_claims).
         """
         self._ensure_sender(sender)
         with self.transaction() as cur:
@@ -518,7 +526,7 @@ class Dao:
                 raise TransactionConflict(f"sender row {sender} missing; creating it again")
             rate, cap, tokens, elapsed, deferred = row
             if deferred:
-                return [], "sender deferred"
+                return [], "sender deferred", {}
             limits = Limits(limits.rate_per_minute if rate is None else int(rate),
                             limits.daily_cap if cap is None else int(cap), limits.burst_seconds)
             sent_24h = 0
@@ -541,7 +549,7 @@ class Dao:
                 self._run(cur, "set_sender_tokens",
                           (allowed.tokens_left + (allowed.count - len(ids)), sender))
             if not ids:
-                return [], allowed.reason
+                return [], allowed.reason, {}
             marks = _placeholders(len(ids))
             if expired:  # their runner died mid-send: the mail may have gone out
                 cur.execute(self.queries["mark_in_doubt"].format(ids=_placeholders(len(expired))),
@@ -553,7 +561,13 @@ class Dao:
                 self._add_sender_sends(cur, {sender: len(ids)})
             self._run(cur, "start_job", (job_id,))
             cur.execute(self.queries["claimed_rows"].format(ids=marks), ids)
-            return [_recipient(row) for row in cur.fetchall()], allowed.reason
+            rows = [_recipient(row) for row in cur.fetchall()]
+            suppressed: dict[int, str] = {}
+            if api_key_id is not None:
+                cur.execute(self.queries["suppressed_claims"].format(ids=marks),
+                            (api_key_id, *ids))
+                suppressed = {int(i): reason for i, reason in cur.fetchall()}
+            return rows, allowed.reason, suppressed
 
     def _add_sender_sends(self, cur: Any, sends: dict[str, int]) -> None:
         """Reserve (positive) or give back (negative) sends in each sender's hourly bucket."""

@@ -236,6 +236,11 @@ class BoundedConnection(Connection):
         self._last_io = time.monotonic()
         super()._execute_command(command, sql)
 
+    def begin(self) -> None:
+        """No BEGIN round trip: autocommit is off, so the first statement opens the transaction
+        (InnoDB takes the snapshot at the first read either way), and the previous one always
+        ended with COMMIT or ROLLBACK. DBUtils' begin() still marks the transaction open."""
+
     def ping(self, reconnect: bool = False) -> bool:
         if self._sock is not None and time.monotonic() - self._last_io < PING_IDLE:
             return True   # it answered a moment ago: no round trip for a ping

@@ -203,8 +203,9 @@ class JobRunner:
                    wanted: int) -> tuple[int, str | None]:
         """Claim up to `wanted` of one job; returns how many, and why fewer if the sender's
         limits held it back."""
-        rows, reason = self.dao.claim(c.job_id, c.sender, self.id, wanted,
-                                      self.settings.lease_seconds, self._limits)
+        rows, reason, suppressed = self.dao.claim_checked(
+            c.job_id, c.sender, self.id, wanted, self.settings.lease_seconds, self._limits,
+            api_key_id=c.api_key_id)
         if not rows:
             if reason:
                 log.debug("job=%d: nothing claimed (%s)", c.job_id, reason)
@@ -213,7 +214,6 @@ class JobRunner:
         log.info("job=%d claimed %d recipient(s) (runner %s)%s", c.job_id, len(rows), self.id,
                  f"; limited by {reason}" if reason else "")
         # Addresses suppressed since the job was stored (unsubscribed, bounced): never sent.
-        suppressed = self.dao.suppressed_claims(job.api_key_id, [r.id for r in rows])
         for r in rows:
             if r.id in suppressed:
                 self._outcomes.append(Outcome(

@@ -1,0 +1,105 @@
+"""A small TCP proxy that adds latency each way: a far database on loopback.
+
+Listens on 127.0.0.1 (port 0: a free one) and forwards every connection to a Unix socket or a
+(host, port), delaying each chunk by `delay` seconds in each direction (so a round trip costs
+2 x delay more) without limiting throughput: chunks are stamped when read and written out when
+due, in order. The kernel has no netem qdisc here, hence userspace. Used by the slow-link tests
+and bench/remote_db.py.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from typing import Union
+
+Target = Union[str, tuple[str, int]]
+
+
+class LatencyProxy:
+    def __init__(self, target: Target, delay: float) -> None:
+        self.target, self.delay = target, delay
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "LatencyProxy":
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def url(self, database: str) -> str:
+        return f"mysql://root@127.0.0.1:{self.port}/{database}"
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _connect(self) -> socket.socket:
+        if isinstance(self.target, str):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(self.target)
+        else:
+            s = socket.create_connection(self.target)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                upstream = self._connect()
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                chunks: queue.Queue = queue.Queue()
+                threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
+                threading.Thread(target=self._write, args=(dst, chunks), daemon=True).start()
+
+    def _read(self, src: socket.socket, chunks: queue.Queue) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            chunks.put((time.monotonic() + self.delay, data))
+            if not data:
+                return
+
+    def _write(self, dst: socket.socket, chunks: queue.Queue) -> None:
+        while True:
+            due, data = chunks.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)   # the latency itself: each chunk is held until it is due
+            if not data:
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
