@@ -35,6 +35,12 @@ from transport_base import Transport
 log = logging.getLogger("mailjobs.runner")
 # Claimed-but-unsent recipients a runner holds, in seconds of its own send rate.
 HOLD_SECONDS = 0.5
+# A send (or an in-doubt check) is started only while less than this share of its claim's
+# lease has passed since the lease was last confirmed (claimed or renewed, timed from before
+# the statement was sent). Leases are renewed every third of LEASE_SECONDS, so a runner that
+# reaches its database never trips this; one cut off from it stops starting sends before
+# another runner may take its claims over, leaving a third of the lease for sends in flight.
+LEASE_GUARD = 2 / 3
 
 
 @dataclass
@@ -52,6 +58,8 @@ class InHand:
     futures: dict[int, Future] = field(default_factory=dict)
     recipients: dict[int, Recipient] = field(default_factory=dict)
     jobs_of: dict[int, int] = field(default_factory=dict)  # recipient id -> job id
+    # recipient id -> when its lease was last confirmed (monotonic; see LEASE_GUARD)
+    lease_from: dict[int, float] = field(default_factory=dict)
 
     def job_ids(self) -> set[int]:
         return set(self.jobs_of.values())
@@ -60,6 +68,7 @@ class InHand:
         self.futures.pop(rid, None)
         self.recipients.pop(rid, None)
         self.jobs_of.pop(rid, None)
+        self.lease_from.pop(rid, None)
 
 
 class JobRunner:
@@ -85,6 +94,7 @@ class JobRunner:
         self._last_heartbeat = 0.0
         self._last_log = time.monotonic()
         self._last_renew = time.monotonic()
+        self._guard_tripped = False
         self._rotation = 0
         self._rate = 0.0
         self._rate_at = time.monotonic()
@@ -203,6 +213,7 @@ class JobRunner:
                    wanted: int) -> tuple[int, str | None]:
         """Claim up to `wanted` of one job; returns how many, and why fewer if the sender's
         limits held it back."""
+        claimed_at = time.monotonic()
         rows, reason, suppressed = self.dao.claim_checked(
             c.job_id, c.sender, self.id, wanted, self.settings.lease_seconds, self._limits,
             api_key_id=c.api_key_id)
@@ -223,6 +234,7 @@ class JobRunner:
                 continue
             self._hand.recipients[r.id] = r
             self._hand.jobs_of[r.id] = c.job_id
+            self._hand.lease_from[r.id] = claimed_at
             self._hand.futures[r.id] = pool.submit(self._send_one, job, r)
         return len(rows), reason
 
@@ -246,6 +258,9 @@ class JobRunner:
         return transport
 
     def _send_one(self, job: Job, r: Recipient) -> Outcome:
+        held = self._lease_lost(job, r)
+        if held is not None:
+            return held
         try:
             return self.scheduler.send(self._transport(), job, r)
         except Exception as exc:  # a bug, not a send result: keep the recipient, log loudly
@@ -253,6 +268,23 @@ class JobRunner:
             return Outcome(r, job, RETRY, error_code="internal_error",
                            error=f"{type(exc).__name__}: {exc}",
                            delay=self.settings.retry_base_delay)
+
+    def _lease_lost(self, job: Job, r: Recipient) -> Outcome | None:
+        """In a sending thread, before a send starts: when the claim's lease may run out
+        before the send ends (renewals failed: the database is unreachable), the send is not
+        started. The outcome gives the claim back (attempt refunded); written, when the
+        database answers again, only if no other runner took the claim over meanwhile."""
+        age = time.monotonic() - self._hand.lease_from.get(r.id, 0.0)
+        if age < LEASE_GUARD * self.settings.lease_seconds:
+            return None
+        if not self._guard_tripped:
+            self._guard_tripped = True
+            log.warning("runner %s: leases not confirmed for %.1f s (LEASE_SECONDS %d): not "
+                        "starting sends of claims another runner may take over", self.id, age,
+                        self.settings.lease_seconds)
+        return Outcome(r, job, RETRY, error_code="lease_expired", refund=True,
+                       error=f"not sent: its lease was not renewed for {age:.1f} s (the "
+                             "database was unreachable), so another runner may own it")
 
     # --- recording ------------------------------------------------------------------------
     def _collect(self, timeout: float) -> None:
@@ -436,10 +468,16 @@ class JobRunner:
         lease = self.settings.lease_seconds
         if time.monotonic() - self._last_renew < lease / 3:
             return
-        self._last_renew = time.monotonic()
+        started = self._last_renew = time.monotonic()
         ids = list(self._hand.futures)
         if ids:
             self.dao.renew_leases(self.id, ids, lease)
+            for rid in ids:   # confirmed from before the statement went out (conservative)
+                if rid in self._hand.lease_from:
+                    self._hand.lease_from[rid] = started
+            if self._guard_tripped:
+                self._guard_tripped = False
+                log.info("runner %s: leases renewed again; sending resumes", self.id)
 
     def _heartbeat_if_due(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -5,6 +5,10 @@ Listens on 127.0.0.1 (port 0: a free one) and forwards every connection to a Uni
 2 x delay more) without limiting throughput: chunks are stamped when read and written out when
 due, in order. The kernel has no netem qdisc here, hence userspace. Used by the slow-link tests
 and bench/remote_db.py.
+
+`cut()` makes the link silent, as a partition does: connections are accepted, bytes are read
+and held, nothing is delivered (no RST, no FIN) until `restore()`, when what was held goes
+through, as TCP's retransmissions would deliver it.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ class LatencyProxy:
         self._listener.listen(128)
         self.port = self._listener.getsockname()[1]
         self._closed = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
 
@@ -39,8 +45,15 @@ class LatencyProxy:
     def url(self, database: str) -> str:
         return f"mysql://root@127.0.0.1:{self.port}/{database}"
 
+    def cut(self) -> None:
+        self._open.clear()
+
+    def restore(self) -> None:
+        self._open.set()
+
     def close(self) -> None:
         self._closed.set()
+        self._open.set()
         self._listener.close()
         with self._lock:
             for s in self._sockets:
@@ -93,6 +106,7 @@ class LatencyProxy:
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)   # the latency itself: each chunk is held until it is due
+            self._open.wait()      # a cut link: held until restored
             if not data:
                 try:
                     dst.shutdown(socket.SHUT_WR)
