@@ -181,7 +181,7 @@ class Dao:
     def connections_in_use(self) -> int:
         return self._in_use
 
-    def _checkout(self) -> Any:
+    def _checkout(self, probe: bool = False) -> Any:
         """A pooled connection with its transaction begun (no round trip: see
         BoundedConnection.begin); a connection idle for a moment was pinged by DBUtils."""
         left = db_guard.remaining()
@@ -200,10 +200,19 @@ class Dao:
         conn = None
         try:
             conn = self._pool.connection()
-            # An explicit BEGIN tells DBUtils a transaction is open: without it, DBUtils
+            if not db_guard.is_connected(conn):   # its ping and its reconnect failed
+                raise DatabaseUnavailable(
+                    "no working database connection (its ping and reconnect failed)",
+                    kind="circuit" if self.breaker.is_open else "lost")
+            # An explicit begin() tells DBUtils a transaction is open: without it, DBUtils
             # answers a failed statement (a deadlock, 1213) by silently re-running just that
             # statement in a new transaction, losing the ones before it.
             conn.begin()
+            if probe:   # the breaker's probe: one real round trip, within the cap
+                cur = conn.cursor()
+                cur.execute(self.queries["ping"])
+                cur.fetchall()
+                cur.close()
         except Exception as exc:
             if conn is not None:
                 try:
@@ -211,6 +220,8 @@ class Dao:
                 except Exception:
                     log.debug("closing a broken connection failed", exc_info=True)
             self._slots.release()
+            if isinstance(exc, DaoError):
+                raise
             raise (_translate(exc) or exc) from exc
         with self._in_use_lock:
             self._in_use += 1
@@ -243,7 +254,7 @@ class Dao:
             if not probe:
                 return retrying(self._checkout)
             with db_guard.probing(), db_guard.cap(self.settings.db_ping_timeout):
-                conn = self._checkout()
+                conn = self._checkout(probe=True)
             self.breaker.success()
             return conn
         except DatabaseUnavailable as exc:

@@ -21,6 +21,7 @@ callers then fail at once until DB_BREAKER_INTERVAL has passed, when one caller 
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from contextlib import contextmanager
@@ -242,8 +243,11 @@ class BoundedConnection(Connection):
         ended with COMMIT or ROLLBACK. DBUtils' begin() still marks the transaction open."""
 
     def ping(self, reconnect: bool = False) -> bool:
-        if self._sock is not None and time.monotonic() - self._last_io < PING_IDLE:
-            return True   # it answered a moment ago: no round trip for a ping
+        if self._sock is not None and time.monotonic() - self._last_io < PING_IDLE and \
+                not select.select([self._sock], [], [], 0)[0]:
+            # it answered a moment ago and nothing is waiting on its socket (a server that
+            # closed it, restarted or killed the session, leaves an EOF there): no round trip
+            return True
         try:
             with cap(self.ping_timeout):
                 super().ping(reconnect)
@@ -271,7 +275,7 @@ def connector(breaker: Breaker, ping_timeout: float) -> Any:
         @staticmethod
         def connect(*args: Any, **kwargs: Any) -> Connection:
             if breaker.is_open and not getattr(_local, "probing", False):
-                raise pymysql.err.OperationalError(2003, "circuit open: not connecting")
+                raise CircuitOpen(max(breaker.retry_after(), 0.5), "not connecting")
             try:
                 return Bound(*args, **kwargs)
             except pymysql.err.OperationalError as exc:
@@ -279,6 +283,15 @@ def connector(breaker: Breaker, ping_timeout: float) -> Any:
                 raise
 
     return Module
+
+
+def is_connected(pooled: Any) -> bool:
+    """Whether the pymysql connection under DBUtils' wrappers still has its socket (a failed
+    ping whose reconnect failed too leaves it closed, and DBUtils hands it out anyway)."""
+    con = pooled
+    while not isinstance(con, Connection) and getattr(con, "_con", None) is not None:
+        con = con._con
+    return isinstance(con, Connection) and con._sock is not None
 
 
 @contextmanager

@@ -9,6 +9,10 @@ and bench/remote_db.py.
 `cut()` makes the link silent, as a partition does: connections are accepted, bytes are read
 and held, nothing is delivered (no RST, no FIN) until `restore()`, when what was held goes
 through, as TCP's retransmissions would deliver it.
+
+Run as a program it is a plain relay (the network-namespace tests use it to cross between
+namespaces): `python tests/latency_proxy.py LISTEN TARGET [DELAY]`, each of LISTEN and TARGET
+`unix:/path` or `tcp:host:port`; it prints "ready" once listening.
 """
 from __future__ import annotations
 
@@ -22,13 +26,19 @@ Target = Union[str, tuple[str, int]]
 
 
 class LatencyProxy:
-    def __init__(self, target: Target, delay: float) -> None:
+    def __init__(self, target: Target, delay: float,
+                 listen: Target = ("127.0.0.1", 0)) -> None:
         self.target, self.delay = target, delay
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        if isinstance(listen, str):
+            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._listener.bind(listen)
+            self.port = 0
+        else:
+            self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(listen)
+            self.port = self._listener.getsockname()[1]
         self._listener.listen(128)
-        self.port = self._listener.getsockname()[1]
         self._closed = threading.Event()
         self._open = threading.Event()
         self._open.set()
@@ -77,18 +87,24 @@ class LatencyProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                upstream = self._connect()
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                chunks: queue.Queue = queue.Queue()
-                threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
-                threading.Thread(target=self._write, args=(dst, chunks), daemon=True).start()
+            if client.family != socket.AF_UNIX:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # connect upstream in a thread of its own: over a cut link a connect hangs, and
+            # must not hold up the connections that come after it
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        try:
+            upstream = self._connect()
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._sockets += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            chunks: queue.Queue = queue.Queue()
+            threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
+            threading.Thread(target=self._write, args=(dst, chunks), daemon=True).start()
 
     def _read(self, src: socket.socket, chunks: queue.Queue) -> None:
         while True:
@@ -117,3 +133,21 @@ class LatencyProxy:
                 dst.sendall(data)
             except OSError:
                 return
+
+
+def _address(spec: str) -> Target:
+    kind, _, rest = spec.partition(":")
+    if kind == "unix":
+        return rest
+    host, _, port = rest.rpartition(":")
+    return host, int(port)
+
+
+if __name__ == "__main__":
+    import sys
+
+    proxy = LatencyProxy(_address(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0,
+                         listen=_address(sys.argv[1]))
+    with proxy:
+        print("ready", proxy.port, flush=True)
+        threading.Event().wait()
