@@ -319,17 +319,15 @@ class Dao:
             return "timeout", None, "another health check is still waiting for the database"
         try:
             with db_guard.deadline(timeout):
-                conn = self._health_conn
-                if conn is None:
-                    p = self.params
-                    conn = self._health_conn = db_guard.BoundedConnection(
-                        host=p.host, port=p.port, user=p.user, password=p.password,
-                        database=p.database, unix_socket=p.unix_socket, charset="utf8mb4",
-                        connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout,
-                        autocommit=True, init_command="SET time_zone = '+00:00'")
-                with conn.cursor() as cur:
-                    cur.execute(self.queries["live_runners"], (int(max_age * 1_000_000),))
-                    live = len(cur.fetchall())
+                kept = self._health_conn is not None
+                try:
+                    live = self._health_query(max_age, timeout)
+                except pymysql.err.Error as exc:
+                    # a kept connection the server closed (a restart): once more, a new one
+                    if not kept or db_guard.failure_kind(exc) != "lost":
+                        raise
+                    self._drop_health_conn()
+                    live = self._health_query(max_age, timeout)
             self.breaker.success()
             return "ok", live, ""
         except pymysql.err.Error as exc:
@@ -339,6 +337,19 @@ class Dao:
             return (kind if kind in ("timeout", "refused") else "error"), None, str(exc)[:300]
         finally:
             self._health_lock.release()
+
+    def _health_query(self, max_age: float, timeout: float) -> int:
+        conn = self._health_conn
+        if conn is None:
+            p = self.params
+            conn = self._health_conn = db_guard.BoundedConnection(
+                host=p.host, port=p.port, user=p.user, password=p.password,
+                database=p.database, unix_socket=p.unix_socket, charset="utf8mb4",
+                connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout,
+                autocommit=True, init_command="SET time_zone = '+00:00'")
+        with conn.cursor() as cur:
+            cur.execute(self.queries["live_runners"], (int(max_age * 1_000_000),))
+            return len(cur.fetchall())
 
     def _drop_health_conn(self) -> None:
         conn, self._health_conn = self._health_conn, None

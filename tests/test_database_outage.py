@@ -82,3 +82,12 @@ def test_a_pooled_connection_the_server_closed_a_moment_ago_is_not_used(client, 
     for _ in range(4):   # every pooled connection was killed: each is replaced
         r = client.get(f"/api/jobs/{job_id}", headers={"X-API-Key": key})
         assert r.status_code == 200, r.json
+
+
+def test_healthz_after_a_restart_it_did_not_see(client, dao, stoppable):
+    """/healthz keeps a connection of its own; a restart between two checks closed it."""
+    assert client.get("/healthz").json["database"] == "ok"
+    stoppable.stop()
+    stoppable.start()
+    r = client.get("/healthz")
+    assert r.json["database"] == "ok", r.json
