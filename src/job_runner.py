@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import bounces
+import db_guard
 import job_control
 import metrics
 from dao_mysql import Dao, DatabaseUnavailable
@@ -35,12 +36,13 @@ from transport_base import Transport
 log = logging.getLogger("mailjobs.runner")
 # Claimed-but-unsent recipients a runner holds, in seconds of its own send rate.
 HOLD_SECONDS = 0.5
-# A send (or an in-doubt check) is started only while less than this share of its claim's
-# lease has passed since the lease was last confirmed (claimed or renewed, timed from before
-# the statement was sent). Leases are renewed every third of LEASE_SECONDS, so a runner that
-# reaches its database never trips this; one cut off from it stops starting sends before
-# another runner may take its claims over, leaving a third of the lease for sends in flight.
-LEASE_GUARD = 2 / 3
+# The lease guard: a send (or an in-doubt check) is started only while less than LEASE_SECONDS
+# minus the transport's timeout (the longest one send may take) has passed since its lease was
+# last confirmed (claimed or renewed, timed from before the statement was sent), and always
+# until LEASE_GUARD_MIN of the lease. So a send started in time ends before another runner may
+# take the claim over. Leases are renewed every third of LEASE_SECONDS: a runner that reaches
+# its database never trips it.
+LEASE_GUARD_MIN = 1 / 2
 
 
 @dataclass
@@ -95,6 +97,10 @@ class JobRunner:
         self._last_log = time.monotonic()
         self._last_renew = time.monotonic()
         self._guard_tripped = False
+        send_timeout = {"gmail": settings.gmail_timeout,
+                        "smtp": settings.smtp_timeout}.get(settings.transport_name, 0.0)
+        self._lease_guard = max(settings.lease_seconds - send_timeout,
+                                LEASE_GUARD_MIN * settings.lease_seconds)
         self._rotation = 0
         self._rate = 0.0
         self._rate_at = time.monotonic()
@@ -262,7 +268,11 @@ class JobRunner:
         if held is not None:
             return held
         try:
-            return self.scheduler.send(self._transport(), job, r)
+            # what the send needs from the database (the sender's credentials) must come before
+            # the guard's time, so the send itself still starts in time
+            left = self._lease_guard - (time.monotonic() - self._hand.lease_from.get(r.id, 0.0))
+            with db_guard.deadline(left):
+                return self.scheduler.send(self._transport(), job, r)
         except Exception as exc:  # a bug, not a send result: keep the recipient, log loudly
             log.exception("job=%d recipient=%d: unexpected error while sending", job.id, r.id)
             return Outcome(r, job, RETRY, error_code="internal_error",
@@ -275,7 +285,7 @@ class JobRunner:
         started. The outcome gives the claim back (attempt refunded); written, when the
         database answers again, only if no other runner took the claim over meanwhile."""
         age = time.monotonic() - self._hand.lease_from.get(r.id, 0.0)
-        if age < LEASE_GUARD * self.settings.lease_seconds:
+        if age < self._lease_guard:
             return None
         if not self._guard_tripped:
             self._guard_tripped = True
