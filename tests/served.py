@@ -23,9 +23,9 @@ def served(app: Any, threads: int = 8) -> Iterator[str]:
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
+    finally:   # the threads first: one finishing after close() would find no trigger
+        server.task_dispatcher.shutdown(timeout=5)
         server.close()
-        server.task_dispatcher.shutdown(timeout=1)
 
 
 def timed(method: str, url: str, timeout: float = 60, **kw: Any) -> tuple[int, Any, dict, float]:
