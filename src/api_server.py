@@ -12,6 +12,7 @@ if __name__ == "__main__":   # `python src/api_server.py`: stop signals handled 
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+import db_guard
 import defaults
 import job_control
 import metrics
@@ -142,12 +144,27 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     def _rejected(exc: RequestRejected) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.errors)
 
+    # Every request's database work ends within DB_REQUEST_DEADLINE (registered first, so
+    # the API key lookup is inside it too).
+    @app.before_request
+    def _start_deadline() -> None:
+        db_guard.start_deadline(settings.db_request_deadline)
+
+    @app.teardown_request
+    def _end_deadline(exc: BaseException | None) -> None:
+        db_guard.end_deadline()
+
     @app.errorhandler(DatabaseUnavailable)
     def _db_down(exc: DatabaseUnavailable) -> Response:
-        log.error("database unavailable while serving %s %s: %s", request.method, request.path, exc)
+        # While the circuit is open every request fails this way: the breaker logged the
+        # opening once, so these are not logged again one by one.
+        (log.debug if exc.kind == "circuit" else log.error)(
+            "database unavailable while serving %s %s: %s", request.method, request.path, exc)
+        message = ("the database did not answer within the request's deadline"
+                   if exc.kind in ("timeout", "deadline") else "the database is unavailable")
         response = error_response(503, "database_unavailable",
-                                  "the database is unavailable; nothing was stored, retry later")
-        response.headers["Retry-After"] = "5"
+                                  f"{message}; nothing was stored, retry later")
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response
 
     @app.errorhandler(HTTPException)
@@ -442,14 +459,15 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     @app.get("/healthz")
     def healthz() -> Response:
-        body: dict[str, Any] = {"status": "ok", "database": "ok",
+        # Its own connection and timeout (HEALTHZ_DB_TIMEOUT): never behind the pool.
+        database, live, detail = dao.health(settings.healthz_db_timeout,
+                                            3 * settings.heartbeat_interval)
+        body: dict[str, Any] = {"status": "ok", "database": database,
                                 "transport": settings.transport_name}
-        try:
-            dao.ping()
-            body["runners"] = live = _live_runners()
-        except DatabaseUnavailable as exc:
-            body.update(status="unavailable", database="unavailable", reason=str(exc))
+        if database != "ok" or live is None:
+            body.update(status="unavailable", reason=f"database {database}: {detail}")
             return _status(body, 503)
+        body["runners"] = live
         needed = max(settings.expect_runners, 1 if runs_runner else 0)
         if live < needed:
             body.update(status="unavailable", reason=(
@@ -483,7 +501,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             # SCRAPER_GRACE seconds may still read it
             if time.monotonic() - recent_scrapers.get(digest, float("-inf")) > SCRAPER_GRACE:
                 raise
-            body, content_type = metrics.render(dao)
+            with db_guard.deadline(settings.healthz_db_timeout):
+                body, content_type = metrics.render(dao)
             return Response(body, content_type=content_type)
         if scraper is not None and scraper.is_operator:
             recent_scrapers[digest] = time.monotonic()
@@ -493,7 +512,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if not scraper.is_operator:
             return error_response(403, "operator_only", "this needs an operator API key",
                                   [("X-API-Key", "not an operator key")])
-        body, content_type = metrics.render(dao)
+        with db_guard.deadline(settings.healthz_db_timeout):   # the gauges wait this at most
+            body, content_type = metrics.render(dao)
         return Response(body, content_type=content_type)
 
     @app.get("/openapi.json")

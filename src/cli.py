@@ -87,6 +87,7 @@ def serve(ctx: click.Context) -> None:
     from waitress import create_server
 
     import http_errors
+    import http_lanes
     from api_server import create_app
 
     _refuse_weak_secrets(ctx)
@@ -109,7 +110,8 @@ def serve(ctx: click.Context) -> None:
         server = create_server(app, host=settings.host, port=settings.port,
                                threads=settings.http_threads,
                                max_request_body_size=settings.max_request_bytes + 1024,
-                               ident="mailjobs", clear_untrusted_proxy_headers=True)
+                               ident="mailjobs", clear_untrusted_proxy_headers=True,
+                               _dispatcher=http_lanes.dispatcher(settings.http_threads))
     except OSError as exc:
         raise bootstrap.StartupError(f"cannot listen on {settings.host}:{settings.port}: "
                                      f"{exc.strerror or exc} (set HOST and PORT)") from None

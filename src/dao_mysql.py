@@ -5,8 +5,12 @@
   `reset` on return. DBUtils' own `blocking=True` waits forever for a free connection, so the pool
   is non-blocking and a semaphore bounds the wait to `DB_POOL_TIMEOUT` seconds.
 - Obtaining a working connection is retried with bounded exponential backoff (tenacity), each
-  retry logged with its attempt and wait. A statement is never re-run blindly: a write whose
-  connection broke mid-way may have committed, so that error goes up to the caller.
+  retry logged with its attempt and wait, only after a lost connection and only while the
+  request's deadline allows. A statement is never re-run blindly: a write whose connection broke
+  mid-way may have committed, so that error goes up to the caller.
+- Every wait is bounded by `db_guard`: the request's deadline (DB_REQUEST_DEADLINE, set by the
+  API per request), the handshake by DB_CONNECT_TIMEOUT, pings by DB_PING_TIMEOUT; and the
+  process's circuit breaker fails calls at once while the database is known to be unreachable.
 - pymysql errors are translated here, at one edge, into `DatabaseUnavailable` (server down, lost,
   timed out, pool exhausted) and `DuplicateKey`; no other module sees pymysql's exceptions.
 """
@@ -26,9 +30,9 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import pymysql
 from dbutils.pooled_db import PooledDB, TooManyConnections
-from tenacity import (RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt,
-                      wait_exponential_jitter)
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
+import db_guard
 import defaults
 import metrics
 from addresses import address_key
@@ -54,12 +58,25 @@ class DaoError(Exception):
 
 
 class DatabaseUnavailable(DaoError):
-    """The database cannot be reached or did not answer in time. Retry later."""
+    """The database cannot be reached or did not answer in time. Retry later.
+
+    `kind`: timeout, refused, lost (a connection broke), pool (no free pooled connection),
+    deadline (the request's DB_REQUEST_DEADLINE is spent), circuit (failed at once: the circuit
+    breaker is open), conflict (TransactionConflict). `retry_after`: seconds a client should wait.
+    """
+
+    def __init__(self, message: str, kind: str = "lost", retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
 
 
 class TransactionConflict(DatabaseUnavailable):
     """InnoDB chose this transaction as a deadlock victim (1213) or it waited too long for a
     row lock (1205). The whole transaction was rolled back: re-running all of it is safe."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="conflict", retry_after=1.0)
 
 
 class DuplicateKey(DaoError):
@@ -78,7 +95,9 @@ def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
 
 def _translate(exc: Exception) -> DaoError | None:
     if isinstance(exc, TooManyConnections):
-        return DatabaseUnavailable("no free database connection in the pool")
+        return DatabaseUnavailable("no free database connection in the pool", kind="pool")
+    if isinstance(exc, db_guard.CircuitOpen):
+        return DatabaseUnavailable(str(exc), kind="circuit", retry_after=exc.retry_after)
     if isinstance(exc, pymysql.err.IntegrityError) and exc.args and exc.args[0] == 1062:
         return DuplicateKey(str(exc.args[1]))
     if isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)):
@@ -86,11 +105,14 @@ def _translate(exc: Exception) -> DaoError | None:
         if code in (1205, 1213):
             return TransactionConflict(f"transaction conflict ({code}): {exc.args[-1]}")
         if code is None or code in _UNAVAILABLE_CODES or isinstance(exc, pymysql.err.InterfaceError):
-            return DatabaseUnavailable(f"database unavailable ({code}): {exc.args[-1] if exc.args else exc}")
+            kind = db_guard.failure_kind(exc)
+            return DatabaseUnavailable(
+                f"database unavailable ({code}, {kind}): {exc.args[-1] if exc.args else exc}",
+                kind=kind)
     return None
 
 
-def _rerun_on_conflict(method: Callable[..., T]) -> Callable[..., T]:
+def _rerun_on_conflict(method: Callable[..., T], label: str | None = None) -> Callable[..., T]:
     """For a DAO method that is one transaction (plus idempotent steps before it): when InnoDB
     rolls it back as a deadlock victim or after a lock wait timeout, run it again, up to
     CONFLICT_RETRIES times after a short random pause, before the error goes up. The runners'
@@ -104,10 +126,24 @@ def _rerun_on_conflict(method: Callable[..., T]) -> Callable[..., T]:
                 if attempt == defaults.CONFLICT_RETRIES:
                     raise
                 log.info("%s lost a lock conflict (%s); running it again (attempt %d)",
-                         method.__name__, exc, attempt + 1)
+                         label or method.__name__, exc, attempt + 1)
                 time.sleep(random.uniform(0.005, 0.05) * attempt)
         raise AssertionError("unreachable")
     return rerun
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Only a lost connection is worth another checkout at once: a timeout or a refusal opened
+    the circuit, a full pool was waited for already, a spent deadline is spent."""
+    return isinstance(exc, DatabaseUnavailable) and exc.kind == "lost"
+
+
+def _within_deadline(attempts: int) -> Callable[[RetryCallState], bool]:
+    def stop(state: RetryCallState) -> bool:
+        left = db_guard.remaining()
+        return state.attempt_number >= attempts or (left is not None and
+                                                    left <= defaults.DB_RETRY_MAX)
+    return stop
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -128,9 +164,15 @@ class Dao:
         self._in_use_lock = threading.Lock()
         self._known_senders: set[str] = set()
         self._max_packet: int | None = None
+        self.breaker = db_guard.Breaker(settings.db_breaker_interval)
+        self._health_lock = threading.Lock()
+        self._health_conn: Any = None
+        # reset=False: a connection going back is rolled back only when its transaction is
+        # still open (transaction() always commits or rolls back: one round trip saved).
         self._pool = PooledDB(
-            creator=pymysql, mincached=0, maxcached=settings.db_pool_size,
-            maxconnections=settings.db_pool_size, blocking=False, ping=1, reset=True,
+            creator=db_guard.connector(self.breaker, settings.db_ping_timeout), mincached=0,
+            maxcached=settings.db_pool_size, maxconnections=settings.db_pool_size,
+            blocking=False, ping=1, reset=False,
             host=self.params.host, port=self.params.port, user=self.params.user,
             password=self.params.password, database=self.params.database,
             unix_socket=self.params.unix_socket, charset="utf8mb4",
@@ -144,18 +186,47 @@ class Dao:
     def connections_in_use(self) -> int:
         return self._in_use
 
-    def _checkout(self) -> Any:
+    def _checkout(self, probe: bool = False) -> Any:
+        """A pooled connection with its transaction begun (no round trip: see
+        BoundedConnection.begin); a connection idle for a moment was pinged by DBUtils."""
+        left = db_guard.remaining()
+        if left is not None and left <= 0:
+            raise DatabaseUnavailable("the request's database deadline "
+                                      f"({self.settings.db_request_deadline:g} s) is spent",
+                                      kind="deadline")
         started = time.monotonic()
-        acquired = self._slots.acquire(timeout=self.settings.db_pool_timeout)
+        wait = db_guard.bound(self.settings.db_pool_timeout)
+        acquired = self._slots.acquire(timeout=wait)
         metrics.POOL_WAIT_SECONDS.observe(time.monotonic() - started)
         if not acquired:
             raise DatabaseUnavailable(
-                f"no free database connection within {self.settings.db_pool_timeout}s "
-                f"(pool size {self.settings.db_pool_size})")
+                f"no free database connection within {wait:.1f}s "
+                f"(pool size {self.settings.db_pool_size})", kind="pool", retry_after=1.0)
+        conn = None
         try:
             conn = self._pool.connection()
+            if not db_guard.is_connected(conn):   # its ping and its reconnect failed
+                raise DatabaseUnavailable(
+                    "no working database connection (its ping and reconnect failed)",
+                    kind="circuit" if self.breaker.is_open else "lost")
+            # An explicit begin() tells DBUtils a transaction is open: without it, DBUtils
+            # answers a failed statement (a deadlock, 1213) by silently re-running just that
+            # statement in a new transaction, losing the ones before it.
+            conn.begin()
+            if probe:   # the breaker's probe: one real round trip, within the cap
+                cur = conn.cursor()
+                cur.execute(self.queries["ping"])
+                cur.fetchall()
+                cur.close()
         except Exception as exc:
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    log.debug("closing a broken connection failed", exc_info=True)
             self._slots.release()
+            if isinstance(exc, DaoError):
+                raise
             raise (_translate(exc) or exc) from exc
         with self._in_use_lock:
             self._in_use += 1
@@ -174,22 +245,37 @@ class Dao:
             self._slots.release()
 
     def _acquire(self) -> Any:
+        """A connection, through the circuit breaker: while it is open this fails at once,
+        unless this caller is the probe (its checkout then waits at most DB_PING_TIMEOUT)."""
+        try:
+            probe = self.breaker.before(self.settings.db_ping_timeout)
+        except db_guard.CircuitOpen as exc:
+            raise _translate(exc) from None
         retrying = Retrying(
-            stop=stop_after_attempt(max(1, self.settings.db_retry_attempts)),
+            stop=_within_deadline(max(1, self.settings.db_retry_attempts)),
             wait=wait_exponential_jitter(multiplier=defaults.DB_RETRY_BASE, max=defaults.DB_RETRY_MAX),
-            retry=retry_if_exception_type(DatabaseUnavailable), before_sleep=_log_retry,
-            reraise=True)
-        return retrying(self._checkout)
+            retry=retry_if_exception(_retryable), before_sleep=_log_retry, reraise=True)
+        try:
+            if not probe:
+                return retrying(self._checkout)
+            with db_guard.probing(), db_guard.cap(self.settings.db_ping_timeout):
+                conn = self._checkout(probe=True)
+            self.breaker.success()
+            return conn
+        except DatabaseUnavailable as exc:
+            self._failed(exc)
+            raise
+
+    def _failed(self, exc: DatabaseUnavailable) -> None:
+        self.breaker.failure(exc.kind, str(exc))
+        if self.breaker.is_open:
+            exc.retry_after = max(1.0, self.breaker.retry_after())
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         """A cursor in one transaction: committed on success, rolled back on error."""
         conn = self._acquire()
         try:
-            # An explicit BEGIN tells DBUtils a transaction is open: without it, DBUtils answers
-            # a failed statement (a deadlock, 1213) by silently re-running just that statement
-            # in a new transaction, losing the ones before it. Now the error reaches the caller.
-            conn.begin()
             cur = conn.cursor()
             try:
                 yield cur
@@ -208,6 +294,8 @@ class Dao:
             translated = _translate(exc)
             if translated is None:
                 raise
+            if isinstance(translated, DatabaseUnavailable):
+                self._failed(translated)
             raise translated from exc
         finally:
             self._release(conn)
@@ -234,6 +322,54 @@ class Dao:
             row = self._one("max_allowed_packet")
             self._max_packet = int(row[0]) if row else 16 * 1024 * 1024
         return self._max_packet
+
+    def health(self, timeout: float, max_age: float) -> tuple[str, int | None, str]:
+        """(database, live runners, detail) for /healthz, within `timeout` seconds whatever the
+        server does: "ok", "timeout" or "refused" (or "error"). Uses a connection of its own,
+        outside the pool, so it never waits behind stuck request threads; feeds the breaker."""
+        if not self._health_lock.acquire(timeout=timeout):
+            return "timeout", None, "another health check is still waiting for the database"
+        try:
+            with db_guard.deadline(timeout):
+                kept = self._health_conn is not None
+                try:
+                    live = self._health_query(max_age, timeout)
+                except pymysql.err.Error as exc:
+                    # a kept connection the server closed (a restart): once more, a new one
+                    if not kept or db_guard.failure_kind(exc) != "lost":
+                        raise
+                    self._drop_health_conn()
+                    live = self._health_query(max_age, timeout)
+            self.breaker.success()
+            return "ok", live, ""
+        except pymysql.err.Error as exc:
+            self._drop_health_conn()
+            kind = db_guard.failure_kind(exc)
+            self.breaker.failure(kind, f"health check: {exc.args[-1] if exc.args else exc}")
+            return (kind if kind in ("timeout", "refused") else "error"), None, str(exc)[:300]
+        finally:
+            self._health_lock.release()
+
+    def _health_query(self, max_age: float, timeout: float) -> int:
+        conn = self._health_conn
+        if conn is None:
+            p = self.params
+            conn = self._health_conn = db_guard.BoundedConnection(
+                host=p.host, port=p.port, user=p.user, password=p.password,
+                database=p.database, unix_socket=p.unix_socket, charset="utf8mb4",
+                connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout,
+                autocommit=True, init_command="SET time_zone = '+00:00'")
+        with conn.cursor() as cur:
+            cur.execute(self.queries["live_runners"], (int(max_age * 1_000_000),))
+            return len(cur.fetchall())
+
+    def _drop_health_conn(self) -> None:
+        conn, self._health_conn = self._health_conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:   # a broken connection: nothing to close cleanly
+                log.debug("closing the health connection failed", exc_info=True)
 
     def close(self) -> None:
         self._pool.close()
@@ -394,15 +530,23 @@ class Dao:
                 self._run(cur, "start_expired_job", (job_id,))
         return job_ids
 
-    @_rerun_on_conflict
     def claim(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
               limits: Limits) -> tuple[list[Recipient], str | None]:
+        rows, reason, _ = self.claim_checked(job_id, sender, runner_id, wanted, lease, limits)
+        return rows, reason
+
+    @functools.partial(_rerun_on_conflict, label="claim")
+    def claim_checked(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
+                      limits: Limits, api_key_id: int | None = None
+                      ) -> tuple[list[Recipient], str | None, dict[int, str]]:
         """Claim up to `wanted` due recipients of one job within the sender's limits.
 
         One transaction: lock the sender row, take what the limits allow (due retries, then
         expired leases, then queued, each FOR UPDATE SKIP LOCKED), mark them `sending` under a
         lease with their Message-ID fixed, charge the sender, commit. Returns the rows and, when
-        limits allowed fewer than wanted, why.
+        limits allowed fewer than wanted, why; and, with `api_key_id`, those of them whose
+        address that key suppressed since the job was stored ({id: reason}), read in the same
+        transaction (a round trip, not a transaction of its own: suppressed_claims).
         """
         self._ensure_sender(sender)
         with self.transaction() as cur:
@@ -413,7 +557,7 @@ class Dao:
                 raise TransactionConflict(f"sender row {sender} missing; creating it again")
             rate, cap, tokens, elapsed, deferred = row
             if deferred:
-                return [], "sender deferred"
+                return [], "sender deferred", {}
             limits = Limits(limits.rate_per_minute if rate is None else int(rate),
                             limits.daily_cap if cap is None else int(cap), limits.burst_seconds)
             sent_24h = 0
@@ -436,7 +580,7 @@ class Dao:
                 self._run(cur, "set_sender_tokens",
                           (allowed.tokens_left + (allowed.count - len(ids)), sender))
             if not ids:
-                return [], allowed.reason
+                return [], allowed.reason, {}
             marks = _placeholders(len(ids))
             if expired:  # their runner died mid-send: the mail may have gone out
                 cur.execute(self.queries["mark_in_doubt"].format(ids=_placeholders(len(expired))),
@@ -449,7 +593,13 @@ class Dao:
                 self._add_sender_sends(cur, {sender: len(ids)})
             self._run(cur, "start_job", (job_id,))
             cur.execute(self.queries["claimed_rows"].format(ids=marks), ids)
-            return [_recipient(row) for row in cur.fetchall()], allowed.reason
+            rows = [_recipient(row) for row in cur.fetchall()]
+            suppressed: dict[int, str] = {}
+            if api_key_id is not None:
+                cur.execute(self.queries["suppressed_claims"].format(ids=marks),
+                            (api_key_id, *ids))
+                suppressed = {int(i): reason for i, reason in cur.fetchall()}
+            return rows, allowed.reason, suppressed
 
     def _add_sender_sends(self, cur: Any, sends: dict[str, int]) -> None:
         """Reserve (positive) or give back (negative) sends in each sender's hourly bucket."""

@@ -24,8 +24,9 @@ PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 # --- Database ----------------------------------------------------------------------------------
-# Seconds to open a TCP/socket connection to MySQL before giving up.
-DB_CONNECT_TIMEOUT = 10
+# Seconds to open a connection to MySQL, the handshake included (pymysql itself bounds only the
+# TCP connect by this and waits DB_READ_TIMEOUT for the handshake; db_guard bounds both by it).
+DB_CONNECT_TIMEOUT = 5
 # Seconds one read/write on a MySQL connection may take; without them a dead server can hang a
 # thread forever (the field failure this product exists to prevent).
 DB_READ_TIMEOUT = 30
@@ -44,6 +45,19 @@ DB_RETRY_MAX = 2.0
 # (each try logged, pauses doubling to 5 s) before they exit with one sentence; other commands
 # try once. A service manager's restart then takes over.
 STARTUP_DB_WAIT = 60.0
+# Seconds all the database work of one API request may take: pool wait, connect, handshake,
+# every statement and the retries together. Past it the answer is 503 with Retry-After.
+DB_REQUEST_DEADLINE = 10.0
+# Seconds a ping of a pooled connection (on checkout, when it was idle) and the circuit
+# breaker's probe may wait: a healthy server answers a ping in milliseconds.
+DB_PING_TIMEOUT = 2.0
+# Seconds the circuit breaker stays open after a timeout or a refused connection: meanwhile
+# every database call of this process (API threads and runner) fails at once; then one probe
+# at a time checks the server, and the first success closes it.
+DB_BREAKER_INTERVAL = 2.0
+# Seconds /healthz's own database check may take (its own connection, outside the pool), so
+# /healthz answers within 2 s even when the database does not.
+HEALTHZ_DB_TIMEOUT = 1.5
 # A claim that loses a deadlock or lock wait (rolled back whole) is run again this many times.
 CONFLICT_RETRIES = 4
 # Rows per multi-row INSERT when storing recipients.

@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 import bounces
+import db_guard
 import job_control
 import metrics
 from dao_mysql import Dao, DatabaseUnavailable
@@ -41,6 +42,13 @@ from transport_base import Transport
 log = logging.getLogger("mailjobs.runner")
 # Claimed-but-unsent recipients a runner holds, in seconds of its own send rate.
 HOLD_SECONDS = 0.5
+# The lease guard: a send (or an in-doubt check) is started only while less than LEASE_SECONDS
+# minus the transport's timeout (the longest one send may take) has passed since its lease was
+# last confirmed (claimed or renewed, timed from before the statement was sent), and always
+# until LEASE_GUARD_MIN of the lease. So a send started in time ends before another runner may
+# take the claim over. Leases are renewed every third of LEASE_SECONDS: a runner that reaches
+# its database never trips it.
+LEASE_GUARD_MIN = 1 / 2
 
 
 @dataclass
@@ -58,6 +66,8 @@ class InHand:
     futures: dict[int, Future] = field(default_factory=dict)
     recipients: dict[int, Recipient] = field(default_factory=dict)
     jobs_of: dict[int, int] = field(default_factory=dict)  # recipient id -> job id
+    # recipient id -> when its lease was last confirmed (monotonic; see LEASE_GUARD)
+    lease_from: dict[int, float] = field(default_factory=dict)
 
     def job_ids(self) -> set[int]:
         return set(self.jobs_of.values())
@@ -66,6 +76,7 @@ class InHand:
         self.futures.pop(rid, None)
         self.recipients.pop(rid, None)
         self.jobs_of.pop(rid, None)
+        self.lease_from.pop(rid, None)
 
 
 class JobRunner:
@@ -93,6 +104,11 @@ class JobRunner:
         self._last_heartbeat = 0.0
         self._last_log = time.monotonic()
         self._last_renew = time.monotonic()
+        self._guard_tripped = False
+        send_timeout = {"gmail": settings.gmail_timeout,
+                        "smtp": settings.smtp_timeout}.get(settings.transport_name, 0.0)
+        self._lease_guard = max(settings.lease_seconds - send_timeout,
+                                LEASE_GUARD_MIN * settings.lease_seconds)
         self._rotation = 0
         self._rate = 0.0
         self._rate_at = time.monotonic()
@@ -239,8 +255,10 @@ class JobRunner:
                    wanted: int) -> tuple[int, str | None]:
         """Claim up to `wanted` of one job; returns how many, and why fewer if the sender's
         limits held it back."""
-        rows, reason = self.dao.claim(c.job_id, c.sender, self.id, wanted,
-                                      self.settings.lease_seconds, self._limits)
+        claimed_at = time.monotonic()
+        rows, reason, suppressed = self.dao.claim_checked(
+            c.job_id, c.sender, self.id, wanted, self.settings.lease_seconds, self._limits,
+            api_key_id=c.api_key_id)
         if not rows:
             if reason:
                 log.debug("job=%d: nothing claimed (%s)", c.job_id, reason)
@@ -249,7 +267,6 @@ class JobRunner:
         log.info("job=%d claimed %d recipient(s) (runner %s)%s", c.job_id, len(rows), self.id,
                  f"; limited by {reason}" if reason else "")
         # Addresses suppressed since the job was stored (unsubscribed, bounced): never sent.
-        suppressed = self.dao.suppressed_claims(job.api_key_id, [r.id for r in rows])
         for r in rows:
             if r.id in suppressed:
                 self._outcomes.append(Outcome(
@@ -259,6 +276,7 @@ class JobRunner:
                 continue
             self._hand.recipients[r.id] = r
             self._hand.jobs_of[r.id] = c.job_id
+            self._hand.lease_from[r.id] = claimed_at
             self._hand.futures[r.id] = pool.submit(job.api_key_id, job.id, self._send_one, job, r)
         return len(rows), reason
 
@@ -282,10 +300,34 @@ class JobRunner:
         return transport
 
     def _send_one(self, job: Job, r: Recipient) -> Outcome:
+        held = self._lease_lost(job, r)
+        if held is not None:
+            return held
         try:
-            return self.scheduler.send(self._transport(), job, r)
+            # what the send needs from the database (the sender's credentials) must come before
+            # the guard's time, so the send itself still starts in time
+            left = self._lease_guard - (time.monotonic() - self._hand.lease_from.get(r.id, 0.0))
+            with db_guard.deadline(left):
+                return self.scheduler.send(self._transport(), job, r)
         except Exception as exc:  # a bug before the transport was called: nothing was sent
             return self.scheduler.internal_error(exc, job, r, attempted=False)
+
+    def _lease_lost(self, job: Job, r: Recipient) -> Outcome | None:
+        """In a sending thread, before a send starts: when the claim's lease may run out
+        before the send ends (renewals failed: the database is unreachable), the send is not
+        started. The outcome gives the claim back (attempt refunded); written, when the
+        database answers again, only if no other runner took the claim over meanwhile."""
+        age = time.monotonic() - self._hand.lease_from.get(r.id, 0.0)
+        if age < self._lease_guard:
+            return None
+        if not self._guard_tripped:
+            self._guard_tripped = True
+            log.warning("runner %s: leases not confirmed for %.1f s (LEASE_SECONDS %d): not "
+                        "starting sends of claims another runner may take over", self.id, age,
+                        self.settings.lease_seconds)
+        return Outcome(r, job, RETRY, error_code="lease_expired", refund=True,
+                       error=f"not sent: its lease was not renewed for {age:.1f} s (the "
+                             "database was unreachable), so another runner may own it")
 
     # --- recording ------------------------------------------------------------------------
     def _collect(self, timeout: float) -> None:
@@ -469,10 +511,16 @@ class JobRunner:
         lease = self.settings.lease_seconds
         if time.monotonic() - self._last_renew < lease / 3:
             return
-        self._last_renew = time.monotonic()
+        started = self._last_renew = time.monotonic()
         ids = list(self._hand.futures)
         if ids:
             self.dao.renew_leases(self.id, ids, lease)
+            for rid in ids:   # confirmed from before the statement went out (conservative)
+                if rid in self._hand.lease_from:
+                    self._hand.lease_from[rid] = started
+            if self._guard_tripped:
+                self._guard_tripped = False
+                log.info("runner %s: leases renewed again; sending resumes", self.id)
 
     def _heartbeat_if_due(self, force: bool = False) -> None:
         now = time.monotonic()

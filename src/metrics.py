@@ -52,6 +52,13 @@ POOL_IN_USE = Gauge("mailjobs_db_pool_in_use", "Database connections checked out
 POOL_WAIT_SECONDS = Histogram("mailjobs_db_pool_wait_seconds",
                               "Time spent waiting for a pooled database connection",
                               buckets=(.001, .005, .01, .05, .1, .5, 1, 5))
+DB_CIRCUIT_OPEN = Gauge("mailjobs_db_circuit_open",
+                        "1 while this process's database circuit breaker is open",
+                        multiprocess_mode="max")
+DB_CIRCUIT_OPENED = Counter("mailjobs_db_circuit_opened",
+                            "Times the database circuit breaker opened (a timeout or a refusal)")
+DB_CIRCUIT_REJECTED = Counter("mailjobs_db_circuit_rejected",
+                              "Database calls failed at once because the circuit was open")
 
 
 class DatabaseCollector:

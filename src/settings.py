@@ -89,6 +89,10 @@ class Settings:
     db_pool_timeout: float = defaults.DB_POOL_TIMEOUT
     db_retry_attempts: int = defaults.DB_RETRY_ATTEMPTS
     startup_db_wait: float = defaults.STARTUP_DB_WAIT
+    db_request_deadline: float = defaults.DB_REQUEST_DEADLINE
+    db_ping_timeout: float = defaults.DB_PING_TIMEOUT
+    db_breaker_interval: float = defaults.DB_BREAKER_INTERVAL
+    healthz_db_timeout: float = defaults.HEALTHZ_DB_TIMEOUT
     log_level: str = "INFO"
     log_format: str = defaults.LOG_FORMAT
     embedded_runner: bool = defaults.EMBEDDED_RUNNER

@@ -30,10 +30,64 @@ def test_api_answers_503_json_while_the_database_is_down_and_recovers(client, ke
     assert elapsed < 10
     assert client.get(f"/api/jobs/{job_id}", headers={"X-API-Key": key}).status_code == 503
     health = client.get("/healthz")
-    assert (health.status_code, health.json["database"]) == (503, "unavailable")
+    assert (health.status_code, health.json["database"]) == (503, "refused")
 
     stoppable.start()
     assert client.get("/healthz").status_code == 200
     r = post(client, key, body(2))
     assert r.status_code == 202
     assert client.get(f"/api/jobs/{r.json['job_id']}", headers={"X-API-Key": key}).json["total"] == 2
+
+
+def _fill_the_pool(client, key: str, job_id: int, n: int = 4) -> None:
+    """n requests at once, so the pool holds n connections afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(n) as pool:
+        codes = list(pool.map(lambda _: client.get(f"/api/jobs/{job_id}",
+                                                   headers={"X-API-Key": key}).status_code,
+                              range(n)))
+    assert codes == [200] * n
+
+
+def test_pooled_connections_left_half_open_by_a_server_restart_answer_at_once(
+        client, key, dao, stoppable):
+    job_id = post(client, key, body(2)).json["job_id"]
+    _fill_the_pool(client, key, job_id)
+    stoppable.stop()     # the server goes; the pool still holds its connections
+    stoppable.start()
+    started = time.monotonic()
+    r = client.get(f"/api/jobs/{job_id}", headers={"X-API-Key": key})
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200 and r.json["total"] == 2
+    assert elapsed < 1.0, f"{elapsed:.2f} s: the stale connection was waited on"
+    assert post(client, key, body(2)).status_code == 202
+    assert dao.breaker.opened_count == 0
+
+
+def test_a_pooled_connection_the_server_closed_a_moment_ago_is_not_used(client, key, dao):
+    """Within PING_IDLE of its last use a connection is not pinged; a connection the server
+    closed (KILL, as a restart does) shows an EOF on its socket and is replaced, not used."""
+    from runner_helpers import raw_connection
+    job_id = post(client, key, body(2)).json["job_id"]
+    _fill_the_pool(client, key, job_id)
+    admin = raw_connection(dao)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT id FROM information_schema.PROCESSLIST WHERE db = DATABASE() "
+                        "AND id <> CONNECTION_ID()")
+            for (pid,) in cur.fetchall():
+                cur.execute(f"KILL CONNECTION {int(pid)}")
+    finally:
+        admin.close()
+    for _ in range(4):   # every pooled connection was killed: each is replaced
+        r = client.get(f"/api/jobs/{job_id}", headers={"X-API-Key": key})
+        assert r.status_code == 200, r.json
+
+
+def test_healthz_after_a_restart_it_did_not_see(client, dao, stoppable):
+    """/healthz keeps a connection of its own; a restart between two checks closed it."""
+    assert client.get("/healthz").json["database"] == "ok"
+    stoppable.stop()
+    stoppable.start()
+    r = client.get("/healthz")
+    assert r.json["database"] == "ok", r.json

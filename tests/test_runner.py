@@ -11,6 +11,8 @@ import time
 import pytest
 
 import api_keys
+from dao_mysql import Dao
+
 from job_runner import EmbeddedRunner, JobRunner
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post
@@ -172,8 +174,9 @@ def test_the_runner_survives_a_mariadb_restart_mid_job(client, key, dao, outbox_
         pytest.skip("needs the private test server")
     job_id = post(client, key, body(300)).json["job_id"]
     s = outbox_settings.with_overrides(claim_batch=10, db_backoff_max=1.0)
+    worker_dao = Dao(s)   # the worker's process: its circuit breaker is not the observer's
     try:
-        with running(s, dao):
+        with running(s, worker_dao):
             wait_for(lambda: dao.recipient_counts(job_id).get("sent", 0) > 20, 20,
                      message="some sends")
             database.server.stop()
@@ -182,6 +185,7 @@ def test_the_runner_survives_a_mariadb_restart_mid_job(client, key, dao, outbox_
             assert wait_job_done(dao, job_id, timeout=60) == "completed"
     finally:
         database.server.start()
+        worker_dao.close()
     assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 300
     assert dao.recipient_counts(job_id) == {"sent": 300}
 

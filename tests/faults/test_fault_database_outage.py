@@ -44,7 +44,7 @@ def test_database_down_mid_job(client, key, dao, fake, fleet, stoppable):
                             time.monotonic() - t))
             assert job.status_code == 503 and job.json["error"] == "database_unavailable"
             assert job.headers["Retry-After"]
-            assert health.status_code == 503 and health.json["database"] == "unavailable"
+            assert health.status_code == 503 and health.json["database"] == "refused"
             assert posted.status_code == 503 and posted.json["error"] == "database_unavailable"
             assert not fleet.exited(), f"a worker died with the database: {fleet.exited()}"
             time.sleep(0.5)

@@ -1,0 +1,308 @@
+"""Benchmark of a far database (issue 12). Not a test: it prints markdown tables.
+
+In one run, on a private MariaDB started in a temporary directory, reached through
+tests/latency_proxy.py (a TCP proxy adding a delay each way; 0 ms is the proxy with no delay,
+"direct" is the Unix socket):
+
+1. round trips (commands sent to the server, counted by db_guard.ROUND_TRIPS) of the hot paths:
+   claim, record, renew, enqueue, and the runner's whole work per 100 recipients;
+2. runner throughput, null transport, 10,000 recipients, at direct / 0 / 10 / 50 ms one way
+   (target at 50 ms: >= 1,000 recipients/s), with the ratio to the direct connection;
+3. enqueue (POST /api/jobs/send_template_emails through the Flask app) of 10,000 recipients:
+   p50 direct and at 50 ms (target <= 1 s at 50 ms);
+4. the API while the database is frozen (SIGSTOP): p100 over 20 concurrent requests through
+   the served app (waitress, HTTP_THREADS=8), target <= DB_REQUEST_DEADLINE.
+
+    .venv/bin/python bench/remote_db.py [--quick] [--only 1,2,3,4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from benchlib import percentile  # noqa: E402
+
+DB = "mailjobs_bench_remote"
+SENDER = "bench-remote@example.com"
+FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
+RATE_TARGET_50MS = 1000.0
+ENQUEUE_P50_TARGET = 1.0
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def body(n: int, tag: str) -> dict:
+    return {"sender_email": SENDER, "template": {"subject": "Hi {{ name }}",
+                                                "text": "Hello {{ name }} ({{ n }})"},
+            "recipients": [{"email": f"u{i:06d}.{tag}@example.com", "name": f"U {i}",
+                            "variables": {"n": i}} for i in range(n)]}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from local_mariadb import LocalMariaDB
+        from migrations import apply_migrations
+        from settings import Settings
+
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="mj-remote-"))
+        self.server = LocalMariaDB(self.tmp / "mariadb")
+        self.server.start()
+        self.direct_url = self.server.url(DB)
+        self.base = Settings(database_url=self.direct_url, mail_transport="null",
+                             sender_rate_per_minute=0, sender_daily_cap=0, poll_interval=0.05,
+                             record_flush_interval=0.05, heartbeat_interval=1.0,
+                             heartbeat_log_interval=60, embedded_runner=False,
+                             bounce_check_interval=0, log_level="WARNING")
+        apply_migrations(self.base.db)
+        from dao_mysql import Dao
+        import api_keys
+        self.dao = Dao(self.base)
+        self.key = api_keys.create_key(self.dao, "bench", ["*"], True)
+        self.tables: list[str] = []
+
+    def close(self) -> None:
+        self.dao.close()
+        self.server.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def proxy(self, delay: float):
+        from latency_proxy import LatencyProxy
+        return LatencyProxy(str(self.server.socket), delay)
+
+    def settings_for(self, url: str, **kw):
+        return self.base.with_overrides(database_url=url, **kw)
+
+    # --- 1: round trips ----------------------------------------------------------------------
+    def round_trips(self) -> list[tuple[str, int, str]]:
+        from dao_mysql import Dao
+        from db_guard import ROUND_TRIPS
+        from rate_limit import Limits
+        from api_server import create_app
+
+        dao = Dao(self.base)
+        rows = []
+
+
+        client = create_app(self.base, dao).test_client()
+        headers = {"X-API-Key": self.key.key}
+        r = client.post("/api/jobs/send_template_emails", json=body(1000, "rt0"), headers=headers)
+        job_id = r.json["job_id"]
+        limits = Limits(0, 0, 5.0)
+        dao.claim(job_id, SENDER, "bench-rt", 10, 60, limits)  # warm (sender row, pool)
+
+        def measure(fn):
+            time.sleep(1.1)      # the connection idle > PING_IDLE: the checkout pings, as rare
+            c0 = ROUND_TRIPS.commands  # calls do; the busy case is 1 fewer
+            out = fn()
+            return ROUND_TRIPS.commands - c0, out
+
+        n, (claimed, _) = measure(lambda: dao.claim(job_id, SENDER, "bench-rt", 100, 60, limits))
+        ids = [x.id for x in claimed]
+        rows.append(("claim (100 recipients, one job, no limits)", n, "Dao.claim"))
+        n, _ = measure(lambda: dao.renew_leases("bench-rt", ids, 60))
+        rows.append(("renew leases (100)", n, "Dao.renew_leases"))
+        n, _ = measure(lambda: dao.record_outcomes("bench-rt", [(i, None) for i in ids], [], []))
+        rows.append(("record 100 sent outcomes", n, "Dao.record_outcomes"))
+        claimed, _ = dao.claim(job_id, SENDER, "bench-rt", 100, 60, limits)
+        n, _ = measure(lambda: dao.record_outcomes(
+            "bench-rt", [], [], [(x.id, "gmail_5xx", "boom", 1.0, False, False) for x in claimed]))
+        rows.append(("record 100 retry outcomes", n, "Dao.record_outcomes"))
+        for size in (1, 10_000):
+            n, r = measure(lambda: client.post("/api/jobs/send_template_emails",
+                                               json=body(size, f"rt{size}"), headers=headers))
+            assert r.status_code == 202, r.json
+            rows.append((f"enqueue {size:,} recipient(s), whole request", n,
+                         "POST /api/jobs/send_template_emails (key check, store, answer)"))
+        dao.close()
+        return rows
+
+    def runner_round_trips(self, n: int) -> tuple[int, float]:
+        """Commands per 100 recipients over a whole job (direct)."""
+        from db_guard import ROUND_TRIPS
+        job_id = self.make_job(n, "rtjob")
+        c0 = ROUND_TRIPS.commands
+        rate = self.run_job(self.base, job_id, n)
+        return ROUND_TRIPS.commands - c0, rate
+
+    # --- 2: runner throughput ------------------------------------------------------------------
+    def make_job(self, n: int, tag: str) -> int:
+        from api_server import create_app
+        client = create_app(self.base, self.dao).test_client()
+        r = client.post("/api/jobs/send_template_emails", json=body(n, tag),
+                        headers={"X-API-Key": self.key.key})
+        assert r.status_code == 202, r.json
+        return r.json["job_id"]
+
+    def run_job(self, settings, job_id: int, n: int) -> float:
+        import transports
+        from dao_mysql import Dao
+        from job_runner import JobRunner
+
+        dao = Dao(settings)
+        runner = JobRunner(settings, dao, transports.transport_factory(settings, dao))
+        thread = threading.Thread(target=runner.run, daemon=True)
+        t0 = time.perf_counter()
+        thread.start()
+        try:
+            while True:
+                st = self.dao.job_statuses([job_id])[job_id]
+                if st in FINAL:
+                    break
+                if time.perf_counter() - t0 > 900:
+                    raise RuntimeError(f"job {job_id} not done: {self.dao.recipient_counts(job_id)}")
+                time.sleep(0.02)
+            t1 = time.perf_counter()
+        finally:
+            runner.stop()
+            thread.join(120)
+            dao.close()
+        counts = self.dao.recipient_counts(job_id)
+        if counts != {"sent": n}:
+            raise RuntimeError(f"job {job_id}: {counts}")
+        return n / (t1 - t0)
+
+    def throughput(self, n: int) -> list[tuple[str, float]]:
+        out = []
+        for label, delay in (("direct (Unix socket)", None), ("proxy, 0 ms", 0.0),
+                             ("proxy, 10 ms each way", 0.010), ("proxy, 50 ms each way", 0.050)):
+            job_id = self.make_job(n, f"tp{len(out)}")
+            say(f"2  runner, {n:,} recipients, {label}")
+            if delay is None:
+                rate = self.run_job(self.base, job_id, n)
+            else:
+                with self.proxy(delay) as p:
+                    rate = self.run_job(self.settings_for(p.url(DB)), job_id, n)
+            out.append((label, rate))
+        return out
+
+    # --- 3: enqueue ------------------------------------------------------------------------------
+    def enqueue(self, n: int, repeats: int) -> list[tuple[str, float, float]]:
+        from api_server import create_app
+        from dao_mysql import Dao
+        out = []
+        for label, delay in (("direct (Unix socket)", None), ("proxy, 50 ms each way", 0.050)):
+            proxy = self.proxy(delay).__enter__() if delay is not None else None
+            try:
+                s = self.settings_for(proxy.url(DB)) if proxy else self.base
+                dao = Dao(s)
+                client = create_app(s, dao).test_client()
+                payload = json.dumps(body(n, "enq")).encode()
+                times = []
+                for i in range(repeats + 1):
+                    t = time.perf_counter()
+                    r = client.post("/api/jobs/send_template_emails", data=payload,
+                                    content_type="application/json",
+                                    headers={"X-API-Key": self.key.key})
+                    assert r.status_code == 202, r.json
+                    if i:   # the first one warms the pool
+                        times.append(time.perf_counter() - t)
+                dao.close()
+            finally:
+                if proxy:
+                    proxy.close()
+            say(f"3  enqueue {n:,}, {label}: p50 {statistics.median(times):.3f} s")
+            out.append((label, statistics.median(times), max(times)))
+        return out
+
+    # --- 4: frozen database ---------------------------------------------------------------------
+    def frozen(self, deadline: float) -> tuple[float, float, int]:
+        import requests
+        from api_server import create_app
+        from dao_mysql import Dao
+        from served import served
+
+        s = self.base.with_overrides(db_request_deadline=deadline, db_connect_timeout=5,
+                                     db_read_timeout=30)
+        dao = Dao(s)
+        app = create_app(s, dao)
+        job_id = self.make_job(10, "frozen")
+        headers = {"X-API-Key": self.key.key}
+        with served(app, 8) as base:
+            assert requests.get(f"{base}/api/jobs/{job_id}", headers=headers).status_code == 200
+            pid = self.server.pid()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                def one(i: int) -> tuple[int, float]:
+                    t = time.perf_counter()
+                    r = requests.get(f"{base}/api/jobs/{job_id}", headers=headers, timeout=60)
+                    return r.status_code, time.perf_counter() - t
+                with ThreadPoolExecutor(20) as pool:
+                    answers = list(pool.map(one, range(20)))
+                t = time.perf_counter()
+                health = requests.get(f"{base}/healthz", timeout=10)
+                health_s = time.perf_counter() - t
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        dao.close()
+        assert all(code == 503 for code, _ in answers), answers
+        assert health.json()["database"] == "timeout", health.json()
+        return max(t for _, t in answers), health_s, len(answers)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="1,2,3,4")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    only = set(args.only.split(","))
+    n = 2000 if args.quick else 10_000
+    bench = Bench(args)
+    try:
+        if "1" in only:
+            rows = bench.round_trips()
+            cmds, _ = bench.runner_round_trips(n)
+            print("\n| operation | round trips | what |\n|---|---|---|")
+            for what, k, note in rows:
+                print(f"| {what} | {k} | {note} |")
+            print(f"| runner, whole job of {n:,} (null transport, direct) | "
+                  f"{cmds / (n / 100):.1f} per 100 recipients | claims, records, heartbeats, "
+                  "polls, finish |")
+        if "2" in only:
+            rates = bench.throughput(n)
+            direct = rates[0][1]
+            print(f"\n| runner, null transport, {n:,} recipients | recipients/s | ratio to "
+                  "direct |\n|---|---|---|")
+            for label, rate in rates:
+                print(f"| {label} | {rate:,.0f} | {rate / direct:.2f} |")
+            at50 = rates[-1][1]
+            print(f"\ntarget at 50 ms: >= {RATE_TARGET_50MS:,.0f}/s: "
+                  f"{'met' if at50 >= RATE_TARGET_50MS else 'NOT met'} ({at50:,.0f}/s)")
+        if "3" in only:
+            enq = bench.enqueue(n, 3 if args.quick else 5)
+            print(f"\n| enqueue {n:,} recipients | p50 s | max s |\n|---|---|---|")
+            for label, p50, worst in enq:
+                print(f"| {label} | {p50:.3f} | {worst:.3f} |")
+            print(f"\ntarget p50 at 50 ms <= {ENQUEUE_P50_TARGET} s: "
+                  f"{'met' if enq[-1][1] <= ENQUEUE_P50_TARGET else 'NOT met'}")
+        if "4" in only:
+            deadline = 10.0
+            p100, health_s, k = bench.frozen(deadline)
+            print(f"\n| database frozen (SIGSTOP), DB_REQUEST_DEADLINE={deadline:g} | seconds |"
+                  f"\n|---|---|\n| p100 of {k} concurrent GET /api/jobs/ID (8 HTTP threads) | "
+                  f"{p100:.2f} |\n| /healthz | {health_s:.2f} |")
+            print(f"\ntarget p100 <= deadline: {'met' if p100 <= deadline else 'NOT met'}")
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
