@@ -494,27 +494,29 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             return error_response(401, "unauthorized", "/metrics needs an operator API key in "
                                   "X-API-Key or Authorization: Bearer", [("X-API-Key", "missing")])
         digest = hashlib.sha256(presented.encode()).hexdigest()
-        try:
-            scraper = verifier.verify(presented)
-        except DatabaseUnavailable:
-            # /metrics must say the database is down: an operator key verified in the last
-            # SCRAPER_GRACE seconds may still read it
-            if time.monotonic() - recent_scrapers.get(digest, float("-inf")) > SCRAPER_GRACE:
-                raise
-            with db_guard.deadline(settings.healthz_db_timeout):
+        # the key check and the gauges together wait for the database HEALTHZ_DB_TIMEOUT at
+        # most: a scrape says the database is down instead of timing out itself
+        with db_guard.deadline(settings.healthz_db_timeout):
+            try:
+                scraper = verifier.verify(presented)
+            except DatabaseUnavailable:
+                # an operator key verified in the last SCRAPER_GRACE seconds may still read it
+                if time.monotonic() - recent_scrapers.get(digest, float("-inf")) > SCRAPER_GRACE:
+                    raise
                 body, content_type = metrics.render(dao)
-            return Response(body, content_type=content_type)
-        if scraper is not None and scraper.is_operator:
+                return Response(body, content_type=content_type)
+            if scraper is None or not scraper.is_operator:
+                return _refused_scraper(scraper)
             recent_scrapers[digest] = time.monotonic()
+            body, content_type = metrics.render(dao)
+        return Response(body, content_type=content_type)
+
+    def _refused_scraper(scraper: Any) -> Response:
         if scraper is None:
             return error_response(401, "unauthorized", "the API key is unknown or revoked",
                                   [("X-API-Key", "unknown or revoked")])
-        if not scraper.is_operator:
-            return error_response(403, "operator_only", "this needs an operator API key",
-                                  [("X-API-Key", "not an operator key")])
-        with db_guard.deadline(settings.healthz_db_timeout):   # the gauges wait this at most
-            body, content_type = metrics.render(dao)
-        return Response(body, content_type=content_type)
+        return error_response(403, "operator_only", "this needs an operator API key",
+                              [("X-API-Key", "not an operator key")])
 
     @app.get("/openapi.json")
     def openapi() -> Response:

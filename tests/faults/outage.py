@@ -60,6 +60,18 @@ def outage_mid_job(name: str, settings, dao: Dao, key: str, fake, fault, caplog,
             job_id = post_job(client, key, n)
             wait_for(lambda: len(sends_of_job(fake, job_id)) >= n // 4, 60, "a quarter sent")
 
+            # /metrics needs an operator key; one that scraped shortly before may still scrape
+            # while the database is down (it cannot be checked then)
+            assert timed("GET", base + "/metrics", headers=h(key))[0] == 200
+            # the cold apps (one per endpoint: a cold pool, a closed breaker) are built now, one
+            # after the other: Flask's route compiling (ast.parse) in many threads at once trips
+            # CPython 3.11's "AST constructor recursion depth mismatch"
+            cold_daos: list[Dao] = []
+            cold_apps = []
+            for endpoint in _endpoints(job_id):
+                own = Dao(settings)
+                cold_daos.append(own)
+                cold_apps.append((endpoint, create_app(settings, own).test_client()))
             fault.freeze()
             frozen_at = time.monotonic()
             try:
@@ -72,23 +84,19 @@ def outage_mid_job(name: str, settings, dao: Dao, key: str, fake, fault, caplog,
                     burst = list(pool.map(one, range(20)))
                 # every endpoint on a process of its own (a cold pool, a closed breaker: the
                 # deadline alone bounds connect, handshake and statements), all at once
-                def cold(endpoint: tuple[str, str, dict]):
-                    method, path, kw = endpoint
-                    own = Dao(settings)
-                    cold_daos.append(own)
-                    c = create_app(settings, own).test_client()
+                def cold(item):
+                    (method, path, kw), c = item
                     started = time.monotonic()
                     r = c.open(path, method=method, headers=h(key), **kw)
                     return r.status_code, r.json, dict(r.headers), time.monotonic() - started
-                cold_daos: list[Dao] = []
-                with ThreadPoolExecutor(len(_endpoints(job_id))) as pool:
-                    cold_sweep = list(zip(_endpoints(job_id), pool.map(cold, _endpoints(job_id))))
+                with ThreadPoolExecutor(len(cold_apps)) as pool:
+                    cold_sweep = list(zip(_endpoints(job_id), pool.map(cold, cold_apps)))
                 # every endpoint, one after the other, through the served app
                 sweep = [(m, p, timed(m, base + p, headers=h(key), **kw))
                          for m, p, kw in _endpoints(job_id)]
                 health = timed("GET", base + "/healthz")
                 doc = timed("GET", base + "/openapi.json")
-                prom = timed("GET", base + "/metrics")
+                prom = timed("GET", base + "/metrics", headers=h(key))
                 # /healthz while all 8 main threads are stuck on the database
                 with ThreadPoolExecutor(THREADS) as pool:
                     stuck = [pool.submit(timed, "GET", f"{base}/api/jobs/{job_id}",
