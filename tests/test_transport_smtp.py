@@ -68,6 +68,14 @@ class Recorder:
             return [raw for _, tos, raw in self.messages if to in tos]
 
     # aiosmtpd hooks
+    async def handle_QUIT(self, server, session, envelope):
+        # The session ends at QUIT: count it closed now. Its connection_lost comes later, from
+        # the event loop's callbacks, and under load it can run after the client's next
+        # connection was accepted, so a client that never had two open looked like one
+        # (max_open 2 in test_connections_are_reopened_after_max_messages_per_connection).
+        self.closed(server)
+        return "221 Bye"
+
     async def handle_NOOP(self, server, session, envelope, arg):
         with self.lock:
             answer = self.noop_answers.pop(0) if self.noop_answers else None
