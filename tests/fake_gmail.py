@@ -136,6 +136,9 @@ class FakeGmail:
         self.sent: list[Sent] = []
         self.requests: list[tuple[str, str, int]] = []
         self.max_concurrent: dict[str, int] = {}
+        # account -> sends answered at once; more get Gmail's 429 "Too many concurrent requests"
+        self.concurrency_limit: dict[str, int] = {}
+        self.refused_concurrent = 0
         self._accounts: dict[str, Account] = {}
         self._tokens: dict[str, str] = {}          # access token -> account email
         self._rules: list[Rule] = []
@@ -533,7 +536,22 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refused(400, "invalidArgument", "'raw' RFC822 payload message string or "
                                                    "uploading message via /upload/* URL required")
         self.fake._enter(account, +1)
+        left = False
+
+        def leave() -> None:   # before the answer is written: the client then sees it gone
+            nonlocal left
+            if not left:
+                left = True
+                self.fake._enter(account, -1)
         try:
+            limit = self.fake.concurrency_limit.get(account)
+            if limit is not None and self.fake.in_flight(account) > limit:
+                self.fake._log_send(account, raw, 429)
+                with self.fake._lock:
+                    self.fake.refused_concurrent += 1
+                leave()
+                return self._error(429, "rateLimitExceeded",
+                                   "Too many concurrent requests for user")
             rule = self.fake._take_rule(account)
             if self.fake.send_latency and self.fake._stopping.wait(self.fake.send_latency):
                 return
@@ -560,9 +578,10 @@ class _Handler(BaseHTTPRequestHandler):
                                                                   ("backendError", "Error")))
             record = self.fake._store(account, raw)
             self.fake._log_send(account, raw, 200)
+            leave()
             self._reply(200, {"id": record.id, "threadId": record.thread_id, "labelIds": ["SENT"]})
         finally:
-            self.fake._enter(account, -1)
+            leave()
 
     def _drop(self, reset: bool) -> None:
         """Close the connection without a byte of answer (RST with `reset`, else FIN)."""

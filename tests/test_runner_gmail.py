@@ -67,20 +67,23 @@ def test_permanent_errors_fail_the_recipient_at_once(client, key, dao, fake, gma
     assert fake.count() == 0
 
 
-@pytest.mark.parametrize("status, reason, code", [
-    (500, "backendError", "gmail_5xx"),
-    (503, "backendError", "gmail_5xx"),
-    (429, "rateLimitExceeded", "gmail_429"),
-    (403, "userRateLimitExceeded", "rate_limited"),
+@pytest.mark.parametrize("status, reason, message, code, attempts", [
+    (500, "backendError", None, "gmail_5xx", 2),
+    (503, "backendError", None, "gmail_5xx", 2),
+    # refused for a rate: nothing was sent, so the retry is still the first attempt
+    (429, "rateLimitExceeded", "Rate Limit Exceeded", "gmail_429", 1),
+    (429, "rateLimitExceeded", None, "gmail_concurrent", 1),
+    (403, "userRateLimitExceeded", None, "rate_limited", 1),
 ])
 def test_transient_errors_are_retried_and_then_sent(client, key, dao, fake, gmail_settings,
-                                                    status, reason, code, caplog):
-    fake.fail_next(status, reason, count=1)
+                                                    status, reason, message, code, attempts,
+                                                    caplog):
+    fake.fail_next(status, reason, message, count=1)
     job_id = post(client, key, body(1)).json["job_id"]
     with running(gmail_settings, dao):
         assert wait_job_done(dao, job_id) == "completed"
     (r,) = recipients(dao, job_id)
-    assert (r.status, r.attempts, r.error_code) == ("sent", 2, None)
+    assert (r.status, r.attempts, r.error_code) == ("sent", attempts, None)
     assert fake.count() == 1
     assert any(f"[{code}]" in m and "retry" in m for m in caplog.messages)
 
