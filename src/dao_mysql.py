@@ -848,15 +848,21 @@ class Dao:
 
 
     # --- SMTP connection slots (SMTP_MAX_CONNECTIONS shared by every runner) ---------------
-    def acquire_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
+    def acquire_smtp_slot(self, holder: str, size: int, lease: float,
+                          capped: bool = False) -> int | None:
         """Take a free or expired one of slots 1..`size` for `holder` under a lease of `lease`
-        seconds; None when all are held. Missing slot rows are created first."""
-        slot = self._take_smtp_slot(holder, size, lease)
+        seconds; None when all are held. Missing slot rows are created first. `capped`: `size`
+        is a learned cap below the configured number, so slots above it may still be held by
+        connections opened before it was lowered, and they count."""
+        slot = self._take_smtp_slot(holder, size, lease, capped)
         if slot is None and self._ensure_smtp_slots(size):
-            slot = self._take_smtp_slot(holder, size, lease)
+            slot = self._take_smtp_slot(holder, size, lease, capped)
         return slot
 
-    def _take_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
+    def _take_smtp_slot(self, holder: str, size: int, lease: float,
+                        capped: bool) -> int | None:
+        if capped:
+            return self._take_capped_smtp_slot(holder, size, lease)
         with self.transaction() as cur:
             self._run(cur, "free_smtp_slot", (size,))
             row = cur.fetchone()
@@ -864,6 +870,18 @@ class Dao:
                 return None
             self._run(cur, "take_smtp_slot", (holder, int(lease * 1_000_000), row[0]))
             return int(row[0])
+
+    def _take_capped_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
+        with self.transaction() as cur:   # every row locked: the held ones counted exactly
+            self._run(cur, "smtp_slots_for_capped_take")
+            rows = [(int(slot), bool(held)) for slot, held in cur.fetchall()]
+            if sum(held for _, held in rows) >= size:
+                return None
+            free = next((slot for slot, held in rows if not held and slot <= size), None)
+            if free is None:
+                return None
+            self._run(cur, "take_smtp_slot", (holder, int(lease * 1_000_000), free))
+            return free
 
     def _ensure_smtp_slots(self, size: int) -> bool:
         """Create missing rows 1..size; True when some were missing."""

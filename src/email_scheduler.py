@@ -57,6 +57,16 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None = N
     return max(delay, retry_after or 0.0)
 
 
+def defer_delay(deferred_for: float, base: float, cap: float,
+                retry_after: float | None = None) -> float:
+    """The wait after a refusal: what the server asked for, else half to all of the time the
+    recipient has been refused so far (at least `base`, at most `cap`): the attempts do not
+    grow, but the waits do, geometrically, as they would with exponential backoff."""
+    if retry_after:
+        return retry_after
+    return random.uniform(0.5, 1.0) * min(cap, max(base, deferred_for))
+
+
 class EmailScheduler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -204,15 +214,14 @@ class EmailScheduler:
         a readable error."""
         s = self.settings
         since = r.deferred_since
-        if since is not None and s.max_defer > 0:
-            waited = (datetime.now(timezone.utc) - since).total_seconds()
-            if waited >= s.max_defer:
-                return Outcome(r, job, FAILED, error_code=exc.error_code, refund=True,
-                               error=f"refused before it was sent for {waited / 3600:.1f} h "
-                                     f"(MAX_DEFER {s.max_defer:g} s), never attempted since: "
-                                     f"{exc}")
+        waited = 0.0 if since is None else (datetime.now(timezone.utc) - since).total_seconds()
+        if since is not None and s.max_defer > 0 and waited >= s.max_defer:
+            return Outcome(r, job, FAILED, error_code=exc.error_code, refund=True,
+                           error=f"refused before it was sent for {waited / 3600:.1f} h "
+                                 f"(MAX_DEFER {s.max_defer:g} s), never attempted since: {exc}")
         return Outcome(r, job, RETRY, error_code=exc.error_code, error=str(exc), refund=True,
-                       deferred=True, delay=exc.retry_after or s.retry_base_delay)
+                       deferred=True, delay=defer_delay(waited, s.retry_base_delay,
+                                                        s.retry_max_delay, exc.retry_after))
 
     def classify(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
         s = self.settings

@@ -421,6 +421,12 @@ WHERE slot BETWEEN 1 AND %s
   AND (holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= UTC_TIMESTAMP(6))
 ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED;
 
+-- name: smtp_slots_for_capped_take
+-- Under a learned cap below SMTP_MAX_CONNECTIONS: every row locked, so the live ones are counted
+-- exactly, those above the cap included (connections opened before it was lowered).
+SELECT slot, holder IS NOT NULL AND lease_expires_at > UTC_TIMESTAMP(6) FROM smtp_slots
+ORDER BY slot FOR UPDATE;
+
 -- name: take_smtp_slot
 UPDATE smtp_slots SET holder = %s, lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND,
                       connected_at = NULL

@@ -129,7 +129,9 @@ class ConnectionSlots:
         return min(self.configured, self.limits.cap(SMTP, self.target))
 
     def acquire(self, holder: str) -> int | None:
-        return self.dao.acquire_smtp_slot(holder, self.size, self.lease)
+        size = self.size
+        return self.dao.acquire_smtp_slot(holder, size, self.lease,
+                                          capped=size < self.configured)
 
     @contextmanager
     def connecting(self) -> Iterator[None]:

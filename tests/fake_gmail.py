@@ -107,6 +107,7 @@ class Storm:
     email: str | None
     rng: random.Random
     store_anyway: bool = False
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)   # status -> reason, text
 
 
 @dataclass
@@ -238,12 +239,15 @@ class FakeGmail:
 
     def fail_randomly(self, rates: dict[int, float], seconds: float | None = None,
                       email: str | None = None, seed: int | None = None,
-                      store_anyway: bool = False) -> None:
+                      store_anyway: bool = False,
+                      errors: dict[int, tuple[str, str]] | None = None) -> None:
         """From now on (for `seconds`, or until `stop_failing()`), each send that no scripted
-        rule takes fails with status s with probability rates[s] (Gmail's default error for s)."""
+        rule takes fails with status s with probability rates[s] (with errors[s], reason and
+        message, else Gmail's default error for s)."""
         until = time.monotonic() + seconds if seconds is not None else float("inf")
         with self._lock:
-            self._storm = Storm(dict(rates), until, email, random.Random(seed), store_anyway)
+            self._storm = Storm(dict(rates), until, email, random.Random(seed), store_anyway,
+                                dict(errors or {}))
 
     def stop_failing(self) -> None:
         with self._lock:
@@ -574,8 +578,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if storm is not None and storm.store_anyway:
                         self.fake._store(account, raw)
                     self.fake._log_send(account, raw, status)
-                    return self._error(status, *DEFAULT_ERROR.get(status,
-                                                                  ("backendError", "Error")))
+                    error = (storm.errors.get(status) if storm is not None else None) or \
+                        DEFAULT_ERROR.get(status, ("backendError", "Error"))
+                    return self._error(status, *error)
             record = self.fake._store(account, raw)
             self.fake._log_send(account, raw, 200)
             leave()

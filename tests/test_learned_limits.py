@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections import Counter
 
 import pytest
+from aiosmtpd.smtp import SMTP as SMTPServer
 from prometheus_client.parser import text_string_to_metric_families
 
-import transport_smtp
 from learned_limits import GMAIL, SMTP, LearnedLimits
 from runner_helpers import SENDER, fast, recipients, running, wait_job_done
 from test_api_enqueue import body, post
-from test_transport_smtp import CountingController, Recorder
+from test_transport_smtp import CountingController, CountingSMTP, Recorder
 
 LIMIT_LOG = "mailjobs.limits"
 
@@ -44,19 +43,29 @@ class LimitedRecorder(Recorder):
         self.refuse_all = False             # every connection gets a 421
         self.refused = 0
 
-    def admit(self) -> bool:
+    def admit(self, make) -> asyncio.Protocol:
+        """Counted open here, when the connection is accepted: asyncio accepts a burst of
+        connections (calling the factory for each) before any of their connection_made runs."""
         with self.lock:
             full = self.refuse_all or (self.limit is not None and len(self.open) >= self.limit)
             if full:
                 self.refused += 1
-            return not full
+                return Refuser(b"421 4.7.0 mx.test: too many connections from 127.0.0.1\r\n")
+            server = make()
+            self.open.add(server)
+            self.connections += 1
+            self.max_open = max(self.max_open, len(self.open))
+            return server
+
+
+class AdmittedSMTP(CountingSMTP):
+    def connection_made(self, transport):   # counted at accept (LimitedRecorder.admit)
+        SMTPServer.connection_made(self, transport)
 
 
 class LimitedController(CountingController):
     def factory(self):
-        if self.handler.admit():   # in the event loop's thread, just before connection_made
-            return super().factory()
-        return Refuser(b"421 4.7.0 mx.test: too many connections from 127.0.0.1\r\n")
+        return self.handler.admit(lambda: AdmittedSMTP(self.handler, **self.SMTP_kwargs))
 
 
 @pytest.fixture()
