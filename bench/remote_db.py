@@ -123,7 +123,7 @@ class Bench:
         rows.append(("record 100 sent outcomes", n, "Dao.record_outcomes"))
         claimed, _ = dao.claim(job_id, SENDER, "bench-rt", 100, 60, limits)
         n, _ = measure(lambda: dao.record_outcomes(
-            "bench-rt", [], [], [(x.id, "gmail_5xx", "boom", 1.0, False, False) for x in claimed]))
+            "bench-rt", [], [], [(x.id, "gmail_5xx", "boom", 1.0, False, False, 0) for x in claimed]))
         rows.append(("record 100 retry outcomes", n, "Dao.record_outcomes"))
         for size in (1, 10_000):
             n, r = measure(lambda: client.post("/api/jobs/send_template_emails",

@@ -326,8 +326,25 @@ class SenderOut(BaseModel):
     paused_reason: str | None
 
 
+class LearnedCapOut(BaseModel):
+    kind: str = Field(description="smtp (connections to an SMTP server) or gmail (concurrent "
+                                  "sends of one sender)")
+    target: str = Field(description="host:port of the SMTP server, or the sender's address")
+    cap: int = Field(description="the cap in effect, over all runners")
+    configured: int = Field(description="SMTP_MAX_CONNECTIONS or "
+                                        "GMAIL_MAX_CONCURRENT_PER_SENDER")
+    lowered: bool = Field(description="cap is below configured")
+    reason: str = Field(description="the refusal that lowered it, as the server said it")
+    lowered_at: datetime
+    hold_until: datetime | None = Field(description="no raise before then (LEARNED_CAP_HOLD)")
+    successes: int = Field(description="successful sends since the last change; every "
+                                       "LEARNED_CAP_RAISE_AFTER of them raise the cap by one")
+
+
 class SendersOut(BaseModel):
     senders: list[SenderOut]
+    learned_caps: list[LearnedCapOut] = Field(description="caps learned from the far side's "
+                                                          "refusals")
 
 
 class HealthOut(BaseModel):

@@ -35,7 +35,8 @@ from enqueue import (RequestRejected, check_template, check_template_storage, en
 from openapi_doc import openapi_document
 from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS, Job, StoredTemplate
 from settings import Settings, load_settings
-from views import (job_view, recipient_view, runner_view, sender_view, suppression_view,
+from views import (job_view, learned_caps_view, recipient_view, runner_view, sender_view,
+                   suppression_view,
                    keyset_page, template_view, trace_view)
 
 log = logging.getLogger("mailjobs.api")
@@ -455,7 +456,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         _operator()
         limits = (settings.sender_rate_per_minute, settings.sender_daily_cap)
         return jsonify({"senders": [sender_view(r, dao.sender_sends_24h(r["email"]), limits)
-                                    for r in dao.senders()]})
+                                    for r in dao.senders()],
+                        "learned_caps": learned_caps_view(dao.learned_caps())})
 
     @app.get("/healthz")
     def healthz() -> Response:

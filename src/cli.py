@@ -284,6 +284,42 @@ def senders(ctx: click.Context, as_json: bool) -> None:
         ["SENDER", "AUTH", "RATE/MIN", "SENT_24H", "DAILY_CAP", "PAUSED_UNTIL"],
         [[r["email"], r["auth_state"], r["rate_per_minute"] or "unlimited", r["sent_24h"],
           r["daily_cap"] or "unlimited", r["paused_until"]] for r in rows]))
+    if not as_json:
+        caps = [c for c in _run(ctx, lambda b: b.learned_caps()) if c["lowered"]]
+        if caps:
+            click.echo(f"\n{len(caps)} cap(s) lowered after refusals (mailjobs senders caps):")
+            _caps_table(caps)
+
+
+def _caps_table(caps: list[dict]) -> None:
+    from cli_jobs import _table
+
+    _table(["KIND", "TARGET", "CAP", "CONFIGURED", "LOWERED_AT", "HOLD_UNTIL", "REASON"],
+           [[c["kind"], c["target"], c["cap"], c["configured"], c["lowered_at"],
+             c["hold_until"] or "-", c["reason"][:80]] for c in caps])
+
+
+@senders.command("caps")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def senders_caps(ctx: click.Context, as_json: bool) -> None:
+    """Caps learned from refusals: SMTP connections per server, Gmail concurrent sends per
+    sender (lowered when the far side refused; raised again after successful sends)."""
+    from cli_jobs import _emit, _run
+
+    _emit(_run(ctx, lambda b: b.learned_caps()), as_json, _caps_table)
+
+
+@senders.command("reset-cap")
+@click.argument("kind", type=click.Choice(["smtp", "gmail"]))
+@click.argument("target")
+@click.pass_context
+def senders_reset_cap(ctx: click.Context, kind: str, target: str) -> None:
+    """Forget a learned cap (TARGET: host:port or the sender): back to the configured value at
+    every runner's next refresh, lowered again by the next refusal."""
+    if not _dao(ctx).forget_learned_cap(kind, target):
+        raise click.ClickException(f"no learned cap for {kind} {target}")
+    click.echo(f"{kind} {target}: learned cap forgotten; the configured value applies")
 
 
 @senders.command("set")

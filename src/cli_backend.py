@@ -9,8 +9,8 @@ import job_control
 from dao_mysql import Dao
 from settings import Settings
 from addresses import InvalidAddress, normalize_address
-from views import (job_view, keyset_page, recipient_view, runner_view, sender_view,
-                   trace_view)
+from views import (job_view, keyset_page, learned_caps_view, recipient_view, runner_view,
+                   sender_view, trace_view)
 
 
 class BackendError(Exception):
@@ -26,6 +26,7 @@ class Backend(Protocol):
     def retry(self, job_id: int, statuses: list[str], codes: list[str]) -> dict[str, Any]: ...
     def runners(self) -> list[dict[str, Any]]: ...
     def senders(self) -> list[dict[str, Any]]: ...
+    def learned_caps(self) -> list[dict[str, Any]]: ...
     def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]: ...
 
 
@@ -92,6 +93,9 @@ class LocalBackend:
         return [sender_view(r, self.dao.sender_sends_24h(r["email"]), limits)
                 for r in self.dao.senders()]
 
+    def learned_caps(self) -> list[dict[str, Any]]:
+        return learned_caps_view(self.dao.learned_caps())
+
 
 class RemoteBackend:
     """Through the HTTP API of a running mailjobs, with an API key."""
@@ -143,6 +147,9 @@ class RemoteBackend:
 
     def senders(self) -> list[dict[str, Any]]:
         return self._call("GET", "/api/senders")["senders"]
+
+    def learned_caps(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/senders")["learned_caps"]
 
     def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]:
         params = {"email": email, "limit": limit, **({"before": before} if before else {})}

@@ -39,7 +39,7 @@ from addresses import address_key
 from mail_message import has_own_token, recipient_message_id
 from rate_limit import Limits, allowance
 from scheduling import Claimable
-from records import ApiKey, Job, NewJob, NewRecipient, Recipient, StoredTemplate
+from records import ApiKey, Job, LearnedCap, NewJob, NewRecipient, Recipient, StoredTemplate
 from settings import DatabaseParams, Settings
 
 log = logging.getLogger("mailjobs.db")
@@ -480,8 +480,10 @@ class Dao:
         return [_template(r) for r in self._all("templates_of_key", (api_key_id, api_key_id))]
 
     # --- metrics --------------------------------------------------------------------------
-    def queue_metrics(self) -> tuple[dict[str, int], float, list[dict[str, Any]]]:
-        """Queue depth by status, oldest due queued age (s), live runners' heartbeat ages."""
+    def queue_metrics(self) -> tuple[dict[str, int], float, list[dict[str, Any]],
+                                     list[LearnedCap]]:
+        """Queue depth by status, oldest due queued age (s), live runners' heartbeat ages, the
+        learned caps."""
         with self.transaction() as cur:
             self._run(cur, "queue_depth")
             depth = {status: int(n) for status, n in cur.fetchall()}
@@ -490,7 +492,9 @@ class Dao:
             self._run(cur, "runner_heartbeat_ages")
             runners = [{"id": i, "kind": k, "state": st, "age": float(age)}
                        for i, k, st, age in cur.fetchall()]
-        return depth, oldest, runners
+            self._run(cur, "learned_caps_all")
+            caps = [_learned_cap(r) for r in cur.fetchall()]
+        return depth, oldest, runners, caps
 
     # --- runners --------------------------------------------------------------------------
     def runner_heartbeat(self, runner: dict[str, Any]) -> None:
@@ -639,12 +643,13 @@ class Dao:
     @_rerun_on_conflict
     def record_outcomes(self, runner_id: str, sent: Sequence[tuple[int, str | None]],
                         failed: Sequence[tuple[int, str, str, str, bool]],
-                        retry: Sequence[tuple[int, str, str, float, bool, bool]],
+                        retry: Sequence[tuple[int, str, str, float, bool, bool, int]],
                         sender_refunds: dict[str, int] | None = None) -> None:
         """Write a batch of outcomes in one transaction: one UPDATE for all sent rows.
 
         sent: (id, provider id); failed: (id, final status, error_code, error, refund the
-        attempt); retry: (id, error_code, error, delay seconds, refund the attempt, in doubt);
+        attempt); retry: (id, error_code, error, delay seconds, refund the attempt, in doubt,
+        deferral: 2 refused before it left, 1 not tried, 0 an attempt; see record_retry);
         sender_refunds: {sender: sends} charged at claim that did not go out.
         """
         with self.transaction() as cur:
@@ -662,8 +667,8 @@ class Dao:
             if retry:
                 cur.executemany(self.queries["record_retry"], [
                     (code, err[:65000], int(delay * 1_000_000), 1 if refund else 0,
-                     1 if doubt else 0, rid, runner_id)
-                    for rid, code, err, delay, refund, doubt in retry])
+                     1 if doubt else 0, deferral, rid, runner_id)
+                    for rid, code, err, delay, refund, doubt, deferral in retry])
             self._add_sender_sends(cur, {s: -count for s, count in (sender_refunds or {}).items()})
 
     @_rerun_on_conflict
@@ -843,15 +848,21 @@ class Dao:
 
 
     # --- SMTP connection slots (SMTP_MAX_CONNECTIONS shared by every runner) ---------------
-    def acquire_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
+    def acquire_smtp_slot(self, holder: str, size: int, lease: float,
+                          capped: bool = False) -> int | None:
         """Take a free or expired one of slots 1..`size` for `holder` under a lease of `lease`
-        seconds; None when all are held. Missing slot rows are created first."""
-        slot = self._take_smtp_slot(holder, size, lease)
+        seconds; None when all are held. Missing slot rows are created first. `capped`: `size`
+        is a learned cap below the configured number, so slots above it may still be held by
+        connections opened before it was lowered, and they count."""
+        slot = self._take_smtp_slot(holder, size, lease, capped)
         if slot is None and self._ensure_smtp_slots(size):
-            slot = self._take_smtp_slot(holder, size, lease)
+            slot = self._take_smtp_slot(holder, size, lease, capped)
         return slot
 
-    def _take_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
+    def _take_smtp_slot(self, holder: str, size: int, lease: float,
+                        capped: bool) -> int | None:
+        if capped:
+            return self._take_capped_smtp_slot(holder, size, lease)
         with self.transaction() as cur:
             self._run(cur, "free_smtp_slot", (size,))
             row = cur.fetchone()
@@ -859,6 +870,18 @@ class Dao:
                 return None
             self._run(cur, "take_smtp_slot", (holder, int(lease * 1_000_000), row[0]))
             return int(row[0])
+
+    def _take_capped_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
+        with self.transaction() as cur:   # every row locked: the held ones counted exactly
+            self._run(cur, "smtp_slots_for_capped_take")
+            rows = [(int(slot), bool(held)) for slot, held in cur.fetchall()]
+            if sum(held for _, held in rows) >= size:
+                return None
+            free = next((slot for slot, held in rows if not held and slot <= size), None)
+            if free is None:
+                return None
+            self._run(cur, "take_smtp_slot", (holder, int(lease * 1_000_000), free))
+            return free
 
     def _ensure_smtp_slots(self, size: int) -> bool:
         """Create missing rows 1..size; True when some were missing."""
@@ -880,6 +903,60 @@ class Dao:
 
     def smtp_slots(self) -> list[tuple[int, str | None, datetime | None]]:
         return [(int(s), h, e) for s, h, e in map(_utc, self._all("smtp_slots_all"))]
+
+    def mark_smtp_slot_connected(self, slot: int, holder: str) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "mark_smtp_slot_connected", (slot, holder))
+
+    def smtp_slots_connected_by_others(self, holder: str) -> int:
+        """Established connections of other holders (live leases, every slot number counted,
+        also those above a lowered cap)."""
+        return int(self._one("smtp_slots_connected_by_others", (holder,))[0])
+
+    # --- learned caps of the far side (learned_limits.py) ----------------------------------
+    def learned_caps(self) -> list[LearnedCap]:
+        return [_learned_cap(r) for r in self._all("learned_caps_all")]
+
+    @_rerun_on_conflict
+    def lower_learned_cap(self, kind: str, target: str, observed: int, configured: int,
+                          reason: str, hold: float) -> tuple[int, int]:
+        """After a refusal while `observed` others were open: the cap becomes at most that
+        (at least 1), held `hold` seconds, its success count reset. Returns (old, new): new
+        is the cap in effect, lower than old when this call lowered it."""
+        with self.transaction() as cur:
+            self._run(cur, "learned_cap_insert", (kind, target, configured, configured, reason))
+            self._run(cur, "learned_cap_for_update", (kind, target))
+            old = min(int(cur.fetchone()[0]), configured)
+            new = max(1, min(old, observed))
+            hold_us = int(hold * 1_000_000)
+            if new < old:
+                self._run(cur, "learned_cap_lower", (new, configured, reason, hold_us, kind,
+                                                     target))
+                return old, new
+            self._run(cur, "learned_cap_confirm", (hold_us, kind, target))
+            return old, old
+
+    @_rerun_on_conflict
+    def learned_cap_successes(self, kind: str, target: str, n: int, configured: int,
+                              raise_after: int) -> tuple[int, int] | None:
+        """Count `n` successful sends; past the hold, every `raise_after` of them raise the cap
+        by one up to `configured`. Returns (old, new) when it was raised."""
+        with self.transaction() as cur:
+            self._run(cur, "learned_cap_for_update", (kind, target))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            cap, successes, held = int(row[0]), int(row[1]) + n, bool(row[2])
+            if not held and cap < configured and successes >= max(1, raise_after):
+                self._run(cur, "learned_cap_set", (cap + 1, 0, configured, kind, target))
+                return cap, cap + 1
+            self._run(cur, "learned_cap_set", (cap, successes, configured, kind, target))
+            return None
+
+    def forget_learned_cap(self, kind: str, target: str) -> bool:
+        """An operator resets a cap to its configured value (`mailjobs limits reset`)."""
+        with self.transaction() as cur:
+            return self._run(cur, "learned_cap_delete", (kind, target)) > 0
 
     # --- deliverability: suppression list, unsubscribe, bounces ----------------------------
     @staticmethod
@@ -1236,10 +1313,15 @@ def _runner(row: tuple) -> dict[str, Any]:
     return dict(zip(keys, _utc(row)))
 
 
+def _learned_cap(row: tuple) -> LearnedCap:
+    r = _utc(row)
+    return LearnedCap(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5], r[6], int(r[7]), r[8])
+
+
 def _recipient(row: tuple) -> Recipient:
     row = _utc(row)
     return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
-                     *row[7:17], bool(row[17]), int(row[18]))
+                     *row[7:17], bool(row[17]), int(row[18]), *row[19:20])
 
 
 def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,

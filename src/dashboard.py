@@ -35,7 +35,7 @@ from api_keys import KeyVerifier
 from dao_mysql import Dao, DatabaseUnavailable
 from records import JOB_STATUSES, RECIPIENT_STATUSES, ApiKey
 from settings import PROJECT_ROOT, Settings
-from views import keyset_page, runner_view, sender_view
+from views import keyset_page, learned_caps_view, runner_view, sender_view
 
 log = logging.getLogger("mailjobs.dashboard")
 
@@ -400,6 +400,8 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             view["blocked"] = view["auth_state"] in ("auth_revoked", "config_error")
             rows.append(view)
         local = settings.transport_name if settings.transport_name in ("outbox", "null") else None
-        return render_template("dashboard/senders.html", rows=rows, local_transport=local)
+        caps = learned_caps_view(dao.learned_caps())
+        return render_template("dashboard/senders.html", rows=rows, local_transport=local,
+                               caps=caps)
 
     return bp

@@ -99,6 +99,11 @@ MAX_ATTEMPTS = 5
 # never shorter than the server's Retry-After.
 RETRY_BASE_DELAY = 10.0
 RETRY_MAX_DELAY = 900.0
+# Seconds a recipient may keep being refused before its message left (a refused connection, a
+# 4xx before DATA, a busy connection slot, Gmail's concurrent-request 429) without an attempt:
+# such refusals do not count towards MAX_ATTEMPTS, so this bounds a server that refuses forever;
+# past it the recipient fails with the last refusal. A job's expires_at still applies.
+MAX_DEFER = 21600.0
 # Outcomes are written in batches: at most this many rows or this many seconds apart.
 RECORD_FLUSH_ROWS = 200
 RECORD_FLUSH_INTERVAL = 0.5
@@ -170,6 +175,16 @@ SMTP_MAX_MESSAGES_PER_CONNECTION = 100
 SMTP_MAX_CONNECTIONS = 4
 # Extra wait before retrying after a 421/4xx answer (servers shed load this way).
 SMTP_TRANSIENT_DELAY = 60.0
+
+# --- The far side's limits (learned_limits.py) ----------------------------------------------------
+# Sends in flight per Gmail sender in one runner process; Gmail refuses more with 429 "Too many
+# concurrent requests for user" and does not say how many it allows.
+GMAIL_MAX_CONCURRENT_PER_SENDER = 10
+# A refusal while others were open lowers the cap of that SMTP server or Gmail sender, for every
+# runner, to what was open. It holds LEARNED_CAP_HOLD seconds, then goes up by one after every
+# LEARNED_CAP_RAISE_AFTER successful sends, back to the configured value.
+LEARNED_CAP_HOLD = 600.0
+LEARNED_CAP_RAISE_AFTER = 200
 
 # --- Deliverability ------------------------------------------------------------------------------
 # Public base URL of this API (e.g. https://mail.example.com): when set, every message carries

@@ -42,6 +42,7 @@ class Outcome:
     error: str | None = None
     delay: float = 0.0             # seconds until the retry may be claimed
     refund: bool = False           # the attempt does not count (not the recipient's fault)
+    deferred: bool = False         # refused before it left: counts towards MAX_DEFER instead
     not_sent: bool = False         # nothing reached the transport: the daily count is given back
     sender_action: str | None = None  # pause_auth, pause_config, defer
     sender_delay: float = 0.0
@@ -54,6 +55,16 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None = N
     """Exponential backoff with full jitter, never shorter than the server asked for."""
     delay = random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
     return max(delay, retry_after or 0.0)
+
+
+def defer_delay(deferred_for: float, base: float, cap: float,
+                retry_after: float | None = None) -> float:
+    """The wait after a refusal: what the server asked for, else half to all of the time the
+    recipient has been refused so far (at least `base`, at most `cap`): the attempts do not
+    grow, but the waits do, geometrically, as they would with exponential backoff."""
+    if retry_after:
+        return retry_after
+    return random.uniform(0.5, 1.0) * min(cap, max(base, deferred_for))
 
 
 class EmailScheduler:
@@ -195,6 +206,23 @@ class EmailScheduler:
         return Outcome(r, job, RETRY, error_code=exc.error_code, error=text, delay=delay,
                        in_doubt=in_doubt)
 
+    def _deferred(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
+        """Refused before the message left (a refused connection, a 4xx before DATA, no free
+        connection slot, Gmail's concurrent-request 429): not an attempt, so the recipient goes
+        back with a short delay and its attempt refunded. MAX_DEFER bounds how long that may
+        go on without any attempt in between, so a server that refuses forever still ends in
+        a readable error."""
+        s = self.settings
+        since = r.deferred_since
+        waited = 0.0 if since is None else (datetime.now(timezone.utc) - since).total_seconds()
+        if since is not None and s.max_defer > 0 and waited >= s.max_defer:
+            return Outcome(r, job, FAILED, error_code=exc.error_code, refund=True,
+                           error=f"refused before it was sent for {waited / 3600:.1f} h "
+                                 f"(MAX_DEFER {s.max_defer:g} s), never attempted since: {exc}")
+        return Outcome(r, job, RETRY, error_code=exc.error_code, error=str(exc), refund=True,
+                       deferred=True, delay=defer_delay(waited, s.retry_base_delay,
+                                                        s.retry_max_delay, exc.retry_after))
+
     def classify(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
         s = self.settings
         kind, code, text = exc.kind, exc.error_code, str(exc)
@@ -210,9 +238,8 @@ class EmailScheduler:
         if kind == "sender_config":
             return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
                            sender_action="pause_config")
-        if not exc.attempted:   # never left this host (no free SMTP connection): not counted
-            return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
-                           delay=exc.retry_after or s.retry_base_delay)
+        if not exc.attempted:
+            return self._deferred(exc, job, r)
         # transient, rate, in_doubt: retry with backoff until MAX_ATTEMPTS
         return self._retry(exc, job, r, in_doubt=kind == "in_doubt")
 

@@ -91,6 +91,8 @@ class JobRunner:
         self.wakeup = threading.Event()
         self.scheduler = EmailScheduler(settings)
         self._factory = transport_factory
+        # the far side's learned caps (learned_limits.py), when the transport has any
+        self._learned = getattr(transport_factory, "limits", None)
         self._local = threading.local()
         self._transports: list[Transport] = []
         self._transports_lock = threading.Lock()
@@ -178,6 +180,8 @@ class JobRunner:
         self._renew_if_due()
         self._drop_stopped_jobs()
         self._expire_due_jobs()
+        if self._learned is not None:
+            self._learned.refresh()   # at most every learned_limits.REFRESH seconds
         if self._bounces is not None:
             self._bounces.tick()   # starts a background check when one is due; never waits
         self._purger.tick()        # the same for the purge, when this runner's turn is due
@@ -360,13 +364,16 @@ class JobRunner:
         failed = [(o.recipient.id, final_status[o.result], o.error_code or "error",
                    o.error or "", o.refund) for o in outcomes if o.result in final_status]
         retry = [(o.recipient.id, o.error_code or "error", o.error or "", o.delay, o.refund,
-                  o.in_doubt) for o in outcomes if o.result == RETRY]
+                  o.in_doubt, 2 if o.deferred else 1 if o.refund else 0)
+                 for o in outcomes if o.result == RETRY]
         not_sent: dict[str, int] = {}   # charged to the sender's daily count at claim
         for o in outcomes:
             if o.refund or o.not_sent:
                 not_sent[o.job.sender_email] = not_sent.get(o.job.sender_email, 0) + 1
         self.dao.record_outcomes(self.id, sent, failed, retry, not_sent)
         self._outcomes = []
+        if self._learned is not None:
+            self._learned.flush()     # successes towards raising a lowered cap
         for o in outcomes:
             self._log_outcome(o)
         for o in outcomes:

@@ -65,6 +65,13 @@ class LocalMariaDB:
     def logfile(self) -> Path:
         return self.root / "mysqld.log"
 
+    @property
+    def tmpdir(self) -> Path:
+        """Its own, not /tmp: a MariaDB starting up removes the temporary files it finds in
+        its tmpdir, those of another server's bootstrap included (two suites at once failed
+        with "Unknown table 'mysql.tmp_user_sys'")."""
+        return self.root / "tmp"
+
     def url(self, database: str) -> str:
         return f"mysql://root@localhost/{database}?unix_socket={self.socket}"
 
@@ -81,10 +88,11 @@ class LocalMariaDB:
 
     def _initialise(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(exist_ok=True)
         cmd = [
             _binary("mariadb-install-db", "mysql_install_db"),
             "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
-            "--skip-test-db",
+            "--skip-test-db", f"--tmpdir={self.tmpdir}",
         ]
         if os.geteuid() == 0:
             cmd.append("--user=root")
@@ -99,10 +107,11 @@ class LocalMariaDB:
         if not (self.datadir / "mysql").is_dir():
             log.info("initialising a private MariaDB in %s", self.datadir)
             self._initialise()
+        self.tmpdir.mkdir(exist_ok=True)
         cmd = [
             _binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}",
             f"--socket={self.socket}", "--skip-networking", f"--pid-file={self.pidfile}",
-            f"--log-error={self.logfile}", "--character-set-server=utf8mb4",
+            f"--log-error={self.logfile}", f"--tmpdir={self.tmpdir}", "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_unicode_ci", "--innodb-buffer-pool-size=256M",
             "--max-connections=500", "--innodb-flush-log-at-trx-commit=2",
         ]

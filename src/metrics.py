@@ -69,7 +69,7 @@ class DatabaseCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            depth, oldest, runners = self.dao.queue_metrics()
+            depth, oldest, runners, caps = self.dao.queue_metrics()
         except Exception as exc:  # a scrape must not fail because the DB is down
             log.warning("metrics: database gauges unavailable: %s", exc)
             up = GaugeMetricFamily("mailjobs_database_up", "1 when the database answered")
@@ -94,6 +94,29 @@ class DatabaseCollector:
         for r in runners:
             beat.add_metric([r["id"], r["kind"], r["state"]], r["age"])
         yield beat
+        yield from learned_caps(caps)
+
+
+def learned_caps(caps) -> list[GaugeMetricFamily]:
+    """The caps learned from refusals (learned_limits.py): SMTP servers by host:port, Gmail
+    senders by sender_label (without METRICS_SENDER_LABELS, the lowest over all senders)."""
+    family = GaugeMetricFamily("mailjobs_learned_cap", "Concurrency cap in effect after the "
+                               "far side refused (kind smtp: connections to target host:port; "
+                               "gmail: concurrent sends of the sender); the configured value "
+                               "is mailjobs_learned_cap_configured",
+                               labels=["kind", "target"])
+    configured = GaugeMetricFamily("mailjobs_learned_cap_configured", "The configured cap of "
+                                   "each mailjobs_learned_cap", labels=["kind", "target"])
+    shown: dict[tuple[str, str], tuple[int, int]] = {}
+    for c in caps:
+        label = (c.kind, c.target if c.kind == "smtp" else sender_label(c.target))
+        cap = min(c.cap, c.configured)
+        if label not in shown or cap < shown[label][0]:
+            shown[label] = (cap, c.configured)
+    for label, (cap, conf) in sorted(shown.items()):
+        family.add_metric(list(label), cap)
+        configured.add_metric(list(label), conf)
+    return [family, configured]
 
 
 def render(dao) -> tuple[bytes, str]:

@@ -215,7 +215,7 @@ WHERE id IN ({ids});
 -- name: claimed_rows
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, NULL, NULL,
-       in_doubt, attempts_base
+       in_doubt, attempts_base, deferred_since
 FROM job_recipients WHERE id IN ({ids}) ORDER BY id;
 
 -- name: start_job
@@ -248,7 +248,10 @@ WHERE id = %s AND claimed_by = %s AND status = 'sending';
 UPDATE job_recipients
 SET status = 'retrying', error_code = %s, error = %s, claimed_by = NULL, lease_expires_at = NULL,
     next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND,
-    attempts = GREATEST(0, attempts - %s), in_doubt = GREATEST(in_doubt, %s)
+    attempts = GREATEST(0, attempts - %s), in_doubt = GREATEST(in_doubt, %s),
+    -- 2: refused before it left (since when, for MAX_DEFER); 1: not tried (kept); 0: an attempt
+    deferred_since = CASE %s WHEN 2 THEN COALESCE(deferred_since, UTC_TIMESTAMP(6))
+                             WHEN 1 THEN deferred_since END
 WHERE id = %s AND claimed_by = %s AND status = 'sending';
 
 -- name: release_claims
@@ -418,8 +421,15 @@ WHERE slot BETWEEN 1 AND %s
   AND (holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= UTC_TIMESTAMP(6))
 ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED;
 
+-- name: smtp_slots_for_capped_take
+-- Under a learned cap below SMTP_MAX_CONNECTIONS: every row locked, so the live ones are counted
+-- exactly, those above the cap included (connections opened before it was lowered).
+SELECT slot, holder IS NOT NULL AND lease_expires_at > UTC_TIMESTAMP(6) FROM smtp_slots
+ORDER BY slot FOR UPDATE;
+
 -- name: take_smtp_slot
-UPDATE smtp_slots SET holder = %s, lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+UPDATE smtp_slots SET holder = %s, lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND,
+                      connected_at = NULL
 WHERE slot = %s;
 
 -- name: renew_smtp_slot
@@ -428,10 +438,56 @@ UPDATE smtp_slots SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSEC
 WHERE slot = %s AND holder = %s;
 
 -- name: release_smtp_slot
-UPDATE smtp_slots SET holder = NULL, lease_expires_at = NULL WHERE slot = %s AND holder = %s;
+UPDATE smtp_slots SET holder = NULL, lease_expires_at = NULL, connected_at = NULL
+WHERE slot = %s AND holder = %s;
+
+-- name: mark_smtp_slot_connected
+UPDATE smtp_slots SET connected_at = UTC_TIMESTAMP(6) WHERE slot = %s AND holder = %s;
 
 -- name: smtp_slots_all
 SELECT slot, holder, lease_expires_at FROM smtp_slots ORDER BY slot;
+
+-- name: smtp_slots_connected_by_others
+SELECT COUNT(*) FROM smtp_slots
+WHERE holder IS NOT NULL AND holder <> %s AND lease_expires_at > UTC_TIMESTAMP(6)
+  AND connected_at IS NOT NULL;
+
+-- ===== learned caps of the far side (learned_limits.py) =======================================
+
+-- name: learned_caps_all
+SELECT kind, target, cap, configured, reason, lowered_at, hold_until, successes, updated_at
+FROM learned_limits ORDER BY kind, target;
+
+-- name: learned_cap_insert
+-- The row a first refusal lowers (at the configured value, lowered in the same transaction).
+INSERT IGNORE INTO learned_limits (kind, target, cap, configured, reason, lowered_at, hold_until,
+                                   updated_at)
+VALUES (%s, %s, %s, %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6));
+
+-- name: learned_cap_for_update
+SELECT cap, successes, hold_until > UTC_TIMESTAMP(6) FROM learned_limits
+WHERE kind = %s AND target = %s FOR UPDATE;
+
+-- name: learned_cap_lower
+UPDATE learned_limits
+SET cap = %s, configured = %s, reason = %s, lowered_at = UTC_TIMESTAMP(6),
+    hold_until = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND, successes = 0,
+    updated_at = UTC_TIMESTAMP(6)
+WHERE kind = %s AND target = %s;
+
+-- name: learned_cap_confirm
+-- A refusal at (or above) the cap: no raise for another hold.
+UPDATE learned_limits
+SET hold_until = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND, successes = 0,
+    updated_at = UTC_TIMESTAMP(6)
+WHERE kind = %s AND target = %s;
+
+-- name: learned_cap_set
+UPDATE learned_limits SET cap = %s, successes = %s, configured = %s, updated_at = UTC_TIMESTAMP(6)
+WHERE kind = %s AND target = %s;
+
+-- name: learned_cap_delete
+DELETE FROM learned_limits WHERE kind = %s AND target = %s;
 
 -- ===== dashboard ==============================================================================
 

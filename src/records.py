@@ -132,6 +132,22 @@ class Recipient:
     updated_at: datetime | None = None
     in_doubt: bool = False
     attempts_base: int = 0
+    deferred_since: datetime | None = None   # refused before it left since then (MAX_DEFER)
+
+
+@dataclass(frozen=True)
+class LearnedCap:
+    """A cap lowered after a refusal (learned_limits.py): kind smtp or gmail, target host:port
+    or the sender's address."""
+    kind: str
+    target: str
+    cap: int
+    configured: int
+    reason: str
+    lowered_at: datetime
+    hold_until: datetime
+    successes: int
+    updated_at: datetime
 
 
 @dataclass(frozen=True)

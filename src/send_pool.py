@@ -35,6 +35,11 @@ class FairPool:
         # connection for a sequential stream, found by test_transport_smtp under load).
         self._idle: list[threading.Condition] = []
         self._finished: dict[threading.Condition, int] = {}   # thread -> when it last sent
+        # Threads notified that have not looked for work yet. No more are woken than items can
+        # start now: two recipients submitted while the only thread allowed to run them is
+        # busy used to wake two threads, and the second could take the next one (a second SMTP
+        # connection for a one-at-a-time stream: test_transport_smtp's max-messages test).
+        self._woken = 0
         self._sends = 0
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
@@ -57,16 +62,27 @@ class FairPool:
         with self._lock:
             self._closed = True
             while self._idle:
-                self._wake_one()
+                self._idle.pop().notify()
+                self._woken += 1
         if wait:
             for thread in self._threads:
                 thread.join()
 
     def _wake_one(self) -> None:
-        if self._idle:
+        if self._idle and (self._closed or self._woken < self._startable()):
             me = max(self._idle, key=lambda c: self._finished.get(c, 0))
             self._idle.remove(me)
+            self._woken += 1
             me.notify()
+
+    def _startable(self) -> int:
+        """Under the lock: how many waiting items could start now (per_key allowing)."""
+        n = 0
+        for key, jobs in self._queues.items():
+            room = self.per_key - self._running_key[key]
+            if room > 0:
+                n += min(room, sum(len(q) for q in jobs.values()))
+        return n
 
     def _next(self) -> tuple[int, int, _Item] | None:
         """Under the lock: the next item to run, or None when nothing may run now."""
@@ -104,8 +120,10 @@ class FairPool:
                 return None
             self._idle.append(me)
             me.wait()
-            if me in self._idle:
+            if me in self._idle:   # not notified (spurious wake-up)
                 self._idle.remove(me)
+            else:
+                self._woken -= 1
 
     def _work(self) -> None:
         me = threading.Condition(self._lock)

@@ -106,6 +106,7 @@ class Settings:
     max_attempts: int = defaults.MAX_ATTEMPTS
     retry_base_delay: float = defaults.RETRY_BASE_DELAY
     retry_max_delay: float = defaults.RETRY_MAX_DELAY
+    max_defer: float = defaults.MAX_DEFER
     record_flush_rows: int = defaults.RECORD_FLUSH_ROWS
     record_flush_interval: float = defaults.RECORD_FLUSH_INTERVAL
     db_backoff_max: float = defaults.DB_BACKOFF_MAX
@@ -137,6 +138,9 @@ class Settings:
     smtp_max_messages_per_connection: int = defaults.SMTP_MAX_MESSAGES_PER_CONNECTION
     smtp_max_connections: int = defaults.SMTP_MAX_CONNECTIONS
     smtp_transient_delay: float = defaults.SMTP_TRANSIENT_DELAY
+    gmail_max_concurrent_per_sender: int = defaults.GMAIL_MAX_CONCURRENT_PER_SENDER
+    learned_cap_hold: float = defaults.LEARNED_CAP_HOLD
+    learned_cap_raise_after: int = defaults.LEARNED_CAP_RAISE_AFTER
     unsubscribe_base_url: str = defaults.UNSUBSCRIBE_BASE_URL
     unsubscribe_token_days: int = defaults.UNSUBSCRIBE_TOKEN_DAYS
     bounce_check_interval: int = defaults.BOUNCE_CHECK_INTERVAL

@@ -52,6 +52,8 @@ class SendError(Exception):
         # False: the message never left (no connection to the server was free); the attempt
         # does not count towards MAX_ATTEMPTS and the sender's daily count is given back.
         self.attempted = attempted
+        # set by a transport when the server refused a new connection (the server's words)
+        self.refusal: str | None = None
 
     def __reduce__(self):  # picklable despite the keyword-only arguments
         return (SendError, (self.kind, self.error_code, self.message),

@@ -16,6 +16,7 @@ import http.client
 import io
 import json
 import logging
+import random
 import re
 import socket
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError, MediaUploadSizeError
 from googleapiclient.http import MediaIoBaseUpload
 
+from learned_limits import GMAIL, GateBusy, SenderGate
 from transport_base import OutgoingMessage, SendError, SendResult
 
 log = logging.getLogger("mailjobs.transport.gmail")
@@ -43,6 +45,9 @@ _RETRY_AFTER_TEXT = re.compile(
     r"retry after (\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)", re.I)
 _RATE_REASONS = {"ratelimitexceeded", "userratelimitexceeded"}
 _NETWORK_ERRORS = (OSError, httplib2.HttpLib2Error, http.client.HTTPException)
+GATE_WAIT = 10.0            # seconds a send waits for its sender's concurrency cap (gmail_busy)
+BUSY_RETRY = 5.0            # retry_after of gmail_busy
+REFUSED_RETRY = (0.5, 1.5)  # retry_after (uniform random) of a concurrent-request refusal
 
 
 class CredentialsProvider(Protocol):
@@ -147,7 +152,9 @@ def classify_http_error(exc: HttpError) -> SendError:
     text_wait = retry_after_from_text(text)
 
     def error(kind: str, code: str, hint: str = "", wait: float | None = None) -> SendError:
-        return SendError(kind, code, f"{detail}{hint}", retry_after=wait, status=status)
+        # a rate refusal is not an attempt: the request was refused, nothing was sent
+        return SendError(kind, code, f"{detail}{hint}", retry_after=wait, status=status,
+                         attempted=kind != "rate")
 
     if status == 400 and norm == "failedprecondition":
         return error("sender_config", "sender_config", " (the sender's account cannot send "
@@ -175,6 +182,8 @@ def classify_http_error(exc: HttpError) -> SendError:
     if status == 429 and "user-rate limit exceeded" in lowered:
         return error("daily_limit", "daily_limit", " (the sender's daily sending limit)",
                      header_wait)
+    if status == 429 and "concurrent" in lowered:
+        return error("rate", "gmail_concurrent", "", header_wait)
     if status == 429:
         return error("rate", "gmail_429", "", header_wait)
     if status == 408:
@@ -259,8 +268,11 @@ class GmailTransport:
 
     def __init__(self, credentials_provider: CredentialsProvider, *,
                  api_endpoint: str | None = None, timeout: float = 30.0,
-                 media_threshold: int = DEFAULT_MEDIA_THRESHOLD) -> None:
+                 media_threshold: int = DEFAULT_MEDIA_THRESHOLD,
+                 gate: SenderGate | None = None, gate_wait: float | None = None) -> None:
         self.provider = credentials_provider
+        self.gate = gate
+        self.gate_wait = gate_wait
         self.api_endpoint = api_endpoint
         self.timeout = timeout
         self.media_threshold = media_threshold
@@ -277,11 +289,44 @@ class GmailTransport:
         else:   # the JSON body is refused somewhere above 1-6 MB; upload takes up to 35 MiB
             payload = {"media_body": MediaIoBaseUpload(io.BytesIO(msg.raw),
                                                        mimetype="message/rfc822", resumable=False)}
+        if self.gate is None:
+            return self._send(msg, payload)
+        sender = msg.sender_email
+        try:
+            self.gate.enter(sender, GATE_WAIT if self.gate_wait is None else self.gate_wait)
+        except GateBusy:
+            cap = self.gate.limits.cap(GMAIL, sender)
+            raise SendError("rate", "gmail_busy", f"{cap} sends of {sender} are in flight "
+                            f"(its concurrency cap); not sent, retrying",
+                            retry_after=BUSY_RETRY, attempted=False) from None
+        try:
+            result = self._send(msg, payload)
+        except SendError as exc:
+            if exc.error_code == "gmail_concurrent":
+                raise self._refused(sender, exc) from exc
+            raise
+        finally:
+            self.gate.leave(sender)
+        self.gate.limits.succeeded(GMAIL, sender)
+        return result
+
+    def _send(self, msg: OutgoingMessage, payload: dict[str, Any]) -> SendResult:
         response = self._call(
             msg.sender_email,
             lambda messages: messages.send(userId="me", **payload),
             f"sending to {msg.to_email}", True)
         return SendResult(provider_id=response.get("id"))
+
+    def _refused(self, sender: str, exc: SendError) -> SendError:
+        """Gmail refused a concurrent request: the sender's cap is lowered (for every runner)
+        to the sends of this process that were in flight besides this one."""
+        assert self.gate is not None
+        others = self.gate.in_flight(sender) - 1
+        cap = self.gate.limits.refused(GMAIL, sender, others, exc.message)
+        return SendError(exc.kind, exc.error_code, f"{exc.message}; {others} other send(s) of "
+                         f"{sender} were in flight, cap now {cap}; not sent, retrying",
+                         retry_after=exc.retry_after or random.uniform(*REFUSED_RETRY),
+                         status=exc.status, attempted=False)
 
     def find_by_message_id(self, sender_email: str, message_id: str) -> str | None:
         query = f"rfc822msgid:{message_id.strip().strip('<>')}"

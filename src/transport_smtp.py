@@ -33,9 +33,11 @@ import ssl
 import threading
 import time
 import weakref
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 from dao_mysql import Dao, DaoError
+from learned_limits import SMTP, LearnedLimits
 from settings import Settings
 from transport_base import OutgoingMessage, SendError, SendResult
 
@@ -47,7 +49,12 @@ SLOT_POLL = (0.2, 0.4)   # seconds between tries while waiting (uniform random)
 ROTATE_YIELD = 0.5       # pause after freeing a slot at SMTP_MAX_MESSAGES_PER_CONNECTION, so a
                          # thread waiting for a slot gets it before this one takes it back
 BUSY_RETRY = 5.0         # retry_after of smtp_busy
+REFUSED_RETRY = (0.5, 1.5)  # retry_after (uniform random) of a connection refused while others
+                            # were open: the cap is lowered, so the retry waits for a slot
 IDLE_CLOSE = 5.0         # seconds a connection may stay unused before it is closed
+WANTED_IDLE_CLOSE = 0.2  # ... while another thread of this process waits for a slot
+REFUSAL_SETTLE = 2.0     # seconds a refused connection waits for this process's other
+                         # attempts to settle before it counts the established ones
 PROVIDER_ID_MAX = 64     # job_recipients.gmail_message_id is VARCHAR(64)
 _QUEUE_ID = (re.compile(r"queued as\s+<?([^\s<>]+)", re.I), re.compile(r"\bid=([^\s;,]+)"))
 _AUTH_CODES = {530, 534, 535, 538}
@@ -63,14 +70,22 @@ def local_hostname() -> str:
 
 
 class _Tracking:
-    """Remembers whether DATA was started and the final reply to it."""
+    """Remembers whether DATA was started, whether the server took it (354: from then on the
+    message may have reached it) and the final reply."""
     data_started = False
+    data_open = False
     data_reply: tuple[int, bytes] | None = None
 
     def data(self, msg: Any) -> tuple[int, bytes]:
         self.data_started = True
         reply = super().data(msg)  # type: ignore[misc]
         self.data_reply = reply
+        return reply
+
+    def getreply(self) -> tuple[int, bytes]:
+        reply = super().getreply()  # type: ignore[misc]
+        if self.data_started and reply[0] == 354:
+            self.data_open = True
         return reply
 
 
@@ -84,15 +99,63 @@ class _SMTP_SSL(_Tracking, smtplib.SMTP_SSL):
 
 # -- the shared connection cap -------------------------------------------------------------------
 class ConnectionSlots:
-    """SMTP_MAX_CONNECTIONS slots in the `smtp_slots` table, shared by every runner."""
+    """SMTP_MAX_CONNECTIONS slots in the `smtp_slots` table, shared by every runner; fewer
+    while a learned cap for the server is lower (learned_limits.py)."""
 
-    def __init__(self, dao: Dao, size: int, lease: float = SLOT_LEASE) -> None:
+    def __init__(self, dao: Dao, size: int, lease: float = SLOT_LEASE,
+                 limits: LearnedLimits | None = None, target: str = "") -> None:
         self.dao = dao
-        self.size = size
+        self.configured = size
         self.lease = lease
+        self.limits = limits
+        self.target = target
+        self._waiting = 0           # this process's threads waiting for a slot
+        self._waiting_lock = threading.Lock()
+        self._connecting = 0        # this process's connections being opened
+        self._settle = threading.Condition()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def wait_started(self, delta: int) -> None:
+        with self._waiting_lock:
+            self._waiting += delta
+
+    @property
+    def size(self) -> int:
+        if self.limits is None:
+            return self.configured
+        return min(self.configured, self.limits.cap(SMTP, self.target))
 
     def acquire(self, holder: str) -> int | None:
-        return self.dao.acquire_smtp_slot(holder, self.size, self.lease)
+        size = self.size
+        return self.dao.acquire_smtp_slot(holder, size, self.lease,
+                                          capped=size < self.configured)
+
+    @contextmanager
+    def connecting(self) -> Iterator[None]:
+        """Around opening a connection (and marking it established): a refusal's count waits
+        for this process's other connection attempts to settle."""
+        with self._settle:
+            self._connecting += 1
+        try:
+            yield
+        finally:
+            with self._settle:
+                self._connecting -= 1
+                self._settle.notify_all()
+
+    def established_by_others(self, holder: str, settle: float) -> int:
+        """Connections of other holders that are established, once this process's other
+        attempts have settled (up to `settle` seconds): a connection the server accepted just
+        before refusing this one counts, one it refused as well does not."""
+        with self._settle:
+            self._settle.wait_for(lambda: self._connecting == 0, settle)
+        return self.dao.smtp_slots_connected_by_others(holder)
+
+    def mark_established(self, slot: int, holder: str) -> None:
+        self.dao.mark_smtp_slot_connected(slot, holder)
 
     def renew(self, slot: int, holder: str) -> bool:
         return self.dao.renew_smtp_slot(slot, holder, self.lease)
@@ -101,12 +164,14 @@ class ConnectionSlots:
         self.dao.release_smtp_slot(slot, holder)
 
 
-def slots_for(settings: Settings, dao: Dao) -> ConnectionSlots | None:
-    """The shared slots, or None when SMTP_MAX_CONNECTIONS is 0 (no cap)."""
+def slots_for(settings: Settings, dao: Dao,
+              limits: LearnedLimits | None = None) -> ConnectionSlots | None:
+    """The shared slots, or None when SMTP_MAX_CONNECTIONS is 0 (no cap, nothing learned)."""
     if settings.smtp_max_connections <= 0:
         return None
     return ConnectionSlots(dao, settings.smtp_max_connections,
-                           max(SLOT_LEASE, 4 * settings.smtp_timeout))
+                           max(SLOT_LEASE, 4 * settings.smtp_timeout), limits,
+                           f"{settings.smtp_host}:{settings.smtp_port}")
 
 
 # -- closing idle connections --------------------------------------------------------------------
@@ -169,11 +234,13 @@ def _is_timeout(exc: BaseException | None) -> bool:
     return False
 
 
-def _network_error(exc: BaseException, what: str, sent_maybe: bool) -> SendError:
+def _network_error(exc: BaseException, what: str, sent_maybe: bool,
+                   attempted: bool = True) -> SendError:
     code = "timeout" if _is_timeout(exc) else "connection_error"
     kind = "in_doubt" if sent_maybe else "transient"
     hint = " (may have been sent)" if sent_maybe else ""
-    return SendError(kind, code, f"SMTP {what} failed: {type(exc).__name__}: {exc}{hint}")
+    return SendError(kind, code, f"SMTP {what} failed: {type(exc).__name__}: {exc}{hint}",
+                     attempted=attempted or sent_maybe)
 
 
 def provider_id(reply: bytes | str | None, message_id: str) -> str:
@@ -235,7 +302,10 @@ class SmtpTransport:
         if not self._lock.acquire(blocking=False):
             return          # in use right now
         try:
-            if self._conn is not None and time.monotonic() - self._last_used >= self.idle_close:
+            idle_close = self.idle_close
+            if self.slots is not None and self.slots.waiting:   # another thread wants a slot
+                idle_close = min(idle_close, WANTED_IDLE_CLOSE)
+            if self._conn is not None and time.monotonic() - self._last_used >= idle_close:
                 log.debug("closing the SMTP connection to %s (idle)", self.where)
                 self._drop(quit=True)
         finally:
@@ -245,22 +315,24 @@ class SmtpTransport:
     def _send(self, msg: OutgoingMessage) -> SendResult:
         conn = self._connection()
         self._on_conn += 1
-        conn.data_started, conn.data_reply = False, None
+        conn.data_started, conn.data_open, conn.data_reply = False, False, None
         try:
             conn.sendmail(msg.sender_email, [msg.to_email], msg.raw)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()), (-1, b""))
-            raise self._answer(code, text, f"RCPT TO:<{msg.to_email}>", "permanent") from exc
+            raise self._answer(code, text, f"RCPT TO:<{msg.to_email}>", "permanent",
+                               attempted=False) from exc
         except smtplib.SMTPSenderRefused as exc:
             # 552 at MAIL FROM: this message is over the relay's size limit
             five = "permanent" if exc.smtp_code == 552 else "sender_config"
             raise self._answer(exc.smtp_code, exc.smtp_error, f"MAIL FROM:<{msg.sender_email}>",
-                               five) from exc
-        except smtplib.SMTPDataError as exc:
-            raise self._answer(exc.smtp_code, exc.smtp_error, "DATA", "permanent") from exc
+                               five, attempted=False) from exc
+        except smtplib.SMTPDataError as exc:   # to DATA itself (not taken) or to the message
+            raise self._answer(exc.smtp_code, exc.smtp_error, "DATA", "permanent",
+                               attempted=conn.data_open) from exc
         except smtplib.SMTPResponseException as exc:
             raise self._answer(exc.smtp_code, exc.smtp_error, "the SMTP session",
-                               "sender_config") from exc
+                               "sender_config", attempted=conn.data_open) from exc
         except UnicodeEncodeError as exc:   # an address smtplib cannot write (needs SMTPUTF8)
             self._drop(quit=False)
             raise SendError("permanent", "invalid_address",
@@ -269,20 +341,26 @@ class SmtpTransport:
             sent_maybe = conn.data_started
             self._drop(quit=False)
             raise _network_error(exc, f"send to {msg.to_email} via {self.where}",
-                                 sent_maybe) from exc
+                                 sent_maybe, attempted=conn.data_open) from exc
         code, reply = conn.data_reply or (250, b"")
+        if self.slots is not None and self.slots.limits is not None:
+            self.slots.limits.succeeded(SMTP, self.where)
         return SendResult(provider_id=provider_id(reply, msg.message_id))
 
-    def _answer(self, code: int, text: Any, what: str, five: str) -> SendError:
-        """The SendError for an SMTP error reply; `five` is the kind of a 5xx."""
+    def _answer(self, code: int, text: Any, what: str, five: str,
+                attempted: bool = True) -> SendError:
+        """The SendError for an SMTP error reply; `five` is the kind of a 5xx. A 4xx before
+        the server took the message (`attempted` False) is not an attempt: the recipient is
+        deferred (MAX_DEFER), not failed after MAX_ATTEMPTS."""
         detail = f"SMTP {code} {_text(text)} (answer to {what} from {self.where})"
         delay = self.settings.smtp_transient_delay
         if code == 421:
             self._drop(quit=False)   # the server is closing this connection
             return SendError("transient", "smtp_421", f"{detail}; connection dropped, retrying "
-                             "later", retry_after=delay, status=code)
+                             "later", retry_after=delay, status=code, attempted=attempted)
         if 400 <= code < 500:
-            return SendError("transient", "smtp_4xx", detail, retry_after=delay, status=code)
+            return SendError("transient", "smtp_4xx", detail, retry_after=delay, status=code,
+                             attempted=attempted)
         if code in _AUTH_CODES:
             return SendError("sender_config", "smtp_auth", f"{detail}; check SMTP_USERNAME and "
                              "SMTP_PASSWORD, then resume the sender", status=code)
@@ -305,12 +383,27 @@ class SmtpTransport:
             self._slot = self._acquire(yield_first)
             self._slot_renewed = time.monotonic()
         try:
-            self._conn = self._open()
+            try:
+                with self.slots.connecting() if self.slots is not None else nullcontext():
+                    self._conn = self._open()
+                    self._established()
+            except SendError as exc:
+                if exc.refusal is not None:
+                    raise self._refused(exc.refusal, exc) from exc
+                raise
         except BaseException:
             self._drop(quit=False)
             raise
         self._on_conn = 0
         return self._conn
+
+    def _established(self) -> None:
+        """Marks the slot's connection established, for other runners' refusal counts."""
+        if self.slots is not None and self._slot is not None:
+            try:
+                self.slots.mark_established(self._slot, self.holder)
+            except DaoError as exc:   # only a refusal's count is less exact
+                log.warning("could not mark SMTP slot %d connected (%s)", self._slot, exc)
 
     def _keep_slot(self) -> bool:
         """Renew the slot's lease when a third of it is gone; False (connection closed) when the
@@ -351,6 +444,14 @@ class SmtpTransport:
         return False
 
     def _acquire(self, yield_first: bool) -> int:
+        assert self.slots is not None
+        self.slots.wait_started(+1)
+        try:
+            return self._wait_for_slot(yield_first)
+        finally:
+            self.slots.wait_started(-1)
+
+    def _wait_for_slot(self, yield_first: bool) -> int:
         assert self.slots is not None
         deadline = time.monotonic() + self.slot_wait
         if yield_first:
@@ -414,13 +515,43 @@ class SmtpTransport:
             return SendError("sender_config", "smtp_auth", f"{where} cannot log in "
                              f"SMTP_USERNAME ({exc}); use SMTP_SECURITY=starttls/ssl or unset it")
         if isinstance(exc, smtplib.SMTPResponseException):   # greeting, EHLO, STARTTLS answers
+            if 400 <= exc.smtp_code < 500:
+                error = self._answer(exc.smtp_code, exc.smtp_error, "connecting",
+                                     "sender_config", attempted=False)
+                error.refusal = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+                return error
             return self._answer(exc.smtp_code, exc.smtp_error, "connecting", "sender_config")
         if isinstance(exc, ssl.SSLError):
             return SendError("sender_config", "smtp_tls", f"TLS with {where} failed: {exc}; "
                              "check SMTP_SECURITY, SMTP_PORT and the server's certificate")
+        if isinstance(exc, (ConnectionRefusedError, smtplib.SMTPServerDisconnected)):
+            error = _network_error(exc, f"connection to {where}", False, False)
+            error.refusal = f"{type(exc).__name__}: {exc}"
+            return error
         if isinstance(exc, (smtplib.SMTPException, OSError)):
-            return _network_error(exc, f"connection to {where}", False)
+            return _network_error(exc, f"connection to {where}", False, False)
         return None
+
+    def _refused(self, reason: str, error: SendError) -> SendError:
+        """The server refused a new connection. With others open (over all runners) that is
+        its connection limit: the shared cap is lowered to what was open and the recipient
+        retried soon, under the lower cap. With none open it is not a limit (the server is
+        down or refuses this client): the usual delay, nothing learned."""
+        slots = self.slots
+        if slots is None or slots.limits is None:
+            return error
+        try:
+            others = slots.established_by_others(self.holder, REFUSAL_SETTLE)
+        except DaoError as exc:
+            log.warning("could not count the open SMTP connections (%s)", exc)
+            return error
+        if others < 1:
+            return error
+        cap = slots.limits.refused(SMTP, self.where, others, reason)
+        return SendError(error.kind, error.error_code, f"{error.message}; {others} other "
+                         f"connection(s) were open, cap now {cap}; not sent, retrying",
+                         retry_after=random.uniform(*REFUSED_RETRY), status=error.status,
+                         attempted=False)
 
     def _close_conn(self, quit: bool) -> None:
         conn, self._conn = self._conn, None

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from dao_mysql import Dao
+from learned_limits import LearnedLimits, SenderGate
 from sender_credentials import CredentialsMissing, CredentialStore
 from settings import PROJECT_ROOT, Settings
 from transport_base import SendError, Transport
@@ -41,6 +42,19 @@ def outbox_path(settings: Settings) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+class Factory:
+    """Makes a new transport (the runner calls it once per sending thread). `limits` are the
+    process's learned caps of the far side, which the runner refreshes and flushes."""
+
+    def __init__(self, make: Callable[[], Transport],
+                 limits: LearnedLimits | None = None) -> None:
+        self.make = make
+        self.limits = limits
+
+    def __call__(self) -> Transport:
+        return self.make()
+
+
 def transport_factory(settings: Settings, dao: Dao) -> Callable[[], Transport]:
     """A function that makes a new transport; the runner calls it once per sending thread."""
     name = settings.transport_name
@@ -57,15 +71,20 @@ def transport_factory(settings: Settings, dao: Dao) -> Callable[[], Transport]:
         from transport_gmail import GmailTransport
 
         provider = DatabaseCredentials(CredentialStore(settings, dao), settings.gmail_token_uri)
-        return lambda: GmailTransport(provider, api_endpoint=settings.gmail_api_endpoint or None,
-                                      timeout=settings.gmail_timeout)
+        limits = LearnedLimits(settings, dao)
+        gate = SenderGate(limits)   # concurrent sends per sender, over this process's threads
+        return Factory(lambda: GmailTransport(
+            provider, api_endpoint=settings.gmail_api_endpoint or None,
+            timeout=settings.gmail_timeout, gate=gate), limits)
     if name == "smtp":
         from transport_smtp import SmtpTransport, slots_for
 
         if not settings.smtp_host:
             raise ValueError("MAIL_TRANSPORT=smtp needs SMTP_HOST")
-        slots = slots_for(settings, dao)   # SMTP_MAX_CONNECTIONS, shared through the database
-        return lambda: SmtpTransport(settings, slots)
+        limits = LearnedLimits(settings, dao)
+        # SMTP_MAX_CONNECTIONS or the learned cap, shared through the database
+        slots = slots_for(settings, dao, limits)
+        return Factory(lambda: SmtpTransport(settings, slots), limits)
     raise ValueError(f"MAIL_TRANSPORT must be one of {', '.join(TRANSPORTS)}, got {name!r}")
 
 

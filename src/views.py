@@ -101,6 +101,22 @@ def sender_view(row: dict[str, Any], sent_24h: int, defaults: tuple[int, int]) -
             "paused_reason": row["paused_reason"]}
 
 
+def learned_cap_view(c: Any) -> dict[str, Any]:
+    """A cap learned from a refusal (records.LearnedCap); `configured` is the runners' setting
+    (SMTP_MAX_CONNECTIONS or GMAIL_MAX_CONCURRENT_PER_SENDER) when they last changed it."""
+    now = datetime.now(timezone.utc)
+    configured = c.configured
+    return {"kind": c.kind, "target": c.target, "cap": max(1, min(c.cap, configured)),
+            "configured": configured, "lowered": c.cap < configured, "reason": c.reason,
+            "lowered_at": _iso(c.lowered_at),
+            "hold_until": _iso(c.hold_until) if c.hold_until > now else None,
+            "successes": c.successes}
+
+
+def learned_caps_view(caps: Sequence[Any]) -> list[dict[str, Any]]:
+    return [learned_cap_view(c) for c in caps]
+
+
 def suppression_view(x: Any) -> dict[str, Any]:
     """A suppression list entry (records.Suppression)."""
     return SuppressionOut(id=x.id, email=x.email, reason=x.reason, job_id=x.job_id,

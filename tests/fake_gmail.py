@@ -107,6 +107,7 @@ class Storm:
     email: str | None
     rng: random.Random
     store_anyway: bool = False
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)   # status -> reason, text
 
 
 @dataclass
@@ -136,6 +137,9 @@ class FakeGmail:
         self.sent: list[Sent] = []
         self.requests: list[tuple[str, str, int]] = []
         self.max_concurrent: dict[str, int] = {}
+        # account -> sends answered at once; more get Gmail's 429 "Too many concurrent requests"
+        self.concurrency_limit: dict[str, int] = {}
+        self.refused_concurrent = 0
         self._accounts: dict[str, Account] = {}
         self._tokens: dict[str, str] = {}          # access token -> account email
         self._rules: list[Rule] = []
@@ -235,12 +239,15 @@ class FakeGmail:
 
     def fail_randomly(self, rates: dict[int, float], seconds: float | None = None,
                       email: str | None = None, seed: int | None = None,
-                      store_anyway: bool = False) -> None:
+                      store_anyway: bool = False,
+                      errors: dict[int, tuple[str, str]] | None = None) -> None:
         """From now on (for `seconds`, or until `stop_failing()`), each send that no scripted
-        rule takes fails with status s with probability rates[s] (Gmail's default error for s)."""
+        rule takes fails with status s with probability rates[s] (with errors[s], reason and
+        message, else Gmail's default error for s)."""
         until = time.monotonic() + seconds if seconds is not None else float("inf")
         with self._lock:
-            self._storm = Storm(dict(rates), until, email, random.Random(seed), store_anyway)
+            self._storm = Storm(dict(rates), until, email, random.Random(seed), store_anyway,
+                                dict(errors or {}))
 
     def stop_failing(self) -> None:
         with self._lock:
@@ -533,7 +540,22 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refused(400, "invalidArgument", "'raw' RFC822 payload message string or "
                                                    "uploading message via /upload/* URL required")
         self.fake._enter(account, +1)
+        left = False
+
+        def leave() -> None:   # before the answer is written: the client then sees it gone
+            nonlocal left
+            if not left:
+                left = True
+                self.fake._enter(account, -1)
         try:
+            limit = self.fake.concurrency_limit.get(account)
+            if limit is not None and self.fake.in_flight(account) > limit:
+                self.fake._log_send(account, raw, 429)
+                with self.fake._lock:
+                    self.fake.refused_concurrent += 1
+                leave()
+                return self._error(429, "rateLimitExceeded",
+                                   "Too many concurrent requests for user")
             rule = self.fake._take_rule(account)
             if self.fake.send_latency and self.fake._stopping.wait(self.fake.send_latency):
                 return
@@ -556,13 +578,15 @@ class _Handler(BaseHTTPRequestHandler):
                     if storm is not None and storm.store_anyway:
                         self.fake._store(account, raw)
                     self.fake._log_send(account, raw, status)
-                    return self._error(status, *DEFAULT_ERROR.get(status,
-                                                                  ("backendError", "Error")))
+                    error = (storm.errors.get(status) if storm is not None else None) or \
+                        DEFAULT_ERROR.get(status, ("backendError", "Error"))
+                    return self._error(status, *error)
             record = self.fake._store(account, raw)
             self.fake._log_send(account, raw, 200)
+            leave()
             self._reply(200, {"id": record.id, "threadId": record.thread_id, "labelIds": ["SENT"]})
         finally:
-            self.fake._enter(account, -1)
+            leave()
 
     def _drop(self, reset: bool) -> None:
         """Close the connection without a byte of answer (RST with `reset`, else FIN)."""

@@ -109,7 +109,8 @@ ERRORS = [  # status, reason, message, headers -> kind, code
     (403, "accessNotConfigured", "Gmail API has not been used in project 1 before", None,
      "sender_config", "gmail_403"),
     (429, "rateLimitExceeded", "Too many concurrent requests for user", {"Retry-After": "7"},
-     "rate", "gmail_429"),
+     "rate", "gmail_concurrent"),
+    (429, "rateLimitExceeded", "Rate Limit Exceeded", {"Retry-After": "7"}, "rate", "gmail_429"),
     (500, "backendError", "Backend Error", None, "in_doubt", "gmail_5xx"),
     (503, "backendError", "The service is currently unavailable.", None, "in_doubt", "gmail_5xx"),
 ]
@@ -122,6 +123,7 @@ def test_error_classes(fake, transport, status, reason, text, headers, kind, cod
         transport.send(message())
     error = caught.value
     assert (error.kind, error.error_code, error.status) == (kind, code, status)
+    assert error.attempted is (kind != "rate")   # a rate refusal: nothing was sent
     assert str(error).startswith(f"Gmail {status} {reason}: {text}")
     assert error.retry_after == (7.0 if headers else None)
     assert fake.count() == 0

@@ -229,7 +229,7 @@ def test_421_retries_after_smtp_transient_delay_then_sends(client, key, dao, smt
     assert "421 4.7.0 Too many concurrent SMTP connections" in r.error
     assert (r.next_attempt_at - r.updated_at).total_seconds() >= 0.99   # SMTP_TRANSIENT_DELAY
     rows = {r.to_email: r for r in recipients(dao, job_id)}
-    assert rows["user1@example.com"].attempts == 2
+    assert rows["user1@example.com"].attempts == 1   # refused at RCPT: not an attempt
     assert all(len(smtp.received(f"user{i}@example.com")) == 1 for i in range(3))
     assert smtp.connections == 2   # the 421 dropped the first connection
 
@@ -245,7 +245,8 @@ def test_450_is_transient_and_550_fails_the_recipient_at_once(client, key, dao, 
     bad = rows["user1@example.com"]
     assert (bad.status, bad.error_code, bad.attempts) == ("failed", "smtp_5xx", 1)
     assert "550 5.1.1 No such user" in bad.error
-    assert (rows["user0@example.com"].status, rows["user0@example.com"].attempts) == ("sent", 2)
+    # a 450 at RCPT came before the message left: deferred, not an attempt
+    assert (rows["user0@example.com"].status, rows["user0@example.com"].attempts) == ("sent", 1)
     assert smtp.received("user1@example.com") == []
     assert smtp.connections == 1   # neither answer ends the connection
 
@@ -346,8 +347,9 @@ def test_idle_connections_are_closed_and_their_slot_freed(dao, smtp, smtp_settin
     try:
         transport.send(message(1))
         assert len(smtp.open) == 1 and slot_holders(dao) == [transport.holder, None]
-        wait_for(lambda: not smtp.open, 5, message="the idle connection to close")
-        assert slot_holders(dao) == [None, None]
+        # the server counts it closed at QUIT, the slot is freed after the answer: wait for both
+        wait_for(lambda: not smtp.open and slot_holders(dao) == [None, None], 5,
+                 message="the idle connection to close and free its slot")
         transport.send(message(2))
         assert smtp.connections == 2
     finally:
@@ -378,14 +380,33 @@ def test_no_free_slot_means_smtp_busy_without_connecting(dao, smtp, smtp_setting
     waiter = SmtpTransport(smtp_settings, slots, slot_wait=0.5)
     try:
         holder.send(message(1))
-        with pytest.raises(SendError) as caught:
-            waiter.send(message(2))
+        with holder._lock:             # as while the holder sends: its connection is in use
+            with pytest.raises(SendError) as caught:
+                waiter.send(message(2))
         assert (caught.value.kind, caught.value.error_code) == ("rate", "smtp_busy")
         assert caught.value.retry_after and "SMTP_MAX_CONNECTIONS" in str(caught.value)
+        assert caught.value.attempted is False
         assert smtp.connections == 1 and len(smtp.messages) == 1
         holder.close()                 # frees the slot: the waiter gets it
         waiter.send(message(2))
         assert len(smtp.messages) == 2
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_an_idle_connection_gives_its_slot_to_a_waiting_thread_at_once(dao, smtp,
+                                                                       smtp_settings):
+    """Not after IDLE_CLOSE: a thread of the same process waiting for the only slot gets it
+    once the holder's connection has been idle WANTED_IDLE_CLOSE seconds."""
+    slots = ConnectionSlots(dao, 1)
+    holder = SmtpTransport(smtp_settings, slots, idle_close=3600)
+    waiter = SmtpTransport(smtp_settings, slots, slot_wait=30)
+    try:
+        holder.send(message(1))
+        waiter.send(message(2))        # would wait an hour for the holder's idle close
+        assert len(smtp.messages) == 2 and smtp.connections == 2 and smtp.max_open == 1
+        assert slot_holders(dao) == [waiter.holder]
     finally:
         holder.close()
         waiter.close()
@@ -400,6 +421,7 @@ def test_connection_refused_is_transient_and_frees_the_slot(dao, smtp_settings):
     with pytest.raises(SendError) as caught:
         transport.send(message(1))
     assert (caught.value.kind, caught.value.error_code) == ("transient", "connection_error")
+    assert caught.value.attempted is False   # never left: deferred, not counted
     assert slot_holders(dao) == [None, None]
     transport.close()
 

@@ -100,6 +100,7 @@ class Network:
         cmd = [_binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.server.datadir}",
                f"--socket={self.server.socket}", "--port=3306", f"--bind-address={self.db_addr}",
                f"--pid-file={self.server.pidfile}", f"--log-error={self.server.logfile}",
+               f"--tmpdir={self.server.tmpdir}",
                "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
                "--innodb-buffer-pool-size=128M", "--max-connections=500",
                "--innodb-flush-log-at-trx-commit=2", "--skip-name-resolve", "--user=root"]

@@ -41,7 +41,7 @@ def test_a_deadlock_mid_record_outcomes_is_run_again_whole(client, key, dao, cap
     def record() -> None:   # the runner's flush: one sent, one retry, in one transaction
         try:
             dao.record_outcomes(RUNNER, [(sent_row, "gmail-1")], [],
-                                [(retry_row, "gmail_429", "Gmail 429", 1.0, False, False)])
+                                [(retry_row, "gmail_429", "Gmail 429", 1.0, False, False, 0)])
             outcome["returned"] = True
         except DaoError as exc:
             outcome["raised"] = exc
