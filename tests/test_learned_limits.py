@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from learned_limits import GMAIL, SMTP, LearnedLimits
 from runner_helpers import SENDER, fast, recipients, running, wait_job_done
 from test_api_enqueue import body, post
+from test_dashboard import login
 from test_transport_smtp import CountingController, CountingSMTP, Recorder
 
 LIMIT_LOG = "mailjobs.limits"
@@ -144,6 +145,10 @@ def test_smtp_cap_is_learned_from_421_and_no_mail_is_lost(client, key, dao, limi
                for f in text_string_to_metric_families(metrics) for s in f.samples}
     assert samples[("mailjobs_learned_cap", "smtp", f"127.0.0.1:{port}")] == 2
     assert samples[("mailjobs_learned_cap_configured", "smtp", f"127.0.0.1:{port}")] == 6
+    login(client, op)
+    page = client.get("/dashboard/senders").text
+    caps = page[page.index('id="learned-caps"'):]
+    assert f"127.0.0.1:{port}" in caps and "2 / 6" in caps and "too many connections" in caps
 
 
 def test_a_server_refusing_every_connection_costs_no_attempt(client, key, dao, limited_server,
