@@ -28,7 +28,8 @@ CREATE TABLE learned_limits (
 -- with the last refusal, so a server that refuses forever still ends in a readable error.
 ALTER TABLE job_recipients ADD COLUMN deferred_since DATETIME(6) NULL;
 
--- When the connection of a held slot was established (greeted, EHLO answered): a refusal while
--- others are established is the server's connection limit; slots still connecting are not
--- counted (every connection refused at once is an outage, not a limit).
+-- When the connection of a held slot was established (greeted, EHLO answered; the client's
+-- clock, UTC): a refusal of an attempt that began after others were established is the
+-- server's connection limit; slots still connecting, or established only meanwhile, teach
+-- nothing (every connection refused at once is an outage, not a limit).
 ALTER TABLE smtp_slots ADD COLUMN connected_at DATETIME(6) NULL;

@@ -664,11 +664,18 @@ class Dao:
                     (status, code, err[:65000], 1 if status == "in_doubt" else 0,
                      1 if refund else 0, rid, runner_id)
                     for rid, status, code, err, refund in failed])
-            if retry:
-                cur.executemany(self.queries["record_retry"], [
-                    (code, err[:65000], int(delay * 1_000_000), 1 if refund else 0,
-                     1 if doubt else 0, deferral, rid, runner_id)
-                    for rid, code, err, delay, refund, doubt, deferral in retry])
+            for chunk in _retry_chunks(retry):
+                columns = [[(rid, code) for rid, code, *_ in chunk],
+                           [(rid, err[:65000]) for rid, _, err, *_ in chunk],
+                           [(rid, int(delay * 1_000_000)) for rid, _, _, delay, *_ in chunk],
+                           [(rid, 1 if refund else 0) for rid, _, _, _, refund, *_ in chunk],
+                           [(rid, 1 if doubt else 0) for rid, *_, doubt, _ in chunk],
+                           [(rid, deferral) for rid, *_, deferral in chunk]]
+                sql = self.queries["record_retry"].format(
+                    case=" ".join(["WHEN %s THEN %s"] * len(chunk)),
+                    ids=_placeholders(len(chunk)))
+                args = [v for column in columns for pair in column for v in pair]
+                cur.execute(sql, (*args, runner_id, *[row[0] for row in chunk]))
             self._add_sender_sends(cur, {s: -count for s, count in (sender_refunds or {}).items()})
 
     @_rerun_on_conflict
@@ -904,14 +911,15 @@ class Dao:
     def smtp_slots(self) -> list[tuple[int, str | None, datetime | None]]:
         return [(int(s), h, e) for s, h, e in map(_utc, self._all("smtp_slots_all"))]
 
-    def mark_smtp_slot_connected(self, slot: int, holder: str) -> None:
+    def mark_smtp_slot_connected(self, slot: int, holder: str, when: datetime) -> None:
         with self.transaction() as cur:
-            self._run(cur, "mark_smtp_slot_connected", (slot, holder))
+            self._run(cur, "mark_smtp_slot_connected", (_naive_utc(when), slot, holder))
 
-    def smtp_slots_connected_by_others(self, holder: str) -> int:
+    def smtp_slots_connected_by_others(self, holder: str, before: datetime | None) -> int:
         """Established connections of other holders (live leases, every slot number counted,
-        also those above a lowered cap)."""
-        return int(self._one("smtp_slots_connected_by_others", (holder,))[0])
+        also those above a lowered cap), established before `before` when it is given."""
+        limit = _naive_utc(before) if before is not None else None
+        return int(self._one("smtp_slots_connected_by_others", (holder, limit, limit))[0])
 
     # --- learned caps of the far side (learned_limits.py) ----------------------------------
     def learned_caps(self) -> list[LearnedCap]:
@@ -1338,6 +1346,22 @@ def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
             yield out
             out, size = [], 0
         out.append((job_id, r.to_email, r.name, variables))
+        size += bound
+    if out:
+        yield out
+
+
+def _retry_chunks(retry: Sequence[tuple], max_bytes: int = 1 << 20) -> Iterator[list[tuple]]:
+    """Retry outcomes in batches of one UPDATE each, under `max_bytes` of error text (an
+    error may be up to 65,000 characters; max_allowed_packet is what bounds a statement)."""
+    out: list[tuple] = []
+    size = 0
+    for row in retry:
+        bound = 4 * min(len(row[2]), 65000) + 256
+        if out and size + bound > max_bytes:
+            yield out
+            out, size = [], 0
+        out.append(row)
         size += bound
     if out:
         yield out

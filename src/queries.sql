@@ -234,7 +234,7 @@ WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 -- {case} is "WHEN %s THEN %s" once per row (id, Gmail id).
 UPDATE job_recipients
 SET status = 'sent', sent_at = UTC_TIMESTAMP(6), error_code = NULL, error = NULL,
-    claimed_by = NULL, lease_expires_at = NULL, in_doubt = 0,
+    claimed_by = NULL, lease_expires_at = NULL, in_doubt = 0, deferred_since = NULL,
     gmail_message_id = CASE id {case} END
 WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 
@@ -245,14 +245,20 @@ SET status = %s, error_code = %s, error = %s, claimed_by = NULL, lease_expires_a
 WHERE id = %s AND claimed_by = %s AND status = 'sending';
 
 -- name: record_retry
+-- One statement for a batch of rows. {case} is "WHEN %s THEN %s" once per row, in six lists:
+-- error_code, error, delay (microseconds), refund (1: the attempt does not count), in doubt,
+-- deferral (2: refused before it left, since when: MAX_DEFER; 1: not tried, kept; 0: an
+-- attempt, cleared). Assignments run left to right, each reading the old values of the others.
 UPDATE job_recipients
-SET status = 'retrying', error_code = %s, error = %s, claimed_by = NULL, lease_expires_at = NULL,
-    next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND,
-    attempts = GREATEST(0, attempts - %s), in_doubt = GREATEST(in_doubt, %s),
-    -- 2: refused before it left (since when, for MAX_DEFER); 1: not tried (kept); 0: an attempt
-    deferred_since = CASE %s WHEN 2 THEN COALESCE(deferred_since, UTC_TIMESTAMP(6))
-                             WHEN 1 THEN deferred_since END
-WHERE id = %s AND claimed_by = %s AND status = 'sending';
+SET error_code = CASE id {case} END, error = CASE id {case} END,
+    next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL (CASE id {case} END) MICROSECOND,
+    attempts = GREATEST(0, CAST(attempts AS SIGNED) - CASE id {case} END),
+    in_doubt = GREATEST(in_doubt, CASE id {case} END),
+    deferred_since = CASE (CASE id {case} END)
+                       WHEN 2 THEN COALESCE(deferred_since, UTC_TIMESTAMP(6))
+                       WHEN 1 THEN deferred_since END,
+    status = 'retrying', claimed_by = NULL, lease_expires_at = NULL
+WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 
 -- name: release_claims
 -- Unsent claims go back, the attempt they were charged refunded.
@@ -442,7 +448,8 @@ UPDATE smtp_slots SET holder = NULL, lease_expires_at = NULL, connected_at = NUL
 WHERE slot = %s AND holder = %s;
 
 -- name: mark_smtp_slot_connected
-UPDATE smtp_slots SET connected_at = UTC_TIMESTAMP(6) WHERE slot = %s AND holder = %s;
+-- The client's time of it (UTC), compared with the client's time of a refused attempt.
+UPDATE smtp_slots SET connected_at = %s WHERE slot = %s AND holder = %s;
 
 -- name: smtp_slots_all
 SELECT slot, holder, lease_expires_at FROM smtp_slots ORDER BY slot;
@@ -450,7 +457,7 @@ SELECT slot, holder, lease_expires_at FROM smtp_slots ORDER BY slot;
 -- name: smtp_slots_connected_by_others
 SELECT COUNT(*) FROM smtp_slots
 WHERE holder IS NOT NULL AND holder <> %s AND lease_expires_at > UTC_TIMESTAMP(6)
-  AND connected_at IS NOT NULL;
+  AND connected_at IS NOT NULL AND (%s IS NULL OR connected_at < %s);
 
 -- ===== learned caps of the far side (learned_limits.py) =======================================
 

@@ -34,6 +34,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from dao_mysql import Dao, DaoError
@@ -146,16 +147,19 @@ class ConnectionSlots:
                 self._connecting -= 1
                 self._settle.notify_all()
 
-    def established_by_others(self, holder: str, settle: float) -> int:
-        """Connections of other holders that are established, once this process's other
-        attempts have settled (up to `settle` seconds): a connection the server accepted just
-        before refusing this one counts, one it refused as well does not."""
+    def established_by_others(self, holder: str, before: datetime) -> int:
+        """Connections of other holders (any runner) established before `before`."""
+        return self.dao.smtp_slots_connected_by_others(holder, before)
+
+    def settled_by_others(self, holder: str, settle: float) -> int:
+        """Connections of other holders established now, once this process's other attempts
+        have settled (up to `settle` seconds)."""
         with self._settle:
             self._settle.wait_for(lambda: self._connecting == 0, settle)
-        return self.dao.smtp_slots_connected_by_others(holder)
+        return self.dao.smtp_slots_connected_by_others(holder, None)
 
-    def mark_established(self, slot: int, holder: str) -> None:
-        self.dao.mark_smtp_slot_connected(slot, holder)
+    def mark_established(self, slot: int, holder: str, when: datetime) -> None:
+        self.dao.mark_smtp_slot_connected(slot, holder, when)
 
     def renew(self, slot: int, holder: str) -> bool:
         return self.dao.renew_smtp_slot(slot, holder, self.lease)
@@ -382,6 +386,7 @@ class SmtpTransport:
         if self._slot is None and self.slots is not None:
             self._slot = self._acquire(yield_first)
             self._slot_renewed = time.monotonic()
+        started = datetime.now(timezone.utc)
         try:
             try:
                 with self.slots.connecting() if self.slots is not None else nullcontext():
@@ -389,7 +394,7 @@ class SmtpTransport:
                     self._established()
             except SendError as exc:
                 if exc.refusal is not None:
-                    raise self._refused(exc.refusal, exc) from exc
+                    raise self._refused(exc.refusal, exc, started) from exc
                 raise
         except BaseException:
             self._drop(quit=False)
@@ -401,7 +406,8 @@ class SmtpTransport:
         """Marks the slot's connection established, for other runners' refusal counts."""
         if self.slots is not None and self._slot is not None:
             try:
-                self.slots.mark_established(self._slot, self.holder)
+                self.slots.mark_established(self._slot, self.holder,
+                                            datetime.now(timezone.utc))
             except DaoError as exc:   # only a refusal's count is less exact
                 log.warning("could not mark SMTP slot %d connected (%s)", self._slot, exc)
 
@@ -532,26 +538,33 @@ class SmtpTransport:
             return _network_error(exc, f"connection to {where}", False, False)
         return None
 
-    def _refused(self, reason: str, error: SendError) -> SendError:
-        """The server refused a new connection. With others open (over all runners) that is
-        its connection limit: the shared cap is lowered to what was open and the recipient
-        retried soon, under the lower cap. With none open it is not a limit (the server is
-        down or refuses this client): the usual delay, nothing learned."""
+    def _refused(self, reason: str, error: SendError, started: datetime) -> SendError:
+        """The server refused a new connection. Learned only from what is certain: with
+        connections (of any runner) established before this attempt began, it is the server's
+        connection limit, and the shared cap is lowered to their number. When others became
+        established only while this one was being refused (a burst of attempts at once, or the
+        server coming back from an outage) nothing is learned, and the recipient is retried
+        soon: its next attempt, after theirs, tells. With none established at all it is not a
+        limit (the server is down or refuses this client): the usual delay."""
         slots = self.slots
         if slots is None or slots.limits is None:
             return error
         try:
-            others = slots.established_by_others(self.holder, REFUSAL_SETTLE)
+            before = slots.established_by_others(self.holder, started)
+            now = before or slots.settled_by_others(self.holder, REFUSAL_SETTLE)
         except DaoError as exc:
             log.warning("could not count the open SMTP connections (%s)", exc)
             return error
-        if others < 1:
+        if now < 1:
             return error
-        cap = slots.limits.refused(SMTP, self.where, others, reason)
-        return SendError(error.kind, error.error_code, f"{error.message}; {others} other "
-                         f"connection(s) were open, cap now {cap}; not sent, retrying",
-                         retry_after=random.uniform(*REFUSED_RETRY), status=error.status,
-                         attempted=False)
+        if before >= 1:
+            cap = slots.limits.refused(SMTP, self.where, before, reason)
+            said = f"{before} other connection(s) were open, cap now {cap}"
+        else:
+            said = f"{now} other connection(s) opened meanwhile"
+        return SendError(error.kind, error.error_code, f"{error.message}; {said}; not sent, "
+                         "retrying", retry_after=random.uniform(*REFUSED_RETRY),
+                         status=error.status, attempted=False)
 
     def _close_conn(self, quit: bool) -> None:
         conn, self._conn = self._conn, None
