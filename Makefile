@@ -1,5 +1,5 @@
 # mailjobs: the two commands are `make run` and `make test`.
-.PHONY: run test migrate worker bench clean-db
+.PHONY: run test lint migrate worker bench clean-db
 
 run:
 	@scripts/setup.sh run
@@ -7,7 +7,12 @@ run:
 
 test:
 	@scripts/setup.sh test
+	.venv/bin/ruff check src tests bench
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+lint:
+	@scripts/setup.sh test
+	.venv/bin/ruff check src tests bench
 
 migrate:
 	@scripts/setup.sh run

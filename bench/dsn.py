@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true")
     args = parser.parse_args(argv)
     small, large = shapes(100_000), shapes(1_000_000)
-    print(f"| shape | 100 KB ms | 1 MB ms | ratio |\n|---|---:|---:|---:|")
+    print("| shape | 100 KB ms | 1 MB ms | ratio |\n|---|---:|---:|---:|")
     ok = True
     for name in small:
         a, b = best(small[name], args.repeats), best(large[name], args.repeats)

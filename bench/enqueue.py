@@ -46,13 +46,12 @@ import requests  # noqa: E402
 
 import api_keys  # noqa: E402
 import defaults  # noqa: E402
+from benchlib import percentile, rss_kb  # noqa: E402
 from dao_mysql import Dao  # noqa: E402
 from local_mariadb import LocalMariaDB  # noqa: E402
 from migrations import apply_migrations  # noqa: E402
 from records import NewJob  # noqa: E402
 from settings import Settings  # noqa: E402
-
-from benchlib import percentile, rss_kb  # noqa: E402
 
 BENCH_DB = "mailjobs_bench"
 SENDER = "bench@example.com"
@@ -396,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results = []
         with requests.Session() as session:
-            for size, repeats in zip(args.sizes, args.repeats):
+            for size, repeats in zip(args.sizes, args.repeats, strict=False):
                 results.append(run_size(size, repeats, args.warmup, session, base, issued.key,
                                         conn, dao, issued.id, private, sampler))
         time.sleep(1.0)

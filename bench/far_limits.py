@@ -177,7 +177,7 @@ def main() -> None:
               f"{' '.join(sorted({str(r['learned']) for r in rs}))} |")
     print(f"\nwrong / right time: {wrong / right:.2f} (target ≤ 1.2); per repeat: "
           + ", ".join(f"{w['seconds'] / r['seconds']:.2f}"
-                      for w, r in zip(results[8], results[LIMIT])))
+                      for w, r in zip(results[8], results[LIMIT], strict=True)))
 
 
 if __name__ == "__main__":

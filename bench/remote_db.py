@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchlib import percentile  # noqa: E402
 
 DB = "mailjobs_bench_remote"
 SENDER = "bench-remote@example.com"
@@ -72,8 +71,8 @@ class Bench:
                              heartbeat_log_interval=60, embedded_runner=False,
                              bounce_check_interval=0, log_level="WARNING")
         apply_migrations(self.base.db)
-        from dao_mysql import Dao
         import api_keys
+        from dao_mysql import Dao
         self.dao = Dao(self.base)
         self.key = api_keys.create_key(self.dao, "bench", ["*"], True)
         self.tables: list[str] = []
@@ -92,10 +91,10 @@ class Bench:
 
     # --- 1: round trips ----------------------------------------------------------------------
     def round_trips(self) -> list[tuple[str, int, str]]:
+        from api_server import create_app
         from dao_mysql import Dao
         from db_guard import ROUND_TRIPS
         from rate_limit import Limits
-        from api_server import create_app
 
         dao = Dao(self.base)
         rows = []
@@ -127,7 +126,7 @@ class Bench:
         rows.append(("record 100 retry outcomes", n, "Dao.record_outcomes"))
         for size in (1, 10_000):
             n, r = measure(lambda: client.post("/api/jobs/send_template_emails",
-                                               json=body(size, f"rt{size}"), headers=headers))
+                                               json=body(size, f"rt{size}"), headers=headers))  # noqa: B023 (called at once)
             assert r.status_code == 202, r.json
             rows.append((f"enqueue {size:,} recipient(s), whole request", n,
                          "POST /api/jobs/send_template_emails (key check, store, answer)"))
@@ -225,6 +224,7 @@ class Bench:
     # --- 4: frozen database ---------------------------------------------------------------------
     def frozen(self, deadline: float) -> tuple[float, float, int]:
         import requests
+
         from api_server import create_app
         from dao_mysql import Dao
         from served import served

@@ -76,8 +76,8 @@ def main() -> None:
                 rows["mailjobs worker"].append(timed(worker, env, Path(tmp) / "b"))
         finally:
             db.stop()
-    print(f"| process | SIGTERM caught after, p50 ms | p95 ms | runner started after, "
-          f"p50 ms | runs |\n|---|---:|---:|---:|---:|")
+    print("| process | SIGTERM caught after, p50 ms | p95 ms | runner started after, "
+          "p50 ms | runs |\n|---|---:|---:|---:|---:|")
     for name, values in rows.items():
         caught = [c for c, _ in values]
         started = [s for _, s in values if s == s]

@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from jinja2 import StrictUndefined  # noqa: E402
 from jinja2.sandbox import SandboxedEnvironment  # noqa: E402
 
-from templating import (RenderLimits, TemplateCompileError, compile_templates,  # noqa: E402
-                        recipient_context)
+from templating import RenderLimits, TemplateCompileError, compile_templates, recipient_context  # noqa: E402
 
 HOSTILE = {
     '"x" * 10**8': '{{ "x" * 10**8 }}',

@@ -6,11 +6,19 @@ from what the server accepts.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from addresses import InvalidAddress, normalize_address
 from mail_message import header_text_problem
@@ -63,7 +71,7 @@ def _utc_in_range(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
     except OverflowError:
         raise ValueError("date is out of range") from None
 
@@ -83,7 +91,7 @@ class TemplateIn(Strict):
                              "(UTF-8); larger is 413")
 
     @model_validator(mode="after")
-    def _has_body(self) -> "TemplateIn":
+    def _has_body(self) -> TemplateIn:
         if self.html is None and self.text is None:
             raise ValueError("give at least one of html and text")
         return self
@@ -161,13 +169,13 @@ class SendTemplateEmailsIn(Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_template(self) -> "SendTemplateEmailsIn":
+    def _one_template(self) -> SendTemplateEmailsIn:
         if (self.template is None) == (self.template_name is None):
             raise ValueError("give either template or template_name")
         if self.template_version is not None and self.template_name is None:
             raise ValueError("template_version goes with template_name")
         if self.expires_at is not None:
-            if self.expires_at <= datetime.now(timezone.utc):
+            if self.expires_at <= datetime.now(UTC):
                 raise ValueError("expires_at is in the past")
             if self.send_at is not None and self.expires_at <= self.send_at:
                 raise ValueError("expires_at must be after send_at")

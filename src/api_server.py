@@ -15,7 +15,8 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
@@ -27,17 +28,38 @@ import job_control
 import metrics
 from addresses import InvalidAddress, normalize_address
 from api_keys import KeyVerifier
-from api_schemas import (EnqueueOut, RetryIn, RetryOut, SendTemplateEmailsIn, StoredTemplateIn,
-                         SuppressionIn, TemplateIn)
+from api_schemas import (
+    EnqueueOut,
+    RetryIn,
+    RetryOut,
+    SendTemplateEmailsIn,
+    StoredTemplateIn,
+    SuppressionIn,
+    TemplateIn,
+)
 from dao_mysql import Dao, DatabaseUnavailable
-from enqueue import (RequestRejected, check_template, check_template_storage, enqueue,
-                     replay_or_conflict, request_hash)
+from enqueue import (
+    RequestRejected,
+    check_template,
+    check_template_storage,
+    enqueue,
+    replay_or_conflict,
+    request_hash,
+)
 from openapi_doc import openapi_document
 from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS, Job, StoredTemplate
 from settings import Settings, load_settings
-from views import (job_view, learned_caps_view, recipient_view, runner_view, sender_view,
-                   suppression_view,
-                   keyset_page, template_view, trace_view)
+from views import (
+    job_view,
+    keyset_page,
+    learned_caps_view,
+    recipient_view,
+    runner_view,
+    sender_view,
+    suppression_view,
+    template_view,
+    trace_view,
+)
 
 log = logging.getLogger("mailjobs.api")
 

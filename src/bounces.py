@@ -35,8 +35,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import defaults
 import dsn
@@ -74,7 +75,7 @@ def check_sender(dao: Dao, mailbox: Mailbox, sender: str, checked_until: datetim
                  max_bytes: int = defaults.MAILBOX_MAX_MESSAGE_BYTES) -> dict[str, int]:
     """Read the sender's new DSNs and complaint reports; returns counts by outcome. Raises
     SendError when Gmail fails (nothing is lost: the window is read again next time)."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     query = query_since(checked_until, started, feedback_from)
     ids = mailbox.list_message_ids(sender, query, LIST_LIMIT)
     known = dao.known_bounce_messages(sender, ids) if ids else set()

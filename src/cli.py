@@ -11,8 +11,8 @@ import bootstrap
 import entry
 import metrics
 import transports
-from job_runner import EmbeddedRunner, JobRunner
 from dao_mysql import Dao, DaoError
+from job_runner import EmbeddedRunner, JobRunner
 from local_mariadb import LocalDatabaseError
 from migrations import MigrationError
 from settings import Settings, load_settings
@@ -343,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 import cli_jobs  # noqa: E402,F401  (registers the job, runner and watch commands)
-import cli_suppressions  # noqa: E402,F401  (registers `mailjobs suppressions`)
 import cli_retention  # noqa: E402,F401  (registers `mailjobs purge`)
+import cli_suppressions  # noqa: E402,F401  (registers `mailjobs suppressions`)
 
 if __name__ == "__main__":
     main()

@@ -6,11 +6,18 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import job_control
+from addresses import InvalidAddress, normalize_address
 from dao_mysql import Dao
 from settings import Settings
-from addresses import InvalidAddress, normalize_address
-from views import (job_view, keyset_page, learned_caps_view, recipient_view, runner_view,
-                   sender_view, trace_view)
+from views import (
+    job_view,
+    keyset_page,
+    learned_caps_view,
+    recipient_view,
+    runner_view,
+    sender_view,
+    trace_view,
+)
 
 
 class BackendError(Exception):

@@ -23,10 +23,11 @@ import random
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import pymysql
 from dbutils.pooled_db import PooledDB, TooManyConnections
@@ -38,8 +39,8 @@ import metrics
 from addresses import address_key
 from mail_message import has_own_token, recipient_message_id
 from rate_limit import Limits, allowance
-from scheduling import Claimable
 from records import ApiKey, Job, LearnedCap, NewJob, NewRecipient, Recipient, StoredTemplate
+from scheduling import Claimable
 from settings import DatabaseParams, Settings
 
 log = logging.getLogger("mailjobs.db")
@@ -118,7 +119,7 @@ def _rerun_on_conflict(method: Callable[..., T], label: str | None = None) -> Ca
     CONFLICT_RETRIES times after a short random pause, before the error goes up. The runners'
     claims and writes collide with each other; a collision is not an outage."""
     @functools.wraps(method)
-    def rerun(self: "Dao", *args: Any, **kwargs: Any) -> T:
+    def rerun(self: Dao, *args: Any, **kwargs: Any) -> T:
         for attempt in range(1, defaults.CONFLICT_RETRIES + 1):
             try:
                 return method(self, *args, **kwargs)
@@ -781,7 +782,7 @@ class Dao:
                 self._run(cur, "sender_credentials_at", (sender,))
                 stored = cur.fetchone()[0]
                 if stored is not None and stored >= failed_at.astimezone(
-                        timezone.utc).replace(tzinfo=None):
+                        UTC).replace(tzinfo=None):
                     return None
             self._run(cur, "sender_auth_failed", (auth_state, reason, sender))
             return self._run(cur, "pause_sender_jobs", (paused_by, reason[:1000], sender))
@@ -802,7 +803,7 @@ class Dao:
     def senders(self) -> list[dict[str, Any]]:
         keys = ("email", "rate_per_minute", "daily_cap", "auth_state", "auth_error",
                 "paused_until", "paused_reason", "has_credentials")
-        return [dict(zip(keys, _utc(row))) for row in self._all("senders_all")]
+        return [dict(zip(keys, _utc(row), strict=True)) for row in self._all("senders_all")]
 
     def sender_sends_24h(self, sender: str) -> int:
         row = self._one("sender_sends_24h", (sender,))
@@ -850,7 +851,7 @@ class Dao:
     def send_rate(self, job_id: int) -> list[tuple[datetime, int]]:
         """Recipients of a job sent per minute (UTC), oldest first; minutes without sends are
         absent."""
-        return [(datetime.strptime(minute, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc),
+        return [(datetime.strptime(minute, "%Y-%m-%d %H:%M").replace(tzinfo=UTC),
                  int(n)) for minute, n in self._all("send_rate", (job_id,))]
 
 
@@ -1264,7 +1265,7 @@ class Dao:
         row = self._one("lease_row", (name,))
         keys = ("name", "due_at", "holder", "lease_expires_at", "started_at", "finished_at",
                 "last_result")
-        return dict(zip(keys, _utc(row))) if row else None
+        return dict(zip(keys, _utc(row), strict=True)) if row else None
 
 
 def attributed(stored_message_id: str | None, to_email: str, named: Sequence[str],
@@ -1283,12 +1284,12 @@ def attributed(stored_message_id: str | None, to_email: str, named: Sequence[str
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(timezone.utc).replace(tzinfo=None) if value is not None else None
+    return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
 
 
 def _utc(row: tuple) -> tuple:
     """MySQL DATETIMEs are stored in UTC (session time_zone +00:00); make that explicit."""
-    return tuple(v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) else v for v in row)
+    return tuple(v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row)
 
 
 def _json(value: Any) -> Any:
@@ -1318,7 +1319,7 @@ def _template(row: tuple) -> StoredTemplate:
 def _runner(row: tuple) -> dict[str, Any]:
     keys = ("id", "host", "pid", "kind", "state", "current_job_id", "sent_count", "failed_count",
             "started_at", "heartbeat_at")
-    return dict(zip(keys, _utc(row)))
+    return dict(zip(keys, _utc(row), strict=True))
 
 
 def _learned_cap(row: tuple) -> LearnedCap:

@@ -21,12 +21,22 @@ import logging
 import math
 import os
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, Response, abort, g, redirect, render_template, request,
-                   session, url_for)
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
@@ -112,13 +122,13 @@ def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if isinstance(value, datetime) and value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value if isinstance(value, datetime) else None
 
 
 def fmt_utc(value: Any) -> str:
     when = _as_datetime(value)
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if when else "—"
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if when else "—"
 
 
 def fmt_age(seconds: float | None) -> str:
@@ -139,7 +149,7 @@ def fmt_since(value: Any) -> str:
     when = _as_datetime(value)
     if when is None:
         return "—"
-    return fmt_age((datetime.now(timezone.utc) - when).total_seconds()) + " ago"
+    return fmt_age((datetime.now(UTC) - when).total_seconds()) + " ago"
 
 
 def fmt_num(value: Any) -> str:
@@ -283,7 +293,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
 
     @bp.context_processor
     def _context() -> dict[str, Any]:
-        return {"operator": g.get("operator"), "now": datetime.now(timezone.utc)}
+        return {"operator": g.get("operator"), "now": datetime.now(UTC)}
 
     @bp.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[str, int]:
@@ -390,7 +400,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
     @bp.get("/senders")
     def senders() -> str:
         limits = (settings.sender_rate_per_minute, settings.sender_daily_cap)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = []
         for row in dao.senders():
             view = sender_view(row, dao.sender_sends_24h(row["email"]), limits)

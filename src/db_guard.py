@@ -24,8 +24,9 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import pymysql
 from pymysql.connections import Connection

@@ -10,9 +10,9 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from jinja2 import TemplateError
 
@@ -20,8 +20,15 @@ import metrics
 from mail_message import HeaderInjection, UnsupportedAddress, build_message
 from records import Job, Recipient
 from settings import Settings
-from templating import (CompiledTemplates, TemplateCompileError, TemplateRenderError,
-                        compile_templates, recipient_context, render_limits, template_limits)
+from templating import (
+    CompiledTemplates,
+    TemplateCompileError,
+    TemplateRenderError,
+    compile_templates,
+    recipient_context,
+    render_limits,
+    template_limits,
+)
 from transport_base import OutgoingMessage, SendError, Transport
 
 log = logging.getLogger("mailjobs.scheduler")
@@ -48,7 +55,7 @@ class Outcome:
     sender_delay: float = 0.0
     in_doubt: bool = False         # the attempt may have reached Gmail
     recovered: bool = False        # found already sent by an in-doubt check
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -103,11 +110,11 @@ class EmailScheduler:
         return OutgoingMessage(job.id, r.id, job.sender_email, r.to_email, r.message_id or "", raw)
 
     def send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
-        started_at = datetime.now(timezone.utc)
+        started_at = datetime.now(UTC)
         return replace(self._send(transport, job, r), started_at=started_at)
 
     def _send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
-        if job.expires_at is not None and datetime.now(timezone.utc) >= job.expires_at:
+        if job.expires_at is not None and datetime.now(UTC) >= job.expires_at:
             return Outcome(r, job, EXPIRED, error_code="expired", refund=True,
                            error=f"not sent before the job's expires_at "
                                  f"({job.expires_at.isoformat(timespec='seconds')}); "
@@ -214,7 +221,7 @@ class EmailScheduler:
         a readable error."""
         s = self.settings
         since = r.deferred_since
-        waited = 0.0 if since is None else (datetime.now(timezone.utc) - since).total_seconds()
+        waited = 0.0 if since is None else (datetime.now(UTC) - since).total_seconds()
         if since is not None and s.max_defer > 0 and waited >= s.max_defer:
             return Outcome(r, job, FAILED, error_code=exc.error_code, refund=True,
                            error=f"refused before it was sent for {waited / 3600:.1f} h "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from api_schemas import SendTemplateEmailsIn, TemplateIn
 from dao_mysql import Dao, DuplicateKey
@@ -14,8 +15,7 @@ from mail_message import header_text_problem
 from records import ApiKey, Job, NewJob, NewRecipient
 from scheduling import PRIORITIES, PRIORITY_NAMES
 from settings import Settings
-from templating import (BUILTIN_VARIABLES, TemplateCompileError, compile_templates,
-                        template_limits)
+from templating import BUILTIN_VARIABLES, TemplateCompileError, compile_templates, template_limits
 
 MAX_LISTED_ERRORS = 20
 
@@ -242,7 +242,7 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
     new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
                  template.html, template.text, req.variables, len(recipients),
                  len(req.recipients) - len(recipients), idempotency_key, body_hash,
-                 req.send_at if req.send_at and req.send_at > datetime.now(timezone.utc) else None,
+                 req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None,
                  req.template_name, version, PRIORITIES[req.priority], req.expires_at,
                  unsubscribe_base_url=unsubscribe_base)
     try:
@@ -268,5 +268,5 @@ def replay_or_conflict(dao: Dao, key: ApiKey, idempotency_key: str,
         raise RequestRejected(
             422, "idempotency_key_reused",
             "this Idempotency-Key was used with a different request body",
-            [("Idempotency-Key", "already used for job %d with another body" % job.id)])
+            [("Idempotency-Key", f"already used for job {job.id} with another body")])
     return Enqueued(job, replayed=True)

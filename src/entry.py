@@ -29,7 +29,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 WARNING, ERROR = 30, 40
 SIGNALS = (_signal.SIGTERM, _signal.SIGINT)

@@ -5,7 +5,7 @@ allowed in the job's current status raises `Conflict` (the API's 409) and change
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from dao_mysql import Dao
 from records import FINAL_JOB_STATUSES

@@ -28,11 +28,20 @@ import bounces
 import db_guard
 import job_control
 import metrics
-from dao_mysql import Dao, DatabaseUnavailable
 import retention
 import scheduling
-from email_scheduler import (EXPIRED, FAILED, HOLD, RETRY, SENT, SUPPRESSED, EmailScheduler,
-                             Outcome, TransportFactory)
+from dao_mysql import Dao, DatabaseUnavailable
+from email_scheduler import (
+    EXPIRED,
+    FAILED,
+    HOLD,
+    RETRY,
+    SENT,
+    SUPPRESSED,
+    EmailScheduler,
+    Outcome,
+    TransportFactory,
+)
 from rate_limit import Limits
 from records import Job, Recipient
 from send_pool import FairPool
@@ -598,7 +607,7 @@ class EmbeddedRunner:
                                             daemon=True)
         self.restarts = 0
 
-    def start(self) -> "EmbeddedRunner":
+    def start(self) -> EmbeddedRunner:
         self._start_runner()
         self._supervisor.start()
         return self

@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from email.charset import Charset
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr
-from typing import Mapping
 
 try:  # IDNA 2008 / UTS 46, as email-validator (which normalised the addresses) uses
     import idna as _idna
@@ -201,7 +201,7 @@ def build_message(*, sender_email: str, from_name: str | None, reply_to: str | N
     if reply_to:
         message["Reply-To"] = _address("Reply-To", reply_to)
     message["Subject"] = _header_value("Subject", subject)
-    message["Date"] = format_datetime(date or datetime.now(timezone.utc))
+    message["Date"] = format_datetime(date or datetime.now(UTC))
     message["Message-ID"] = _message_id(message_id, sender_email)
     for name, value in (extra_headers or {}).items():
         if not _FIELD_NAME.match(name) or name.lower() in _OWN_HEADERS:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 import defaults
 from dao_mysql import Dao, DaoError
@@ -46,7 +47,7 @@ class Cutoffs:
     runners: datetime           # dead runners' rows
 
     @classmethod
-    def of(cls, settings: Settings, now: datetime) -> "Cutoffs":
+    def of(cls, settings: Settings, now: datetime) -> Cutoffs:
         def days(n: int) -> datetime | None:
             return now - timedelta(days=n) if n > 0 else None
         return cls(now, days(settings.retention_days), days(settings.job_retention_days),

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 _Item = tuple[Future, Callable[..., Any], tuple]
 

@@ -66,7 +66,8 @@ class CredentialStore:
             return json.loads(self._fernet.decrypt(blob))
         except InvalidToken:
             raise CredentialsMissing(f"stored credentials of {sender} cannot be decrypted: "
-                                     "TOKEN_ENCRYPTION_KEY differs from the one that stored them")
+                                     "TOKEN_ENCRYPTION_KEY differs from the one that stored "
+                                     "them") from None
 
     def store_info(self, sender: str, info: dict[str, Any], resume: bool = False) -> int:
         blob = self._fernet.encrypt(json.dumps(info).encode())

@@ -44,14 +44,14 @@ class DatabaseParams:
     unix_socket: str | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> "DatabaseParams":
+    def from_url(cls, url: str) -> DatabaseParams:
         """Parse `mysql://user:pass@host:port/db?unix_socket=/path`."""
         parts = urlparse(url)
         if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
             raise ValueError("DATABASE_URL must be a MySQL/MariaDB URL (mysql://user:password@"
                              f"host:3306/database), got one starting {parts.scheme + '://'!r}")
         try:
-            parts.port
+            _ = parts.port   # urlsplit checks the port only when it is read
         except ValueError:
             host = parts.netloc.rsplit("@", 1)[-1]      # never the password
             raise ValueError(f"DATABASE_URL has an invalid port: {host!r}") from None
@@ -203,7 +203,7 @@ class Settings:
             raise RuntimeError("DATABASE_URL is not set and no local database was started")
         return DatabaseParams.from_url(self.database_url)
 
-    def with_overrides(self, **changes: Any) -> "Settings":
+    def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 

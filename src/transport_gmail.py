@@ -19,10 +19,11 @@ import logging
 import random
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import google_auth_httplib2
 import httplib2
@@ -63,7 +64,7 @@ def _utc_naive(value: str | None) -> datetime | None:
         return None
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     return parsed
 
 
@@ -113,8 +114,8 @@ def _google_error(exc: HttpError) -> tuple[str | None, str]:
 
 def _seconds_until(moment: datetime, now: datetime | None = None) -> float:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, (moment - (now or datetime.now(timezone.utc))).total_seconds())
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
 
 
 def retry_after_from_text(text: str, now: datetime | None = None) -> float | None:
@@ -240,7 +241,8 @@ class SendOnceHttp(httplib2.Http):
             response = conn.getresponse()
         except socket.gaierror:
             conn.close()
-            raise httplib2.ServerNotFoundError(f"Unable to find the server at {conn.host}")
+            raise httplib2.ServerNotFoundError(
+                f"Unable to find the server at {conn.host}") from None
         except (OSError, http.client.HTTPException):
             conn.close()
             raise
@@ -345,7 +347,7 @@ class GmailTransport:
         while len(ids) < limit:
             response = self._call(
                 sender_email, lambda messages: messages.list(
-                    userId="me", q=query, maxResults=min(500, limit - len(ids)), **page),
+                    userId="me", q=query, maxResults=min(500, limit - len(ids)), **page),  # noqa: B023
                 f"searching the mailbox ({query})", False)
             ids += [m["id"] for m in response.get("messages") or []]
             if not response.get("nextPageToken"):
@@ -404,7 +406,7 @@ class GmailTransport:
 
     def _refresh_if_due(self, sender: str, session: _Session) -> None:
         creds = session.creds
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = datetime.now(UTC).replace(tzinfo=None)
         if creds.token and (creds.expiry is None or creds.expiry - now > REFRESH_MARGIN):
             return
         try:

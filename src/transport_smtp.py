@@ -33,9 +33,10 @@ import ssl
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from dao_mysql import Dao, DaoError
 from learned_limits import SMTP, LearnedLimits
@@ -189,7 +190,7 @@ class _IdleReaper:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
 
-    def add(self, transport: "SmtpTransport") -> None:
+    def add(self, transport: SmtpTransport) -> None:
         with self._lock:
             self._transports.add(transport)
             if self._thread is None:
@@ -197,7 +198,7 @@ class _IdleReaper:
                                                 daemon=True)
                 self._thread.start()
 
-    def discard(self, transport: "SmtpTransport") -> None:
+    def discard(self, transport: SmtpTransport) -> None:
         with self._lock:
             self._transports.discard(transport)
 
@@ -386,7 +387,7 @@ class SmtpTransport:
         if self._slot is None and self.slots is not None:
             self._slot = self._acquire(yield_first)
             self._slot_renewed = time.monotonic()
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         try:
             try:
                 with self.slots.connecting() if self.slots is not None else nullcontext():
@@ -407,7 +408,7 @@ class SmtpTransport:
         if self.slots is not None and self._slot is not None:
             try:
                 self.slots.mark_established(self._slot, self.holder,
-                                            datetime.now(timezone.utc))
+                                            datetime.now(UTC))
             except DaoError as exc:   # only a refusal's count is less exact
                 log.warning("could not mark SMTP slot %d connected (%s)", self._slot, exc)
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dao_mysql import Dao
 from learned_limits import LearnedLimits, SenderGate

@@ -43,7 +43,7 @@ PAGE_HEADERS = {
 
 
 def _secret(settings: Settings) -> str:
-    from dashboard import secret_key   # SECRET_KEY, or the development key in var/secret_key
+    from dashboard import secret_key  # SECRET_KEY, or the development key in var/secret_key
 
     return secret_key(settings)
 
@@ -68,7 +68,7 @@ class Tokens:
         self._serializer = _serializer(secret)
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> "Tokens":
+    def for_settings(cls, settings: Settings) -> Tokens:
         return cls(_secret(settings), settings.unsubscribe_token_days)
 
     def make(self, recipient_id: int, api_key_id: int, issued_at: float | None = None) -> str:

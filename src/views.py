@@ -2,14 +2,22 @@
 dashboard."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from api_schemas import (AddressTraceOut, ErrorSummary, JobOut, RecipientOut, SuppressionOut,
-                         TemplateOut, TracedRecipientOut, TracedSuppressionOut)
+from api_schemas import (
+    AddressTraceOut,
+    ErrorSummary,
+    JobOut,
+    RecipientOut,
+    SuppressionOut,
+    TemplateOut,
+    TracedRecipientOut,
+    TracedSuppressionOut,
+)
 from records import Job, Recipient, StoredTemplate
 from scheduling import PRIORITY_NAMES
-
 
 T = TypeVar("T")
 # A recipient's next_attempt_at means "due then" only in these statuses (for `sending` it is the
@@ -84,7 +92,7 @@ def _iso(value: Any) -> Any:
 
 
 def runner_view(row: dict[str, Any], stale_after: float) -> dict[str, Any]:
-    age = (datetime.now(timezone.utc) - row["heartbeat_at"]).total_seconds()
+    age = (datetime.now(UTC) - row["heartbeat_at"]).total_seconds()
     alive = row["state"] != "stopped" and age <= stale_after
     return {**{k: _iso(v) for k, v in row.items()}, "heartbeat_age_s": round(age, 1),
             "alive": alive}
@@ -104,7 +112,7 @@ def sender_view(row: dict[str, Any], sent_24h: int, defaults: tuple[int, int]) -
 def learned_cap_view(c: Any) -> dict[str, Any]:
     """A cap learned from a refusal (records.LearnedCap); `configured` is the runners' setting
     (SMTP_MAX_CONNECTIONS or GMAIL_MAX_CONCURRENT_PER_SENDER) when they last changed it."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     configured = c.configured
     return {"kind": c.kind, "target": c.target, "cap": max(1, min(c.cap, configured)),
             "configured": configured, "lowered": c.cap < configured, "reason": c.reason,

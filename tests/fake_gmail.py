@@ -152,7 +152,7 @@ class FakeGmail:
         self._server: _Server | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> "FakeGmail":
+    def start(self) -> FakeGmail:
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
@@ -167,7 +167,7 @@ class FakeGmail:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeGmail":
+    def __enter__(self) -> FakeGmail:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -20,9 +20,8 @@ import queue
 import socket
 import threading
 import time
-from typing import Union
 
-Target = Union[str, tuple[str, int]]
+Target = str | tuple[str, int]
 
 
 class LatencyProxy:
@@ -45,7 +44,7 @@ class LatencyProxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
 
-    def __enter__(self) -> "LatencyProxy":
+    def __enter__(self) -> LatencyProxy:
         threading.Thread(target=self._accept, daemon=True).start()
         return self
 

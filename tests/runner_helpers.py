@@ -4,15 +4,15 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import pymysql
 
+import transports
 from dao_mysql import Dao
 from job_runner import JobRunner
 from settings import Settings
-import transports
 
 
 def fast(settings: Settings, **overrides) -> Settings:

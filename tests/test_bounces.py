@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings as fuzz_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as fuzz_settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 import bounces
 import dsn
 import transports
-from runner_helpers import SENDER, count_rows
-from runner_helpers import recipients, running, wait_for, wait_job_done
-from test_api_enqueue import body, post
+from runner_helpers import SENDER, count_rows, recipients, running, wait_for, wait_job_done
 from settings import Settings
+from test_api_enqueue import body, post
 from transport_base import SendError
 
 SAMPLES = Path(__file__).parent / "dsn_samples"
@@ -239,7 +240,7 @@ def test_a_failed_check_keeps_the_window_open_and_says_why(dao, fake, gmail_sett
 
 
 def test_the_first_check_looks_back_a_week_and_later_ones_overlap():
-    now = datetime(2026, 1, 10, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
     first = bounces.query_since(None, now)
     assert first.endswith(f"after:{int((now - timedelta(days=7)).timestamp())}")
     later = bounces.query_since(now, now + timedelta(minutes=10))
@@ -279,7 +280,7 @@ def test_reports_that_are_not_complaints_are_ignored(feedback_type):
 
 
 def test_feedback_loop_addresses_join_the_search_and_are_checked():
-    now = datetime(2026, 1, 10, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
     q = bounces.query_since(now, now, ("fbl@example.net", "arf.example.org"))
     assert q.startswith("(from:mailer-daemon OR from:postmaster OR from:fbl@example.net OR "
                         "from:arf.example.org) after:")

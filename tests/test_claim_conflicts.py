@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pymysql
 
@@ -41,7 +41,8 @@ def test_runners_making_their_first_claim_for_a_new_sender_do_not_deadlock(clien
         start = threading.Barrier(len(jobs))
         results: dict[int, object] = {}
 
-        def claim(i: int) -> None:
+        def claim(i: int, start=start, results=results, daos=daos, jobs=jobs,
+                  sender=sender) -> None:   # this iteration's, bound (joined below anyway)
             start.wait()
             try:
                 results[i] = len(daos[i].claim(jobs[i], sender, f"r-{i}", 10, 30, UNLIMITED)[0])

@@ -6,7 +6,6 @@ import json
 import pytest
 
 
-
 def test_api_key_create_prints_a_working_key_once_and_stores_only_its_hash(run, dao, client):
     result = run("api-key", "create", "--name", "newsletter", "--sender", "*@example.com")
     assert result.exit_code == 0

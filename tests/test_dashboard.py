@@ -9,7 +9,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -214,14 +214,14 @@ def test_hostile_job_fields_are_escaped(client, key, op_key, dao):
 
 def test_the_send_rate_chart_has_one_bar_per_minute_with_sends(client, key, op_key, dao):
     job_id = post(client, key, body(10)).json["job_id"]
-    base = datetime.now(timezone.utc).replace(second=0, microsecond=0, tzinfo=None) \
+    base = datetime.now(UTC).replace(second=0, microsecond=0, tzinfo=None) \
         - timedelta(minutes=30)
     for offset, emails in ((0, range(0, 4)), (1, range(4, 7)), (5, range(7, 10))):
         sql(dao, "UPDATE job_recipients SET status='sent', sent_at=%s WHERE job_id=%s AND "
                  f"to_email IN ({', '.join(['%s'] * len(emails))})",
             (base + timedelta(minutes=offset, seconds=17), job_id,
              *[f"user{i}@example.com" for i in emails]))
-    utc = base.replace(tzinfo=timezone.utc)
+    utc = base.replace(tzinfo=UTC)
     assert dao.send_rate(job_id) == [(utc, 4), (utc + timedelta(minutes=1), 3),
                                      (utc + timedelta(minutes=5), 3)]
     login(client, op_key)
@@ -235,7 +235,7 @@ def test_the_send_rate_chart_has_one_bar_per_minute_with_sends(client, key, op_k
 
 
 def test_a_long_job_is_charted_in_buckets_of_several_minutes():
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     points = [(start + timedelta(minutes=m), 60) for m in range(0, 1000, 2)]
     chart = dashboard.send_rate_chart(points)
     assert chart["bucket"] == 10 and len(chart["bars"]) == 100
@@ -345,7 +345,7 @@ def realistic_state(client, dao, make_key, tmp_path) -> dict[str, int]:
         wait_job_done(dao, main)
         wait_job_done(dao, done)
     # spread the sends over minutes at about the sender's 60/min, as Gmail's limit makes them
-    now = datetime.now(timezone.utc).replace(tzinfo=None, second=0, microsecond=0)
+    now = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
     with dao.transaction() as cur:
         cur.execute("SELECT id FROM job_recipients WHERE job_id=%s AND status='sent' "
                     "ORDER BY id", (main,))
@@ -379,7 +379,7 @@ def realistic_state(client, dao, make_key, tmp_path) -> dict[str, int]:
     # 4: paused because its sender's token was revoked; 5: scheduled for tomorrow
     paused = post(client, app_key, body(120, sender_email="news@example.org",
                                         from_name="Acme News")).json["job_id"]
-    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).replace(microsecond=0)
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
     scheduled = post(client, app_key, body(60, send_at=tomorrow.isoformat())).json["job_id"]
     for minutes, job_id in ((5, live), (3, paused), (1, scheduled)):
         sql(dao, "UPDATE jobs SET created_at = UTC_TIMESTAMP(6) - INTERVAL %s MINUTE "

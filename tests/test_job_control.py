@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -145,7 +145,7 @@ def test_retry_filter_is_validated(client, key, dao):
 
 # --- scheduled sends ---------------------------------------------------------------------------
 def test_a_scheduled_job_waits_until_send_at(client, key, dao, outbox, tmp_path):
-    at = datetime.now(timezone.utc) + timedelta(seconds=3)
+    at = datetime.now(UTC) + timedelta(seconds=3)
     r = post(client, key, body(2, send_at=at.isoformat()))
     assert (r.status_code, r.json["status"]) == (202, "scheduled")
     job_id = r.json["job_id"]
@@ -158,7 +158,7 @@ def test_a_scheduled_job_waits_until_send_at(client, key, dao, outbox, tmp_path)
 
 
 def test_a_scheduled_job_can_be_cancelled(client, key, dao):
-    at = datetime.now(timezone.utc) + timedelta(hours=1)
+    at = datetime.now(UTC) + timedelta(hours=1)
     job_id = post(client, key, body(2, send_at=at.isoformat())).json["job_id"]
     assert act(client, key, job_id, "cancel").json["status"] == "cancelled"
 
@@ -226,8 +226,8 @@ def test_hold_policy_leaves_it_to_an_operator(client, key, dao, fake, gmail_sett
 
 def test_an_expired_lease_mid_send_is_checked_before_sending_again(client, key, dao, outbox,
                                                                    tmp_path):
-    from transport_outbox import OutboxTransport
     from email_scheduler import EmailScheduler
+    from transport_outbox import OutboxTransport
 
     job_id = post(client, key, body(2)).json["job_id"]
     rows, _ = dao.claim(job_id, SENDER, "r-dead", 10, 1, Limits(0, 0, 1))

@@ -1,12 +1,11 @@
 """build_message: the bytes are parsed back with the modern email policy and checked."""
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))  # noqa: E401,E702
 
 import email
 import email.header
 import email.policy
 import email.utils
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -31,7 +30,7 @@ def content(part) -> str:
 
 
 def test_multipart_alternative_with_all_headers():
-    date = datetime(2026, 3, 1, 12, 30, tzinfo=timezone.utc)
+    date = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
     raw = build(date=date, extra_headers={"List-Unsubscribe": "<mailto:u@example.com>"})
     msg = parse(raw)
     assert msg.get_content_type() == "multipart/alternative"

@@ -332,7 +332,7 @@ def test_two_runners_purge_once_per_interval_one_at_a_time(client, key, dao, no_
 
     assert variables(dao, job) == [None] * 3
     starts = sorted(runs)
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
+    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
     assert all(g >= 1.0 for g in gaps), gaps          # never twice within PURGE_INTERVAL
     holders = {h for h in runs.values() if h in ids}
     assert holders <= ids and holders

@@ -12,7 +12,6 @@ import pytest
 
 import api_keys
 from dao_mysql import Dao
-
 from job_runner import EmbeddedRunner, JobRunner
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post

@@ -6,7 +6,7 @@ from __future__ import annotations
 import email.policy
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -113,7 +113,7 @@ def test_a_recipient_fails_after_max_attempts(client, key, dao, fake, gmail_sett
 
 def test_a_daily_limit_defers_the_sender_without_burning_attempts(client, key, dao, fake,
                                                                   gmail_settings):
-    until = (datetime.now(timezone.utc) + timedelta(seconds=2)).replace(microsecond=0)
+    until = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
     fake.fail_next(429, "rateLimitExceeded", "User-rate limit exceeded.  Retry after "
                    + until.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
     job_id = post(client, key, body(1)).json["job_id"]
@@ -208,10 +208,10 @@ def test_a_stale_auth_failure_does_not_pause_a_reauthorised_sender(client, key, 
                                                                   gmail_settings):
     """Regression: a send that failed with the old grant, recorded after `mailjobs auth`
     stored a new one, must not pause the sender's jobs again."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     job_id = post(client, key, body(1)).json["job_id"]
-    before_reauth = datetime.now(timezone.utc)
+    before_reauth = datetime.now(UTC)
     time.sleep(0.01)
     CredentialStore(gmail_settings, dao).store_info(SENDER, fake.authorized_user_info(SENDER),
                                                     resume=True)
@@ -219,5 +219,5 @@ def test_a_stale_auth_failure_does_not_pause_a_reauthorised_sender(client, key, 
                             before_reauth) is None
     assert dao.job(job_id).status == "queued"
     assert dao.pause_sender(SENDER, "auth_revoked", "new failure", "sender_auth",
-                            datetime.now(timezone.utc)) == 1
+                            datetime.now(UTC)) == 1
     assert dao.job(job_id).status == "paused"

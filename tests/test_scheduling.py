@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
 from scheduling import Claimable, interleave_by_key, share, tiers
@@ -103,7 +103,7 @@ def test_a_sender_at_its_limit_does_not_hold_back_another_senders_job(client, ma
 
 def test_expired_recipients_are_never_handed_to_the_transport(client, key, dao):
     fresh_recorder()
-    expires = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
     r = post(client, key, body(8, expires_at=expires.isoformat()))
     assert r.status_code == 202
     job_id = r.json["job_id"]
@@ -133,10 +133,10 @@ def test_priority_and_expiry_are_validated(client, make_key, dao):
     assert post(client, low_key, body(1, priority="normal")).status_code == 202
     r = post(client, limited, body(1, priority="urgent"))
     assert (r.status_code, r.json["field"]) == (400, "priority")
-    past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     r = post(client, limited, body(1, expires_at=past))
     assert r.status_code == 400 and "expires_at is in the past" in r.json["message"]
-    later = datetime.now(timezone.utc) + timedelta(hours=2)
+    later = datetime.now(UTC) + timedelta(hours=2)
     r = post(client, limited, body(1, send_at=later.isoformat(),
                                    expires_at=(later - timedelta(hours=1)).isoformat()))
     assert r.status_code == 400 and "after send_at" in r.json["message"]

@@ -10,8 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from runner_helpers import count_rows
-from runner_helpers import fast, recipients, running, wait_job_done
+from runner_helpers import count_rows, fast, recipients, running, wait_job_done
 from test_api_enqueue import body, post
 
 URL = "/api/suppressions"

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from runner_helpers import (SENDER, count_rows, fast, recipients, running, wait_for,
-                            wait_job_done)
+from runner_helpers import SENDER, count_rows, fast, recipients, running, wait_for, wait_job_done
 from test_api_enqueue import assert_nothing_written, body, post
 
 

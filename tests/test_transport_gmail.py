@@ -1,11 +1,9 @@
 """GmailTransport with the real google-api-python-client against FakeGmail (tests/fake_gmail.py)."""
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))  # noqa: E401,E702
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import io
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import google_auth_httplib2
 import httplib2
@@ -18,8 +16,13 @@ from googleapiclient.http import MediaIoBaseUpload
 from fake_gmail import FakeGmail
 from mail_message import build_message, new_message_id
 from transport_base import OutgoingMessage, SendError
-from transport_gmail import (GmailTransport, classify_http_error, credentials_from_info,
-                             credentials_to_info, retry_after_from_header)
+from transport_gmail import (
+    GmailTransport,
+    classify_http_error,
+    credentials_from_info,
+    credentials_to_info,
+    retry_after_from_header,
+)
 
 SENDER = "ops@example.com"
 
@@ -137,7 +140,7 @@ def test_invalid_argument_message_is_exactly_googles(fake, transport):
 
 
 def test_sending_limit_429_defers_until_the_time_in_the_text(fake, transport):
-    at = datetime.now(timezone.utc) + timedelta(hours=2)
+    at = datetime.now(UTC) + timedelta(hours=2)
     stamp = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
     fake.fail_next(429, "rateLimitExceeded",
                    f"User-rate limit exceeded (Mail sending). Retry after {stamp}")
@@ -193,14 +196,14 @@ def test_expired_access_token_is_refreshed_after_401_and_saved(fake, transport, 
 
 def test_token_about_to_expire_is_refreshed_before_sending(fake, transport, creds):
     # 4.5 min: google-auth itself would only refresh within 3 min 45 s of expiry
-    soon = datetime.now(timezone.utc) + timedelta(minutes=4, seconds=30)
+    soon = datetime.now(UTC) + timedelta(minutes=4, seconds=30)
     creds.info[SENDER]["expiry"] = soon.isoformat()
     transport.send(message())
     assert paths(fake) == [("POST", "/token", 200),
                            ("POST", "/gmail/v1/users/me/messages/send", 200)]
     assert len(creds.saved) == 1
     saved_expiry = datetime.fromisoformat(creds.info[SENDER]["expiry"])
-    assert saved_expiry > datetime.now(timezone.utc) + timedelta(minutes=50)
+    assert saved_expiry > datetime.now(UTC) + timedelta(minutes=50)
 
 
 def test_401_that_persists_is_sender_auth(fake, transport):
@@ -335,7 +338,7 @@ def test_classify_non_json_bad_gateway_and_retry_after_date():
     error = classify_http_error(HttpError(resp, b"<html>502 Bad Gateway</html>"))
     assert (error.kind, error.error_code, error.retry_after) == ("in_doubt", "gmail_5xx", 120.0)
     assert "502" in str(error) and "Bad Gateway" in str(error)
-    later = datetime.now(timezone.utc) + timedelta(seconds=90)
+    later = datetime.now(UTC) + timedelta(seconds=90)
     later = later.strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert retry_after_from_header(later) == pytest.approx(90, abs=2)
     assert retry_after_from_header("soon") is None

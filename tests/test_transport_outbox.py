@@ -1,5 +1,4 @@
 """OutboxTransport writes .eml files atomically and finds them by Message-ID; NullTransport."""
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))  # noqa: E401,E702
 
 import email
 import email.policy

@@ -11,8 +11,7 @@ import time
 import pytest
 
 from api_server import create_app
-from runner_helpers import count_rows
-from runner_helpers import recipients, running, wait_job_done
+from runner_helpers import count_rows, recipients, running, wait_job_done
 from test_api_enqueue import body, post
 from unsubscribe import Tokens
 

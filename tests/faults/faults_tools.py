@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import runner_helpers
 

@@ -65,7 +65,7 @@ class Network:
         self._cut = False
 
     # --- the link -----------------------------------------------------------------------------
-    def create(self) -> "Network":
+    def create(self) -> Network:
         _ip("netns", "add", self.app)
         _ip("netns", "add", self.db)
         _ip("link", "add", self.veth_app, "type", "veth", "peer", "name", self.veth_db)

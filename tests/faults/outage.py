@@ -14,10 +14,21 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from faults_tools import (
+    assert_exactly_once,
+    check_counts,
+    h,
+    job_body,
+    post_job,
+    report,
+    sends_of_job,
+    size,
+    wait_final,
+    wait_for,
+)
+
 from api_server import create_app
 from dao_mysql import Dao
-from faults_tools import (assert_exactly_once, check_counts, h, job_body, post_job, report,
-                          sends_of_job, size, wait_final, wait_for)
 from runner_helpers import running
 from served import served, timed
 
@@ -90,7 +101,7 @@ def outage_mid_job(name: str, settings, dao: Dao, key: str, fake, fault, caplog,
                     r = c.open(path, method=method, headers=h(key), **kw)
                     return r.status_code, r.json, dict(r.headers), time.monotonic() - started
                 with ThreadPoolExecutor(len(cold_apps)) as pool:
-                    cold_sweep = list(zip(_endpoints(job_id), pool.map(cold, cold_apps)))
+                    cold_sweep = list(zip(_endpoints(job_id), pool.map(cold, cold_apps), strict=True))
                 # every endpoint, one after the other, through the served app
                 sweep = [(m, p, timed(m, base + p, headers=h(key), **kw))
                          for m, p, kw in _endpoints(job_id)]
@@ -122,7 +133,7 @@ def outage_mid_job(name: str, settings, dao: Dao, key: str, fake, fault, caplog,
         assert status_code == 503 and body["error"] == "database_unavailable", body
         assert int(headers["Retry-After"]) >= 1
         assert elapsed <= DEADLINE + 1, elapsed
-    for (method, path, _), (status_code, body, headers, elapsed) in cold_sweep:
+    for (method, path, _), (status_code, body, _headers, elapsed) in cold_sweep:
         assert status_code == 503, (method, path, status_code, body)
         assert body["error"] == "database_unavailable", (method, path, body)
         assert elapsed <= DEADLINE + 1, (method, path, elapsed)

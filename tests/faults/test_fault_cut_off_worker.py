@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import time
 
-from dao_mysql import Dao
 from faults_tools import assert_exactly_once, check_counts, post_job, report, wait_final, wait_for
+
+from dao_mysql import Dao
 from latency_proxy import LatencyProxy
 from runner_helpers import running
 

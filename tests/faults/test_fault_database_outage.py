@@ -6,9 +6,19 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from faults_tools import (assert_exactly_once, check_counts, duration, h, job_body, post_job,
-                          report, sends_of_job, size, wait_final, wait_for)
+from faults_tools import (
+    assert_exactly_once,
+    check_counts,
+    duration,
+    h,
+    job_body,
+    post_job,
+    report,
+    sends_of_job,
+    size,
+    wait_final,
+    wait_for,
+)
 
 WORKERS = 3
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from dao_mysql import DaoError
 from faults_tools import post_job
+
+from dao_mysql import DaoError
 from runner_helpers import innodb_deadlocks, lock_waits, raw_connection, wait_for
 
 RUNNER = "r-deadlock-test"

@@ -10,9 +10,15 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from faults_tools import (assert_exactly_once, check_counts, report, post_job, sends_of_job,
-                          size, wait_final)
+from faults_tools import (
+    assert_exactly_once,
+    check_counts,
+    post_job,
+    report,
+    sends_of_job,
+    size,
+    wait_final,
+)
 
 DROPS = 5
 

@@ -8,7 +8,6 @@ import os
 import signal
 
 import pytest
-
 from faults_tools import duration
 from outage import outage_mid_job
 

@@ -15,9 +15,15 @@ import statistics
 import time
 from collections import defaultdict
 
-
-from faults_tools import (assert_exactly_once, check_counts, duration, report, post_job,
-                          size, wait_final)
+from faults_tools import (
+    assert_exactly_once,
+    check_counts,
+    duration,
+    post_job,
+    report,
+    size,
+    wait_final,
+)
 
 WORKERS = 3
 MAX_ATTEMPTS = 12      # 0.4^12: no recipient should run out of attempts in the storm
@@ -89,7 +95,7 @@ def test_a_storm_of_429_and_500(client, key, dao, fake, fleet):
     late = []
     for a, sends in log.items():
         tried = 0
-        for s1, s2 in zip(sends, sends[1:]):
+        for s1, s2 in zip(sends, sends[1:], strict=False):
             tried += s1[0] != 429
             limit = cap if s1[0] == 429 else bound(tried)
             if s2[1] - s1[1] > limit + slack:

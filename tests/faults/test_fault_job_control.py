@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import time
 
-from faults_tools import (assert_exactly_once, check_counts, h, post_job, report, sends_of_job,
-                          size, wait_final, wait_for)
+from faults_tools import (
+    assert_exactly_once,
+    check_counts,
+    h,
+    post_job,
+    report,
+    sends_of_job,
+    size,
+    wait_final,
+    wait_for,
+)
 
 WORKERS = 2
 REFUSED = 6          # first sends refused with 400 (under the auto-pause threshold)

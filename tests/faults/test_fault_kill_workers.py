@@ -10,9 +10,18 @@ import random
 import time
 
 import pytest
-
-from faults_tools import (assert_exactly_once, check_counts, duplicates, duration, report,
-                          post_job, sends_of_job, size, wait_final, wait_for)
+from faults_tools import (
+    assert_exactly_once,
+    check_counts,
+    duplicates,
+    duration,
+    post_job,
+    report,
+    sends_of_job,
+    size,
+    wait_final,
+    wait_for,
+)
 
 WORKERS = 4
 

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from faults_tools import assert_exactly_once, duration, job_body, report, wait_final, wait_for
+from netns import Network, unavailable
+from outage import outage_mid_job
 
 import api_keys
 from dao_mysql import Dao
-from faults_tools import (assert_exactly_once, duration, job_body, report, wait_final,
-                          wait_for)
 from migrations import apply_migrations
-from netns import Network, unavailable
-from outage import outage_mid_job
 from runner_helpers import SENDER, fast, running
 from sender_credentials import CredentialStore
 

@@ -5,10 +5,10 @@ take a slow link for a dead one."""
 from __future__ import annotations
 
 import pytest
+from faults_tools import assert_exactly_once, check_counts, h, post_job
 
 from api_server import create_app
 from dao_mysql import Dao
-from faults_tools import assert_exactly_once, check_counts, h, post_job
 from latency_proxy import LatencyProxy
 from runner_helpers import running, wait_job_done
 
