@@ -1,6 +1,26 @@
 """Helpers shared by the benchmarks in bench/ (run as `python bench/<name>.py`)."""
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def private_mariadb(database: str) -> Iterator[str]:
+    """A MariaDB of the benchmark's own in a temporary directory: yields the URL of
+    `database` on it; stopped and deleted afterwards. (src/ must be on sys.path.)"""
+    from local_mariadb import LocalMariaDB
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = LocalMariaDB(Path(tmp) / "db")
+        server.start()
+        try:
+            yield server.url(database)
+        finally:
+            server.stop()
+
 
 def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""

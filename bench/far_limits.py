@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,9 +30,9 @@ from aiosmtpd.smtp import SMTP  # noqa: E402
 import api_keys  # noqa: E402
 import transports  # noqa: E402
 from api_server import create_app  # noqa: E402
+from benchlib import private_mariadb  # noqa: E402
 from dao_mysql import Dao  # noqa: E402
 from job_runner import JobRunner  # noqa: E402
-from local_mariadb import LocalMariaDB  # noqa: E402
 from migrations import apply_migrations  # noqa: E402
 from settings import Settings  # noqa: E402
 
@@ -141,27 +140,22 @@ def main() -> None:
     ap.add_argument("--mails", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = LocalMariaDB(Path(tmp) / "db")
-        server.start()
-        try:
-            base = Settings(database_url=server.url("far")).with_overrides(
-                mail_transport="smtp", smtp_host="127.0.0.1", smtp_security="none",
-                smtp_timeout=10.0, runner_concurrency=8, claim_batch=100,
-                sender_rate_per_minute=0, sender_daily_cap=0, embedded_runner=False,
-                bounce_check_interval=0, purge_interval=0, poll_interval=0.1,
-                record_flush_interval=0.1)
-            results: dict[int, list[dict]] = {LIMIT: [], 8: []}
-            for i in range(args.repeats):
-                for cap in ((LIMIT, 8) if i % 2 == 0 else (8, LIMIT)):
-                    out = run_once(base, cap, args.mails)
-                    results[cap].append(out)
-                    print(f"repeat {i + 1} cap {cap}: {out['seconds']:.2f} s, refused "
-                          f"{out['refused']}, received {out['received']}, max open "
-                          f"{out['max_open']}, attempts {dict(out['attempts'])}, statuses "
-                          f"{dict(out['statuses'])}, learned {out['learned']}", flush=True)
-        finally:
-            server.stop()
+    with private_mariadb("far") as url:
+        base = Settings(database_url=url).with_overrides(
+            mail_transport="smtp", smtp_host="127.0.0.1", smtp_security="none",
+            smtp_timeout=10.0, runner_concurrency=8, claim_batch=100,
+            sender_rate_per_minute=0, sender_daily_cap=0, embedded_runner=False,
+            bounce_check_interval=0, purge_interval=0, poll_interval=0.1,
+            record_flush_interval=0.1)
+        results: dict[int, list[dict]] = {LIMIT: [], 8: []}
+        for i in range(args.repeats):
+            for cap in ((LIMIT, 8) if i % 2 == 0 else (8, LIMIT)):
+                out = run_once(base, cap, args.mails)
+                results[cap].append(out)
+                print(f"repeat {i + 1} cap {cap}: {out['seconds']:.2f} s, refused "
+                      f"{out['refused']}, received {out['received']}, max open "
+                      f"{out['max_open']}, attempts {dict(out['attempts'])}, statuses "
+                      f"{dict(out['statuses'])}, learned {out['learned']}", flush=True)
     right = statistics.median(r["seconds"] for r in results[LIMIT])
     wrong = statistics.median(r["seconds"] for r in results[8])
     print()

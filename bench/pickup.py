@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,10 +24,9 @@ sys.path.append(str(ROOT / "bench"))   # after src/: bench/enqueue.py must not s
 
 import api_keys  # noqa: E402
 from api_server import create_app  # noqa: E402
-from benchlib import percentile  # noqa: E402
+from benchlib import percentile, private_mariadb  # noqa: E402
 from dao_mysql import Dao  # noqa: E402
 from job_runner import JobRunner  # noqa: E402
-from local_mariadb import LocalMariaDB  # noqa: E402
 from migrations import apply_migrations  # noqa: E402
 from settings import Settings  # noqa: E402
 from transport_base import SendResult  # noqa: E402
@@ -85,21 +83,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--poll", type=float, default=0.5)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = LocalMariaDB(Path(tmp) / "db")
-        server.start()
-        try:
-            settings = Settings(database_url=server.url("pickup")).with_overrides(
-                poll_interval=args.poll, sender_rate_per_minute=0, sender_daily_cap=0,
-                embedded_runner=False, bounce_check_interval=0)
-            apply_migrations(settings.db)
-            dao = Dao(settings)
-            rows = [("embedded runner, woken by the commit", measure(settings, dao, True,
-                                                                     args.repeats)),
-                    (f"polling runner (POLL_INTERVAL {args.poll} s)",
-                     measure(settings, dao, False, args.repeats))]
-        finally:
-            server.stop()
+    with private_mariadb("pickup") as url:
+        settings = Settings(database_url=url).with_overrides(
+            poll_interval=args.poll, sender_rate_per_minute=0, sender_daily_cap=0,
+            embedded_runner=False, bounce_check_interval=0)
+        apply_migrations(settings.db)
+        dao = Dao(settings)
+        rows = [("embedded runner, woken by the commit", measure(settings, dao, True,
+                                                                 args.repeats)),
+                (f"polling runner (POLL_INTERVAL {args.poll} s)",
+                 measure(settings, dao, False, args.repeats))]
     print("| runner | commit → first send, p50 ms | p95 ms | max ms | repeats |")
     print("|---|---:|---:|---:|---:|")
     for name, t in rows:

@@ -279,3 +279,14 @@ def test_slot_wait_for_a_busy_sender_is_not_an_attempt(client, key, dao, fake, g
         assert wait_job_done(dao, job_id, timeout=60) == "completed"
     assert fake.max_concurrent[SENDER] == 1
     assert {(r.status, r.attempts) for r in recipients(dao, job_id)} == {("sent", 1)}
+
+
+def test_an_operator_forgets_a_learned_cap(dao, run):
+    s = dao.settings.with_overrides(smtp_max_connections=6)
+    LearnedLimits(s, dao).refused(SMTP, "mx.example.com:587", 2, "421 too many connections")
+    assert [c.cap for c in dao.learned_caps()] == [2]
+    out = run("senders", "reset-cap", "smtp", "mx.example.com:587")
+    assert out.exit_code == 0, out.output
+    assert "learned cap forgotten" in out.stdout and dao.learned_caps() == []
+    again = run("senders", "reset-cap", "smtp", "mx.example.com:587")
+    assert again.exit_code != 0 and "no learned cap for smtp mx.example.com:587" in again.output
