@@ -126,6 +126,16 @@ class GateBusy(Exception):
     """No send slot of the sender came free in time."""
 
 
+class Ticket:
+    """One send inside the gate: `peak` is the most sends of its sender in flight at once while
+    it was (itself included). At least that many were at Gmail when Gmail refused it, since a
+    send enters the gate before its request and leaves after the answer."""
+
+    def __init__(self, sender: str, peak: int) -> None:
+        self.sender = sender
+        self.peak = peak
+
+
 class SenderGate:
     """Concurrent sends per Gmail sender over one process's sending threads: at most the cap in
     effect (GMAIL_MAX_CONCURRENT_PER_SENDER, or lower when learned). Across processes the
@@ -134,30 +144,33 @@ class SenderGate:
     def __init__(self, limits: LearnedLimits) -> None:
         self.limits = limits
         self._cond = threading.Condition()
-        self._in_flight: Counter[str] = Counter()
+        self._in_flight: dict[str, list[Ticket]] = {}
 
-    def enter(self, sender: str, wait: float) -> int:
-        """Take a slot of `sender`, waiting up to `wait` seconds; returns how many of its sends
-        were already in flight. Raises GateBusy."""
+    def enter(self, sender: str, wait: float) -> Ticket:
+        """Take a slot of `sender`, waiting up to `wait` seconds. Raises GateBusy."""
         deadline = time.monotonic() + wait
         with self._cond:
-            while self._in_flight[sender] >= self.limits.cap(GMAIL, sender):
+            while len(self._in_flight.get(sender, ())) >= self.limits.cap(GMAIL, sender):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise GateBusy(sender)
                 # the cap may go up (a refresh) without a notify: look again now and then
                 self._cond.wait(min(left, 0.5))
-            others = self._in_flight[sender]
-            self._in_flight[sender] += 1
-            return others
+            tickets = self._in_flight.setdefault(sender, [])
+            ticket = Ticket(sender, len(tickets) + 1)
+            tickets.append(ticket)
+            for t in tickets:
+                t.peak = max(t.peak, len(tickets))
+            return ticket
 
-    def leave(self, sender: str) -> None:
+    def leave(self, ticket: Ticket) -> None:
         with self._cond:
-            self._in_flight[sender] -= 1
-            if self._in_flight[sender] <= 0:
-                del self._in_flight[sender]
+            tickets = self._in_flight[ticket.sender]
+            tickets.remove(ticket)
+            if not tickets:
+                del self._in_flight[ticket.sender]
             self._cond.notify_all()
 
     def in_flight(self, sender: str) -> int:
         with self._cond:
-            return self._in_flight[sender]
+            return len(self._in_flight.get(sender, ()))

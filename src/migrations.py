@@ -109,7 +109,13 @@ def apply_migrations(db: DatabaseParams, sql_dir: Path = SQL_DIR) -> list[Migrat
                                 (migration.version, migration.name, migration.checksum()))
                     applied.append(migration)
             finally:
-                cur.execute("SELECT RELEASE_LOCK('mailjobs_migrate')")
+                try:
+                    cur.execute("SELECT RELEASE_LOCK('mailjobs_migrate')")
+                except pymysql.MySQLError:
+                    # the connection is broken (a stop signal interrupted a read, the server
+                    # went away): the lock is the session's and goes with it, and this must
+                    # not hide why we are leaving (it turned a clean stop into exit 1)
+                    pass
     finally:
         conn.close()
     return applied

@@ -295,7 +295,8 @@ class GmailTransport:
             return self._send(msg, payload)
         sender = msg.sender_email
         try:
-            self.gate.enter(sender, GATE_WAIT if self.gate_wait is None else self.gate_wait)
+            ticket = self.gate.enter(sender,
+                                     GATE_WAIT if self.gate_wait is None else self.gate_wait)
         except GateBusy:
             cap = self.gate.limits.cap(GMAIL, sender)
             raise SendError("rate", "gmail_busy", f"{cap} sends of {sender} are in flight "
@@ -305,10 +306,10 @@ class GmailTransport:
             result = self._send(msg, payload)
         except SendError as exc:
             if exc.error_code == "gmail_concurrent":
-                raise self._refused(sender, exc) from exc
+                raise self._refused(sender, ticket.peak - 1, exc) from exc
             raise
         finally:
-            self.gate.leave(sender)
+            self.gate.leave(ticket)
         self.gate.limits.succeeded(GMAIL, sender)
         return result
 
@@ -319,11 +320,11 @@ class GmailTransport:
             f"sending to {msg.to_email}", True)
         return SendResult(provider_id=response.get("id"))
 
-    def _refused(self, sender: str, exc: SendError) -> SendError:
+    def _refused(self, sender: str, others: int, exc: SendError) -> SendError:
         """Gmail refused a concurrent request: the sender's cap is lowered (for every runner)
-        to the sends of this process that were in flight besides this one."""
+        to the most sends of this process that were in flight besides this one while it was
+        (an upper bound of what Gmail saw: one too many is corrected by the next refusal)."""
         assert self.gate is not None
-        others = self.gate.in_flight(sender) - 1
         cap = self.gate.limits.refused(GMAIL, sender, others, exc.message)
         return SendError(exc.kind, exc.error_code, f"{exc.message}; {others} other send(s) of "
                          f"{sender} were in flight, cap now {cap}; not sent, retrying",

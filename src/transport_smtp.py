@@ -540,27 +540,31 @@ class SmtpTransport:
         return None
 
     def _refused(self, reason: str, error: SendError, started: datetime) -> SendError:
-        """The server refused a new connection. Learned only from what is certain: with
-        connections (of any runner) established before this attempt began, it is the server's
-        connection limit, and the shared cap is lowered to their number. When others became
-        established only while this one was being refused (a burst of attempts at once, or the
-        server coming back from an outage) nothing is learned, and the recipient is retried
-        soon: its next attempt, after theirs, tells. With none established at all it is not a
-        limit (the server is down or refuses this client): the usual delay."""
+        """The server refused a new connection. It is the server's connection limit only when
+        connections (of any runner) were already established when this attempt began: the
+        server was accepting, so this is not an outage. The shared cap is then lowered to the
+        number established once this process's other attempts have settled (at least those
+        before; a connection marked established a moment late still counts; one too many is
+        corrected by the next refusal, one too few would stay for LEARNED_CAP_HOLD). When others
+        became established only while this one was being refused (a burst of attempts at once,
+        or the server coming back from an outage) nothing is learned, and the recipient is
+        retried soon: its next attempt, after theirs, tells. With none established at all it is
+        not a limit (the server is down or refuses this client): the usual delay."""
         slots = self.slots
         if slots is None or slots.limits is None:
             return error
         try:
             before = slots.established_by_others(self.holder, started)
-            now = before or slots.settled_by_others(self.holder, REFUSAL_SETTLE)
+            now = slots.settled_by_others(self.holder, REFUSAL_SETTLE)
         except DaoError as exc:
             log.warning("could not count the open SMTP connections (%s)", exc)
             return error
-        if now < 1:
+        if max(before, now) < 1:
             return error
         if before >= 1:
-            cap = slots.limits.refused(SMTP, self.where, before, reason)
-            said = f"{before} other connection(s) were open, cap now {cap}"
+            open_ = max(before, now)
+            cap = slots.limits.refused(SMTP, self.where, open_, reason)
+            said = f"{open_} other connection(s) were open, cap now {cap}"
         else:
             said = f"{now} other connection(s) opened meanwhile"
         return SendError(error.kind, error.error_code, f"{error.message}; {said}; not sent, "
