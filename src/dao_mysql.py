@@ -963,7 +963,7 @@ class Dao:
             return None
 
     def forget_learned_cap(self, kind: str, target: str) -> bool:
-        """An operator resets a cap to its configured value (`mailjobs limits reset`)."""
+        """An operator resets a cap to its configured value (`mailjobs senders reset-cap`)."""
         with self.transaction() as cur:
             return self._run(cur, "learned_cap_delete", (kind, target)) > 0
 
