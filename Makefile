@@ -1,5 +1,5 @@
 # mailjobs: the two commands are `make run` and `make test`.
-.PHONY: run test lint migrate worker bench clean-db
+.PHONY: run test lint lock migrate worker bench clean-db
 
 run:
 	@scripts/setup.sh run
@@ -14,6 +14,10 @@ lint:
 	@scripts/setup.sh test
 	.venv/bin/ruff check src tests bench
 
+# Re-pins requirements.lock and requirements-dev.lock (with hashes) from the ranges in requirements*.txt.
+lock:
+	scripts/lock.sh
+
 migrate:
 	@scripts/setup.sh run
 	.venv/bin/mailjobs migrate
@@ -24,5 +28,5 @@ bench:
 
 # Stops the project-local MariaDB if one was left running, and deletes its data.
 clean-db:
-	-@.venv/bin/python -c "import sys; sys.path.insert(0,'src'); from local_mariadb import LocalMariaDB; LocalMariaDB(__import__('pathlib').Path('var/mariadb')).stop()"
+	-@.venv/bin/python -c "from pathlib import Path; from mailjobs.db.local_mariadb import LocalMariaDB; LocalMariaDB(Path('var/mariadb')).stop()"
 	rm -rf var/mariadb

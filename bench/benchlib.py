@@ -1,17 +1,35 @@
 """Helpers shared by the benchmarks in bench/ (run as `python bench/<name>.py`)."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
+
+def from_tests(name: str) -> ModuleType:
+    """One of the test suite's own servers (tests/fake_gmail.py, latency_proxy.py, served.py),
+    loaded from its file: the benchmarks run the same fakes as the tests."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, TESTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextmanager
 def private_mariadb(database: str) -> Iterator[str]:
     """A MariaDB of the benchmark's own in a temporary directory: yields the URL of
-    `database` on it; stopped and deleted afterwards. (src/ must be on sys.path.)"""
-    from local_mariadb import LocalMariaDB
+    `database` on it; stopped and deleted afterwards."""
+    from mailjobs.db.local_mariadb import LocalMariaDB
 
     with tempfile.TemporaryDirectory() as tmp:
         server = LocalMariaDB(Path(tmp) / "db")

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from mailjobs.deliverability import dsn
 
-import dsn  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HEAD = (b"From: postmaster@example.net\nSubject: Undeliverable\nContent-Type: text/plain\n\n"
         b"could not be delivered 550\n")

@@ -38,20 +38,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pymysql
+import requests
+
+from benchlib import percentile, rss_kb
+from mailjobs import (
+    api_keys,
+    defaults,
+)
+from mailjobs.dao_mysql import Dao
+from mailjobs.db.local_mariadb import LocalMariaDB
+from mailjobs.db.migrations import apply_migrations
+from mailjobs.records import NewJob
+from mailjobs.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-import pymysql  # noqa: E402
-import requests  # noqa: E402
-
-import api_keys  # noqa: E402
-import defaults  # noqa: E402
-from benchlib import percentile, rss_kb  # noqa: E402
-from dao_mysql import Dao  # noqa: E402
-from local_mariadb import LocalMariaDB  # noqa: E402
-from migrations import apply_migrations  # noqa: E402
-from records import NewJob  # noqa: E402
-from settings import Settings  # noqa: E402
 
 BENCH_DB = "mailjobs_bench"
 SENDER = "bench@example.com"

@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 BENCH_DB = "mailjobs_bench_fairness"
 BIG_SENDER = "big@example.com"
@@ -81,7 +80,7 @@ class Recorder:
     latency = 0.0
 
     def send(self, msg):
-        from transport_base import SendResult
+        from mailjobs.transports.base import SendResult
 
         if Recorder.latency > 0:
             time.sleep(Recorder.latency)
@@ -124,7 +123,7 @@ class Ctx:
 
 
 def make_job(dao, key_id: int, n: int, sender: str, tag: str, priority: int = 1) -> int:
-    from records import NewJob, NewRecipient
+    from mailjobs.records import NewJob, NewRecipient
 
     rows = [NewRecipient(f"user{i:06d}.{tag}@example.com", f"User {i:06d}",
                          {"code": f"C{i:06d}", "plan": PLANS[i % 3]}) for i in range(n)]
@@ -165,13 +164,13 @@ def parse_args(argv):
 
 
 def run(ctx: Ctx) -> int:
-    import api_keys
-    from dao_mysql import Dao
-    from job_runner import JobRunner
-    from local_mariadb import LocalMariaDB
-    from migrations import apply_migrations
-    from scheduling import PRIORITIES
-    from settings import Settings
+    from mailjobs import api_keys
+    from mailjobs.dao_mysql import Dao
+    from mailjobs.db.local_mariadb import LocalMariaDB
+    from mailjobs.db.migrations import apply_migrations
+    from mailjobs.job_runner import JobRunner
+    from mailjobs.scheduling import PRIORITIES
+    from mailjobs.settings import Settings
 
     args = ctx.args
     Recorder.latency = args.latency

@@ -14,27 +14,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+from benchlib import private_mariadb
+from mailjobs import api_keys
+from mailjobs.api_server import create_app
+from mailjobs.dao_mysql import Dao
+from mailjobs.db.migrations import apply_migrations
+from mailjobs.job_runner import JobRunner
+from mailjobs.settings import Settings
+from mailjobs.transports import factory as transports
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.append(str(ROOT / "bench"))   # after src/: bench/enqueue.py must not shadow src/enqueue.py
-
-from aiosmtpd.controller import Controller  # noqa: E402
-from aiosmtpd.smtp import SMTP  # noqa: E402
-
-import api_keys  # noqa: E402
-import transports  # noqa: E402
-from api_server import create_app  # noqa: E402
-from benchlib import private_mariadb  # noqa: E402
-from dao_mysql import Dao  # noqa: E402
-from job_runner import JobRunner  # noqa: E402
-from migrations import apply_migrations  # noqa: E402
-from settings import Settings  # noqa: E402
 
 LIMIT = 2
 

@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.append(str(ROOT / "bench"))   # after src/: bench/enqueue.py must not shadow src/enqueue.py
+from benchlib import percentile, private_mariadb
+from mailjobs import api_keys
+from mailjobs.api_server import create_app
+from mailjobs.dao_mysql import Dao
+from mailjobs.db.migrations import apply_migrations
+from mailjobs.job_runner import JobRunner
+from mailjobs.settings import Settings
+from mailjobs.transports.base import SendResult
 
-import api_keys  # noqa: E402
-from api_server import create_app  # noqa: E402
-from benchlib import percentile, private_mariadb  # noqa: E402
-from dao_mysql import Dao  # noqa: E402
-from job_runner import JobRunner  # noqa: E402
-from migrations import apply_migrations  # noqa: E402
-from settings import Settings  # noqa: E402
-from transport_base import SendResult  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FIRST_SEND = threading.Event()
 SENT_AT: list[float] = []

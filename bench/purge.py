@@ -28,11 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))
+from benchlib import percentile
 
-from benchlib import percentile  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BENCH_DB = "mailjobs_bench_purge"
 
@@ -147,7 +145,7 @@ def stats_ms(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     tmp = Path(tempfile.mkdtemp(prefix="mailjobs-bench-purge-"))
-    from local_mariadb import LocalMariaDB
+    from mailjobs.db.local_mariadb import LocalMariaDB
 
     server = LocalMariaDB(tmp / "mariadb")
     try:
@@ -159,11 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, server) -> int:
-    import api_keys
-    import retention
-    from dao_mysql import Dao
-    from migrations import apply_migrations
-    from settings import Settings
+    from mailjobs import api_keys, retention
+    from mailjobs.dao_mysql import Dao
+    from mailjobs.db.migrations import apply_migrations
+    from mailjobs.settings import Settings
 
     say(f"starting a private MariaDB in {server.root}")
     server.start()

@@ -31,9 +31,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchlib import from_tests
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 DB = "mailjobs_bench_remote"
@@ -56,9 +56,9 @@ def body(n: int, tag: str) -> dict:
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
-        from local_mariadb import LocalMariaDB
-        from migrations import apply_migrations
-        from settings import Settings
+        from mailjobs.db.local_mariadb import LocalMariaDB
+        from mailjobs.db.migrations import apply_migrations
+        from mailjobs.settings import Settings
 
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="mj-remote-"))
@@ -71,8 +71,8 @@ class Bench:
                              heartbeat_log_interval=60, embedded_runner=False,
                              bounce_check_interval=0, log_level="WARNING")
         apply_migrations(self.base.db)
-        import api_keys
-        from dao_mysql import Dao
+        from mailjobs import api_keys
+        from mailjobs.dao_mysql import Dao
         self.dao = Dao(self.base)
         self.key = api_keys.create_key(self.dao, "bench", ["*"], True)
         self.tables: list[str] = []
@@ -83,7 +83,7 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def proxy(self, delay: float):
-        from latency_proxy import LatencyProxy
+        LatencyProxy = from_tests("latency_proxy").LatencyProxy
         return LatencyProxy(str(self.server.socket), delay)
 
     def settings_for(self, url: str, **kw):
@@ -91,10 +91,10 @@ class Bench:
 
     # --- 1: round trips ----------------------------------------------------------------------
     def round_trips(self) -> list[tuple[str, int, str]]:
-        from api_server import create_app
-        from dao_mysql import Dao
-        from db_guard import ROUND_TRIPS
-        from rate_limit import Limits
+        from mailjobs.api_server import create_app
+        from mailjobs.dao_mysql import Dao
+        from mailjobs.db.guard import ROUND_TRIPS
+        from mailjobs.rate_limit import Limits
 
         dao = Dao(self.base)
         rows = []
@@ -135,7 +135,7 @@ class Bench:
 
     def runner_round_trips(self, n: int) -> tuple[int, float]:
         """Commands per 100 recipients over a whole job (direct)."""
-        from db_guard import ROUND_TRIPS
+        from mailjobs.db.guard import ROUND_TRIPS
         job_id = self.make_job(n, "rtjob")
         c0 = ROUND_TRIPS.commands
         rate = self.run_job(self.base, job_id, n)
@@ -143,7 +143,7 @@ class Bench:
 
     # --- 2: runner throughput ------------------------------------------------------------------
     def make_job(self, n: int, tag: str) -> int:
-        from api_server import create_app
+        from mailjobs.api_server import create_app
         client = create_app(self.base, self.dao).test_client()
         r = client.post("/api/jobs/send_template_emails", json=body(n, tag),
                         headers={"X-API-Key": self.key.key})
@@ -151,9 +151,9 @@ class Bench:
         return r.json["job_id"]
 
     def run_job(self, settings, job_id: int, n: int) -> float:
-        import transports
-        from dao_mysql import Dao
-        from job_runner import JobRunner
+        from mailjobs.dao_mysql import Dao
+        from mailjobs.job_runner import JobRunner
+        from mailjobs.transports import factory as transports
 
         dao = Dao(settings)
         runner = JobRunner(settings, dao, transports.transport_factory(settings, dao))
@@ -194,8 +194,8 @@ class Bench:
 
     # --- 3: enqueue ------------------------------------------------------------------------------
     def enqueue(self, n: int, repeats: int) -> list[tuple[str, float, float]]:
-        from api_server import create_app
-        from dao_mysql import Dao
+        from mailjobs.api_server import create_app
+        from mailjobs.dao_mysql import Dao
         out = []
         for label, delay in (("direct (Unix socket)", None), ("proxy, 50 ms each way", 0.050)):
             proxy = self.proxy(delay).__enter__() if delay is not None else None
@@ -225,9 +225,9 @@ class Bench:
     def frozen(self, deadline: float) -> tuple[float, float, int]:
         import requests
 
-        from api_server import create_app
-        from dao_mysql import Dao
-        from served import served
+        from mailjobs.api_server import create_app
+        from mailjobs.dao_mysql import Dao
+        served = from_tests("served").served
 
         s = self.base.with_overrides(db_request_deadline=deadline, db_connect_timeout=5,
                                      db_read_timeout=30)

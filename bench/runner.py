@@ -44,10 +44,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import percentile, rss_kb
+from benchlib import from_tests, percentile, rss_kb
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 SENDER_NULL = "bench-null@example.com"
 SENDER_GMAIL = "bench-gmail@example.com"
@@ -88,9 +87,8 @@ def serve_fake_gmail(latency: float, sender: str, nagle: bool, lean: bool) -> No
     and again in `_log_send`), ~3 ms of CPU under its GIL per send, which caps the bare
     transport at ~75 % of 8 / 50 ms. A lean fake keeps the raw bytes only, so the runner, not
     the fake, is what row 3c measures."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import fake_gmail
-    from fake_gmail import FakeGmail
+    fake_gmail = from_tests("fake_gmail")
+    FakeGmail = fake_gmail.FakeGmail
 
     if not nagle:
         fake_gmail._Handler.disable_nagle_algorithm = True
@@ -174,7 +172,7 @@ class Ctx:
 
 
 def make_job(ctx: Ctx, n: int, sender: str, tag: str) -> int:
-    from records import NewJob, NewRecipient
+    from mailjobs.records import NewJob, NewRecipient
 
     rows = [NewRecipient(f"user{i:06d}.{tag}@example.com", f"User {i:06d}",
                          {"code": f"C{i:06d}", "plan": PLANS[i % 3]}) for i in range(n)]
@@ -230,9 +228,9 @@ class ThreadRunner:
     """One JobRunner in a thread of this process, with its own Dao (pool)."""
 
     def __init__(self, settings, factory=None) -> None:
-        import transports
-        from dao_mysql import Dao
-        from job_runner import JobRunner
+        from mailjobs.dao_mysql import Dao
+        from mailjobs.job_runner import JobRunner
+        from mailjobs.transports import factory as transports
 
         self.dao = Dao(settings)
         factory = factory or transports.transport_factory(settings, self.dao)
@@ -317,7 +315,7 @@ def row_null(ctx: Ctx) -> None:
 
 
 def gmail_settings(ctx: Ctx, fake: FakeGmailProcess, sender: str, **overrides):
-    from sender_credentials import CredentialStore
+    from mailjobs.transports.credentials import CredentialStore
 
     s = ctx.settings.with_overrides(mail_transport="gmail", gmail_api_endpoint=fake.url,
                                     gmail_token_uri=fake.token_uri, **overrides)
@@ -328,9 +326,9 @@ def gmail_settings(ctx: Ctx, fake: FakeGmailProcess, sender: str, **overrides):
 def transport_ceiling(fake: FakeGmailProcess, sender: str, threads: int, n: int) -> float:
     """sends/s of `threads` bare GmailTransports against the same fake: no runner, no database,
     one prebuilt message. What the client library + the fake allow: the runner's ceiling."""
-    from mail_message import build_message
-    from transport_base import OutgoingMessage
-    from transport_gmail import GmailTransport, credentials_from_info
+    from mailjobs.mail_message import build_message
+    from mailjobs.transports.base import OutgoingMessage
+    from mailjobs.transports.gmail import GmailTransport, credentials_from_info
 
     class Provider:
         def get(self, sender_email):
@@ -467,7 +465,7 @@ def cached_gmail_resource():
     """GmailTransport with `service.users().messages()` built once per sender session instead
     of on every send (each call rebuilds 14 discovery methods: ~1 ms of CPU). Bench-only
     monkeypatch, undone on exit, to show what the suggested change to src would give."""
-    import transport_gmail
+    from mailjobs.transports import gmail as transport_gmail
 
     original = transport_gmail.GmailTransport._session
 
@@ -500,7 +498,7 @@ def cached_gmail_resource():
 
 # --- row 4: the floor --------------------------------------------------------------------------
 def row_floor(ctx: Ctx) -> None:
-    from rate_limit import Limits
+    from mailjobs.rate_limit import Limits
 
     n = ctx.sizes["floor"]
     limits = Limits(0, 0, ctx.settings.sender_burst_seconds)
@@ -538,7 +536,7 @@ class TimingTransport:
     lock = threading.Lock()
 
     def send(self, msg):
-        from transport_base import SendResult
+        from mailjobs.transports.base import SendResult
 
         now = time.perf_counter()
         with self.lock:
@@ -673,7 +671,7 @@ def row_rss(ctx: Ctx) -> None:
 # --- row 7: RQ peer ----------------------------------------------------------------------------
 def rq_build_one(i: int, message_id: str) -> int:
     """An RQ job: build the same kind of message the runner builds, nothing else."""
-    from mail_message import build_message
+    from mailjobs.mail_message import build_message
 
     name, code, plan = f"User {i:06d}", f"C{i:06d}", PLANS[i % 3]
     raw = build_message(sender_email=SENDER_NULL, from_name="Bench", reply_to=None,
@@ -766,11 +764,11 @@ def row_rq(ctx: Ctx) -> None:
 def setup(ctx: Ctx) -> None:
     from cryptography.fernet import Fernet
 
-    import api_keys
-    from dao_mysql import Dao
-    from local_mariadb import LocalMariaDB
-    from migrations import apply_migrations
-    from settings import Settings
+    from mailjobs import api_keys
+    from mailjobs.dao_mysql import Dao
+    from mailjobs.db.local_mariadb import LocalMariaDB
+    from mailjobs.db.migrations import apply_migrations
+    from mailjobs.settings import Settings
 
     ctx.server = LocalMariaDB(ctx.tmp / "mariadb")
     say(f"starting a private MariaDB in {ctx.server.root}")

@@ -21,12 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))
+from benchlib import percentile
+from mailjobs.db.local_mariadb import LocalMariaDB
 
-from benchlib import percentile  # noqa: E402
-from local_mariadb import LocalMariaDB  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def catches(pid: int) -> bool:

@@ -14,16 +14,17 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
 
-from jinja2 import StrictUndefined  # noqa: E402
-from jinja2.sandbox import SandboxedEnvironment  # noqa: E402
-
-from templating import RenderLimits, TemplateCompileError, compile_templates, recipient_context  # noqa: E402
+from mailjobs.templating import (
+    RenderLimits,
+    TemplateCompileError,
+    compile_templates,
+    recipient_context,
+)
 
 HOSTILE = {
     '"x" * 10**8': '{{ "x" * 10**8 }}',

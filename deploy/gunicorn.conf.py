@@ -1,4 +1,4 @@
-"""gunicorn settings for the mailjobs API: `gunicorn -c deploy/gunicorn.conf.py wsgi:app`.
+"""gunicorn settings for the mailjobs API: `gunicorn -c deploy/gunicorn.conf.py mailjobs.web.wsgi:app`.
 
 Each worker process opens its own DB pool (DB_POOL_SIZE connections at most), so the database
 must allow workers x DB_POOL_SIZE connections per API host, plus the runners'.
@@ -13,7 +13,8 @@ worker_class = "gthread"
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
-chdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+# the project directory: .env and var/ are found from there
+chdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 accesslog = "-"
 errorlog = "-"
 

@@ -11,9 +11,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import defaults
-from dao_mysql import Dao
-from records import ApiKey
+from mailjobs import defaults
+from mailjobs.dao_mysql import Dao
+from mailjobs.records import ApiKey
 
 KEY_PREFIX = "mj_"
 

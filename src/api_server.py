@@ -6,7 +6,7 @@ the whole service as `mailjobs serve` does.
 from __future__ import annotations
 
 if __name__ == "__main__":   # `python src/api_server.py`: stop signals handled before the imports
-    import entry
+    from mailjobs import entry
 
     entry.install()
 
@@ -22,13 +22,29 @@ from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-import db_guard
-import defaults
-import job_control
-import metrics
-from addresses import InvalidAddress, normalize_address
-from api_keys import KeyVerifier
-from api_schemas import (
+from mailjobs import defaults, job_control, metrics
+from mailjobs.api_keys import KeyVerifier
+from mailjobs.dao_mysql import Dao, DatabaseUnavailable
+from mailjobs.db import guard as db_guard
+from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
+from mailjobs.enqueue import (
+    RequestRejected,
+    check_template,
+    check_template_storage,
+    enqueue,
+    replay_or_conflict,
+    request_hash,
+)
+from mailjobs.records import (
+    JOB_STATUSES,
+    RECIPIENT_STATUSES,
+    SUPPRESSION_REASONS,
+    Job,
+    StoredTemplate,
+)
+from mailjobs.settings import Settings, load_settings
+from mailjobs.web.openapi import openapi_document
+from mailjobs.web.schemas import (
     EnqueueOut,
     RetryIn,
     RetryOut,
@@ -37,19 +53,7 @@ from api_schemas import (
     SuppressionIn,
     TemplateIn,
 )
-from dao_mysql import Dao, DatabaseUnavailable
-from enqueue import (
-    RequestRejected,
-    check_template,
-    check_template_storage,
-    enqueue,
-    replay_or_conflict,
-    request_hash,
-)
-from openapi_doc import openapi_document
-from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS, Job, StoredTemplate
-from settings import Settings, load_settings
-from views import (
+from mailjobs.web.views import (
     job_view,
     keyset_page,
     learned_caps_view,
@@ -546,14 +550,18 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     def openapi() -> Response:
         return jsonify(openapi_document())
 
-    from dashboard import register_dashboard  # operators' HTML pages, not in /openapi.json
+    from mailjobs.dashboard.pages import (
+        register_dashboard,  # operators' HTML pages, not in /openapi.json
+    )
     register_dashboard(app, dao, settings)
-    from unsubscribe import register_unsubscribe  # recipients' /u/ pages, not in /openapi.json
+    from mailjobs.deliverability.unsubscribe import (
+        register_unsubscribe,  # recipients' /u/ pages, not in /openapi.json
+    )
     register_unsubscribe(app, dao, settings)
     return app
 
 
 if __name__ == "__main__":
-    from entry import main
+    from mailjobs.entry import main
 
     main(["serve"])

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pymysql
 
-import api_keys
-import defaults
-from dao_mysql import Dao
-from local_mariadb import LocalMariaDB
-from migrations import applied_versions, apply_migrations, discover
-from settings import PROJECT_ROOT, Settings
+from mailjobs import api_keys, defaults
+from mailjobs.dao_mysql import Dao
+from mailjobs.db.local_mariadb import LocalMariaDB
+from mailjobs.db.migrations import applied_versions, apply_migrations, discover
+from mailjobs.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger("mailjobs")
 DEV_KEY_FILE = PROJECT_ROOT / "var" / "dev_api_key"

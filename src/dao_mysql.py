@@ -33,15 +33,22 @@ import pymysql
 from dbutils.pooled_db import PooledDB, TooManyConnections
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-import db_guard
-import defaults
-import metrics
-from addresses import address_key
-from mail_message import has_own_token, recipient_message_id
-from rate_limit import Limits, allowance
-from records import ApiKey, Job, LearnedCap, NewJob, NewRecipient, Recipient, StoredTemplate
-from scheduling import Claimable
-from settings import DatabaseParams, Settings
+from mailjobs import defaults, metrics
+from mailjobs.db import guard as db_guard
+from mailjobs.deliverability.addresses import address_key
+from mailjobs.mail_message import has_own_token, recipient_message_id
+from mailjobs.rate_limit import Limits, allowance
+from mailjobs.records import (
+    ApiKey,
+    Job,
+    LearnedCap,
+    NewJob,
+    NewRecipient,
+    Recipient,
+    StoredTemplate,
+)
+from mailjobs.scheduling import Claimable
+from mailjobs.settings import DatabaseParams, Settings
 
 log = logging.getLogger("mailjobs.db")
 T = TypeVar("T")
@@ -970,7 +977,7 @@ class Dao:
     # --- deliverability: suppression list, unsubscribe, bounces ----------------------------
     @staticmethod
     def _suppression(row: tuple) -> Any:
-        from records import Suppression
+        from mailjobs.records import Suppression
 
         row = _utc(row)
         return Suppression(int(row[0]), int(row[1]), row[2], row[3],

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 
 from jinja2 import TemplateError
 
-import metrics
-from mail_message import HeaderInjection, UnsupportedAddress, build_message
-from records import Job, Recipient
-from settings import Settings
-from templating import (
+from mailjobs import metrics
+from mailjobs.mail_message import HeaderInjection, UnsupportedAddress, build_message
+from mailjobs.records import Job, Recipient
+from mailjobs.settings import Settings
+from mailjobs.templating import (
     CompiledTemplates,
     TemplateCompileError,
     TemplateRenderError,
@@ -29,7 +29,7 @@ from templating import (
     render_limits,
     template_limits,
 )
-from transport_base import OutgoingMessage, SendError, Transport
+from mailjobs.transports.base import OutgoingMessage, SendError, Transport
 
 log = logging.getLogger("mailjobs.scheduler")
 
@@ -97,7 +97,7 @@ class EmailScheduler:
         context = recipient_context(job.variables, r.to_email, r.name, r.variables)
         extra = None
         if job.unsubscribe_base_url:   # one-click unsubscribe: our link wins over any variable
-            from unsubscribe import headers, tokens_for
+            from mailjobs.deliverability.unsubscribe import headers, tokens_for
 
             context["unsubscribe_url"] = url = tokens_for(self.settings).url(
                 job.unsubscribe_base_url, r.id, job.api_key_id)

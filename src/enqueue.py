@@ -9,13 +9,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from api_schemas import SendTemplateEmailsIn, TemplateIn
-from dao_mysql import Dao, DuplicateKey
-from mail_message import header_text_problem
-from records import ApiKey, Job, NewJob, NewRecipient
-from scheduling import PRIORITIES, PRIORITY_NAMES
-from settings import Settings
-from templating import BUILTIN_VARIABLES, TemplateCompileError, compile_templates, template_limits
+from mailjobs.dao_mysql import Dao, DuplicateKey
+from mailjobs.mail_message import header_text_problem
+from mailjobs.records import ApiKey, Job, NewJob, NewRecipient
+from mailjobs.scheduling import PRIORITIES, PRIORITY_NAMES
+from mailjobs.settings import Settings
+from mailjobs.templating import (
+    BUILTIN_VARIABLES,
+    TemplateCompileError,
+    compile_templates,
+    template_limits,
+)
+from mailjobs.web.schemas import SendTemplateEmailsIn, TemplateIn
 
 MAX_LISTED_ERRORS = 20
 

@@ -104,6 +104,6 @@ def running(stop: Callable[[], None]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The `mailjobs` command (console script): handlers first, then the command line."""
     install()
-    from cli import main as cli_main
+    from mailjobs.cli.main import main as cli_main
 
     cli_main(argv)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dao_mysql import Dao
-from records import FINAL_JOB_STATUSES
+from mailjobs.dao_mysql import Dao
+from mailjobs.records import FINAL_JOB_STATUSES
 
 ACTIVE = ("queued", "scheduled", "running")
 

@@ -10,7 +10,7 @@ iteration is logged with its traceback and the loop goes on after a bounded back
 from __future__ import annotations
 
 if __name__ == "__main__":   # `python -m job_runner`: stop signals handled before the imports
-    import entry
+    from mailjobs import entry
 
     entry.install()
 
@@ -24,14 +24,11 @@ from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
-import bounces
-import db_guard
-import job_control
-import metrics
-import retention
-import scheduling
-from dao_mysql import Dao, DatabaseUnavailable
-from email_scheduler import (
+from mailjobs import job_control, metrics, retention, scheduling
+from mailjobs.dao_mysql import Dao, DatabaseUnavailable
+from mailjobs.db import guard as db_guard
+from mailjobs.deliverability import bounces
+from mailjobs.email_scheduler import (
     EXPIRED,
     FAILED,
     HOLD,
@@ -42,11 +39,11 @@ from email_scheduler import (
     Outcome,
     TransportFactory,
 )
-from rate_limit import Limits
-from records import Job, Recipient
-from send_pool import FairPool
-from settings import Settings
-from transport_base import Transport
+from mailjobs.rate_limit import Limits
+from mailjobs.records import Job, Recipient
+from mailjobs.send_pool import FairPool
+from mailjobs.settings import Settings
+from mailjobs.transports.base import Transport
 
 log = logging.getLogger("mailjobs.runner")
 # Claimed-but-unsent recipients a runner holds, in seconds of its own send rate.
@@ -653,6 +650,6 @@ class EmbeddedRunner:
 
 
 if __name__ == "__main__":
-    from entry import main
+    from mailjobs.entry import main
 
     main(["worker"])

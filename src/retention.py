@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import defaults
-from dao_mysql import Dao, DaoError
-from settings import Settings
+from mailjobs import defaults
+from mailjobs.dao_mysql import Dao, DaoError
+from mailjobs.settings import Settings
 
 log = logging.getLogger("mailjobs.retention")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-import defaults
+from mailjobs import defaults
 
 # One FEEDBACK_LOOP_FROM entry: an address or a domain (it becomes a Gmail `from:` search term).
 _FEEDBACK_FROM = r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+|@?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+"

@@ -33,7 +33,7 @@ from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-import defaults
+from mailjobs import defaults
 
 # Variables every recipient has without providing them. `unsubscribe_url` (the recipient's
 # one-click unsubscribe link) exists only in jobs with unsubscribe on; elsewhere it is an ordinary

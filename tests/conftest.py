@@ -7,22 +7,20 @@ server are then skipped).
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
+from mailjobs import api_keys
+from mailjobs.api_server import create_app
+from mailjobs.dao_mysql import Dao
+from mailjobs.db.local_mariadb import LocalMariaDB
+from mailjobs.db.migrations import apply_migrations
+from mailjobs.settings import Settings
+from runner_helpers import SENDER, count_rows  # noqa: F401  (tests import them from there)
 
-import api_keys  # noqa: E402
-from api_server import create_app  # noqa: E402
-from dao_mysql import Dao  # noqa: E402
-from local_mariadb import LocalMariaDB  # noqa: E402
-from migrations import apply_migrations  # noqa: E402
-from settings import Settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TEST_DB = "mailjobs_test"
 TABLES = ["job_recipients", "jobs", "api_keys", "runners", "senders", "sender_hourly_sends", "templates",
@@ -88,7 +86,6 @@ def key(make_key) -> str:
     return make_key(senders=["ops@example.com", "*@example.org"])
 
 
-from runner_helpers import SENDER, count_rows  # noqa: E402,F401  (tests import them from there)
 
 
 @pytest.fixture()
@@ -107,8 +104,8 @@ def gmail_settings(dao, fake):
     sender's OAuth grant stored (encrypted) in the database."""
     from cryptography.fernet import Fernet
 
+    from mailjobs.transports.credentials import CredentialStore
     from runner_helpers import fast
-    from sender_credentials import CredentialStore
 
     s = fast(dao.settings, mail_transport="gmail", gmail_api_endpoint=fake.url,
              gmail_token_uri=fake.token_uri, gmail_timeout=2.0,
@@ -122,7 +119,7 @@ def run(dao, database, monkeypatch):
     """Invoke the `mailjobs` command line (click's runner) against the test database."""
     from click.testing import CliRunner
 
-    from cli import cli
+    from mailjobs.cli.main import cli
 
     monkeypatch.setenv("DATABASE_URL", database.url)
     monkeypatch.delenv("MAILJOBS_URL", raising=False)

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 
 import pymysql
 
-import transports
-from dao_mysql import Dao
-from job_runner import JobRunner
-from settings import Settings
+from mailjobs.dao_mysql import Dao
+from mailjobs.job_runner import JobRunner
+from mailjobs.settings import Settings
+from mailjobs.transports import factory as transports
 
 
 def fast(settings: Settings, **overrides) -> Settings:

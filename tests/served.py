@@ -12,7 +12,7 @@ from typing import Any
 import requests
 from waitress.server import create_server
 
-import http_lanes
+from mailjobs.web import lanes as http_lanes
 
 
 @contextmanager

@@ -159,10 +159,10 @@ def test_malformed_json_is_400(client, key, dao):
 
 
 def test_body_over_max_request_bytes_is_413(dao):
-    from api_server import create_app
+    from mailjobs.api_server import create_app
 
     client = create_app(dao.settings.with_overrides(max_request_bytes=2000), dao).test_client()
-    from api_keys import create_key
+    from mailjobs.api_keys import create_key
     key = create_key(dao, "t", ["*"]).key
     r = post(client, key, body(100))
     assert (r.status_code, r.json["error"]) == (413, "payload_too_large")
@@ -170,8 +170,8 @@ def test_body_over_max_request_bytes_is_413(dao):
 
 
 def test_more_recipients_than_the_limit_is_400(dao):
-    from api_keys import create_key
-    from api_server import create_app
+    from mailjobs.api_keys import create_key
+    from mailjobs.api_server import create_app
 
     client = create_app(dao.settings.with_overrides(max_recipients_per_job=5), dao).test_client()
     key = create_key(dao, "t", ["*"]).key
@@ -286,8 +286,8 @@ def test_large_requests_beyond_the_concurrency_limit_wait_then_get_503(dao, monk
     the slot and (with no wait allowed here) is refused with 503 busy, storing nothing."""
     import threading
 
-    import api_server
-    from api_keys import create_key
+    from mailjobs import api_server
+    from mailjobs.api_keys import create_key
 
     s = dao.settings.with_overrides(large_enqueue_concurrency=1, large_body_bytes=100,
                                     db_pool_timeout=0.0)

@@ -24,7 +24,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from openapi_doc import openapi_document
+from mailjobs.web.openapi import openapi_document
 
 MAX_EXAMPLES = 40
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",

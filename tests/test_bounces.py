@@ -15,13 +15,12 @@ from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-import bounces
-import dsn
-import transports
+from mailjobs.deliverability import bounces, dsn
+from mailjobs.settings import Settings
+from mailjobs.transports import factory as transports
+from mailjobs.transports.base import SendError
 from runner_helpers import SENDER, count_rows, recipients, running, wait_for, wait_job_done
-from settings import Settings
 from test_api_enqueue import body, post
-from transport_base import SendError
 
 SAMPLES = Path(__file__).parent / "dsn_samples"
 
@@ -356,7 +355,7 @@ def test_a_poison_message_between_two_genuine_bounces_and_a_bad_sender_stop_noth
     """The bounce check of sender `bad@example.org` (checked first: senders go by address) meets
     poison messages between two genuine bounces; both bounces, and the next sender's, are
     recorded in the same round."""
-    from sender_credentials import CredentialStore
+    from mailjobs.transports.credentials import CredentialStore
 
     bad = "bad@example.org"
     fake.add_account(bad)
@@ -407,8 +406,7 @@ def test_a_1mb_hostile_dsn_is_parsed_in_under_100ms():
 
     script = r'''
 import sys, time
-sys.path[:0] = [sys.argv[1]]
-import dsn
+from mailjobs.deliverability import dsn
 head = (b"From: postmaster@example.net\nSubject: Undeliverable\nContent-Type: text/plain\n\n"
         b"could not be delivered 550\n")
 n = 1_000_000
@@ -422,7 +420,7 @@ hostile = {
     "nested": (b"Content-Type: multipart/mixed; boundary=b\n\n--b\n" * 50
                + b"Content-Type: text/plain\n\n" + b"x\n" * (n // 2)),
 }
-genuine = (open(sys.argv[2], "rb").read().replace(b"@@MESSAGE_ID@@", b"<mj.1.2.ab@example.com>")
+genuine = (open(sys.argv[1], "rb").read().replace(b"@@MESSAGE_ID@@", b"<mj.1.2.ab@example.com>")
            .replace(b"@@RECIPIENT@@", b"gone@example.net").replace(b"@@SENDER@@", b"o@x.com"))
 genuine += (b"Quoted line of the returned message, as long as a real one.\n" * (n // 60))
 def best(raw):
@@ -437,8 +435,7 @@ for name, raw in hostile.items():
     assert len(raw) >= n * 0.9
     print(name, best(raw))
 '''
-    done = subprocess.run([sys.executable, "-c", script, str(Path(dsn.__file__).parent),
-                           str(SAMPLES / "text_only_5xx.eml")],
+    done = subprocess.run([sys.executable, "-c", script, str(SAMPLES / "text_only_5xx.eml")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     times = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
@@ -556,7 +553,7 @@ def test_an_old_batch_message_id_still_matches_when_the_report_names_the_recipie
 
 def test_an_idn_sender_domain_has_an_ascii_message_id_that_bounces_and_in_doubt_checks_find(
         client, make_key, dao, fake, gmail_settings):
-    from sender_credentials import CredentialStore
+    from mailjobs.transports.credentials import CredentialStore
 
     sender = "ops@bücher.example"
     fake.add_account(sender)

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 
 import pymysql
 
-from api_server import create_app
-from dao_mysql import Dao
-from rate_limit import Limits
+from mailjobs.api_server import create_app
+from mailjobs.dao_mysql import Dao
+from mailjobs.rate_limit import Limits
 from runner_helpers import innodb_deadlocks, raw_connection
 from test_api_enqueue import body, post
 

@@ -41,7 +41,7 @@ def test_auth_imports_a_token_file_encrypted_and_resumes_paused_jobs(run, dao, c
                                                                      tmp_path, monkeypatch):
     from cryptography.fernet import Fernet
 
-    from sender_credentials import CredentialStore
+    from mailjobs.transports.credentials import CredentialStore
     from test_api_enqueue import body, post
 
     secret = Fernet.generate_key().decode()
@@ -66,7 +66,7 @@ def test_auth_imports_a_token_file_encrypted_and_resumes_paused_jobs(run, dao, c
 
 
 def test_a_bad_setting_is_refused_with_its_name(monkeypatch):
-    from settings import load_settings
+    from mailjobs.settings import load_settings
 
     monkeypatch.setenv("IN_DOUBT_POLICY", "sometimes")
     with pytest.raises(ValueError, match="IN_DOUBT_POLICY must be one of"):

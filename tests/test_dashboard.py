@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import dashboard
-from api_server import create_app
+from mailjobs.api_server import create_app
+from mailjobs.dashboard import pages as dashboard
 from runner_helpers import fast, running, wait_job_done
 from test_api_enqueue import body, post
 
@@ -285,7 +285,7 @@ def test_runners_page_marks_a_stale_runner_and_senders_show_quota(client, op_key
 
 
 def test_senders_page_says_outbox_mode_instead_of_missing_credentials(dao, op_key):
-    from api_server import create_app
+    from mailjobs.api_server import create_app
 
     dao.set_sender_limits("new@example.com", 60, 2000)      # a sender without credentials
     for transport, says, not_said in (("outbox", "not needed: outbox", "no credentials stored"),

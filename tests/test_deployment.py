@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from api_keys import create_key
+from mailjobs.api_keys import create_key
 from runner_helpers import wait_for
 from test_serve_process import free_port
 
@@ -32,8 +32,8 @@ def test_gunicorn_api_and_two_workers_send_a_job_together(dao, database, tmp_pat
     multiproc = tmp_path / "prom"
     multiproc.mkdir()
     # what an earlier run of the API left in the directory: gunicorn.conf.py must empty it
-    subprocess.run([sys.executable, "-c", "import metrics; "
-                    "metrics.ENQUEUED_RECIPIENTS.inc(1000)"], cwd=ROOT / "src", check=True,
+    subprocess.run([sys.executable, "-c", "from mailjobs import metrics; "
+                    "metrics.ENQUEUED_RECIPIENTS.inc(1000)"], check=True,
                    env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)})
     assert list(multiproc.glob("*.db"))
     base_env = {**os.environ, "DATABASE_URL": database.url, "MAIL_TRANSPORT": "outbox",
@@ -44,7 +44,7 @@ def test_gunicorn_api_and_two_workers_send_a_job_together(dao, database, tmp_pat
                "EXPECT_RUNNERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
     logs = [open(tmp_path / f"{name}.log", "w") for name in ("api", "w1", "w2")]
     procs = [subprocess.Popen([str(BIN / "gunicorn"), "-c", str(ROOT / "deploy/gunicorn.conf.py"),
-                               "wsgi:app"], env=api_env, stdout=logs[0],
+                               "mailjobs.web.wsgi:app"], env=api_env, stdout=logs[0],
                               stderr=subprocess.STDOUT)]
     for i, wport in enumerate(worker_ports):
         procs.append(subprocess.Popen([str(BIN / "mailjobs"), "worker"],

@@ -15,7 +15,7 @@ ROW = re.compile(r"^\|\s*(\d{3})\s*\|\s*`([a-z_]+)`\s*\|", re.M)
 
 
 def emitted() -> set[tuple[int, str]]:
-    from http_errors import CODES  # what waitress answers itself, in the JSON shape
+    from mailjobs.web.errors import CODES  # what waitress answers itself, in the JSON shape
 
     found = set(HTTP_ERRORS) | set(CODES.items())
     for path in (ROOT / "src").rglob("*.py"):

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from job_runner import JobRunner
-from rate_limit import Limits
+from mailjobs.job_runner import JobRunner
+from mailjobs.rate_limit import Limits
+from mailjobs.transports.base import SendResult
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post
-from transport_base import SendResult
 
 SENDER = "ops@example.com"
 
@@ -226,8 +226,8 @@ def test_hold_policy_leaves_it_to_an_operator(client, key, dao, fake, gmail_sett
 
 def test_an_expired_lease_mid_send_is_checked_before_sending_again(client, key, dao, outbox,
                                                                    tmp_path):
-    from email_scheduler import EmailScheduler
-    from transport_outbox import OutboxTransport
+    from mailjobs.email_scheduler import EmailScheduler
+    from mailjobs.transports.outbox import OutboxTransport
 
     job_id = post(client, key, body(2)).json["job_id"]
     rows, _ = dao.claim(job_id, SENDER, "r-dead", 10, 1, Limits(0, 0, 1))

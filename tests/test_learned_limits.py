@@ -16,7 +16,7 @@ import pytest
 from aiosmtpd.smtp import SMTP as SMTPServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from learned_limits import GMAIL, SMTP, LearnedLimits
+from mailjobs.transports.learned_limits import GMAIL, SMTP, LearnedLimits
 from runner_helpers import SENDER, fast, recipients, running, wait_job_done
 from test_api_enqueue import body, post
 from test_dashboard import login
@@ -267,7 +267,7 @@ def test_gmail_concurrency_cap_is_learned_and_no_mail_is_lost(client, key, dao, 
 
 def test_slot_wait_for_a_busy_sender_is_not_an_attempt(client, key, dao, fake, gmail_settings,
                                                       monkeypatch):
-    import transport_gmail
+    from mailjobs.transports import gmail as transport_gmail
 
     monkeypatch.setattr(transport_gmail, "GATE_WAIT", 0.05)
     monkeypatch.setattr(transport_gmail, "BUSY_RETRY", 0.05)

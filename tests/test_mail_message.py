@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mail_message import HeaderInjection, UnsupportedAddress, build_message, new_message_id
+from mailjobs.mail_message import HeaderInjection, UnsupportedAddress, build_message, new_message_id
 
 BASE = dict(sender_email="ops@example.com", from_name="Ops Team", reply_to="help@example.com",
             to_email="anna@example.org", to_name="Anna", subject="Your order",

@@ -68,8 +68,8 @@ def test_metrics_need_an_operator_key(client, key, op_key):
 
 
 def test_sender_labels_only_when_configured(dao, database, key, tmp_path, make_key):
-    import metrics
-    from api_server import create_app
+    from mailjobs import metrics
+    from mailjobs.api_server import create_app
 
     op = make_key(operator=True, name="prometheus")
     labelled = create_app(dao.settings.with_overrides(metrics_sender_labels=True), dao)

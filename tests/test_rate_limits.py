@@ -4,10 +4,10 @@ from __future__ import annotations
 import threading
 import time
 
-from rate_limit import Limits, allowance
+from mailjobs.rate_limit import Limits, allowance
+from mailjobs.transports.base import SendResult
 from runner_helpers import fast, recipients, running, wait_for
 from test_api_enqueue import body, post
-from transport_base import SendResult
 
 
 class RecordingTransport:

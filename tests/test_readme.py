@@ -5,8 +5,8 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-import defaults
-from settings import Settings
+from mailjobs import defaults
+from mailjobs.settings import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ENV_EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-import retention
+from mailjobs import retention
 from runner_helpers import count_rows, fast, running, wait_for
 from test_api_enqueue import body, post
 

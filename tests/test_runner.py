@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-import api_keys
-from dao_mysql import Dao
-from job_runner import EmbeddedRunner, JobRunner
+from mailjobs import api_keys
+from mailjobs.dao_mysql import Dao
+from mailjobs.job_runner import EmbeddedRunner, JobRunner
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post
 
@@ -43,7 +43,7 @@ def test_a_job_is_sent_end_to_end_into_the_outbox(client, key, dao, outbox_setti
 
 def test_the_message_id_is_stored_before_the_send(dao, client, key, outbox_settings):
     """Claiming fixes the Message-ID on the row; the send then uses exactly that value."""
-    from rate_limit import Limits
+    from mailjobs.rate_limit import Limits
 
     job_id = post(client, key, body(2)).json["job_id"]
     rows, _ = dao.claim(job_id, "ops@example.com", "r-test", 10, 30, Limits(0, 0, 1))
@@ -97,7 +97,7 @@ def test_two_runners_share_one_job_and_each_recipient_is_written_once(client, ke
 
 
 def test_an_expired_lease_is_taken_over_by_another_runner(client, key, dao, outbox_settings):
-    from rate_limit import Limits
+    from mailjobs.rate_limit import Limits
 
     job_id = post(client, key, body(3)).json["job_id"]
     rows, _ = dao.claim(job_id, "ops@example.com", "r-dead", 10, 1, Limits(0, 0, 1))
@@ -138,7 +138,7 @@ def test_stopping_releases_unsent_claims(client, key, dao, outbox_settings):
         name = "slow"
 
         def send(self, msg):
-            from transport_base import SendResult
+            from mailjobs.transports.base import SendResult
             started.set()
             gate.wait(10)
             return SendResult("slow-" + str(msg.recipient_id))
@@ -190,7 +190,7 @@ def test_the_runner_survives_a_mariadb_restart_mid_job(client, key, dao, outbox_
 
 
 def test_healthz_turns_503_when_the_runner_stops(dao, outbox_settings):
-    from api_server import create_app
+    from mailjobs.api_server import create_app
 
     app = create_app(outbox_settings, dao, runs_runner=True)
     c = app.test_client()
@@ -239,7 +239,7 @@ def test_the_embedded_runner_is_restarted_when_its_thread_dies(dao, outbox_setti
 def test_an_embedded_runner_is_woken_by_the_api_instead_of_waiting_for_its_poll(dao, tmp_path):
     """POLL_INTERVAL 30 s: a job posted to the API process that runs the runner is sent long
     before the next poll, because the commit wakes the runner (separate workers still poll)."""
-    from api_server import create_app
+    from mailjobs.api_server import create_app
 
     s = fast(dao.settings, mail_transport="outbox", outbox_dir=str(tmp_path / "outbox"),
              poll_interval=30.0)

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mailjobs.transports.credentials import CredentialStore
 from runner_helpers import recipients, running, wait_for, wait_job_done
-from sender_credentials import CredentialStore
 from test_api_enqueue import body, post
 
 SENDER = "ops@example.com"

@@ -5,10 +5,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+from mailjobs.scheduling import Claimable, interleave_by_key, share, tiers
+from mailjobs.transports.base import SendResult
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
-from scheduling import Claimable, interleave_by_key, share, tiers
 from test_api_enqueue import body, post
-from transport_base import SendResult
 
 
 class Recorder:
@@ -125,7 +125,7 @@ def test_expired_recipients_are_never_handed_to_the_transport(client, key, dao):
 
 def test_priority_and_expiry_are_validated(client, make_key, dao):
     limited = make_key(senders=["*"])
-    from api_keys import create_key
+    from mailjobs.api_keys import create_key
     low_key = create_key(dao, "low", ["*"], max_priority=1).key
     r = post(client, low_key, body(1, priority="high"))
     assert (r.status_code, r.json["error"], r.json["field"]) == \
@@ -149,7 +149,7 @@ def test_a_key_with_hundreds_of_waiting_jobs_cannot_crowd_out_another_key(client
                                                                         dao):
     """Regression (found by bench/fairness.py): the oldest 200 jobs all belonged to one key
     whose sender was at its limit, so another key's job was never even offered a claim."""
-    from records import NewJob, NewRecipient
+    from mailjobs.records import NewJob, NewRecipient
 
     fresh_recorder()
     crowd, other = make_key(senders=["*"]), make_key(senders=["*"])

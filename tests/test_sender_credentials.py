@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import stat
 
-import sender_credentials
-from settings import Settings
+from mailjobs.settings import Settings
+from mailjobs.transports import credentials as sender_credentials
 
 
 def test_the_dev_token_key_is_created_0600_without_a_chmod_after(tmp_path, monkeypatch):

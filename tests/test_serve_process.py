@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from api_keys import create_key
+from mailjobs.api_keys import create_key
 from runner_helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_serve_sends_through_its_embedded_runner_and_stops_on_sigterm(dao, datab
 def test_serve_and_worker_refuse_a_placeholder_or_short_secret(database, tmp_path, command,
                                                                name, value):
     env = {**os.environ, "DATABASE_URL": database.url, "PORT": str(free_port()),
-           "MAIL_TRANSPORT": "null", name: value, "PYTHONPATH": str(ROOT / "src")}
+           "MAIL_TRANSPORT": "null", name: value}
     env.pop("DEVELOPMENT", None)
     try:
         done = subprocess.run(command, env=env, cwd=ROOT,
@@ -106,8 +106,8 @@ def test_development_mode_accepts_weak_secrets_and_production_accepts_real_ones(
 
     from cryptography.fernet import Fernet
 
-    import bootstrap
-    from settings import Settings
+    from mailjobs import bootstrap
+    from mailjobs.settings import Settings
 
     weak = dict(secret_key="CHANGE-ME", token_encryption_key="CHANGE-ME")
     bootstrap.check_production_settings(Settings(**weak))                    # project-local
@@ -128,7 +128,7 @@ def test_the_dev_api_key_file_is_created_0600_without_a_chmod_after(dao, tmp_pat
                                                                     monkeypatch):
     import stat
 
-    import bootstrap
+    from mailjobs import bootstrap
 
     chmods = []
     monkeypatch.setattr(os, "chmod", lambda *args, **kw: chmods.append(args))

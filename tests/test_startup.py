@@ -14,9 +14,9 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from local_mariadb import LocalMariaDB
-from migrations import apply_migrations, discover
-from settings import DatabaseParams
+from mailjobs.db.local_mariadb import LocalMariaDB
+from mailjobs.db.migrations import apply_migrations, discover
+from mailjobs.settings import DatabaseParams
 
 ROOT = Path(__file__).resolve().parents[1]
 MAILJOBS = ROOT / ".venv" / "bin" / "mailjobs"
@@ -190,8 +190,8 @@ def test_two_processes_share_one_local_mariadb_and_the_last_stops_it(tmp_path):
 def test_an_operators_command_does_not_start_the_local_database(tmp_path, monkeypatch):
     """Without DATABASE_URL a command other than serve/worker/migrate needs the project-local
     MariaDB running, and says so instead of starting one."""
-    import bootstrap
-    from settings import Settings
+    from mailjobs import bootstrap
+    from mailjobs.settings import Settings
 
     monkeypatch.setattr(bootstrap, "local_database", lambda: LocalMariaDB(tmp_path / "none"))
     with pytest.raises(bootstrap.StartupError, match="project-local MariaDB .* is not running"):

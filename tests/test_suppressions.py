@@ -9,7 +9,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from mailjobs.cli.main import cli
 from runner_helpers import count_rows, fast, recipients, running, wait_job_done
 from test_api_enqueue import body, post
 

@@ -14,9 +14,9 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaIoBaseUpload
 
 from fake_gmail import FakeGmail
-from mail_message import build_message, new_message_id
-from transport_base import OutgoingMessage, SendError
-from transport_gmail import (
+from mailjobs.mail_message import build_message, new_message_id
+from mailjobs.transports.base import OutgoingMessage, SendError
+from mailjobs.transports.gmail import (
     GmailTransport,
     classify_http_error,
     credentials_from_info,

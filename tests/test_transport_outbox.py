@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from mail_message import build_message, new_message_id
-from transport_base import OutgoingMessage, SendError, SendResult
-from transport_null import NullTransport
-from transport_outbox import OutboxTransport
+from mailjobs.mail_message import build_message, new_message_id
+from mailjobs.transports.base import OutgoingMessage, SendError, SendResult
+from mailjobs.transports.null import NullTransport
+from mailjobs.transports.outbox import OutboxTransport
 
 
 def message(job_id=3, recipient_id=11, subject="Hello") -> OutgoingMessage:

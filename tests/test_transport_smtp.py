@@ -17,13 +17,13 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
 
-import transport_smtp
-import transports
-from email_scheduler import EmailScheduler
+from mailjobs.email_scheduler import EmailScheduler
+from mailjobs.transports import factory as transports
+from mailjobs.transports import smtp as transport_smtp
+from mailjobs.transports.base import OutgoingMessage, SendError
+from mailjobs.transports.smtp import ConnectionSlots, SmtpTransport
 from runner_helpers import fast, recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post
-from transport_base import OutgoingMessage, SendError
-from transport_smtp import ConnectionSlots, SmtpTransport
 
 SENDER = "ops@example.com"
 

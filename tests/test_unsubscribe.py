@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from api_server import create_app
+from mailjobs.api_server import create_app
+from mailjobs.deliverability.unsubscribe import Tokens
 from runner_helpers import count_rows, recipients, running, wait_job_done
 from test_api_enqueue import body, post
-from unsubscribe import Tokens
 
 BASE = "https://mail.example.com"
 SECRET = "unsubscribe-test-secret"

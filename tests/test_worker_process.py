@@ -14,8 +14,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from mailjobs.transports.credentials import CredentialStore
 from runner_helpers import recipients, wait_for
-from sender_credentials import CredentialStore
 from test_api_enqueue import body, post
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +34,8 @@ def start_worker(database, fake, dao, stdout: Path | None = None, **env) -> subp
                 "SENDER_DAILY_CAP": "0", "RUNNER_CONCURRENCY": "1", "LOG_LEVEL": "INFO", **env}
     out = open(stdout, "w") if stdout else subprocess.PIPE
     try:
-        return subprocess.Popen([sys.executable, "-m", "job_runner"], cwd=ROOT / "src",
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen([sys.executable, "-m", "mailjobs.job_runner"], env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
     finally:
         if stdout:
             out.close()

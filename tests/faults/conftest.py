@@ -17,8 +17,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from fake_gmail import FakeGmail
+from mailjobs.transports.credentials import CredentialStore
 from runner_helpers import wait_until_stoppable
-from sender_credentials import CredentialStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDER = "ops@example.com"   # the root conftest's `fake` has this account
@@ -58,8 +58,8 @@ class Fleet:
                     "TOKEN_ENCRYPTION_KEY": self.key, **self.env[slot]}
         log = self.logdir / f"worker-{slot}-{len(self.all)}.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "job_runner"], cwd=ROOT / "src",
-                                    env=full_env, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([sys.executable, "-m", "mailjobs.job_runner"], env=full_env,
+                                    stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.procs[slot] = proc
         self.all.append(proc)

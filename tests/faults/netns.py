@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pymysql
 
-from local_mariadb import LocalMariaDB, _binary
+from mailjobs.db.local_mariadb import LocalMariaDB, server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXY = ROOT / "tests" / "latency_proxy.py"
@@ -97,7 +97,7 @@ class Network:
         """mariadbd inside db, on TCP 10.200.S.2:3306 and its own Unix socket; root may log in
         from the app side of the link; `database` created."""
         self.server._initialise()
-        cmd = [_binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.server.datadir}",
+        cmd = [server_binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.server.datadir}",
                f"--socket={self.server.socket}", "--port=3306", f"--bind-address={self.db_addr}",
                f"--pid-file={self.server.pidfile}", f"--log-error={self.server.logfile}",
                f"--tmpdir={self.server.tmpdir}",

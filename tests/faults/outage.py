@@ -27,8 +27,8 @@ from faults_tools import (
     wait_for,
 )
 
-from api_server import create_app
-from dao_mysql import Dao
+from mailjobs.api_server import create_app
+from mailjobs.dao_mysql import Dao
 from runner_helpers import running
 from served import served, timed
 

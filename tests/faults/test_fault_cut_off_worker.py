@@ -15,8 +15,8 @@ import time
 
 from faults_tools import assert_exactly_once, check_counts, post_job, report, wait_final, wait_for
 
-from dao_mysql import Dao
 from latency_proxy import LatencyProxy
+from mailjobs.dao_mysql import Dao
 from runner_helpers import running
 
 # Sends take SEND seconds at "Gmail" (TIMEOUT is the client's): the guard lets the cut-off

@@ -15,7 +15,7 @@ import threading
 
 from faults_tools import post_job
 
-from dao_mysql import DaoError
+from mailjobs.dao_mysql import DaoError
 from runner_helpers import innodb_deadlocks, lock_waits, raw_connection, wait_for
 
 RUNNER = "r-deadlock-test"

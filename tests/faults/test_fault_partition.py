@@ -23,11 +23,11 @@ from faults_tools import assert_exactly_once, duration, job_body, report, wait_f
 from netns import Network, unavailable
 from outage import outage_mid_job
 
-import api_keys
-from dao_mysql import Dao
-from migrations import apply_migrations
+from mailjobs import api_keys
+from mailjobs.dao_mysql import Dao
+from mailjobs.db.migrations import apply_migrations
+from mailjobs.transports.credentials import CredentialStore
 from runner_helpers import SENDER, fast, running
-from sender_credentials import CredentialStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DB = "mailjobs_partition"
@@ -45,7 +45,7 @@ def network(tmp_path_factory):
         net.direct_url = f"mysql://root@localhost/{DB}?unix_socket={net.server.socket}"
         net.link_url = f"mysql://root@localhost/{DB}?unix_socket={net.db_relay()}"
         net.tcp_url = f"mysql://root@{net.db_addr}:3306/{DB}"
-        from settings import DatabaseParams
+        from mailjobs.settings import DatabaseParams
         apply_migrations(DatabaseParams.from_url(net.direct_url))
         yield net
     finally:
@@ -93,7 +93,7 @@ def test_a_worker_cut_off_in_its_own_namespace_does_not_race_the_other(
         network, far, fake, tmp_path):
     settings, observer = far
     key = api_keys.create_key(observer, "cut-off", ["*"]).key
-    from api_server import create_app
+    from mailjobs.api_server import create_app
     client = create_app(settings, observer).test_client()
     n = 16
     fake.send_latency = SEND
@@ -115,8 +115,8 @@ def test_a_worker_cut_off_in_its_own_namespace_does_not_race_the_other(
     before = _worker_ids(observer)
     log_path = tmp_path / "cut-off-worker.log"
     with open(log_path, "w") as out:
-        worker = network.popen(network.app, [sys.executable, "-m", "job_runner"],
-                               cwd=ROOT / "src", env=env, stdout=out, stderr=subprocess.STDOUT)
+        worker = network.popen(network.app, [sys.executable, "-m", "mailjobs.job_runner"],
+                               env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         cut_off = wait_for(lambda: (_worker_ids(observer) - before) or None, 30,
                            "the far worker's heartbeat").pop()

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from faults_tools import assert_exactly_once, check_counts, h, post_job
 
-from api_server import create_app
-from dao_mysql import Dao
 from latency_proxy import LatencyProxy
+from mailjobs.api_server import create_app
+from mailjobs.dao_mysql import Dao
 from runner_helpers import running, wait_job_done
 
 

@@ -38,10 +38,10 @@ from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
-from dao_mysql import Dao, DaoError
-from learned_limits import SMTP, LearnedLimits
-from settings import Settings
-from transport_base import OutgoingMessage, SendError, SendResult
+from mailjobs.dao_mysql import Dao, DaoError
+from mailjobs.settings import Settings
+from mailjobs.transports.base import OutgoingMessage, SendError, SendResult
+from mailjobs.transports.learned_limits import SMTP, LearnedLimits
 
 log = logging.getLogger("mailjobs.transport.smtp")
 

@@ -27,7 +27,7 @@ class LocalDatabaseError(RuntimeError):
     """The private server could not be installed, initialised or started."""
 
 
-def _binary(*names: str) -> str:
+def server_binary(*names: str) -> str:
     for name in names:
         for folder in (None, "/usr/sbin", "/usr/local/sbin", "/usr/bin"):
             path = shutil.which(name, path=folder) if folder else shutil.which(name)
@@ -90,7 +90,7 @@ class LocalMariaDB:
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmpdir.mkdir(exist_ok=True)
         cmd = [
-            _binary("mariadb-install-db", "mysql_install_db"),
+            server_binary("mariadb-install-db", "mysql_install_db"),
             "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
             "--skip-test-db", f"--tmpdir={self.tmpdir}",
         ]
@@ -109,7 +109,7 @@ class LocalMariaDB:
             self._initialise()
         self.tmpdir.mkdir(exist_ok=True)
         cmd = [
-            _binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}",
+            server_binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}",
             f"--socket={self.socket}", "--skip-networking", f"--pid-file={self.pidfile}",
             f"--log-error={self.logfile}", f"--tmpdir={self.tmpdir}", "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_unicode_ci", "--innodb-buffer-pool-size=256M",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import job_control
-from addresses import InvalidAddress, normalize_address
-from dao_mysql import Dao
-from settings import Settings
-from views import (
+from mailjobs import job_control
+from mailjobs.dao_mysql import Dao
+from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
+from mailjobs.settings import Settings
+from mailjobs.web.views import (
     job_view,
     keyset_page,
     learned_caps_view,

@@ -40,12 +40,12 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
-from addresses import InvalidAddress, normalize_address
-from api_keys import KeyVerifier
-from dao_mysql import Dao, DatabaseUnavailable
-from records import JOB_STATUSES, RECIPIENT_STATUSES, ApiKey
-from settings import PROJECT_ROOT, Settings
-from views import keyset_page, learned_caps_view, runner_view, sender_view
+from mailjobs.api_keys import KeyVerifier
+from mailjobs.dao_mysql import Dao, DatabaseUnavailable
+from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
+from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES, ApiKey
+from mailjobs.settings import PROJECT_ROOT, Settings
+from mailjobs.web.views import keyset_page, learned_caps_view, runner_view, sender_view
 
 log = logging.getLogger("mailjobs.dashboard")
 

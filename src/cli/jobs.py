@@ -11,42 +11,10 @@ from typing import Any
 
 import click
 
-from cli import _dao, _settings, cli
-from cli_backend import Backend, BackendError, LocalBackend, RemoteBackend
-from records import FINAL_JOB_STATUSES, JOB_STATUSES, RECIPIENT_STATUSES
+from mailjobs.cli.common import emit, json_option, run, table
+from mailjobs.records import FINAL_JOB_STATUSES, JOB_STATUSES, RECIPIENT_STATUSES
 
-json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
-
-
-def backend(ctx: click.Context) -> Backend:
-    url, key = ctx.obj.get("url"), ctx.obj.get("key")
-    if url:
-        if not key:
-            raise click.ClickException("--url needs an API key: --key or MAILJOBS_API_KEY")
-        return RemoteBackend(url, key)
-    return LocalBackend(_settings(ctx), _dao(ctx))
-
-
-def _run(ctx: click.Context, call) -> Any:
-    try:
-        return call(backend(ctx))
-    except BackendError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _emit(data: Any, as_json: bool, human) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=None, default=str))
-    else:
-        human(data)
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+commands = click.Group("jobs")   # registered on the `mailjobs` group by cli.main
 
 
 def _done(job: dict[str, Any]) -> int:
@@ -55,18 +23,18 @@ def _done(job: dict[str, Any]) -> int:
             + c.get("bounced", 0) + c.get("suppressed", 0) + c.get("expired", 0))
 
 
-@cli.command("jobs")
+@commands.command("jobs")
 @click.option("--status", type=click.Choice(JOB_STATUSES))
 @click.option("--limit", default=20, show_default=True)
 @json_option
 @click.pass_context
 def jobs_cmd(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
-    jobs = _run(ctx, lambda b: b.jobs(status, limit))
+    jobs = run(ctx, lambda b: b.jobs(status, limit))
     if not as_json:
         for j in jobs:  # the list view has no counts: fetch them for the table
-            j["counts"] = _run(ctx, lambda b, i=j["id"]: b.job(i))["counts"]
-    _emit(jobs, as_json, lambda js: _table(
+            j["counts"] = run(ctx, lambda b, i=j["id"]: b.job(i))["counts"]
+    emit(jobs, as_json, lambda js: table(
         ["ID", "STATUS", "SENT", "FAILED", "TOTAL", "SENDER", "CREATED"],
         [[j["id"], j["status"], j["counts"].get("sent", 0), j["counts"].get("failed", 0),
           j["total"], j["sender_email"], j["created_at"][:19]] for j in js]))
@@ -87,29 +55,29 @@ def _show(job: dict[str, Any]) -> None:
             click.echo(f"  {e['error_code']:<18} {e['count']:>6}  {e['example']}")
 
 
-@cli.command("show")
+@commands.command("show")
 @click.argument("job_id", type=int)
 @json_option
 @click.pass_context
 def show_cmd(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """A job's status, counts and errors."""
-    _emit(_run(ctx, lambda b: b.job(job_id)), as_json, _show)
+    emit(run(ctx, lambda b: b.job(job_id)), as_json, _show)
 
 
-@cli.command("errors")
+@commands.command("errors")
 @click.argument("job_id", type=int)
 @json_option
 @click.pass_context
 def errors_cmd(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """A job's unsent recipients grouped by error_code, with an example each."""
-    errors = _run(ctx, lambda b: b.job(job_id))["errors"] or []
-    _emit(errors, as_json, lambda es: _table(
+    errors = run(ctx, lambda b: b.job(job_id))["errors"] or []
+    emit(errors, as_json, lambda es: table(
         ["ERROR_CODE", "COUNT", "EXAMPLE"],
         [[e["error_code"], e["count"], (e["example"] or "")[:100]] for e in es])
         if es else click.echo(f"job {job_id} has no errors"))
 
 
-@cli.command("recipients")
+@commands.command("recipients")
 @click.argument("job_id", type=int)
 @click.option("--status", type=click.Choice(RECIPIENT_STATUSES))
 @click.option("--limit", default=50, show_default=True)
@@ -119,18 +87,18 @@ def errors_cmd(ctx: click.Context, job_id: int, as_json: bool) -> None:
 def recipients_cmd(ctx: click.Context, job_id: int, status: str | None, limit: int, after: int,
                    as_json: bool) -> None:
     """One page of a job's recipients."""
-    page = _run(ctx, lambda b: b.recipients(job_id, status, limit, after))
+    page = run(ctx, lambda b: b.recipients(job_id, status, limit, after))
 
     def human(p: dict[str, Any]) -> None:
-        _table(["ID", "EMAIL", "STATUS", "ATTEMPTS", "ERROR_CODE", "ERROR"],
+        table(["ID", "EMAIL", "STATUS", "ATTEMPTS", "ERROR_CODE", "ERROR"],
                [[r["id"], r["to_email"], r["status"], r["attempts"], r["error_code"],
                  (r["error"] or "")[:80]] for r in p["recipients"]])
         if p["next_after"]:
             click.echo(f"more: --after {p['next_after']}")
-    _emit(page, as_json, human)
+    emit(page, as_json, human)
 
 
-@cli.command("trace")
+@commands.command("trace")
 @click.argument("email")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--before", type=int, help="next_before of the previous page")
@@ -139,13 +107,13 @@ def recipients_cmd(ctx: click.Context, job_id: int, status: str | None, limit: i
 def trace_cmd(ctx: click.Context, email: str, limit: int, before: int | None,
               as_json: bool) -> None:
     """Did EMAIL get our mail? Its rows in every job, newest first, and its suppressions."""
-    found = _run(ctx, lambda b: b.trace(email, limit, before))
+    found = run(ctx, lambda b: b.trace(email, limit, before))
 
     def human(t: dict[str, Any]) -> None:
         if not t["recipients"]:
             click.echo(f"{t['email']}: in no job")
         else:
-            _table(["JOB", "JOB_STATUS", "RECIPIENT", "STATUS", "ATTEMPTS", "SENT_AT",
+            table(["JOB", "JOB_STATUS", "RECIPIENT", "STATUS", "ATTEMPTS", "SENT_AT",
                     "ERROR_CODE", "ERROR"],
                    [[r["job_id"], r["job_status"], r["id"], r["status"], r["attempts"],
                      r["sent_at"], r["error_code"], (r["error"] or "")[:70]]
@@ -156,17 +124,17 @@ def trace_cmd(ctx: click.Context, email: str, limit: int, before: int | None,
             click.echo(f"suppressed for API key {x['api_key_id']} since {x['created_at']}: "
                        f"{x['reason']}" + (f" (job {x['job_id']})" if x["job_id"] else "")
                        + (f": {x['detail']}" if x["detail"] else ""))
-    _emit(found, as_json, human)
+    emit(found, as_json, human)
 
 
 def _control(action: str, help_text: str) -> None:
-    @cli.command(action, help=help_text)
+    @commands.command(action, help=help_text)
     @click.argument("job_id", type=int)
     @json_option
     @click.pass_context
     def command(ctx: click.Context, job_id: int, as_json: bool) -> None:
-        job = _run(ctx, lambda b: b.control(job_id, action))
-        _emit(job, as_json, lambda j: click.echo(f"job {job_id} is {j['status']}"))
+        job = run(ctx, lambda b: b.control(job_id, action))
+        emit(job, as_json, lambda j: click.echo(f"job {job_id} is {j['status']}"))
 
 
 _control("cancel", "No further sends; unsent recipients become cancelled.")
@@ -174,7 +142,7 @@ _control("pause", "Runners stop claiming the job within a poll interval.")
 _control("resume", "A paused job goes back to work.")
 
 
-@cli.command("retry")
+@commands.command("retry")
 @click.argument("job_id", type=int)
 @click.option("--status", "statuses", multiple=True,
               type=click.Choice(["failed", "in_doubt", "cancelled"]),
@@ -185,9 +153,9 @@ _control("resume", "A paused job goes back to work.")
 def retry_cmd(ctx: click.Context, job_id: int, statuses: tuple[str, ...], codes: tuple[str, ...],
               as_json: bool) -> None:
     """Send again to the recipients that failed (optionally by error code)."""
-    job = _run(ctx, lambda b: b.retry(job_id, list(statuses) or ["failed", "in_doubt"],
+    job = run(ctx, lambda b: b.retry(job_id, list(statuses) or ["failed", "in_doubt"],
                                       list(codes)))
-    _emit(job, as_json, lambda j: click.echo(
+    emit(job, as_json, lambda j: click.echo(
         f"job {job_id} is {j['status']}: {j['counts'].get('queued', 0)} recipient(s) queued"))
 
 
@@ -203,14 +171,14 @@ def progress_line(job: dict[str, Any], rate: float, width: int = 30) -> str:
             f"rate={rate:.1f}/s eta={eta}")
 
 
-@cli.command("watch")
+@commands.command("watch")
 @click.argument("job_id", type=int)
 @click.option("--interval", default=1.0, show_default=True, help="seconds between updates")
 @json_option
 @click.pass_context
 def watch_cmd(ctx: click.Context, job_id: int, interval: float, as_json: bool) -> None:
     """Live progress of a job until it ends: sent/failed/total, rate, ETA."""
-    first = _run(ctx, lambda b: b.job(job_id))
+    first = run(ctx, lambda b: b.job(job_id))
     start, start_done = time.monotonic(), _done(first)
     job = first
     while True:
@@ -222,18 +190,18 @@ def watch_cmd(ctx: click.Context, job_id: int, interval: float, as_json: bool) -
         if job["status"] in FINAL_JOB_STATUSES:
             break
         time.sleep(interval)
-        job = _run(ctx, lambda b: b.job(job_id))
+        job = run(ctx, lambda b: b.job(job_id))
     if not as_json:
         click.echo()
         _show(job)
 
 
-@cli.command("runners")
+@commands.command("runners")
 @json_option
 @click.pass_context
 def runners_cmd(ctx: click.Context, as_json: bool) -> None:
     """Runners with their heartbeat age and state."""
-    _emit(_run(ctx, lambda b: b.runners()), as_json, lambda rs: _table(
+    emit(run(ctx, lambda b: b.runners()), as_json, lambda rs: table(
         ["ID", "KIND", "STATE", "ALIVE", "HEARTBEAT_AGE_S", "JOB", "SENT", "FAILED", "HOST"],
         [[r["id"], r["kind"], r["state"], "yes" if r["alive"] else "NO", r["heartbeat_age_s"],
           r["current_job_id"], r["sent_count"], r["failed_count"], r["host"]] for r in rs]))

@@ -33,8 +33,8 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError, MediaUploadSizeError
 from googleapiclient.http import MediaIoBaseUpload
 
-from learned_limits import GMAIL, GateBusy, SenderGate
-from transport_base import OutgoingMessage, SendError, SendResult
+from mailjobs.transports.base import OutgoingMessage, SendError, SendResult
+from mailjobs.transports.learned_limits import GMAIL, GateBusy, SenderGate
 
 log = logging.getLogger("mailjobs.transport.gmail")
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pymysql
 
-from settings import PROJECT_ROOT, DatabaseParams
+from mailjobs.settings import DatabaseParams
 
 log = logging.getLogger("mailjobs.migrate")
-SQL_DIR = PROJECT_ROOT / "sql"
+# src/sql links to the repository's sql/, and is package data in an installed wheel
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 _FILE = re.compile(r"^(\d{3,})_([\w-]+)\.sql$")
 
 

@@ -42,7 +42,7 @@ import re
 from dataclasses import dataclass
 from email.parser import BytesParser, HeaderParser
 
-import defaults
+from mailjobs import defaults
 
 MAX_DIAGNOSTIC = 500
 MAX_PARAM_HEADER = 4096     # characters of a Content-Type header whose parameters are read

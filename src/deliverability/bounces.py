@@ -39,12 +39,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import defaults
-import dsn
-import metrics
-from dao_mysql import Dao, DaoError
-from settings import Settings
-from transport_base import SendError
+from mailjobs import defaults, metrics
+from mailjobs.dao_mysql import Dao, DaoError
+from mailjobs.deliverability import dsn
+from mailjobs.settings import Settings
+from mailjobs.transports.base import SendError
 
 log = logging.getLogger("mailjobs.bounces")
 
@@ -189,7 +188,7 @@ class BounceChecker:
         self._last = float("-inf")
 
     def _gmail(self) -> Any:
-        import transports
+        from mailjobs.transports import factory as transports
 
         return transports.transport_factory(self.settings, self.dao)()
 

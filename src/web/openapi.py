@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-import api_schemas as s
-from records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS
+from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS
+from mailjobs.web import schemas as s
 
 _MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.RetryOut, s.EnqueueOut, s.ErrorOut, s.JobOut,
            s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut,

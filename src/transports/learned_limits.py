@@ -22,8 +22,8 @@ import threading
 import time
 from collections import Counter
 
-from dao_mysql import Dao, DaoError
-from settings import Settings
+from mailjobs.dao_mysql import Dao, DaoError
+from mailjobs.settings import Settings
 
 log = logging.getLogger("mailjobs.limits")
 

@@ -31,7 +31,7 @@ from typing import Any
 import pymysql
 from pymysql.connections import Connection
 
-import metrics
+from mailjobs import metrics
 
 log = logging.getLogger("mailjobs.db")
 

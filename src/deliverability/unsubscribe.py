@@ -25,8 +25,8 @@ from flask import Flask, Response, render_template_string, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from itsdangerous.timed import TimestampSigner
 
-from dao_mysql import Dao, DatabaseUnavailable
-from settings import Settings
+from mailjobs.dao_mysql import Dao, DatabaseUnavailable
+from mailjobs.settings import Settings
 
 log = logging.getLogger("mailjobs.unsubscribe")
 
@@ -43,7 +43,9 @@ PAGE_HEADERS = {
 
 
 def _secret(settings: Settings) -> str:
-    from dashboard import secret_key  # SECRET_KEY, or the development key in var/secret_key
+    from mailjobs.dashboard.pages import (
+        secret_key,  # SECRET_KEY, or the development key in var/secret_key
+    )
 
     return secret_key(settings)
 

@@ -6,41 +6,23 @@ import sys
 
 import click
 
-import api_keys
-import bootstrap
-import entry
-import metrics
-import transports
-from dao_mysql import Dao, DaoError
-from job_runner import EmbeddedRunner, JobRunner
-from local_mariadb import LocalDatabaseError
-from migrations import MigrationError
-from settings import Settings, load_settings
-
-
-def _settings(ctx: click.Context, start_local: bool = False) -> Settings:
-    """The settings with a DATABASE_URL: without one, the project-local MariaDB's (started
-    only for serve, worker and migrate; other commands need it running)."""
-    settings: Settings = ctx.obj["settings"]
-    if not settings.database_url:
-        settings = bootstrap.ensure_database(settings, start=start_local)
-        ctx.obj["settings"] = settings
-    return settings
-
-
-def _dao(ctx: click.Context) -> Dao:
-    """For the operators' commands: the database tried once, its schema checked, never
-    migrated (an operator's newer CLI must not change the production schema)."""
-    settings = _settings(ctx)
-    bootstrap.reach_database(settings, wait=0)
-    bootstrap.check_schema(settings)
-    return Dao(settings)
+from mailjobs import api_keys, bootstrap, entry, metrics
+from mailjobs.cli import jobs as cli_jobs
+from mailjobs.cli import retention as cli_retention
+from mailjobs.cli import suppressions as cli_suppressions
+from mailjobs.cli.common import database_settings, emit, operator_dao, run, table
+from mailjobs.dao_mysql import Dao, DaoError
+from mailjobs.db.local_mariadb import LocalDatabaseError
+from mailjobs.db.migrations import MigrationError
+from mailjobs.job_runner import EmbeddedRunner, JobRunner
+from mailjobs.settings import load_settings
+from mailjobs.transports import factory as transports
 
 
 def _service_dao(ctx: click.Context, migrate: bool) -> Dao:
     """For serve (migrate) and worker (schema checked): the database waited for up to
     STARTUP_DB_WAIT, with a stop signal honoured at each step (entry.check)."""
-    settings = _settings(ctx, start_local=True)
+    settings = database_settings(ctx, start_local=True)
     entry.check()
     bootstrap.reach_database(settings, wait=settings.startup_db_wait)
     entry.check()
@@ -86,9 +68,9 @@ def serve(ctx: click.Context) -> None:
     """Start the API (and, when DATABASE_URL is unset, a project-local MariaDB)."""
     from waitress import create_server
 
-    import http_errors
-    import http_lanes
-    from api_server import create_app
+    from mailjobs.api_server import create_app
+    from mailjobs.web import errors as http_errors
+    from mailjobs.web import lanes as http_lanes
 
     _refuse_weak_secrets(ctx)
     development = bootstrap.development_mode(ctx.obj["settings"])
@@ -152,7 +134,7 @@ def worker(ctx: click.Context) -> None:
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Apply pending schema migrations from sql/."""
-    settings = _settings(ctx, start_local=True)
+    settings = database_settings(ctx, start_local=True)
     bootstrap.reach_database(settings, wait=settings.startup_db_wait)
     bootstrap.migrate(settings)
     click.echo("migrations up to date")
@@ -175,9 +157,9 @@ def api_key() -> None:
 def api_key_create(ctx: click.Context, name: str, senders: tuple[str, ...], operator: bool,
                    max_priority: str, as_json: bool) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    from scheduling import PRIORITIES
+    from mailjobs.scheduling import PRIORITIES
 
-    issued = api_keys.create_key(_dao(ctx), name, list(senders), operator,
+    issued = api_keys.create_key(operator_dao(ctx), name, list(senders), operator,
                                  PRIORITIES[max_priority])
     if as_json:
         click.echo(json.dumps({"id": issued.id, "key": issued.key, "name": name,
@@ -194,7 +176,7 @@ def api_key_create(ctx: click.Context, name: str, senders: tuple[str, ...], oper
 @click.pass_context
 def api_key_list(ctx: click.Context, as_json: bool) -> None:
     """List keys (never the secrets)."""
-    keys = _dao(ctx).api_keys()
+    keys = operator_dao(ctx).api_keys()
     rows = [{"id": k.id, "name": k.name, "prefix": f"mj_{k.prefix}_…", "senders": k.allowed_senders,
              "operator": k.is_operator, "created_at": str(k.created_at),
              "last_used_at": str(k.last_used_at or ""), "revoked": k.revoked_at is not None}
@@ -214,7 +196,7 @@ def api_key_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def api_key_revoke(ctx: click.Context, key_id: str) -> None:
     """Revoke a key by id or prefix; it stops working at once."""
-    if not _dao(ctx).revoke_api_key(key_id.removeprefix("mj_").split("_")[0]):
+    if not operator_dao(ctx).revoke_api_key(key_id.removeprefix("mj_").split("_")[0]):
         raise click.ClickException(f"no active key with id or prefix {key_id}")
     click.echo(f"key {key_id} revoked")
 
@@ -237,11 +219,11 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
     an interrupted send up by its Message-ID) or BOUNCE_CHECK_INTERVAL is not 0 (to read
     bounces).
     """
-    from sender_credentials import CredentialStore
-    from transport_gmail import credentials_to_info
+    from mailjobs.transports.credentials import CredentialStore
+    from mailjobs.transports.gmail import credentials_to_info
 
-    settings = _settings(ctx)
-    dao = _dao(ctx)
+    settings = database_settings(ctx)
+    dao = operator_dao(ctx)
     if token_file:
         info = json.loads(open(token_file).read())
         if not info.get("refresh_token"):
@@ -278,25 +260,21 @@ def senders(ctx: click.Context, as_json: bool) -> None:
     """List senders: limits, today's use, authorisation state, deferrals."""
     if ctx.invoked_subcommand:
         return
-    from cli_jobs import _emit, _run, _table
-
-    _emit(_run(ctx, lambda b: b.senders()), as_json, lambda rows: _table(
+    emit(run(ctx, lambda b: b.senders()), as_json, lambda rows: table(
         ["SENDER", "AUTH", "RATE/MIN", "SENT_24H", "DAILY_CAP", "PAUSED_UNTIL"],
         [[r["email"], r["auth_state"], r["rate_per_minute"] or "unlimited", r["sent_24h"],
           r["daily_cap"] or "unlimited", r["paused_until"]] for r in rows]))
     if not as_json:
-        caps = [c for c in _run(ctx, lambda b: b.learned_caps()) if c["lowered"]]
+        caps = [c for c in run(ctx, lambda b: b.learned_caps()) if c["lowered"]]
         if caps:
             click.echo(f"\n{len(caps)} cap(s) lowered after refusals (mailjobs senders caps):")
             _caps_table(caps)
 
 
 def _caps_table(caps: list[dict]) -> None:
-    from cli_jobs import _table
-
-    _table(["KIND", "TARGET", "CAP", "CONFIGURED", "LOWERED_AT", "HOLD_UNTIL", "REASON"],
-           [[c["kind"], c["target"], c["cap"], c["configured"], c["lowered_at"],
-             c["hold_until"] or "-", c["reason"][:80]] for c in caps])
+    table(["KIND", "TARGET", "CAP", "CONFIGURED", "LOWERED_AT", "HOLD_UNTIL", "REASON"],
+          [[c["kind"], c["target"], c["cap"], c["configured"], c["lowered_at"],
+            c["hold_until"] or "-", c["reason"][:80]] for c in caps])
 
 
 @senders.command("caps")
@@ -305,9 +283,7 @@ def _caps_table(caps: list[dict]) -> None:
 def senders_caps(ctx: click.Context, as_json: bool) -> None:
     """Caps learned from refusals: SMTP connections per server, Gmail concurrent sends per
     sender (lowered when the far side refused; raised again after successful sends)."""
-    from cli_jobs import _emit, _run
-
-    _emit(_run(ctx, lambda b: b.learned_caps()), as_json, _caps_table)
+    emit(run(ctx, lambda b: b.learned_caps()), as_json, _caps_table)
 
 
 @senders.command("reset-cap")
@@ -317,7 +293,7 @@ def senders_caps(ctx: click.Context, as_json: bool) -> None:
 def senders_reset_cap(ctx: click.Context, kind: str, target: str) -> None:
     """Forget a learned cap (TARGET: host:port or the sender): back to the configured value at
     every runner's next refresh, lowered again by the next refusal."""
-    if not _dao(ctx).forget_learned_cap(kind, target):
+    if not operator_dao(ctx).forget_learned_cap(kind, target):
         raise click.ClickException(f"no learned cap for {kind} {target}")
     click.echo(f"{kind} {target}: learned cap forgotten; the configured value applies")
 
@@ -329,7 +305,7 @@ def senders_reset_cap(ctx: click.Context, kind: str, target: str) -> None:
 @click.pass_context
 def senders_set(ctx: click.Context, sender: str, rate: int | None, daily_cap: int | None) -> None:
     """Override the rate and daily cap of one sender (unset options use the defaults)."""
-    _dao(ctx).set_sender_limits(sender, rate, daily_cap)
+    operator_dao(ctx).set_sender_limits(sender, rate, daily_cap)
     click.echo(f"{sender}: rate {rate if rate is not None else 'default'}/min, "
                f"daily cap {daily_cap if daily_cap is not None else 'default'}")
 
@@ -342,9 +318,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-import cli_jobs  # noqa: E402,F401  (registers the job, runner and watch commands)
-import cli_retention  # noqa: E402,F401  (registers `mailjobs purge`)
-import cli_suppressions  # noqa: E402,F401  (registers `mailjobs suppressions`)
+for module in (cli_jobs, cli_retention, cli_suppressions):
+    for name, command in module.commands.commands.items():
+        cli.add_command(command, name)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """A transport that sends nothing and always succeeds (benchmarks of the runner itself)."""
 from __future__ import annotations
 
-from transport_base import OutgoingMessage, SendError, SendResult
+from mailjobs.transports.base import OutgoingMessage, SendError, SendResult
 
 
 class NullTransport:

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from transport_base import OutgoingMessage, SendError, SendResult
+from mailjobs.transports.base import OutgoingMessage, SendError, SendResult
 
 
 def _header_block(path: Path) -> bytes:

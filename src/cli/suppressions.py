@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from addresses import InvalidAddress, normalize_address
-from cli import _dao, cli
-from cli_jobs import _emit, _table, json_option
-from dao_mysql import Dao
-from records import SUPPRESSION_REASONS
-from views import keyset_page, suppression_view
+from mailjobs.cli.common import emit, json_option, operator_dao, table
+from mailjobs.dao_mysql import Dao
+from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
+from mailjobs.records import SUPPRESSION_REASONS
+from mailjobs.web.views import keyset_page, suppression_view
 
 api_key_option = click.option("--api-key", "api_key", required=True, metavar="ID|PREFIX",
                               help="the API key whose list it is (id or prefix, as in "
@@ -23,8 +22,10 @@ def _key_id(dao: Dao, id_or_prefix: str) -> int:
             return k.id
     raise click.ClickException(f"no API key with id or prefix {id_or_prefix}")
 
+commands = click.Group("suppressions")   # registered on the `mailjobs` group by cli.main
 
-@cli.group()
+
+@commands.group()
 def suppressions() -> None:
     """Addresses an API key's jobs never send to (unsubscribed, bounced, added by hand)."""
 
@@ -39,18 +40,18 @@ def suppressions() -> None:
 def suppressions_list(ctx: click.Context, api_key: str, reason: str | None, limit: int,
                       after: int, as_json: bool) -> None:
     """One page of the key's list, oldest first."""
-    dao = _dao(ctx)
+    dao = operator_dao(ctx)
     rows, next_after = keyset_page(dao.suppressions_page(_key_id(dao, api_key), after, limit + 1,
                                                          reason), limit)
     page = {"suppressions": [suppression_view(x) for x in rows], "next_after": next_after}
 
     def human(p: dict) -> None:
-        _table(["ID", "EMAIL", "REASON", "JOB", "CREATED", "DETAIL"],
+        table(["ID", "EMAIL", "REASON", "JOB", "CREATED", "DETAIL"],
                [[s["id"], s["email"], s["reason"], s["job_id"], s["created_at"][:19],
                  (s["detail"] or "")[:60]] for s in p["suppressions"]])
         if p["next_after"]:
             click.echo(f"more: --after {p['next_after']}")
-    _emit(page, as_json, human)
+    emit(page, as_json, human)
 
 
 @suppressions.command("add")
@@ -68,10 +69,10 @@ def suppressions_add(ctx: click.Context, email: str, api_key: str, reason: str,
         address = normalize_address(email.strip())
     except InvalidAddress as exc:
         raise click.ClickException(f"{email} is not a valid address: {exc}") from None
-    dao = _dao(ctx)
+    dao = operator_dao(ctx)
     entry, added = dao.add_suppression(_key_id(dao, api_key), address, reason,
                                        detail=detail or "added with the mailjobs CLI")
-    _emit(suppression_view(entry), as_json, lambda s: click.echo(
+    emit(suppression_view(entry), as_json, lambda s: click.echo(
         f"{s['email']} suppressed ({s['reason']})" if added else
         f"{s['email']} was suppressed already ({s['reason']}, {s['created_at'][:19]})"))
 
@@ -82,7 +83,7 @@ def suppressions_add(ctx: click.Context, email: str, api_key: str, reason: str,
 @click.pass_context
 def suppressions_remove(ctx: click.Context, email: str, api_key: str) -> None:
     """Take EMAIL off the key's list: later jobs send to it again."""
-    dao = _dao(ctx)
+    dao = operator_dao(ctx)
     if not dao.remove_suppression(_key_id(dao, api_key), email.strip()):
         raise click.ClickException(f"{email} is not on the suppression list of key {api_key}")
     click.echo(f"{email.strip()} removed from the suppression list")

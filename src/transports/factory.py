@@ -5,11 +5,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from dao_mysql import Dao
-from learned_limits import LearnedLimits, SenderGate
-from sender_credentials import CredentialsMissing, CredentialStore
-from settings import PROJECT_ROOT, Settings
-from transport_base import SendError, Transport
+from mailjobs.dao_mysql import Dao
+from mailjobs.settings import PROJECT_ROOT, Settings
+from mailjobs.transports.base import SendError, Transport
+from mailjobs.transports.credentials import CredentialsMissing, CredentialStore
+from mailjobs.transports.learned_limits import LearnedLimits, SenderGate
 
 log = logging.getLogger("mailjobs.transport")
 TRANSPORTS = ("gmail", "smtp", "outbox", "null")
@@ -23,7 +23,7 @@ class DatabaseCredentials:
         self.token_uri = token_uri or None
 
     def get(self, sender_email: str):
-        from transport_gmail import credentials_from_info
+        from mailjobs.transports.gmail import credentials_from_info
 
         try:
             info = self.store.load_info(sender_email)
@@ -32,7 +32,7 @@ class DatabaseCredentials:
         return credentials_from_info(info, self.token_uri)
 
     def save(self, sender_email: str, creds) -> None:
-        from transport_gmail import credentials_to_info
+        from mailjobs.transports.gmail import credentials_to_info
 
         self.store.store_info(sender_email, credentials_to_info(creds))
 
@@ -59,16 +59,16 @@ def transport_factory(settings: Settings, dao: Dao) -> Callable[[], Transport]:
     """A function that makes a new transport; the runner calls it once per sending thread."""
     name = settings.transport_name
     if name == "outbox":
-        from transport_outbox import OutboxTransport
+        from mailjobs.transports.outbox import OutboxTransport
 
         directory = outbox_path(settings)
         return lambda: OutboxTransport(directory)
     if name == "null":
-        from transport_null import NullTransport
+        from mailjobs.transports.null import NullTransport
 
         return NullTransport
     if name == "gmail":
-        from transport_gmail import GmailTransport
+        from mailjobs.transports.gmail import GmailTransport
 
         provider = DatabaseCredentials(CredentialStore(settings, dao), settings.gmail_token_uri)
         limits = LearnedLimits(settings, dao)
@@ -77,7 +77,7 @@ def transport_factory(settings: Settings, dao: Dao) -> Callable[[], Transport]:
             provider, api_endpoint=settings.gmail_api_endpoint or None,
             timeout=settings.gmail_timeout, gate=gate), limits)
     if name == "smtp":
-        from transport_smtp import SmtpTransport, slots_for
+        from mailjobs.transports.smtp import SmtpTransport, slots_for
 
         if not settings.smtp_host:
             raise ValueError("MAIL_TRANSPORT=smtp needs SMTP_HOST")

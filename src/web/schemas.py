@@ -20,9 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from addresses import InvalidAddress, normalize_address
-from mail_message import header_text_problem
-from records import JOB_STATUSES, RECIPIENT_STATUSES
+from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
+from mailjobs.mail_message import header_text_problem
+from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES
 
 
 def _address(value: str) -> str:

@@ -15,8 +15,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from dao_mysql import Dao
-from settings import PROJECT_ROOT, Settings
+from mailjobs.dao_mysql import Dao
+from mailjobs.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger("mailjobs.credentials")
 DEV_KEY_FILE = PROJECT_ROOT / "var" / "token_key"

@@ -7,8 +7,8 @@ import json
 
 import click
 
-import retention
-from cli import _dao, cli
+from mailjobs import retention
+from mailjobs.cli.common import operator_dao
 
 _ROWS = (("recipients_erased", "recipients' variables erased", "erase", "RETENTION_DAYS"),
          ("jobs_erased", "  in jobs", "erase", "RETENTION_DAYS"),
@@ -17,8 +17,10 @@ _ROWS = (("recipients_erased", "recipients' variables erased", "erase", "RETENTI
          ("bounce_messages_deleted", "bounce messages deleted", "erase", "RETENTION_DAYS"),
          ("runners_deleted", "dead runner rows deleted", "runners", "no heartbeat for a day"))
 
+commands = click.Group("retention")   # registered on the `mailjobs` group by cli.main
 
-@cli.command("purge")
+
+@commands.command("purge")
 @click.option("--dry-run", is_flag=True, help="show what would go (counts and cut-offs), "
               "change nothing")
 @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
@@ -28,7 +30,7 @@ def purge_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     and dead runners' rows, in small batches. Suppressions are never purged."""
     if ctx.obj.get("url"):
         raise click.ClickException("purge talks to the database directly: run it without --url")
-    dao = _dao(ctx)
+    dao = operator_dao(ctx)
     result = retention.purge(dao.settings, dao, dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(result.as_dict()))

@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from api_schemas import (
+from mailjobs.records import Job, Recipient, StoredTemplate
+from mailjobs.scheduling import PRIORITY_NAMES
+from mailjobs.web.schemas import (
     AddressTraceOut,
     ErrorSummary,
     JobOut,
@@ -16,8 +18,6 @@ from api_schemas import (
     TracedRecipientOut,
     TracedSuppressionOut,
 )
-from records import Job, Recipient, StoredTemplate
-from scheduling import PRIORITY_NAMES
 
 T = TypeVar("T")
 # A recipient's next_attempt_at means "due then" only in these statuses (for `sending` it is the

@@ -1,0 +1,1 @@
+"""The operators' dashboard: server-rendered pages (its templates are in `templates/dashboard/`)."""

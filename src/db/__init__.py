@@ -1,0 +1,1 @@
+"""Below the DAO: database deadlines and the circuit breaker, migrations, a private MariaDB."""

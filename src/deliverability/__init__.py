@@ -1,0 +1,1 @@
+"""Keeping mail wanted and welcome: address checks, bounces and complaints, one-click unsubscribe."""
