@@ -2,8 +2,8 @@
 # Prepares a machine for mailjobs: Python venv with the requirements, and (unless a database
 # URL is given) a MariaDB server binary for the project-local database. Idempotent and quick
 # when nothing changed. Usage: scripts/setup.sh [run|test]
-#   run:  the runtime dependencies only (requirements.txt), what `make run` needs
-#   test: the development set too (requirements-dev.txt: pytest, playwright, schemathesis, ...)
+#   run:  the runtime dependencies only (requirements.lock), what `make run` needs
+#   test: the development set too (requirements-dev.lock: pytest, playwright, schemathesis, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -28,15 +28,16 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
-# One stamp per set: `make test` after `make run` adds the development set; `make run` after
-# `make test` has nothing to add.
-reqs=requirements.txt
-[ "$mode" = "test" ] && reqs=requirements-dev.txt
+# The locked versions with their hashes (`make lock` refreshes them from the ranges in
+# requirements*.txt). One stamp per set: `make test` after `make run` adds the development set;
+# `make run` after `make test` has nothing to add.
+lock=requirements.lock
+[ "$mode" = "test" ] && lock=requirements-dev.lock
 stamp=".venv/.installed-$mode"
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$reqs" -nt "$stamp" ] \
-   || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$reqs"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r "$lock"
+  # src/ is the package `mailjobs`, installed in place (editable): its dependencies came above
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi
