@@ -15,6 +15,7 @@ import pymysql
 
 from mailjobs import api_keys, defaults
 from mailjobs.dao_mysql import Dao
+from mailjobs.db import guard as db_guard
 from mailjobs.db.local_mariadb import LocalMariaDB
 from mailjobs.db.migrations import applied_versions, apply_migrations, discover
 from mailjobs.settings import PROJECT_ROOT, Settings
@@ -78,8 +79,7 @@ def ensure_database(settings: Settings, start: bool = True) -> Settings:
 
 
 def _where(settings: Settings) -> str:
-    db = settings.db
-    return db.unix_socket or f"{db.host}:{db.port}"
+    return settings.db.where()
 
 
 def reach_database(settings: Settings, wait: float) -> None:
@@ -92,10 +92,9 @@ def reach_database(settings: Settings, wait: float) -> None:
     while True:
         attempt += 1
         try:
-            pymysql.connect(host=db.host, port=db.port, user=db.user, password=db.password,
-                            unix_socket=db.unix_socket, connect_timeout=settings.db_connect_timeout,
-                            read_timeout=settings.db_connect_timeout,
-                            write_timeout=settings.db_connect_timeout).close()
+            db_guard.connect(db, connect_timeout=settings.db_connect_timeout,
+                             read_timeout=settings.db_connect_timeout,
+                             write_timeout=settings.db_connect_timeout).close()
             if attempt > 1:
                 log.info("database at %s reachable (attempt %d)", where, attempt)
             return

@@ -133,6 +133,7 @@ def _rerun_on_conflict(method: Callable[..., T], label: str | None = None) -> Ca
             except TransactionConflict as exc:
                 if attempt == defaults.CONFLICT_RETRIES:
                     raise
+                metrics.DB_CONFLICTS.labels(label or method.__name__).inc()
                 log.info("%s lost a lock conflict (%s); running it again (attempt %d)",
                          label or method.__name__, exc, attempt + 1)
                 time.sleep(random.uniform(0.005, 0.05) * attempt)
@@ -186,7 +187,8 @@ class Dao:
             unix_socket=self.params.unix_socket, charset="utf8mb4",
             connect_timeout=settings.db_connect_timeout, read_timeout=settings.db_read_timeout,
             write_timeout=settings.db_write_timeout, autocommit=False,
-            init_command="SET time_zone = '+00:00'",
+            init_command=self.params.init_command(),
+            hosts=db_guard.hosts_for(self.params.addresses, settings.db_failback_after),
         )
 
     # --- connections ----------------------------------------------------------------------
@@ -361,12 +363,9 @@ class Dao:
     def _health_query(self, max_age: float, timeout: float) -> int:
         conn = self._health_conn
         if conn is None:
-            p = self.params
-            conn = self._health_conn = db_guard.BoundedConnection(
-                host=p.host, port=p.port, user=p.user, password=p.password,
-                database=p.database, unix_socket=p.unix_socket, charset="utf8mb4",
-                connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout,
-                autocommit=True, init_command="SET time_zone = '+00:00'")
+            conn = self._health_conn = db_guard.connect(
+                self.params, database=self.params.database, connect_timeout=timeout,
+                read_timeout=timeout, write_timeout=timeout, autocommit=True)
         with conn.cursor() as cur:
             cur.execute(self.queries["live_runners"], (int(max_age * 1_000_000),))
             return len(cur.fetchall())

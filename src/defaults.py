@@ -55,6 +55,9 @@ DB_PING_TIMEOUT = 2.0
 # every database call of this process (API threads and runner) fails at once; then one probe
 # at a time checks the server, and the first success closes it.
 DB_BREAKER_INTERVAL = 2.0
+# With several hosts in DATABASE_URL (a Galera cluster): seconds after new connections moved
+# away from the first listed host before they try it first again.
+DB_FAILBACK_AFTER = 300.0
 # Seconds /healthz's own database check may take (its own connection, outside the pool), so
 # /healthz answers within 2 s even when the database does not.
 HEALTHZ_DB_TIMEOUT = 1.5

@@ -65,6 +65,10 @@ DB_CIRCUIT_OPEN = Gauge("mailjobs_db_circuit_open",
                         multiprocess_mode="max")
 DB_CIRCUIT_OPENED = Counter("mailjobs_db_circuit_opened",
                             "Times the database circuit breaker opened (a timeout or a refusal)")
+DB_HOST_SWITCHES = Counter("mailjobs_db_host_switches",
+                           "Times new database connections moved to another host of DATABASE_URL")
+DB_CONFLICTS = Counter("mailjobs_db_conflicts", "Transactions re-run after a deadlock, a lock "
+                       "wait timeout or a Galera certification failure (1213/1205)", ["operation"])
 DB_CIRCUIT_REJECTED = Counter("mailjobs_db_circuit_rejected",
                               "Database calls failed at once because the circuit was open")
 

@@ -34,7 +34,11 @@ def _env(name: str, default: Any) -> Any:
 
 @dataclass(frozen=True)
 class DatabaseParams:
-    """Keyword arguments for pymysql.connect, parsed from a DATABASE_URL."""
+    """Keyword arguments for pymysql.connect, parsed from a DATABASE_URL.
+
+    Several hosts may be listed (`mysql://user:pass@h1:3306,h2:3306,h3:3306/mailjobs`): the
+    nodes of a Galera cluster, or a primary and its standby. Connections go to the first that
+    answers (db.hosts); `host` and `port` are the first of the list."""
 
     host: str = "127.0.0.1"
     port: int = 3306
@@ -42,34 +46,69 @@ class DatabaseParams:
     password: str = ""
     database: str = "mailjobs"
     unix_socket: str | None = None
+    hosts: tuple[tuple[str, int], ...] = ()
+    # ?wsrep_sync_wait=N: Galera's causality checks for this service's sessions (1: reads see
+    # every write the cluster committed before them, on whichever node they run)
+    wsrep_sync_wait: int | None = None
 
     @classmethod
     def from_url(cls, url: str) -> DatabaseParams:
-        """Parse `mysql://user:pass@host:port/db?unix_socket=/path`."""
+        """Parse `mysql://user:pass@host:port[,host:port...]/db?unix_socket=/path&wsrep_sync_wait=1`."""
         parts = urlparse(url)
         if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
             raise ValueError("DATABASE_URL must be a MySQL/MariaDB URL (mysql://user:password@"
                              f"host:3306/database), got one starting {parts.scheme + '://'!r}")
-        try:
-            _ = parts.port   # urlsplit checks the port only when it is read
-        except ValueError:
-            host = parts.netloc.rsplit("@", 1)[-1]      # never the password
-            raise ValueError(f"DATABASE_URL has an invalid port: {host!r}") from None
+        items = parts.netloc.rpartition("@")[2].split(",")
+        if len(items) > 1 and not all(item.strip() for item in items):
+            raise ValueError(f"DATABASE_URL has an empty host in its host list: {','.join(items)!r}")
+        hosts = tuple(_host_port(item) for item in items)
         query = parse_qs(parts.query)
         socket = query.get("unix_socket", [None])[0]
+        sync_wait = query.get("wsrep_sync_wait", [None])[0]
+        if sync_wait is not None and not sync_wait.isdigit():
+            raise ValueError(f"DATABASE_URL's wsrep_sync_wait must be a number, got {sync_wait!r}")
         return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
+            host=hosts[0][0],
+            port=hosts[0][1],
             user=unquote(parts.username or "root"),
             password=unquote(parts.password or ""),
             database=(parts.path or "/").lstrip("/") or "mailjobs",
             unix_socket=socket,
+            hosts=hosts,
+            wsrep_sync_wait=int(sync_wait) if sync_wait is not None else None,
         )
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return self.hosts or ((self.host, self.port),)
+
+    def where(self) -> str:
+        """Where the database is, for messages (never the password)."""
+        return self.unix_socket or ",".join(f"{h}:{p}" for h, p in self.addresses)
+
+    def init_command(self) -> str:
+        """Run by every new connection: UTC, and Galera's causality checks when asked for."""
+        sync = f", wsrep_sync_wait = {self.wsrep_sync_wait}" if self.wsrep_sync_wait is not None else ""
+        return f"SET time_zone = '+00:00'{sync}"
 
     def url(self) -> str:
         auth = self.user + (f":{self.password}" if self.password else "")
-        tail = f"?unix_socket={self.unix_socket}" if self.unix_socket else ""
-        return f"mysql://{auth}@{self.host}:{self.port}/{self.database}{tail}"
+        query = [f"unix_socket={self.unix_socket}"] if self.unix_socket else []
+        if self.wsrep_sync_wait is not None:
+            query.append(f"wsrep_sync_wait={self.wsrep_sync_wait}")
+        tail = f"?{'&'.join(query)}" if query else ""
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        return f"mysql://{auth}@{hosts}/{self.database}{tail}"
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    """One `host[:port]` of a DATABASE_URL's host list."""
+    parts = urlparse(f"//{item}")
+    try:
+        port = parts.port   # urlsplit checks the port only when it is read
+    except ValueError:
+        raise ValueError(f"DATABASE_URL has an invalid port: {item!r}") from None
+    return parts.hostname or "127.0.0.1", port or 3306
 
 
 @dataclass(frozen=True)
@@ -92,6 +131,7 @@ class Settings:
     db_request_deadline: float = defaults.DB_REQUEST_DEADLINE
     db_ping_timeout: float = defaults.DB_PING_TIMEOUT
     db_breaker_interval: float = defaults.DB_BREAKER_INTERVAL
+    db_failback_after: float = defaults.DB_FAILBACK_AFTER
     healthz_db_timeout: float = defaults.HEALTHZ_DB_TIMEOUT
     log_level: str = "INFO"
     log_format: str = defaults.LOG_FORMAT

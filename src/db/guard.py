@@ -31,7 +31,8 @@ from typing import Any
 import pymysql
 from pymysql.connections import Connection
 
-from mailjobs import metrics
+from mailjobs import defaults, metrics
+from mailjobs.settings import DatabaseParams
 
 log = logging.getLogger("mailjobs.db")
 
@@ -204,6 +205,66 @@ class Breaker:
                   self.interval)
 
 
+# --- several hosts ------------------------------------------------------------------------------
+class Hosts:
+    """Which of a DATABASE_URL's hosts (a Galera cluster's nodes) new connections go to, shared
+    by a process' connections: the one that answered last first, then the others in the URL's
+    order. DB_FAILBACK_AFTER seconds after it moved away from the first host, a new connection
+    tries the first ones again (a node back from maintenance gets its share back)."""
+
+    def __init__(self, addresses: tuple[tuple[str, int], ...], failback_after: float) -> None:
+        self.addresses = addresses
+        self.failback_after = failback_after
+        self._current = 0
+        self._moved_at = 0.0
+        self._lock = threading.Lock()
+
+    def order(self) -> list[tuple[str, int]]:
+        with self._lock:
+            start = self._current
+            if start and time.monotonic() - self._moved_at >= self.failback_after:
+                start = 0
+        n = len(self.addresses)
+        return [self.addresses[(start + i) % n] for i in range(n)]
+
+    def answered(self, address: tuple[str, int]) -> None:
+        index = self.addresses.index(address)
+        with self._lock:
+            if index == self._current:
+                return
+            was, self._current, self._moved_at = self._current, index, time.monotonic()
+        metrics.DB_HOST_SWITCHES.inc()
+        log.warning("database: new connections now go to %s:%s (was %s:%s)",
+                    *address, *self.addresses[was])
+
+
+_hosts: dict[tuple[tuple[str, int], ...], Hosts] = {}
+_hosts_lock = threading.Lock()
+
+
+def hosts_for(addresses: tuple[tuple[str, int], ...], failback_after: float) -> Hosts:
+    """The process' one Hosts of this host list (the pool, the health check and the migrations
+    learn from each other's connections)."""
+    with _hosts_lock:
+        if addresses not in _hosts:
+            _hosts[addresses] = Hosts(addresses, failback_after)
+        return _hosts[addresses]
+
+
+def node_ready(conn: Connection) -> bool:
+    """False for a Galera node that cannot take queries yet (joining, donor, or cut off from the
+    cluster's primary component): such a node accepts connections, then answers every query
+    with 'WSREP has not yet prepared node for application use' (1047). Not Galera: ready."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+        row = cur.fetchone()
+        if row is None or str(row[1]).upper() != "ON":
+            return True
+        cur.execute("SHOW STATUS LIKE 'wsrep_ready'")
+        row = cur.fetchone()
+    return row is not None and str(row[1]).upper() == "ON"
+
+
 # --- the connection ----------------------------------------------------------------------------
 class BoundedConnection(Connection):
     """pymysql's Connection with every wait bounded by `bound()`: the handshake by
@@ -213,13 +274,40 @@ class BoundedConnection(Connection):
     breaker: Breaker | None = None
     ping_timeout: float = 2.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, hosts: Hosts | None = None, **kwargs: Any) -> None:
         self._configured = (kwargs.get("connect_timeout") or 10, kwargs.get("read_timeout"),
                             kwargs.get("write_timeout"))
         self._last_io = 0.0
+        self._hosts = hosts if hosts is not None and len(hosts.addresses) > 1 else None
         super().__init__(*args, **kwargs)
 
     def connect(self, sock: Any = None) -> None:
+        if self._hosts is None or self.unix_socket or sock is not None:
+            self._connect_once(sock)
+            return
+        # Several hosts: the first that answers and is ready, each try within connect_timeout
+        # and all of them within the deadline.
+        failure: Exception | None = None
+        for address in self._hosts.order():
+            self.host, self.port = address
+            try:
+                self._connect_once(None)
+                if node_ready(self):
+                    self._hosts.answered(address)
+                    return
+                failure = pymysql.err.OperationalError(
+                    1047, f"{address[0]}:{address[1]} is not ready (not synced with the cluster)")
+                self._force_close()
+            except pymysql.err.Error as exc:
+                if self._sock is not None:
+                    self._force_close()
+                failure = exc
+                log.info("database host %s:%s did not answer (%s); trying the next one",
+                         *address, exc.args[-1] if exc.args else exc)
+        assert failure is not None
+        raise failure
+
+    def _connect_once(self, sock: Any) -> None:
         connect_timeout, read_timeout, write_timeout = self._configured
         handshake = bound(connect_timeout)
         self.connect_timeout = handshake
@@ -257,6 +345,15 @@ class BoundedConnection(Connection):
             if self.breaker is not None:
                 self.breaker.failure(failure_kind(exc), f"ping: {exc.args[-1] if exc.args else exc}")
             raise
+
+
+def connect(db: DatabaseParams, **kwargs: Any) -> BoundedConnection:
+    """A connection outside the pool (start-up checks, migrations): to the first host of
+    DATABASE_URL that answers, in UTC (and with wsrep_sync_wait when the URL asks for it)."""
+    return BoundedConnection(host=db.host, port=db.port, user=db.user, password=db.password,
+                             unix_socket=db.unix_socket, charset="utf8mb4",
+                             init_command=db.init_command(),
+                             hosts=hosts_for(db.addresses, defaults.DB_FAILBACK_AFTER), **kwargs)
 
 
 def connector(breaker: Breaker, ping_timeout: float) -> Any:

@@ -1,0 +1,231 @@
+"""mailjobs on a real MariaDB Galera cluster (three nodes on 127.0.0.1, mailjobs.db.local_galera):
+runners on different nodes never both send a recipient (row locks are local to a node; the
+loser of a claim fails certification and claims again), a node SIGKILLed mid-job costs a pause
+and no mail, the schema keeps Galera's rules and migrates once when two hosts start together, and
+a job posted through one node is read through another.
+
+Skipped where the Galera provider library (Debian's galera-4) is not installed. The cluster is
+started once for the module (about a minute: two joiners receive a state transfer); each test
+has a database of its own on it.
+"""
+from __future__ import annotations
+
+import itertools
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pymysql
+import pytest
+from faults_tools import (
+    Fleet,
+    assert_exactly_once,
+    check_counts,
+    job_body,
+    size,
+    wait_final,
+    wait_for,
+)
+
+from mailjobs import api_keys
+from mailjobs.api_server import create_app
+from mailjobs.dao_mysql import Dao
+from mailjobs.db.local_galera import LocalGalera, provider
+from mailjobs.db.migrations import apply_migrations
+from mailjobs.settings import DatabaseParams, Settings
+
+pytestmark = pytest.mark.skipif(provider() is None,
+                                reason="no Galera provider library (apt-get install galera-4)")
+_databases = itertools.count(1)
+
+
+def free_base_port() -> int:
+    """A base port whose node ports (base+10 .. base+33) are all free on 127.0.0.1."""
+    for base in range(24000, 40000, 100):
+        ports = [base + 10 * n + k for n in (1, 2, 3) for k in range(4)]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports for a local Galera cluster")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # not under pytest's tmp_path: its directories are private to root, and as root the nodes
+    # run as the mysql user (see local_galera)
+    cluster = LocalGalera(Path(tempfile.mkdtemp(prefix="mailjobs-galera-")), free_base_port())
+    try:
+        cluster.start(timeout=180)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+class GaleraDb:
+    """One database on the cluster; URLs that try the nodes starting from a given one."""
+
+    def __init__(self, cluster: LocalGalera, name: str) -> None:
+        self.cluster, self.name = cluster, name
+
+    def url(self, first: int = 1, sync_wait: bool = True) -> str:
+        order = [first] + [n.number for n in self.cluster.nodes if n.number != first]
+        hosts = ",".join(f"127.0.0.1:{self.cluster.node(n).port}" for n in order)
+        return (f"mysql://mailjobs:mailjobs@{hosts}/{self.name}"
+                + ("?wsrep_sync_wait=1" if sync_wait else ""))
+
+    def settings(self, first: int = 1, **overrides) -> Settings:
+        return Settings(database_url=self.url(first), db_connect_timeout=3, db_read_timeout=10,
+                        db_write_timeout=10, db_pool_timeout=3, sender_rate_per_minute=0,
+                        sender_daily_cap=0).with_overrides(**overrides)
+
+    def count_on(self, node: int, sql: str) -> int:
+        conn = pymysql.connect(unix_socket=str(self.cluster.node(node).socket), user="root",
+                               database=self.name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION wsrep_sync_wait = 1")
+                cur.execute(sql)
+                return int(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+
+@pytest.fixture()
+def gdb(cluster) -> GaleraDb:
+    db = GaleraDb(cluster, f"mj_galera_{next(_databases)}")
+    apply_migrations(DatabaseParams.from_url(db.url(1)))
+    return db
+
+
+@pytest.fixture()
+def node_daos(gdb):
+    daos = {n: Dao(gdb.settings(first=n)) for n in (1, 2, 3)}
+    yield daos
+    for dao in daos.values():
+        dao.close()
+
+
+def galera_fleet(gdb: GaleraDb, dao: Dao, fake, tmp_path) -> Fleet:
+    return Fleet(SimpleNamespace(url=gdb.url(1)), dao, fake, tmp_path)
+
+
+def test_every_table_has_a_primary_key_and_is_innodb(gdb):
+    tables_without_pk = gdb.count_on(2, f"""
+        SELECT COUNT(*) FROM information_schema.TABLES t
+        WHERE t.TABLE_SCHEMA = '{gdb.name}' AND t.TABLE_TYPE = 'BASE TABLE' AND NOT EXISTS (
+          SELECT 1 FROM information_schema.STATISTICS s WHERE s.TABLE_SCHEMA = t.TABLE_SCHEMA
+          AND s.TABLE_NAME = t.TABLE_NAME AND s.INDEX_NAME = 'PRIMARY')""")
+    not_innodb = gdb.count_on(3, f"""
+        SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{gdb.name}'
+        AND TABLE_TYPE = 'BASE TABLE' AND ENGINE <> 'InnoDB'""")
+    assert gdb.count_on(1, f"SELECT COUNT(*) FROM information_schema.TABLES "
+                           f"WHERE TABLE_SCHEMA = '{gdb.name}'") > 10
+    assert (tables_without_pk, not_innodb) == (0, 0)
+
+
+def test_two_hosts_migrating_at_once_through_two_nodes_apply_each_migration_once(cluster):
+    db = GaleraDb(cluster, f"mj_galera_{next(_databases)}")
+    applied: dict[int, list] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def migrate(node: int) -> None:
+        try:
+            start.wait()
+            applied[node] = apply_migrations(DatabaseParams.from_url(db.url(node)))
+        except BaseException as exc:   # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(n,)) for n in (1, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    versions = [m.version for node in (1, 3) for m in applied[node]]
+    assert sorted(versions) == sorted(set(versions))            # none applied twice
+    assert db.count_on(2, "SELECT COUNT(*) FROM schema_migrations") == len(versions)
+
+
+def test_three_workers_on_three_nodes_send_every_recipient_exactly_once(
+        gdb, node_daos, fake, tmp_path):
+    n = size(5000)
+    dao = node_daos[1]
+    key = api_keys.create_key(dao, "galera", ["*"]).key
+    client = create_app(dao.settings, dao).test_client()
+    r = client.post("/api/jobs/send_template_emails", json=job_body(n),
+                    headers={"X-API-Key": key})
+    assert r.status_code == 202, r.json
+    job_id = r.json["job_id"]
+    fleet = galera_fleet(gdb, dao, fake, tmp_path)
+    try:
+        for slot, node in enumerate((1, 2, 3)):
+            fleet.start(slot, DATABASE_URL=gdb.url(node), RUNNER_CONCURRENCY="8",
+                        CLAIM_BATCH="50", EMBEDDED_RUNNER="0")
+        wait_final(dao, job_id, 120 + n / 20, fleet)
+        assert all(code == 0 for code in fleet.stop_all()), fleet.output()[-5000:]
+    finally:
+        fleet.close()
+    assert_exactly_once(fake, dao, job_id, n)
+    counts = check_counts(client, key, dao, job_id)
+    assert counts == {"sent": n}
+    # every worker took part, each through its own node
+    for log in fleet.logs:
+        assert "sent to" in log.read_text(), fleet.output()[-2000:]
+    for node in (1, 2, 3):
+        assert gdb.count_on(node, f"SELECT COUNT(*) FROM job_recipients WHERE job_id = {job_id} "
+                                  "AND status = 'sent'") == n
+
+
+def test_the_node_a_worker_uses_is_killed_mid_job_and_no_mail_is_lost_or_doubled(
+        gdb, node_daos, cluster, fake, tmp_path):
+    n = size(1500)
+    dao = node_daos[2]            # the test's own view, through a node that stays up
+    key = api_keys.create_key(dao, "galera", ["*"]).key
+    client = create_app(dao.settings, dao).test_client()
+    fake.send_latency = 0.01
+    r = client.post("/api/jobs/send_template_emails", json=job_body(n),
+                    headers={"X-API-Key": key})
+    assert r.status_code == 202, r.json
+    job_id = r.json["job_id"]
+    fleet = galera_fleet(gdb, dao, fake, tmp_path)
+    try:
+        fleet.start(0, DATABASE_URL=gdb.url(1), EMBEDDED_RUNNER="0")    # on node 1 first
+        fleet.start(1, DATABASE_URL=gdb.url(2), EMBEDDED_RUNNER="0")
+        wait_for(lambda: fake.count() >= n // 4, 120, "a quarter of the job sent")
+        cluster.kill(1)
+        killed_at = fake.count()
+        wait_for(lambda: fleet.grep("new connections now go to"), 60,
+                 "the worker on node 1 to move to another node", on_timeout=fleet.output)
+        wait_final(dao, job_id, 120 + n / 10, fleet)
+        assert killed_at < n, "the job ended before the node was killed: nothing was tested"
+        assert not fleet.exited(), fleet.output()[-5000:]
+        assert all(code == 0 for code in fleet.stop_all()), fleet.output()[-5000:]
+    finally:
+        fleet.close()
+        cluster.start(timeout=180)        # node 1 rejoins (IST) for the counts and later tests
+    assert_exactly_once(fake, dao, job_id, n)
+    assert check_counts(client, key, dao, job_id) == {"sent": n}
+    for node in (1, 2, 3):                # the rejoined node agrees with the others
+        assert gdb.count_on(node, f"SELECT COUNT(*) FROM job_recipients WHERE job_id = {job_id} "
+                                  "AND status = 'sent'") == n
+    assert cluster.node(1).status()["wsrep_cluster_size"] == "3"
+
+
+def test_a_job_posted_through_node_1_is_read_at_once_through_node_3(gdb, node_daos):
+    key = api_keys.create_key(node_daos[1], "galera", ["*"]).key
+    through_1 = create_app(node_daos[1].settings, node_daos[1]).test_client()
+    through_3 = create_app(node_daos[3].settings, node_daos[3]).test_client()
+    for i in range(20):
+        r = through_1.post("/api/jobs/send_template_emails", json=job_body(5, prefix=f"r{i}-"),
+                           headers={"X-API-Key": key})
+        assert r.status_code == 202, r.json
+        read = through_3.get(f"/api/jobs/{r.json['job_id']}", headers={"X-API-Key": key})
+        assert read.status_code == 200, read.json
+        assert read.json["total"] == 5
