@@ -38,7 +38,12 @@ if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r "$lock"
   # src/ is the package `mailjobs`, installed in place (editable): its dependencies came above
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  # (setuptools' build warnings are noise here; shown only when the install fails)
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . \
+       >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 
