@@ -27,7 +27,7 @@ import pymysql
 from mailjobs import api_keys
 from mailjobs.api_server import create_app
 from mailjobs.dao_mysql import Dao
-from mailjobs.db.local_galera import LocalGalera, provider
+from mailjobs.db.local_galera import LocalGalera, missing
 from mailjobs.db.migrations import apply_migrations
 from mailjobs.settings import DatabaseParams, Settings
 
@@ -137,8 +137,8 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=10000)
     parser.add_argument("--kill-recipients", type=int, default=3000)
     args = parser.parse_args()
-    if provider() is None:
-        raise SystemExit("no Galera provider library (apt-get install galera-4)")
+    if missing():
+        raise SystemExit(missing())
     root = Path(tempfile.mkdtemp(prefix="mailjobs-galera-bench-"))
     root.chmod(0o755)   # as root the nodes run as the mysql user
     cluster = LocalGalera(root / "cluster", base_port=4700)

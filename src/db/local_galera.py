@@ -41,6 +41,20 @@ def provider() -> str | None:
     return next((p for p in PROVIDERS if Path(p).is_file()), None)
 
 
+def missing() -> str | None:
+    """Why a local cluster cannot run here (None: it can)."""
+    if provider() is None:
+        return "no Galera provider library (apt-get install galera-4)"
+    if shutil.which("rsync") is None:
+        return "no rsync for the joiners' state transfer (apt-get install rsync)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("mysql")
+        except KeyError:
+            return "running as root without a mysql user for the nodes (apt-get install mariadb-server)"
+    return None
+
+
 @dataclass(frozen=True)
 class Node:
     number: int
@@ -116,8 +130,9 @@ class LocalGalera:
     # --- starting -----------------------------------------------------------------------------
     def start(self, timeout: float = 90) -> None:
         """Start every node that is not running; the first start creates the cluster."""
-        if provider() is None:
-            raise LocalDatabaseError("no Galera provider library (apt-get install galera-4)")
+        reason = missing()
+        if reason:
+            raise LocalDatabaseError(reason)
         running = [n for n in self.nodes if n.pid() is not None]
         if not running:
             first = self._bootstrap_candidate()

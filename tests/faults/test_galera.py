@@ -4,7 +4,7 @@ loser of a claim fails certification and claims again), a node SIGKILLed mid-job
 and no mail, the schema keeps Galera's rules and migrates once when two hosts start together, and
 a job posted through one node is read through another.
 
-Skipped where the Galera provider library (Debian's galera-4) is not installed. The cluster is
+Skipped, with the reason, where the Galera provider library (Debian's galera-4) or rsync is missing. The cluster is
 started once for the module (about a minute: two joiners receive a state transfer); each test
 has a database of its own on it.
 """
@@ -32,12 +32,11 @@ from faults_tools import (
 from mailjobs import api_keys
 from mailjobs.api_server import create_app
 from mailjobs.dao_mysql import Dao
-from mailjobs.db.local_galera import LocalGalera, provider
+from mailjobs.db.local_galera import LocalGalera, missing
 from mailjobs.db.migrations import apply_migrations
 from mailjobs.settings import DatabaseParams, Settings
 
-pytestmark = pytest.mark.skipif(provider() is None,
-                                reason="no Galera provider library (apt-get install galera-4)")
+pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 _databases = itertools.count(1)
 
 
