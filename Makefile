@@ -8,11 +8,13 @@ run:
 test:
 	@scripts/setup.sh test
 	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 lint:
 	@scripts/setup.sh test
 	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy
 
 # Re-pins requirements.lock and requirements-dev.lock (with hashes) from the ranges in requirements*.txt.
 lock:

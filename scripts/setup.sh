@@ -48,6 +48,9 @@ if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp
 fi
 
 if [ "$mode" = "test" ]; then
+  # mypy finds the package by a directory named mailjobs (it does not follow setuptools'
+  # editable-install finder): a link to src/
+  mkdir -p .venv/typecheck && ln -sfn ../../src .venv/typecheck/mailjobs
   [ -n "${TEST_DATABASE_URL:-}" ] || scripts/ensure-mariadb.sh
 else
   [ -n "${DATABASE_URL:-}" ] || scripts/ensure-mariadb.sh

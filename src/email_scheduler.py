@@ -106,7 +106,7 @@ class EmailScheduler:
         raw = build_message(sender_email=job.sender_email, from_name=job.from_name,
                             reply_to=job.reply_to, to_email=r.to_email, to_name=r.name,
                             subject=subject, text=text, html=html,
-                            message_id=r.message_id, extra_headers=extra)
+                            message_id=r.message_id or "", extra_headers=extra)
         return OutgoingMessage(job.id, r.id, job.sender_email, r.to_email, r.message_id or "", raw)
 
     def send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:

@@ -23,7 +23,7 @@ from __future__ import annotations
 # Only what the interpreter has already loaded: `signal` (its enum), `typing` and `logging`
 # would each cost milliseconds before the handlers are in place, so the C module `_signal`
 # is used directly and logging is looked up only once something else imported it.
-import _signal
+import _signal  # type: ignore[import-not-found]  # no stub: the C module under signal
 import os
 import sys
 
@@ -53,7 +53,7 @@ def _say(level: int, message: str) -> None:
     """A log line once logging is configured (so LOG_FORMAT=json holds), stderr before that."""
     logging = sys.modules.get("logging")
     root = getattr(logging, "root", None)   # None too while logging is half imported
-    if root is not None and root.handlers:
+    if logging is not None and root is not None and root.handlers:
         logging.getLogger("mailjobs").log(level, message)
         return
     sys.stderr.write(f"mailjobs: {message}\n")

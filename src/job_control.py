@@ -6,11 +6,15 @@ allowed in the job's current status raises `Conflict` (the API's 409) and change
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from mailjobs.dao_mysql import Dao
 from mailjobs.records import FINAL_JOB_STATUSES
 
 ACTIVE = ("queued", "scheduled", "running")
+# What an action makes of a job: its new status, who paused it, the reason shown, and whether
+# its unsent recipients are cancelled.
+Decision = tuple[str, str | None, str | None, bool]
 
 
 class Conflict(Exception):
@@ -28,14 +32,16 @@ def _unpaused(started: bool, future_send_at: bool) -> str:
 
 def cancel(dao: Dao, job_id: int, who: str = "API") -> int:
     """No further sends; unsent recipients become cancelled. Returns how many."""
-    def decide(status, started, future, paused_by, sender):
+    def decide(status: str, started: bool, future: bool, paused_by: str | None,
+               sender: str) -> Decision:
         _not_final("cancelled", status)
         return "cancelled", None, f"cancelled by {who}", True
     return dao.control_job(job_id, "cancel", decide)
 
 
 def pause(dao: Dao, job_id: int, paused_by: str = "operator", reason: str | None = None) -> None:
-    def decide(status, started, future, was_paused_by, sender):
+    def decide(status: str, started: bool, future: bool, was_paused_by: str | None,
+               sender: str) -> Decision:
         if status == "paused":
             raise Conflict("job is paused already")
         if status not in ACTIVE:
@@ -54,7 +60,8 @@ def auto_pause(dao: Dao, job_id: int, paused_by: str, reason: str) -> bool:
 
 
 def resume(dao: Dao, job_id: int) -> None:
-    def decide(status, started, future, paused_by, sender):
+    def decide(status: str, started: bool, future: bool, paused_by: str | None,
+               sender: str) -> Decision:
         if status != "paused":
             raise Conflict(f"job is {status}: only paused jobs can be resumed")
         return _unpaused(started, future), None, None, False
@@ -63,7 +70,8 @@ def resume(dao: Dao, job_id: int) -> None:
 
 def retry(dao: Dao, job_id: int, statuses: Sequence[str], codes: Sequence[str]) -> int:
     """Put matching recipients back to queued and the job back to work. Returns how many."""
-    def decide(status, started, future, paused_by, sender, matched, erased_at=None):
+    def decide(status: str, started: bool, future: bool, paused_by: str | None, sender: str,
+               matched: int, erased_at: datetime | None = None) -> Decision:
         if erased_at is not None:
             raise Conflict(f"job is {status} and its recipients' variables were erased on "
                            f"{erased_at:%Y-%m-%d} (RETENTION_DAYS): it cannot be retried; post "

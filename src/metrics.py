@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -76,7 +77,7 @@ DB_CIRCUIT_REJECTED = Counter("mailjobs_db_circuit_rejected",
 class DatabaseCollector:
     """Gauges computed from the database at scrape time."""
 
-    def __init__(self, dao) -> None:
+    def __init__(self, dao: Any) -> None:   # a Dao (metrics is imported by dao_mysql)
         self.dao = dao
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -109,7 +110,7 @@ class DatabaseCollector:
         yield from learned_caps(caps)
 
 
-def learned_caps(caps) -> list[GaugeMetricFamily]:
+def learned_caps(caps: Any) -> list[GaugeMetricFamily]:
     """The caps learned from refusals (learned_limits.py): SMTP servers by host:port, Gmail
     senders by sender_label (without METRICS_SENDER_LABELS, the lowest over all senders)."""
     family = GaugeMetricFamily("mailjobs_learned_cap", "Concurrency cap in effect after the "
@@ -131,12 +132,12 @@ def learned_caps(caps) -> list[GaugeMetricFamily]:
     return [family, configured]
 
 
-def render(dao) -> tuple[bytes, str]:
+def render(dao: Any) -> tuple[bytes, str]:
     """This process's metrics (every process's under PROMETHEUS_MULTIPROC_DIR), then the
     database gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         processes = CollectorRegistry()
-        MultiProcessCollector(processes)
+        MultiProcessCollector(processes)  # type: ignore[no-untyped-call]
     else:
         processes = REGISTRY
     database = CollectorRegistry()

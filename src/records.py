@@ -10,6 +10,9 @@ JOB_STATUSES = ("queued", "scheduled", "running", "paused", "completed", "comple
 FINAL_JOB_STATUSES = ("completed", "completed_with_errors", "failed", "cancelled")
 RECIPIENT_STATUSES = ("queued", "sending", "retrying", "sent", "failed", "in_doubt", "cancelled",
                       "expired", "bounced", "suppressed")
+# Recipients no runner will send to again on its own (in_doubt waits for an operator's retry)
+FINAL_RECIPIENT_STATUSES = ("sent", "failed", "in_doubt", "cancelled", "expired", "bounced",
+                            "suppressed")
 # Why an address is on an API key's suppression list.
 SUPPRESSION_REASONS = ("unsubscribed", "hard_bounce", "complaint", "manual")
 

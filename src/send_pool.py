@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-_Item = tuple[Future, Callable[..., Any], tuple]
+_Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
 class FairPool:
@@ -48,8 +48,8 @@ class FairPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, key: int, job: int, fn: Callable[..., Any], *args: Any) -> Future:
-        future: Future = Future()
+    def submit(self, key: int, job: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("submit after shutdown")

@@ -123,7 +123,7 @@ class RemoteBackend:
         except requests.RequestException as exc:
             raise BackendError(f"cannot reach {self.url}: {exc}") from None
         try:
-            body = r.json()
+            body: dict[str, Any] = r.json()
         except ValueError:
             raise BackendError(f"{method} {path}: HTTP {r.status_code}, not JSON") from None
         if r.status_code >= 400:
@@ -132,7 +132,8 @@ class RemoteBackend:
 
     def jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         params = {"limit": limit, **({"status": status} if status else {})}
-        return self._call("GET", "/api/jobs", params=params)["jobs"]
+        rows: list[dict[str, Any]] = self._call("GET", "/api/jobs", params=params)["jobs"]
+        return rows
 
     def job(self, job_id: int) -> dict[str, Any]:
         return self._call("GET", f"/api/jobs/{job_id}")
@@ -150,13 +151,16 @@ class RemoteBackend:
                           json={"status": statuses, "error_code": codes})
 
     def runners(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/runners")["runners"]
+        rows: list[dict[str, Any]] = self._call("GET", "/api/runners")["runners"]
+        return rows
 
     def senders(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/senders")["senders"]
+        rows: list[dict[str, Any]] = self._call("GET", "/api/senders")["senders"]
+        return rows
 
     def learned_caps(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/api/senders")["learned_caps"]
+        rows: list[dict[str, Any]] = self._call("GET", "/api/senders")["learned_caps"]
+        return rows
 
     def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]:
         params = {"email": email, "limit": limit, **({"before": before} if before else {})}

@@ -3,6 +3,7 @@ the two output forms (--json for scripts, aligned tables for people)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -34,7 +35,7 @@ def operator_dao(ctx: click.Context) -> Dao:
     return Dao(settings)
 
 
-def emit(data: Any, as_json: bool, human) -> None:
+def emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=None, default=str))
     else:
@@ -58,7 +59,7 @@ def backend(ctx: click.Context) -> Backend:
     return LocalBackend(database_settings(ctx), operator_dao(ctx))
 
 
-def run(ctx: click.Context, call) -> Any:
+def run(ctx: click.Context, call: Callable[[Backend], Any]) -> Any:
     try:
         return call(backend(ctx))
     except BackendError as exc:

@@ -5,22 +5,32 @@ Each talks to the database directly, or to a remote API when --url (MAILJOBS_URL
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
 
 import click
 
+from mailjobs.cli.backend import Backend
 from mailjobs.cli.common import emit, json_option, run, table
-from mailjobs.records import FINAL_JOB_STATUSES, JOB_STATUSES, RECIPIENT_STATUSES
+from mailjobs.records import (
+    FINAL_JOB_STATUSES,
+    FINAL_RECIPIENT_STATUSES,
+    JOB_STATUSES,
+    RECIPIENT_STATUSES,
+)
 
 commands = click.Group("jobs")   # registered on the `mailjobs` group by cli.main
 
 
+def _job_of(backend: Backend, job_id: int) -> dict[str, Any]:
+    return backend.job(job_id)
+
+
 def _done(job: dict[str, Any]) -> int:
-    c = job["counts"]
-    return (c.get("sent", 0) + c.get("failed", 0) + c.get("in_doubt", 0) + c.get("cancelled", 0)
-            + c.get("bounced", 0) + c.get("suppressed", 0) + c.get("expired", 0))
+    counts: dict[str, int] = job["counts"]
+    return sum(n for status, n in counts.items() if status in FINAL_RECIPIENT_STATUSES)
 
 
 @commands.command("jobs")
@@ -33,7 +43,7 @@ def jobs_cmd(ctx: click.Context, status: str | None, limit: int, as_json: bool) 
     jobs = run(ctx, lambda b: b.jobs(status, limit))
     if not as_json:
         for j in jobs:  # the list view has no counts: fetch them for the table
-            j["counts"] = run(ctx, lambda b, i=j["id"]: b.job(i))["counts"]
+            j["counts"] = run(ctx, functools.partial(_job_of, job_id=j["id"]))["counts"]
     emit(jobs, as_json, lambda js: table(
         ["ID", "STATUS", "SENT", "FAILED", "TOTAL", "SENDER", "CREATED"],
         [[j["id"], j["status"], j["counts"].get("sent", 0), j["counts"].get("failed", 0),

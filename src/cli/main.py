@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -177,7 +178,7 @@ def api_key_create(ctx: click.Context, name: str, senders: tuple[str, ...], oper
 def api_key_list(ctx: click.Context, as_json: bool) -> None:
     """List keys (never the secrets)."""
     keys = operator_dao(ctx).api_keys()
-    rows = [{"id": k.id, "name": k.name, "prefix": f"mj_{k.prefix}_…", "senders": k.allowed_senders,
+    rows: list[dict[str, Any]] = [{"id": k.id, "name": k.name, "prefix": f"mj_{k.prefix}_…", "senders": k.allowed_senders,
              "operator": k.is_operator, "created_at": str(k.created_at),
              "last_used_at": str(k.last_used_at or ""), "revoked": k.revoked_at is not None}
             for k in keys]
@@ -271,7 +272,7 @@ def senders(ctx: click.Context, as_json: bool) -> None:
             _caps_table(caps)
 
 
-def _caps_table(caps: list[dict]) -> None:
+def _caps_table(caps: list[dict[str, Any]]) -> None:
     table(["KIND", "TARGET", "CAP", "CONFIGURED", "LOWERED_AT", "HOLD_UNTIL", "REASON"],
           [[c["kind"], c["target"], c["cap"], c["configured"], c["lowered_at"],
             c["hold_until"] or "-", c["reason"][:80]] for c in caps])

@@ -2,6 +2,8 @@
 database (like `api-key` and `senders set`; operators only, so no --url mode)."""
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from mailjobs.cli.common import emit, json_option, operator_dao, table
@@ -45,7 +47,7 @@ def suppressions_list(ctx: click.Context, api_key: str, reason: str | None, limi
                                                          reason), limit)
     page = {"suppressions": [suppression_view(x) for x in rows], "next_after": next_after}
 
-    def human(p: dict) -> None:
+    def human(p: dict[str, Any]) -> None:
         table(["ID", "EMAIL", "REASON", "JOB", "CREATED", "DETAIL"],
                [[s["id"], s["email"], s["reason"], s["job_id"], s["created_at"][:19],
                  (s["detail"] or "")[:60]] for s in p["suppressions"]])

@@ -38,6 +38,7 @@ from flask import (
     url_for,
 )
 from flask.sessions import SecureCookieSessionInterface
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from mailjobs.api_keys import KeyVerifier
@@ -178,8 +179,8 @@ def _nice_ceiling(value: float) -> float:
     power = 10 ** math.floor(math.log10(value))
     for step in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if step * power >= value - 1e-9:
-            return step * power
-    return 10 * power
+            return float(step * power)
+    return float(10 * power)
 
 
 def _fmt_rate(value: float) -> str:
@@ -274,7 +275,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
         return key
 
     @bp.before_request
-    def _require_operator() -> Response | None:
+    def _require_operator() -> ResponseReturnValue | None:
         if request.endpoint == "dashboard.login":
             return None
         key = _session_key()
@@ -330,7 +331,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
         return redirect(next_url)
 
     @bp.post("/logout")
-    def logout() -> Response:
+    def logout() -> ResponseReturnValue:
         token = session.get("sid")
         if isinstance(token, str):
             dao.end_dashboard_session(_token_hash(token))
@@ -367,7 +368,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             active=found.status in ("queued", "running", "scheduled"))
 
     @bp.get("/recipients")
-    def trace() -> str:
+    def trace() -> ResponseReturnValue:
         """One address across every key's jobs: the operators' "did ann@ get it?" page."""
         raw = (request.args.get("email") or "").strip()
         if not raw:

@@ -46,7 +46,7 @@ class LocalMariaDB:
     never start on one data directory, and registers the process as a user; `release()` stops it
     only when the last user leaves."""
     root: Path
-    _proc: subprocess.Popen | None = None
+    _proc: subprocess.Popen[bytes] | None = None
     _user_fd: int | None = None
 
     @property

@@ -117,7 +117,8 @@ def _handle(dao: Dao, sender: str, gmail_id: str, raw: bytes, max_bytes: int) ->
         return None                        # another runner recorded it a moment ago
     if not isinstance(report, dsn.Unreadable):
         _log(sender, gmail_id, report, result)
-    return result["outcome"]
+    outcome: str = result["outcome"]
+    return outcome
 
 
 def _log(sender: str, gmail_id: str, bounce: dsn.Bounce | dsn.Complaint | None,

@@ -41,6 +41,7 @@ import email.utils
 import re
 from dataclasses import dataclass
 from email.parser import BytesParser, HeaderParser
+from typing import Any
 
 from mailjobs import defaults
 
@@ -187,7 +188,7 @@ class _Message(email.message.Message):
     """compat32's Message with a linear parameter parser over a bounded header prefix (the
     feedparser asks every part for its boundary, we ask for the charset)."""
 
-    def _get_params_preserve(self, failobj, header):   # noqa: ANN001 - the stdlib's signature
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:   # the stdlib's signature
         value = self.get(header)
         if value is None:
             return failobj
@@ -218,9 +219,9 @@ def _address(value: object) -> str | None:
 
 def _text(part: email.message.Message) -> str:
     payload = part.get_payload(decode=True)
-    if payload is None:
-        payload = part.get_payload()
-        return payload if isinstance(payload, str) else ""
+    if not isinstance(payload, bytes):
+        text = part.get_payload()
+        return text if isinstance(text, str) else ""
     charset = part.get_content_charset() or "utf-8"
     try:
         if codecs.lookup(charset).name.replace("-", "_") not in _UNSAFE_CODECS:

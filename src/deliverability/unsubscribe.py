@@ -53,9 +53,11 @@ def _secret(settings: Settings) -> str:
 def _serializer(secret: str, issued_at: float | None = None) -> URLSafeTimedSerializer:
     signer: type[TimestampSigner] = TimestampSigner
     if issued_at is not None:      # tests: a token made in the past
+        at = int(issued_at)
+
         class _At(TimestampSigner):
             def get_timestamp(self) -> int:
-                return int(issued_at)
+                return at
         signer = _At
     return URLSafeTimedSerializer(secret, salt=SALT, signer=signer,
                                   signer_kwargs={"digest_method": hashlib.sha256})

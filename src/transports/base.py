@@ -14,7 +14,7 @@ A transport object is used by one sending thread only; the runner makes one per 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 KINDS = frozenset({"permanent", "transient", "in_doubt", "rate", "daily_limit", "sender_auth",
                    "sender_config"})
@@ -55,7 +55,7 @@ class SendError(Exception):
         # set by a transport when the server refused a new connection (the server's words)
         self.refusal: str | None = None
 
-    def __reduce__(self):  # picklable despite the keyword-only arguments
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the keyword-only arguments
         return (SendError, (self.kind, self.error_code, self.message),
                 {"retry_after": self.retry_after, "status": self.status,
                  "attempted": self.attempted})

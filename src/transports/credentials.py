@@ -63,7 +63,8 @@ class CredentialStore:
             raise CredentialsMissing(f"no Gmail credentials stored for {sender}: run "
                                      f"`mailjobs auth {sender}`")
         try:
-            return json.loads(self._fernet.decrypt(blob))
+            info: dict[str, Any] = json.loads(self._fernet.decrypt(blob))
+            return info
         except InvalidToken:
             raise CredentialsMissing(f"stored credentials of {sender} cannot be decrypted: "
                                      "TOKEN_ENCRYPTION_KEY differs from the one that stored "

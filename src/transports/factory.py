@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mailjobs.dao_mysql import Dao
 from mailjobs.settings import PROJECT_ROOT, Settings
@@ -22,7 +23,7 @@ class DatabaseCredentials:
         self.store = store
         self.token_uri = token_uri or None
 
-    def get(self, sender_email: str):
+    def get(self, sender_email: str) -> Any:
         from mailjobs.transports.gmail import credentials_from_info
 
         try:
@@ -31,7 +32,7 @@ class DatabaseCredentials:
             raise SendError("sender_auth", "auth_missing", str(exc)) from None
         return credentials_from_info(info, self.token_uri)
 
-    def save(self, sender_email: str, creds) -> None:
+    def save(self, sender_email: str, creds: Any) -> None:
         from mailjobs.transports.gmail import credentials_to_info
 
         self.store.store_info(sender_email, credentials_to_info(creds))

@@ -32,7 +32,8 @@ class LaneDispatcher(ThreadedTaskDispatcher):
 
     def shutdown(self, cancel_pending: bool = True, timeout: int = 5) -> bool:
         self.fast.shutdown(cancel_pending, timeout)
-        return super().shutdown(cancel_pending, timeout)
+        done: bool = super().shutdown(cancel_pending, timeout)
+        return done
 
 
 def dispatcher(threads: int) -> LaneDispatcher:

@@ -4,12 +4,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES, SUPPRESSION_REASONS
 from mailjobs.web import schemas as s
 
-_MODELS = [s.SendTemplateEmailsIn, s.RetryIn, s.RetryOut, s.EnqueueOut, s.ErrorOut, s.JobOut,
+_MODELS: list[type[BaseModel]] = [s.SendTemplateEmailsIn, s.RetryIn, s.RetryOut, s.EnqueueOut, s.ErrorOut, s.JobOut,
            s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut,
            s.StoredTemplateIn, s.TemplateIn, s.TemplateOut, s.TemplatesOut,
            s.TemplateVersionsOut, s.SuppressionIn, s.SuppressionOut, s.SuppressionsPageOut,

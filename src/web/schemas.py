@@ -186,7 +186,7 @@ class RetryIn(Strict):
     """Body of POST /api/jobs/{id}/retry (optional): which recipients to send again."""
 
     status: list[Literal["failed", "in_doubt", "cancelled"]] = Field(
-        default_factory=lambda: ["failed", "in_doubt"], min_length=1)
+        default_factory=lambda: ["failed", "in_doubt"], min_length=1)  # type: ignore[arg-type]
     error_code: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, description="only recipients with one of these error codes")
 

@@ -25,8 +25,12 @@ T = TypeVar("T")
 DUE_STATUSES = ("queued", "retrying")
 
 
+def _row_id(row: Any) -> int:
+    return int(row.id)
+
+
 def keyset_page(rows: Sequence[T], limit: int,
-                cursor: Callable[[T], int] = lambda r: r.id) -> tuple[list[T], int | None]:
+                cursor: Callable[[T], int] = _row_id) -> tuple[list[T], int | None]:
     """One page out of `limit + 1` rows fetched: the page, and the cursor of the next page (its
     last row's id) only when another row exists, so the last page says null."""
     if len(rows) > limit:
@@ -78,7 +82,8 @@ def trace_view(email: str, fetched: list[tuple[Recipient, str, str, int]], limit
         email=email,
         recipients=[TracedRecipientOut(
             **_recipient_fields(r), job_id=r.job_id, job_status=job_status,
-            sender_email=sender, created_at=r.created_at) for r, job_status, sender, _ in rows],
+            sender_email=sender, created_at=r.created_at)  # type: ignore[arg-type]  # a stored row has it
+            for r, job_status, sender, _ in rows],
         next_before=next_before,
         suppressions=[TracedSuppressionOut(
             api_key_id=x.api_key_id, reason=x.reason, job_id=x.job_id,
