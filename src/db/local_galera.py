@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pymysql
 
-from mailjobs.db.local_mariadb import LocalDatabaseError, server_binary
+from mailjobs.db.local_mariadb import LocalDatabaseError, LocalMariaDB, server_binary
 
 PROVIDERS = ("/usr/lib/galera/libgalera_smm.so", "/usr/lib/libgalera_smm.so",
              "/usr/lib64/galera-4/libgalera_smm.so")
@@ -55,43 +55,17 @@ def missing() -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Node:
-    number: int
-    root: Path
-    base_port: int
-
-    @property
-    def dir(self) -> Path:
-        return self.root / f"node{self.number}"
-
-    @property
-    def datadir(self) -> Path:
-        return self.dir / "data"
-
-    @property
-    def socket(self) -> Path:
-        return self.dir / "mysqld.sock"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.dir / "mysqld.pid"
-
-    @property
-    def logfile(self) -> Path:
-        return self.dir / "mysqld.log"
+@dataclass
+class Node(LocalMariaDB):
+    """One node: a LocalMariaDB's directory layout (data, socket, pid file, log, tmp) and pid()
+    under `<cluster>/nodeN`, listening on TCP as well. LocalGalera starts and stops it with
+    Galera's options, never through LocalMariaDB.start()."""
+    number: int = 1
+    base_port: int = 4300
 
     @property
     def port(self) -> int:
         return self.base_port + 10 * self.number
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            return None
 
     def status(self, timeout: float = 2) -> dict[str, str]:
         """wsrep_* status of the node ({} when it does not answer)."""
@@ -116,7 +90,8 @@ class LocalGalera:
     def __init__(self, root: Path, base_port: int = 4300, size: int = 3) -> None:
         self.root = root.resolve()
         self.base_port = base_port
-        self.nodes = [Node(n, self.root, base_port) for n in range(1, size + 1)]
+        self.nodes = [Node(self.root / f"node{n}", number=n, base_port=base_port)
+                      for n in range(1, size + 1)]
         self.run_as = "mysql" if os.geteuid() == 0 else None
 
     def node(self, number: int) -> Node:
@@ -163,7 +138,7 @@ class LocalGalera:
         self._prepare(node)
         cmd = [server_binary("mariadb-install-db", "mysql_install_db"), "--no-defaults",
                f"--datadir={node.datadir}", "--auth-root-authentication-method=normal",
-               "--skip-test-db", f"--tmpdir={node.dir / 'tmp'}"]
+               "--skip-test-db", f"--tmpdir={node.tmpdir}"]
         if self.run_as:
             cmd.append(f"--user={self.run_as}")
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -171,7 +146,7 @@ class LocalGalera:
             raise LocalDatabaseError(f"mariadb-install-db failed: {done.stderr[-2000:]}")
 
     def _prepare(self, node: Node) -> None:
-        for path in (node.datadir, node.dir / "tmp"):
+        for path in (node.datadir, node.tmpdir):
             path.mkdir(parents=True, exist_ok=True)
         if self.run_as:
             user = pwd.getpwnam(self.run_as)
@@ -179,7 +154,7 @@ class LocalGalera:
                 if not parent.stat().st_mode & 0o001 and parent.stat().st_uid != user.pw_uid:
                     raise LocalDatabaseError(f"the {self.run_as} user the nodes run as cannot "
                                              f"reach {self.root}: {parent} is not traversable")
-            for path in (self.root, node.dir, node.datadir, node.dir / "tmp"):
+            for path in (self.root, node.root, node.datadir, node.tmpdir):
                 os.chown(path, user.pw_uid, user.pw_gid)
             self.root.chmod(0o755)
 
@@ -188,7 +163,7 @@ class LocalGalera:
         peers = ",".join(f"127.0.0.1:{n.port + 1}" for n in self.nodes)
         cmd = [server_binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={node.datadir}",
                f"--socket={node.socket}", f"--pid-file={node.pidfile}",
-               f"--log-error={node.logfile}", f"--tmpdir={node.dir / 'tmp'}",
+               f"--log-error={node.logfile}", f"--tmpdir={node.tmpdir}",
                "--bind-address=127.0.0.1", f"--port={node.port}",
                "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
                "--binlog-format=ROW", "--default-storage-engine=InnoDB",

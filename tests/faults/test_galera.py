@@ -110,6 +110,16 @@ def node_daos(gdb):
         dao.close()
 
 
+def post_job(dao: Dao, n: int):
+    """A job of n recipients posted through the API over `dao`: (client, key, job id)."""
+    key = api_keys.create_key(dao, "galera", ["*"]).key
+    client = create_app(dao.settings, dao).test_client()
+    r = client.post("/api/jobs/send_template_emails", json=job_body(n),
+                    headers={"X-API-Key": key})
+    assert r.status_code == 202, r.json
+    return client, key, r.json["job_id"]
+
+
 def galera_fleet(gdb: GaleraDb, dao: Dao, fake, tmp_path) -> Fleet:
     return Fleet(SimpleNamespace(url=gdb.url(1)), dao, fake, tmp_path)
 
@@ -156,12 +166,7 @@ def test_three_workers_on_three_nodes_send_every_recipient_exactly_once(
         gdb, node_daos, fake, tmp_path):
     n = size(5000)
     dao = node_daos[1]
-    key = api_keys.create_key(dao, "galera", ["*"]).key
-    client = create_app(dao.settings, dao).test_client()
-    r = client.post("/api/jobs/send_template_emails", json=job_body(n),
-                    headers={"X-API-Key": key})
-    assert r.status_code == 202, r.json
-    job_id = r.json["job_id"]
+    client, key, job_id = post_job(dao, n)
     fleet = galera_fleet(gdb, dao, fake, tmp_path)
     try:
         for slot, node in enumerate((1, 2, 3)):
@@ -186,13 +191,8 @@ def test_the_node_a_worker_uses_is_killed_mid_job_and_no_mail_is_lost_or_doubled
         gdb, node_daos, cluster, fake, tmp_path):
     n = size(1500)
     dao = node_daos[2]            # the test's own view, through a node that stays up
-    key = api_keys.create_key(dao, "galera", ["*"]).key
-    client = create_app(dao.settings, dao).test_client()
     fake.send_latency = 0.01
-    r = client.post("/api/jobs/send_template_emails", json=job_body(n),
-                    headers={"X-API-Key": key})
-    assert r.status_code == 202, r.json
-    job_id = r.json["job_id"]
+    client, key, job_id = post_job(dao, n)
     fleet = galera_fleet(gdb, dao, fake, tmp_path)
     try:
         fleet.start(0, DATABASE_URL=gdb.url(1), EMBEDDED_RUNNER="0")    # on node 1 first
