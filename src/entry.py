@@ -80,8 +80,19 @@ def _handler(signum: int, frame: object) -> None:
     _stop()
 
 
+def _unraisable(unraisable: object) -> None:
+    """A StartupInterrupted raised inside a finalizer (pymysql's MySQLResult.__del__, a weakref
+    callback) is dropped by Python, which prints it as "Exception ignored in ..." with a
+    traceback: it is not lost (check() raises it again at the next checkpoint), so say nothing.
+    Anything else goes to Python's own hook."""
+    if isinstance(getattr(unraisable, "exc_value", None), StartupInterrupted):
+        return
+    sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
+
+
 def install() -> None:
     """Install the handlers (start-up behaviour) and unblock the signals. Main thread only."""
+    sys.unraisablehook = _unraisable
     for signum in SIGNALS:
         _signal.signal(signum, _handler)
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, SIGNALS)

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,3 +72,29 @@ def test_sigint_during_start_up_exits_0_too(database, tmp_path):
     assert proc.returncode == 0, out
     assert "SIGINT" in out and "Aborted" not in out, out
 
+
+
+def test_a_stop_signal_landing_in_a_finalizer_is_not_printed_and_still_stops(tmp_path):
+    """The signal handler's StartupInterrupted raised inside a __del__ (pymysql's MySQLResult
+    under the garbage collector, in the field) is dropped by Python; it must not print a
+    traceback, and the next checkpoint still stops the process with exit 0."""
+    script = tmp_path / "finalizer.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from mailjobs import entry\n"
+        "entry.install()\n"
+        "class Result:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        deadline = time.monotonic() + 5\n"
+        "        while entry._requested is None and time.monotonic() < deadline:\n"
+        "            pass   # the handler runs here, inside the finalizer\n"
+        "Result()\n"
+        "entry.check()\n"
+        "print('not stopped')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "not stopped" not in done.stdout
+    assert "SIGTERM during start-up" in done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
