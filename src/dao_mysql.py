@@ -619,12 +619,20 @@ class Dao:
                 self._run(cur, "add_sender_sends", (sender, n, n))
 
     @_rerun_on_conflict
-    def renew_leases(self, runner_id: str, ids: Sequence[int], lease: int) -> int:
+    def renew_leases(self, runner_id: str, ids: Sequence[int], lease: int) -> set[int]:
+        """Renew these claims' leases; returns the ids still this runner's. One that is not was
+        taken over by another runner while this one could not renew it (its lease ran out):
+        it must not be sent from here any more."""
         if not ids:
-            return 0
+            return set()
+        marks = _placeholders(len(ids))
         with self.transaction() as cur:
-            return cur.execute(self.queries["renew_leases"].format(ids=_placeholders(len(ids))),
-                               (lease, lease, runner_id, *ids))
+            renewed = cur.execute(self.queries["renew_leases"].format(ids=marks),
+                                  (lease, lease, runner_id, *ids))
+            if renewed == len(ids):   # the usual case: no second round trip
+                return set(ids)
+            cur.execute(self.queries["held_claims"].format(ids=marks), (runner_id, *ids))
+            return {int(row[0]) for row in cur.fetchall()}
 
     @_rerun_on_conflict
     def release(self, runner_id: str, sender_refunds: dict[str, int], ids: Sequence[int],

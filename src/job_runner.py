@@ -15,6 +15,7 @@ if __name__ == "__main__":   # `python -m job_runner`: stop signals handled befo
     entry.install()
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -327,9 +328,14 @@ class JobRunner:
         before the send ends (renewals failed: the database is unreachable), the send is not
         started. The outcome gives the claim back (attempt refunded); written, when the
         database answers again, only if no other runner took the claim over meanwhile."""
-        age = time.monotonic() - self._hand.lease_from.get(r.id, 0.0)
+        confirmed = self._hand.lease_from.get(r.id)
+        age = time.monotonic() - confirmed if confirmed is not None else math.inf
         if age < self._lease_guard:
             return None
+        if confirmed is None:   # a renewal found it in another runner's hands
+            return Outcome(r, job, RETRY, error_code="lease_expired", refund=True,
+                           error="not sent: another runner took the claim over while its lease "
+                                 "could not be renewed")
         if not self._guard_tripped:
             self._guard_tripped = True
             log.warning("runner %s: leases not confirmed for %.1f s (LEASE_SECONDS %d): not "
@@ -527,10 +533,18 @@ class JobRunner:
         started = self._last_renew = time.monotonic()
         ids = list(self._hand.futures)
         if ids:
-            self.dao.renew_leases(self.id, ids, lease)
+            held = self.dao.renew_leases(self.id, ids, lease)
             for rid in ids:   # confirmed from before the statement went out (conservative)
-                if rid in self._hand.lease_from:
+                if rid in held and rid in self._hand.lease_from:
                     self._hand.lease_from[rid] = started
+                elif rid not in held:
+                    # taken over while this runner could not renew it: another runner sends
+                    # it now; its send is never started here (the lease guard refuses it)
+                    self._hand.lease_from.pop(rid, None)
+            if len(held) < len(ids):
+                log.warning("runner %s: %d claim(s) were taken over by another runner while "
+                            "their leases could not be renewed; not sending them from here",
+                            self.id, len(ids) - len(held))
             if self._guard_tripped:
                 self._guard_tripped = False
                 log.info("runner %s: leases renewed again; sending resumes", self.id)

@@ -228,6 +228,11 @@ SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
     next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
 WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 
+-- name: held_claims
+-- Which of these claims are still this runner's (after a renewal that changed fewer rows than
+-- it was given: the others were taken over while this runner could not renew them).
+SELECT id FROM job_recipients WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
+
 -- ===== recording outcomes =====================================================================
 
 -- name: record_sent

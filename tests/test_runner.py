@@ -249,3 +249,63 @@ def test_an_embedded_runner_is_woken_by_the_api_instead_of_waiting_for_its_poll(
         key = api_keys.create_key(dao, "wake", ["*"]).key
         job_id = post(app.test_client(), key, body(2)).json["job_id"]
         assert wait_job_done(dao, job_id, timeout=10) == "completed"   # not after 30 s
+
+
+class _GatedTransport:
+    """Sends nothing; the first send waits until `release` is set, the others go at once."""
+    name = "gated"
+
+    def __init__(self, sent: list[str], release: threading.Event) -> None:
+        self.sent, self.release = sent, release
+
+    def send(self, msg):
+        from mailjobs.transports.base import SendResult
+
+        if not self.sent:
+            self.release.wait(30)
+        self.sent.append(msg.to_email)
+        return SendResult(provider_id=f"p{len(self.sent)}")
+
+    def find_by_message_id(self, sender_email, message_id):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_claim_taken_over_while_its_lease_could_not_be_renewed_is_not_sent(
+        client, key, dao, outbox_settings, caplog):
+    """A runner whose claims another runner took over (its lease ran out while it could not
+    renew: a database pause) must not send them once its renewals succeed again for the rest:
+    the renewal confirms only the claims that are still its own. Regression: every claim in
+    hand was marked confirmed, and the other runner's recipient was sent twice."""
+    caplog.set_level(logging.WARNING, logger="mailjobs.runner")
+    job_id = post(client, key, body(2)).json["job_id"]
+    sent: list[str] = []
+    release = threading.Event()
+    settings = outbox_settings.with_overrides(runner_concurrency=1, lease_seconds=3)
+    with running(settings, dao, factory=lambda: _GatedTransport(sent, release)) as (runner,):
+        wait_for(lambda: len(runner._hand.futures) == 2 and len(sent) == 0, 10,
+                 message="two claims in hand, the first send held")
+        taken = max(runner._hand.futures)     # waits behind the held one (one sending thread)
+        with dao.transaction() as cur:   # what another runner's take-over writes
+            cur.execute("UPDATE job_recipients SET claimed_by = 'r-other', "
+                        "attempts = attempts + 1 WHERE id = %s", (taken,))
+        held = min(runner._hand.futures)
+
+        def lease_of_held():
+            with dao.transaction() as cur:
+                cur.execute("SELECT lease_expires_at FROM job_recipients WHERE id = %s", (held,))
+                return cur.fetchone()[0]
+        # two renewals after the take-over: the first one's bookkeeping is done once the
+        # second (same thread, later) has written
+        for _ in range(2):
+            before = lease_of_held()
+            wait_for(lambda b=before: lease_of_held() > b, 10, message="a lease renewal")
+        release.set()
+        wait_for(lambda: taken not in runner._hand.futures and len(sent) >= 1, 10,
+                 message="the held send to end and the taken-over claim to leave the hand")
+    row = next(r for r in recipients(dao, job_id) if r.id == taken)
+    assert row.to_email not in sent
+    assert (row.status, row.claimed_by) == ("sending", "r-other")   # left to its owner
+    assert any("taken over by another runner" in m for m in caplog.messages)
