@@ -401,12 +401,18 @@ class Dao:
             return self._run(cur, "revoke_api_key", (id_or_prefix, id_or_prefix)) > 0
 
     # --- jobs -----------------------------------------------------------------------------
-    @_rerun_on_conflict
     def create_job(self, job: NewJob, recipients: Sequence[NewRecipient]) -> int:
         """Store a job and all its recipients in one transaction; returns the job id.
 
         Raises DuplicateKey when the (api key, idempotency key) pair exists already.
         """
+        return self.create_job_read(job, recipients)[0].id
+
+    @_rerun_on_conflict
+    def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient]
+                        ) -> tuple[Job, int]:
+        """create_job, returning the stored job and how many of its recipients were
+        suppressed, both read in its transaction (no round trips after the commit)."""
         batch = defaults.INSERT_BATCH
         with self.transaction() as cur:
             self._run(cur, "insert_job", (
@@ -425,8 +431,10 @@ class Dao:
             sql = self.queries["insert_recipients"]
             for rows in _batches(job_id, recipients, batch, self.max_packet_bytes() // 2):
                 cur.executemany(sql, rows)
-            self._suppress_new_recipients(cur, job_id, job.api_key_id, len(recipients))
-            return job_id
+            suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id,
+                                                       len(recipients))
+            self._run(cur, "job_by_id", (job_id,))
+            return _job(cur.fetchone()), suppressed
 
     def job(self, job_id: int, with_counts: bool = False) -> Job | None:
         row = self._one("job_by_id", (job_id,))
