@@ -92,9 +92,10 @@ HEARTBEAT_LOG_INTERVAL = 30.0
 LEASE_SECONDS = 60
 # Most recipients claimed in one transaction.
 CLAIM_BATCH = 100
-# Most recipients claimed in one transaction, and held, when the database is far: a runner
-# whose claim passes take long (each round trip to the database is slow) holds several passes'
-# worth of its send rate instead of CLAIM_BATCH, up to this, so sending never waits on a claim.
+# Most recipients claimed in one transaction when the database is far: a runner whose claim
+# pass takes longer than 20 ms (slow round trips) claims CLAIM_BATCH per 20 ms of it, up to
+# this, and holds three passes' worth of its send rate (up to twice this), so its sending
+# threads never wait on a claim.
 CLAIM_BATCH_MAX = 5000
 # Sends in flight per runner (one transport connection per sending thread).
 RUNNER_CONCURRENCY = 4
