@@ -261,16 +261,25 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if not result.replayed:
             metrics.ENQUEUED_RECIPIENTS.inc(result.job.total)
             _work_added()
-        return _enqueued(result.job, replayed=result.replayed)
+        return _enqueued(result.job, replayed=result.replayed, suppressed=result.suppressed)
 
     def _work_added() -> None:
         if on_enqueue is not None:
             on_enqueue()
 
-    def _live_runners() -> int:
-        return len(dao.live_runners(3 * settings.heartbeat_interval))
+    live_seen = [float("-inf")]   # when live runners were last seen (monotonic)
 
-    def _enqueued(job: Job, replayed: bool) -> Response:
+    def _live_runners() -> int:
+        """Live runners, for the answer's warning: once some were seen, not read again for a
+        HEARTBEAT_INTERVAL (a runner stays live for 3 of them; a round trip saved per POST)."""
+        if time.monotonic() - live_seen[0] < settings.heartbeat_interval:
+            return 1
+        n = len(dao.live_runners(3 * settings.heartbeat_interval))
+        if n:
+            live_seen[0] = time.monotonic()
+        return n
+
+    def _enqueued(job: Job, replayed: bool, suppressed: int | None = None) -> Response:
         warnings = []
         if runs_runner and settings.transport_name in ("outbox", "null"):
             warnings.append(f"MAIL_TRANSPORT is {settings.transport_name}: this server's runner "
@@ -279,7 +288,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if _live_runners() == 0:
             warnings.append("no live runner: the job is stored and will wait until a runner "
                             "(embedded, or `mailjobs worker`) is running")
-        suppressed = dao.suppressed_count(job.id)
+        if suppressed is None:   # a replay: read it
+            suppressed = dao.suppressed_count(job.id)
         first_status = ("completed" if suppressed == job.total  # nothing to send (Dao.create_job)
                         else "scheduled" if job.send_at is not None else "queued")
         body = EnqueueOut(job_id=job.id, status=first_status, recipients=job.total,

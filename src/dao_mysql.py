@@ -407,12 +407,18 @@ class Dao:
             return self._run(cur, "revoke_api_key", (id_or_prefix, id_or_prefix)) > 0
 
     # --- jobs -----------------------------------------------------------------------------
-    @_rerun_on_conflict
     def create_job(self, job: NewJob, recipients: Sequence[NewRecipient]) -> int:
         """Store a job and all its recipients in one transaction; returns the job id.
 
         Raises DuplicateKey when the (api key, idempotency key) pair exists already.
         """
+        return self.create_job_read(job, recipients)[0].id
+
+    @_rerun_on_conflict
+    def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient]
+                        ) -> tuple[Job, int]:
+        """create_job, returning the stored job and how many of its recipients were
+        suppressed, both read in its transaction (no round trips after the commit)."""
         batch = defaults.INSERT_BATCH
         with self.transaction() as cur:
             self._run(cur, "insert_job", (
@@ -431,8 +437,10 @@ class Dao:
             sql = self.queries["insert_recipients"]
             for rows in _batches(job_id, recipients, batch, self.max_packet_bytes() // 2):
                 cur.executemany(sql, rows)
-            self._suppress_new_recipients(cur, job_id, job.api_key_id, len(recipients))
-            return job_id
+            suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id,
+                                                       len(recipients))
+            self._run(cur, "job_by_id", (job_id,))
+            return _job(cur.fetchone()), suppressed
 
     def job(self, job_id: int, with_counts: bool = False) -> Job | None:
         row = self._one("job_by_id", (job_id,))
@@ -553,11 +561,12 @@ class Dao:
         """Claim up to `wanted` due recipients of one job within the sender's limits.
 
         One transaction: lock the sender row, take what the limits allow (due retries, then
-        expired leases, then queued, each FOR UPDATE SKIP LOCKED), mark them `sending` under a
-        lease with their Message-ID fixed, charge the sender, commit. Returns the rows and, when
-        limits allowed fewer than wanted, why; and, with `api_key_id`, those of them whose
-        address that key suppressed since the job was stored ({id: reason}), read in the same
-        transaction (a round trip, not a transaction of its own: suppressed_claims).
+        expired leases, then queued, each FOR UPDATE SKIP LOCKED, in one round trip), mark them
+        `sending` under a lease with their Message-ID fixed, charge the sender, commit. Returns
+        the rows and, when limits allowed fewer than wanted, why; and, with `api_key_id`, those
+        of them whose address that key suppressed since the job was stored ({id: reason}), read
+        with the claimed rows (claimed_rows). Every statement's cost grows with the rows, not
+        with their square (a far database's runner claims thousands at once: issue 12).
         """
         self._ensure_sender(sender)
         with self.transaction() as cur:
@@ -579,14 +588,12 @@ class Dao:
                                 float(elapsed) if elapsed is not None else None, sent_24h)
             ids: list[int] = []
             expired: list[int] = []
-            for name in ("due_retrying", "expired_sending", "due_queued"):
-                if len(ids) >= allowed.count:
-                    break
-                self._run(cur, name, (job_id, allowed.count - len(ids)))
-                found = [int(r[0]) for r in cur.fetchall()]
-                ids.extend(found)
-                if name == "expired_sending":
-                    expired = found
+            if allowed.count > 0:
+                self._run(cur, "due_claimable", {"job": job_id, "n": allowed.count})
+                due = sorted(((int(kind), int(i)) for i, kind in cur.fetchall()),
+                             key=lambda row: row[0])   # stable: each part keeps its order
+                ids = [i for _, i in due[:allowed.count]]
+                expired = [i for kind, i in due[:allowed.count] if kind == 1]
             if limits.rate_per_minute > 0:
                 self._run(cur, "set_sender_tokens",
                           (allowed.tokens_left + (allowed.count - len(ids)), sender))
@@ -596,20 +603,18 @@ class Dao:
             if expired:  # their runner died mid-send: the mail may have gone out
                 cur.execute(self.queries["mark_in_doubt"].format(ids=_placeholders(len(expired))),
                             expired)
-            new_ids = [x for i in ids for x in (i, recipient_message_id(job_id, i, sender))]
-            cur.execute(self.queries["claim_recipients"].format(
-                ids=marks, case=" ".join(["WHEN %s THEN %s"] * len(ids))),
-                (runner_id, lease, lease, *new_ids, *ids))
+            new_ids = json.dumps([(i, recipient_message_id(job_id, i, sender)) for i in ids])
+            self._run(cur, "claim_recipients", (new_ids, runner_id, lease, lease))
             if limits.daily_cap > 0:
                 self._add_sender_sends(cur, {sender: len(ids)})
             self._run(cur, "start_job", (job_id,))
-            cur.execute(self.queries["claimed_rows"].format(ids=marks), ids)
-            rows = [_recipient(row) for row in cur.fetchall()]
-            suppressed: dict[int, str] = {}
-            if api_key_id is not None:
-                cur.execute(self.queries["suppressed_claims"].format(ids=marks),
-                            (api_key_id, *ids))
-                suppressed = {int(i): reason for i, reason in cur.fetchall()}
+            # api_key_id None (Dao.claim): no suppression read (no key matches id 0)
+            cur.execute(self.queries["claimed_rows"].format(ids=marks),
+                        (api_key_id if api_key_id is not None else 0, *ids))
+            found = cur.fetchall()
+            rows = [_recipient(row[:-1]) for row in found]
+            suppressed = {int(row[0]): row[-1] for row in found
+                          if row[-1] is not None and api_key_id is not None}
             return rows, allowed.reason, suppressed
 
     def _add_sender_sends(self, cur: Any, sends: dict[str, int]) -> None:
@@ -669,11 +674,7 @@ class Dao:
         """
         with self.transaction() as cur:
             if sent:
-                sql = self.queries["record_sent"].format(
-                    case=" ".join(["WHEN %s THEN %s"] * len(sent)),
-                    ids=_placeholders(len(sent)))
-                args: list[Any] = [v for pair in sent for v in pair]
-                cur.execute(sql, (*args, runner_id, *[i for i, _ in sent]))
+                self._run(cur, "record_sent", (json.dumps(list(sent)), runner_id))
             if failed:
                 cur.executemany(self.queries["record_failed"], [
                     (status, code, err[:65000], 1 if status == "in_doubt" else 0,

@@ -45,6 +45,7 @@ class RequestRejected(Exception):
 class Enqueued:
     job: Job
     replayed: bool
+    suppressed: int | None = None   # known when this request stored the job
 
 
 def request_hash(body: bytes) -> str:
@@ -251,16 +252,14 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                  req.template_name, version, PRIORITIES[req.priority], req.expires_at,
                  unsubscribe_base_url=unsubscribe_base)
     try:
-        job_id = dao.create_job(new, recipients)
+        job, suppressed = dao.create_job_read(new, recipients)
     except DuplicateKey:
         # Another request with the same Idempotency-Key won the race: answer as a replay.
         replay = replay_or_conflict(dao, key, idempotency_key or "", body_hash)
         if replay is None:
             raise
         return replay
-    job = dao.job(job_id)
-    assert job is not None
-    return Enqueued(job, replayed=False)
+    return Enqueued(job, replayed=False, suppressed=suppressed)
 
 
 def replay_or_conflict(dao: Dao, key: ApiKey, idempotency_key: str,

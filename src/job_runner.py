@@ -6,6 +6,12 @@ The loop (rq's habit: a stop event, `stop.wait(poll)` instead of sleep, nothing 
 Claims are committed before any mail is sent, and no database connection is held while talking
 to Gmail: the sending threads only see the claimed rows. Every exception that escapes an
 iteration is logged with its traceback and the loop goes on after a bounded backoff.
+
+A far database (issue 12: every round trip slow) must not slow the sends: outcomes are written
+by a recorder thread, one batch in flight at a time, while the loop goes on collecting and
+claiming; and the runner holds enough claimed work to cover its own loop (HOLD_CYCLES claim
+passes' worth of its send rate, in claims that grow with the claim pass's duration up to
+CLAIM_BATCH_MAX), so the sending threads never wait on a claim.
 """
 from __future__ import annotations
 
@@ -17,12 +23,13 @@ if __name__ == "__main__":   # `python -m job_runner`: stop signals handled befo
 import logging
 import math
 import os
+import queue
 import secrets
 import socket
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mailjobs import job_control, metrics, retention, scheduling
@@ -49,6 +56,14 @@ from mailjobs.transports.base import Transport
 log = logging.getLogger("mailjobs.runner")
 # Claimed-but-unsent recipients a runner holds, in seconds of its own send rate.
 HOLD_SECONDS = 0.5
+# ... and at least this many of its loop's claim passes (each timed: a far database makes them
+# long), so the hand never runs dry while the next claim is on its way; never more than half
+# of the lease guard's time.
+HOLD_CYCLES = 3
+# What one claim pass takes on a near database (seconds): a pass that takes k times this may
+# claim k x CLAIM_BATCH in one transaction (up to CLAIM_BATCH_MAX), so the recipients claimed
+# per second of claiming stay what CLAIM_BATCH gives near the database.
+NEAR_CLAIM_PASS = 0.02
 # The lease guard: a send (or an in-doubt check) is started only while less than LEASE_SECONDS
 # minus the transport's timeout (the longest one send may take) has passed since its lease was
 # last confirmed (claimed or renewed, timed from before the statement was sent), and always
@@ -109,6 +124,11 @@ class JobRunner:
         self._jobs: dict[int, Job] = {}
         self._progress: dict[int, int] = {}
         self._outcomes: list[Outcome] = []
+        # finished sends, (recipient id, future), put by the futures' callbacks
+        self._done: queue.SimpleQueue[tuple[int, Future]] = queue.SimpleQueue()
+        # the recorder: one outcome write in flight at a time, off the loop (see _flush)
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-recorder")
+        self._writing: tuple[Future, list[Outcome]] | None = None
         self._last_flush = time.monotonic()
         self._last_heartbeat = 0.0
         self._last_log = time.monotonic()
@@ -121,7 +141,11 @@ class JobRunner:
         self._rotation = 0
         self._rate = 0.0
         self._rate_at = time.monotonic()
+        self._busy_at = 0.0    # the pool's busy seconds at the last measurement
         self._completed_since = 0
+        self._pool: FairPool | None = None
+        self._iteration_started = time.monotonic()
+        self._pass_seconds = 0.0   # how long a loop pass with a claim takes (moving average)
         self._last_status_check = time.monotonic()
         self._last_expiry_check = 0.0
         self._last_idle_claim = 0.0
@@ -143,7 +167,7 @@ class JobRunner:
         backoff = s.poll_interval
         # one thread more than a key may use: another key's recipient always finds one free
         concurrency = max(1, s.runner_concurrency)
-        pool = FairPool(concurrency + 1, per_key=concurrency, name=self.id)
+        pool = self._pool = FairPool(concurrency + 1, per_key=concurrency, name=self.id)
         try:
             while not self.stop_event.is_set():
                 self.wakeup.clear()   # a wake() from here on ends this pass's idle wait
@@ -181,6 +205,7 @@ class JobRunner:
 
     def _iteration(self, pool: FairPool) -> bool:
         """One pass; True when there is work in hand (so no idle wait is needed)."""
+        self._iteration_started = time.monotonic()
         self._heartbeat_if_due()
         self._collect(timeout=0.0)
         self._flush_if_due()
@@ -198,30 +223,58 @@ class JobRunner:
             self._collect(timeout=self.settings.record_flush_interval)
             self._flush_if_due()
             return True
-        self._flush(force=True)
+        self._flush(wait=True)
         self.state = "idle"
         return claimed > 0
 
     # --- claiming -------------------------------------------------------------------------
-    def _capacity(self) -> int:
-        """How many claimed recipients to hold: about HOLD_SECONDS of this runner's measured
-        send rate, between 2 x concurrency and CLAIM_BATCH. Holding more would make a job posted
-        now wait behind the backlog (sends go out in claim order); holding less would starve
-        the sending threads."""
+    def _hold_seconds(self) -> float:
+        """Seconds of its send rate the runner holds: HOLD_SECONDS, or HOLD_CYCLES passes of
+        its loop when those take longer (a far database), at most half the lease guard."""
+        hold = max(HOLD_SECONDS, HOLD_CYCLES * self._pass_seconds)
+        return min(hold, self._lease_guard / 2)
+
+    def _claim_limit(self) -> int:
+        """Most recipients claimed in one transaction: CLAIM_BATCH per NEAR_CLAIM_PASS of the
+        loop's claim pass, between CLAIM_BATCH and CLAIM_BATCH_MAX."""
         s = self.settings
-        floor = 2 * s.runner_concurrency
-        return max(floor, min(s.claim_batch, int(self._rate * HOLD_SECONDS)))
+        scaled = int(s.claim_batch * self._pass_seconds / NEAR_CLAIM_PASS)
+        return max(s.claim_batch, min(s.claim_batch_max, scaled))
+
+    def _capacity(self) -> int:
+        """How many claimed recipients to hold: _hold_seconds() of this runner's measured
+        send rate, between 2 x concurrency and the claim limit (two claims' worth once claims
+        grew past CLAIM_BATCH: the next claim starts while half the hand is still to send).
+        Holding more would make a job posted now wait behind the backlog (sends go out in
+        claim order); holding less would starve the sending threads."""
+        floor = 2 * self.settings.runner_concurrency
+        limit = self._claim_limit()
+        most = limit if limit <= self.settings.claim_batch else 2 * limit
+        return max(floor, min(most, int(self._rate * self._hold_seconds())))
 
     def _measure(self, completed: int) -> None:
-        """Exponentially weighted send rate (recipients/s) of this runner."""
+        """Exponentially weighted send rate (recipients/s) of this runner, over the time its
+        sending threads were busy: a hand that ran dry while a slow claim was on its way does
+        not make the rate (and so the next claim) smaller."""
+        self._completed_since += completed
         now = time.monotonic()
-        elapsed = now - self._rate_at
-        if elapsed >= 0.25:
-            current = (self._completed_since + completed) / elapsed
-            self._rate = current if self._rate == 0 else 0.7 * self._rate + 0.3 * current
-            self._rate_at, self._completed_since = now, 0
-        else:
-            self._completed_since += completed
+        if now - self._rate_at < 0.25:
+            return
+        busy = self._pool.busy_seconds() if self._pool is not None else now
+        elapsed = busy - self._busy_at
+        if elapsed < 0.001:   # too little sending to measure yet
+            if self._completed_since == 0:
+                self._rate_at, self._busy_at = now, busy
+            return
+        current = self._completed_since / elapsed
+        self._rate = current if self._rate == 0 else 0.7 * self._rate + 0.3 * current
+        self._rate_at, self._busy_at, self._completed_since = now, busy, 0
+
+    def _timed_pass(self) -> None:
+        """A claim pass ended: how long this loop pass took (its database work), averaged."""
+        took = time.monotonic() - self._iteration_started
+        self._pass_seconds = took if self._pass_seconds == 0 else \
+            0.7 * self._pass_seconds + 0.3 * took
 
     def _claim(self, pool: FairPool) -> int:
         capacity = self._capacity()
@@ -229,6 +282,7 @@ class JobRunner:
         if self.stop_event.is_set():
             return 0
         idle_keys_only = room < capacity // 2
+        busy_keys: set[int] = set()
         if idle_keys_only:
             # The hand is full of some keys' work (slow renders or sends hold it): a key with
             # nothing in hand still gets a thread's worth, once a poll, so its small job does
@@ -238,6 +292,13 @@ class JobRunner:
             self._last_idle_claim = time.monotonic()
             room = self.settings.runner_concurrency
             busy_keys = {self._jobs[j].api_key_id for j in self._hand.job_ids() if j in self._jobs}
+        claimed = self._claim_pass(pool, room, idle_keys_only, busy_keys)
+        self._timed_pass()   # a pass that failed (the database unreachable) is not timed
+        return claimed
+
+    def _claim_pass(self, pool: FairPool, room: int, idle_keys_only: bool,
+                    busy_keys: set[int]) -> int:
+        limit = self._claim_limit()
         jobs = self.dao.claimable_jobs(limit=200)
         if not jobs:
             return 0
@@ -255,7 +316,7 @@ class JobRunner:
                     if c.api_key_id in busy_keys:
                         continue
                     busy_keys.add(c.api_key_id)
-                n, reason = self._claim_job(pool, c, min(room, each, self.settings.claim_batch))
+                n, reason = self._claim_job(pool, c, min(room, each, limit))
                 if reason:
                     limited.add(c.sender)
                 claimed += n
@@ -288,7 +349,9 @@ class JobRunner:
             self._hand.recipients[r.id] = r
             self._hand.jobs_of[r.id] = c.job_id
             self._hand.lease_from[r.id] = claimed_at
-            self._hand.futures[r.id] = pool.submit(job.api_key_id, job.id, self._send_one, job, r)
+            future = pool.submit(job.api_key_id, job.id, self._send_one, job, r)
+            self._hand.futures[r.id] = future
+            future.add_done_callback(lambda f, rid=r.id: self._done.put((rid, f)))
         return len(rows), reason
 
     def _job(self, job_id: int) -> Job:
@@ -347,29 +410,69 @@ class JobRunner:
 
     # --- recording ------------------------------------------------------------------------
     def _collect(self, timeout: float) -> None:
-        pending = list(self._hand.futures.values())
-        if not pending:
+        """Take the finished sends (waiting up to `timeout` for the first): as many queue
+        reads as sends finished, whatever the size of the hand."""
+        if not self._hand.futures:
             return
-        done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-        self._measure(len(done))
-        for rid, future in list(self._hand.futures.items()):
-            if future in done:
-                self._hand.drop(rid)
-                outcome = future.result()
-                self._outcomes.append(outcome)
-                self._watch_error_rate(outcome)
+        finished: list[tuple[int, Future]] = []
+        try:
+            finished.append(self._done.get(timeout=timeout) if timeout > 0
+                            else self._done.get_nowait())
+            while True:
+                finished.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        n = 0
+        for rid, future in finished:
+            if self._hand.futures.get(rid) is not future:
+                continue   # cancelled and given back already (pause, cancel, stop)
+            self._hand.drop(rid)
+            outcome = future.result()
+            self._outcomes.append(outcome)
+            self._watch_error_rate(outcome)
+            n += 1
+        self._measure(n)
 
     def _flush_if_due(self) -> None:
         s = self.settings
         if len(self._outcomes) >= s.record_flush_rows or \
                 time.monotonic() - self._last_flush >= s.record_flush_interval:
-            self._flush(force=True)
+            self._flush()
 
-    def _flush(self, force: bool = False) -> None:
+    def _flush(self, wait: bool = False) -> None:
+        """Hand the outcomes collected so far to the recorder thread, when no write is in
+        flight (one at a time: the outcomes collected meanwhile wait for the next). With `wait`,
+        return only once every outcome collected is written. A write that failed puts its
+        outcomes back (written later, once the database answers) and raises here."""
+        self._settle(block=wait)
+        if self._writing is not None:
+            return
         self._last_flush = time.monotonic()
         if not self._outcomes:
             return
-        outcomes = self._outcomes
+        outcomes, self._outcomes = self._outcomes, []
+        self._writing = (self._recorder.submit(self._write, outcomes), outcomes)
+        if wait:
+            self._settle(block=True)
+
+    def _settle(self, block: bool) -> None:
+        """The write in flight, when it ended (or, with `block`, once it ends): what follows
+        a write (logs, sender actions, finished jobs) runs here, in the loop's thread."""
+        if self._writing is None:
+            return
+        future, outcomes = self._writing
+        if not block and not future.done():
+            return
+        self._writing = None
+        try:
+            future.result()
+        except BaseException:
+            self._outcomes[:0] = outcomes
+            raise
+        self._after_write(outcomes)
+
+    def _write(self, outcomes: list[Outcome]) -> None:
+        """In the recorder thread: one batch of outcomes, one transaction."""
         sent = [(o.recipient.id, o.provider_id) for o in outcomes if o.result == SENT]
         final_status = {FAILED: "failed", HOLD: "in_doubt", EXPIRED: "expired",
                         SUPPRESSED: "suppressed"}
@@ -383,7 +486,8 @@ class JobRunner:
             if o.refund or o.not_sent:
                 not_sent[o.job.sender_email] = not_sent.get(o.job.sender_email, 0) + 1
         self.dao.record_outcomes(self.id, sent, failed, retry, not_sent)
-        self._outcomes = []
+
+    def _after_write(self, outcomes: list[Outcome]) -> None:
         if self._learned is not None:
             self._learned.flush()     # successes towards raising a lowered cap
         for o in outcomes:
@@ -391,7 +495,8 @@ class JobRunner:
         for o in outcomes:
             if o.sender_action:
                 self._sender_action(o)
-        for job_id in {o.job.id for o in outcomes} - self._hand.job_ids():
+        waiting = self._hand.job_ids() | {o.job.id for o in self._outcomes}
+        for job_id in {o.job.id for o in outcomes} - waiting:
             self._finish_if_done(job_id)
 
     def _log_outcome(self, o: Outcome) -> None:
@@ -584,7 +689,7 @@ class JobRunner:
             for rid, future in list(self._hand.futures.items()):
                 if rid not in not_started:
                     self._outcomes.append(future.result())
-            self._flush(force=True)
+            self._flush(wait=True)
             if not_started:
                 n = self.dao.release(self.id, refunds, not_started)
                 log.info("runner %s released %d unsent claim(s)", self.id, n)
@@ -594,6 +699,7 @@ class JobRunner:
             log.error("runner %s could not record its last outcomes (%s); their leases will "
                       "expire and another runner will take them over", self.id, exc)
         finally:
+            self._recorder.shutdown(wait=True)   # nothing in flight once _flush(wait) ran
             for transport in self._transports:
                 transport.close()
             if self._bounces is not None:   # it stops between two messages (stop_event)

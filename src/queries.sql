@@ -182,41 +182,49 @@ INSERT INTO sender_hourly_sends (sender_email, hour_start, sends)
 VALUES (%s, DATE_FORMAT(UTC_TIMESTAMP(), '%%Y-%%m-%%d %%H:00:00'), GREATEST(0, %s))
 ON DUPLICATE KEY UPDATE sends = GREATEST(0, sends + %s);
 
--- name: due_retrying
-SELECT id FROM job_recipients
-WHERE job_id = %s AND status = 'retrying' AND next_attempt_at <= UTC_TIMESTAMP(6)
-ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED;
-
--- name: expired_sending
--- A lease that ran out: its runner died or hung. The send may have gone out (in doubt).
-SELECT id FROM job_recipients
-WHERE job_id = %s AND status = 'sending' AND next_attempt_at <= UTC_TIMESTAMP(6)
-ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED;
-
--- name: due_queued
-SELECT id FROM job_recipients
-WHERE job_id = %s AND status = 'queued' AND next_attempt_at <= UTC_TIMESTAMP(6)
-ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED;
+-- name: due_claimable
+-- One round trip for the three kinds a claim takes, in this order (kind): 0 due retries, 1
+-- expired leases (their runner died or hung: the send may have gone out, in doubt), 2 queued;
+-- each part limited to the claim's size (the caller takes the first ones by kind; the few rows
+-- a part locked beyond them stay locked, unclaimed, until the claim commits).
+(SELECT id, 0 AS kind FROM job_recipients
+ WHERE job_id = %(job)s AND status = 'retrying' AND next_attempt_at <= UTC_TIMESTAMP(6)
+ ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+UNION ALL
+(SELECT id, 1 FROM job_recipients
+ WHERE job_id = %(job)s AND status = 'sending' AND next_attempt_at <= UTC_TIMESTAMP(6)
+ ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+UNION ALL
+(SELECT id, 2 FROM job_recipients
+ WHERE job_id = %(job)s AND status = 'queued' AND next_attempt_at <= UTC_TIMESTAMP(6)
+ ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED);
 
 -- name: mark_in_doubt
 UPDATE job_recipients SET in_doubt = 1 WHERE id IN ({ids});
 
 -- name: claim_recipients
--- {ids} is replaced by one %s placeholder per id, {case} by "WHEN %s THEN %s" per id (the id and
--- its new Message-ID, mail_message.recipient_message_id). The Message-ID is fixed here, before
--- any send, and never changed after.
-UPDATE job_recipients
-SET status = 'sending', claimed_by = %s, attempts = attempts + 1,
-    lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
-    next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
-    message_id = COALESCE(message_id, CASE id {case} END)
-WHERE id IN ({ids});
+-- The first argument is a JSON array of [id, new Message-ID] pairs (the Message-ID from
+-- mail_message.recipient_message_id). The Message-ID is fixed here, before any send, and never
+-- changed after. A join on JSON_TABLE, not CASE id WHEN ...: a CASE is walked for every row
+-- (5,000 claimed rows took 1 s of server time, 100 took 24 ms), the join is one lookup per row.
+UPDATE JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$[0]',
+                                       new_message_id VARCHAR(255) PATH '$[1]')) AS claimed
+STRAIGHT_JOIN job_recipients r ON r.id = claimed.id
+SET r.status = 'sending', r.claimed_by = %s, r.attempts = r.attempts + 1,
+    r.lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
+    r.next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
+    r.message_id = COALESCE(r.message_id, claimed.new_message_id);
 
 -- name: claimed_rows
-SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
-       lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, NULL, NULL,
-       in_doubt, attempts_base, deferred_since
-FROM job_recipients WHERE id IN ({ids}) ORDER BY id;
+-- With, last, the reason when the job's API key suppressed the address after the job was
+-- stored (the key's suppression of the address is unique: one row at most), else NULL.
+SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts,
+       r.next_attempt_at, r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id,
+       r.error_code, r.error, r.sent_at, NULL, NULL, r.in_doubt, r.attempts_base,
+       r.deferred_since, s.reason
+FROM job_recipients r
+LEFT JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE utf8mb4_bin
+WHERE r.id IN ({ids}) ORDER BY r.id;
 
 -- name: start_job
 UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, UTC_TIMESTAMP(6))
@@ -236,12 +244,15 @@ SELECT id FROM job_recipients WHERE claimed_by = %s AND status = 'sending' AND i
 -- ===== recording outcomes =====================================================================
 
 -- name: record_sent
--- {case} is "WHEN %s THEN %s" once per row (id, Gmail id).
-UPDATE job_recipients
-SET status = 'sent', sent_at = UTC_TIMESTAMP(6), error_code = NULL, error = NULL,
-    claimed_by = NULL, lease_expires_at = NULL, in_doubt = 0, deferred_since = NULL,
-    gmail_message_id = CASE id {case} END
-WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
+-- The first argument is a JSON array of [id, provider id or null] pairs (a join, not a CASE:
+-- see claim_recipients).
+UPDATE JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$[0]',
+                                       provider_id VARCHAR(64) PATH '$[1]')) AS sent
+STRAIGHT_JOIN job_recipients r ON r.id = sent.id
+SET r.status = 'sent', r.sent_at = UTC_TIMESTAMP(6), r.error_code = NULL, r.error = NULL,
+    r.claimed_by = NULL, r.lease_expires_at = NULL, r.in_doubt = 0, r.deferred_since = NULL,
+    r.gmail_message_id = sent.provider_id
+WHERE r.claimed_by = %s AND r.status = 'sending';
 
 -- name: record_failed
 UPDATE job_recipients

@@ -14,6 +14,7 @@ recipient's future can be cancelled (pause, cancel, warm stop), a running one ca
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -42,6 +43,12 @@ class FairPool:
         # connection for a one-at-a-time stream: test_transport_smtp's max-messages test).
         self._woken = 0
         self._sends = 0
+        # Seconds during which at least one send ran (the runner's send rate is measured over
+        # this time, not the wall clock: a hand that ran dry waiting on a slow claim would
+        # otherwise measure the database's speed, not the sending threads').
+        self._running = 0
+        self._busy = 0.0
+        self._busy_since = 0.0
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
                          for i in range(max(1, threads))]
@@ -68,6 +75,13 @@ class FairPool:
         if wait:
             for thread in self._threads:
                 thread.join()
+
+    def busy_seconds(self) -> float:
+        """Seconds, since the pool started, during which at least one send was running."""
+        with self._lock:
+            if self._running:
+                return self._busy + time.monotonic() - self._busy_since
+            return self._busy
 
     def _wake_one(self) -> None:
         if self._idle and (self._closed or self._woken < self._startable()):
@@ -114,6 +128,9 @@ class FairPool:
                     continue   # cancelled while it waited
                 self._running_key[key] += 1
                 self._running_job[job] += 1
+                if self._running == 0:
+                    self._busy_since = time.monotonic()
+                self._running += 1
                 if self._queues:
                     self._wake_one()   # more waiting: another idle thread may take some
                 return picked
@@ -134,6 +151,9 @@ class FairPool:
                 if done is not None:
                     self._running_key[done[0]] -= 1
                     self._running_job[done[1]] -= 1
+                    self._running -= 1
+                    if self._running == 0:
+                        self._busy += time.monotonic() - self._busy_since
                     self._sends += 1
                     self._finished[me] = self._sends
                 picked = self._take(me)

@@ -142,6 +142,7 @@ class Settings:
     heartbeat_log_interval: float = defaults.HEARTBEAT_LOG_INTERVAL
     lease_seconds: int = defaults.LEASE_SECONDS
     claim_batch: int = defaults.CLAIM_BATCH
+    claim_batch_max: int = defaults.CLAIM_BATCH_MAX
     runner_concurrency: int = defaults.RUNNER_CONCURRENCY
     max_attempts: int = defaults.MAX_ATTEMPTS
     retry_base_delay: float = defaults.RETRY_BASE_DELAY

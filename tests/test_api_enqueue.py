@@ -314,3 +314,18 @@ def test_large_requests_beyond_the_concurrency_limit_wait_then_get_503(dao, monk
     t.join(10)
     assert first["r"].status_code == 202
     assert count_rows(dao, "jobs") == 1
+
+
+def test_an_enqueue_takes_few_round_trips(client, key, dao):
+    """A far database pays every round trip (issue 12): storing a job is the key check (2),
+    one transaction (job, recipients, suppressions, the stored job read back: 5), and no reads
+    after the commit while a runner is live. 12 before; a ping may add one."""
+    from mailjobs.db.guard import ROUND_TRIPS
+
+    dao.runner_heartbeat({"id": "r-live", "host": "h", "pid": 1, "kind": "worker",
+                          "state": "idle", "job": None, "sent": 0, "failed": 0})
+    assert post(client, key, body(3)).status_code == 202   # the pool, the key's touch, warm
+    before = ROUND_TRIPS.commands
+    r = post(client, key, body(100))
+    assert r.status_code == 202 and r.json["warnings"] == [] and r.json["suppressed"] == 0
+    assert ROUND_TRIPS.commands - before <= 8

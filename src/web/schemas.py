@@ -5,7 +5,7 @@ from what the server accepts.
 """
 from __future__ import annotations
 
-import json
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -60,11 +60,21 @@ Mailbox = Annotated[str, Field(max_length=320), AfterValidator(_address),
                     AfterValidator(_mailbox)]
 HeaderText = Annotated[str, Field(max_length=255), AfterValidator(_one_line)]
 def _finite(value: dict[str, Any]) -> dict[str, Any]:
-    try:
-        json.dumps(value, allow_nan=False)
-    except ValueError:
-        raise ValueError("numbers must be finite (no NaN or Infinity)") from None
+    if not _all_finite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
     return value
+
+
+def _all_finite(value: Any) -> bool:
+    """No NaN or Infinity anywhere in parsed JSON (a walk: serialising every recipient's
+    variables to find out was a quarter of the validation of a 10,000-recipient job)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 def _utc_in_range(value: datetime | None) -> datetime | None:
