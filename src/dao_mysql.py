@@ -589,15 +589,16 @@ class Dao:
             ids: list[int] = []
             expired: list[int] = []
             if allowed.count > 0:
-                self._run(cur, "due_claimable", {"job": job_id, "n": allowed.count})
+                self._run(cur, "due_claimable",
+                          {"job": job_id, "n": allowed.count, "runner": runner_id})
                 due = sorted(((int(kind), int(i)) for i, kind in cur.fetchall()),
                              key=lambda row: row[0])   # stable: each part keeps its order
                 ids = [i for _, i in due[:allowed.count]]
                 expired = [i for kind, i in due[:allowed.count] if kind == 1]
-            if limits.rate_per_minute > 0:
-                self._run(cur, "set_sender_tokens",
-                          (allowed.tokens_left + (allowed.count - len(ids)), sender))
             if not ids:
+                if limits.rate_per_minute > 0:
+                    self._run(cur, "set_sender_tokens", (allowed.tokens_left + allowed.count,
+                                                         sender))
                 return [], allowed.reason, {}
             marks = _placeholders(len(ids))
             if expired:  # their runner died mid-send: the mail may have gone out
@@ -605,13 +606,17 @@ class Dao:
                             expired)
             new_ids = json.dumps([(i, recipient_message_id(job_id, i, sender)) for i in ids])
             self._run(cur, "claim_recipients", (new_ids, runner_id, lease, lease))
-            if limits.daily_cap > 0:
-                self._add_sender_sends(cur, {sender: len(ids)})
             self._run(cur, "start_job", (job_id,))
             # api_key_id None (Dao.claim): no suppression read (no key matches id 0)
             cur.execute(self.queries["claimed_rows"].format(ids=marks),
-                        (api_key_id if api_key_id is not None else 0, *ids))
+                        (api_key_id if api_key_id is not None else 0, *ids, runner_id))
             found = cur.fetchall()
+            # charged for what was taken (a row claimed elsewhere since it was found is not)
+            if limits.rate_per_minute > 0:
+                self._run(cur, "set_sender_tokens",
+                          (allowed.tokens_left + (allowed.count - len(found)), sender))
+            if limits.daily_cap > 0 and found:
+                self._add_sender_sends(cur, {sender: len(found)})
             rows = [_recipient(row[:-1]) for row in found]
             suppressed = {int(row[0]): row[-1] for row in found
                           if row[-1] is not None and api_key_id is not None}

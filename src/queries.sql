@@ -186,13 +186,16 @@ ON DUPLICATE KEY UPDATE sends = GREATEST(0, sends + %s);
 -- One round trip for the three kinds a claim takes, in this order (kind): 0 due retries, 1
 -- expired leases (their runner died or hung: the send may have gone out, in doubt), 2 queued;
 -- each part limited to the claim's size (the caller takes the first ones by kind; the few rows
--- a part locked beyond them stay locked, unclaimed, until the claim commits).
+-- a part locked beyond them stay locked, unclaimed, until the claim commits). Never this
+-- runner's own expired claims: it still holds them (refused by its lease guard, or renewed once
+-- the database answers), and claiming one again would put it in its hand twice.
 (SELECT id, 0 AS kind FROM job_recipients
  WHERE job_id = %(job)s AND status = 'retrying' AND next_attempt_at <= UTC_TIMESTAMP(6)
  ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)
 UNION ALL
 (SELECT id, 1 FROM job_recipients
  WHERE job_id = %(job)s AND status = 'sending' AND next_attempt_at <= UTC_TIMESTAMP(6)
+   AND NOT claimed_by <=> %(runner)s
  ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)
 UNION ALL
 (SELECT id, 2 FROM job_recipients
@@ -200,20 +203,27 @@ UNION ALL
  ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED);
 
 -- name: mark_in_doubt
-UPDATE job_recipients SET in_doubt = 1 WHERE id IN ({ids});
+-- Only while still expired (as claim_recipients re-checks).
+UPDATE job_recipients SET in_doubt = 1
+WHERE id IN ({ids}) AND status = 'sending' AND next_attempt_at <= UTC_TIMESTAMP(6);
 
 -- name: claim_recipients
 -- The first argument is a JSON array of [id, new Message-ID] pairs (the Message-ID from
 -- mail_message.recipient_message_id). The Message-ID is fixed here, before any send, and never
 -- changed after. A join on JSON_TABLE, not CASE id WHEN ...: a CASE is walked for every row
 -- (5,000 claimed rows took 1 s of server time, 100 took 24 ms), the join is one lookup per row.
+-- The WHERE re-checks that each row is still claimable as due_claimable found it: on a Galera
+-- cluster SKIP LOCKED locks are local to a node, and a row another runner claimed since (its
+-- next_attempt_at is then a lease away) or that was recorded is left alone; claimed_rows reads
+-- back only what this statement took.
 UPDATE JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$[0]',
                                        new_message_id VARCHAR(255) PATH '$[1]')) AS claimed
 STRAIGHT_JOIN job_recipients r ON r.id = claimed.id
 SET r.status = 'sending', r.claimed_by = %s, r.attempts = r.attempts + 1,
     r.lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
     r.next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
-    r.message_id = COALESCE(r.message_id, claimed.new_message_id);
+    r.message_id = COALESCE(r.message_id, claimed.new_message_id)
+WHERE r.status IN ('queued', 'retrying', 'sending') AND r.next_attempt_at <= UTC_TIMESTAMP(6);
 
 -- name: claimed_rows
 -- With, last, the reason when the job's API key suppressed the address after the job was
@@ -224,7 +234,7 @@ SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts,
        r.deferred_since, s.reason
 FROM job_recipients r
 LEFT JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE utf8mb4_bin
-WHERE r.id IN ({ids}) ORDER BY r.id;
+WHERE r.id IN ({ids}) AND r.claimed_by = %s AND r.status = 'sending' ORDER BY r.id;
 
 -- name: start_job
 UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, UTC_TIMESTAMP(6))

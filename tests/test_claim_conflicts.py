@@ -149,3 +149,21 @@ def test_a_sender_row_deleted_under_a_running_process_is_created_again(client, k
         cur.execute("DELETE FROM senders WHERE email = %s", (sender,))
     assert len(dao.claim(second, sender, "r-1", 10, 30, UNLIMITED)[0]) == 1
     assert [s["email"] for s in dao.senders()] == [sender]
+
+
+def test_a_runner_never_claims_its_own_expired_claims_again(client, key, dao):
+    """A runner's claims whose leases ran out (it could not renew them: a database pause) are
+    still in its hand; claiming them again would put each in its hand twice (two sends). Another
+    runner takes them over (in doubt); their runner does not."""
+    job_id = _job_for(client, key, "ops@example.com", n=3)
+    first, _ = dao.claim(job_id, "ops@example.com", "r-paused", 10, 60, UNLIMITED)
+    assert len(first) == 3
+    with dao.transaction() as cur:   # the leases ran out while r-paused could not renew them
+        cur.execute("UPDATE job_recipients SET next_attempt_at = UTC_TIMESTAMP(6) - INTERVAL 1 "
+                    "SECOND, lease_expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND "
+                    "WHERE job_id = %s", (job_id,))
+    again, _ = dao.claim(job_id, "ops@example.com", "r-paused", 10, 60, UNLIMITED)
+    assert again == []
+    taken, _ = dao.claim(job_id, "ops@example.com", "r-other", 10, 60, UNLIMITED)
+    assert sorted(r.id for r in taken) == sorted(r.id for r in first)
+    assert all(r.in_doubt and r.attempts == 2 and r.claimed_by == "r-other" for r in taken)
