@@ -30,6 +30,7 @@ import job_control
 import metrics
 import retention
 import scheduling
+import webhook_dispatch
 from dao_mysql import Dao, DatabaseUnavailable
 from email_scheduler import (
     EXPIRED,
@@ -135,6 +136,8 @@ class JobRunner:
                          if settings.transport_name == "gmail" else None)
         # data retention, once per PURGE_INTERVAL over all runners (retention.py)
         self._purger = retention.Purger(settings, dao, self.stop_event, self.id)
+        # the events outbox, delivered by a thread of its own (webhook_dispatch.py)
+        self._webhooks = webhook_dispatch.Dispatcher(settings, dao, self.id, self.stop_event)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -146,6 +149,7 @@ class JobRunner:
         # one thread more than a key may use: another key's recipient always finds one free
         concurrency = max(1, s.runner_concurrency)
         pool = FairPool(concurrency + 1, per_key=concurrency, name=self.id)
+        self._webhooks.start()
         try:
             while not self.stop_event.is_set():
                 self.wakeup.clear()   # a wake() from here on ends this pass's idle wait
@@ -588,6 +592,7 @@ class JobRunner:
             if self._bounces is not None:   # it stops between two messages (stop_event)
                 self._bounces.join(2 * self.settings.gmail_timeout)
             self._purger.join(2 * self.settings.db_read_timeout)   # stops between batches
+            self._webhooks.join(2 * self.settings.webhook_timeout)  # after the POSTs in hand
         log.info("runner %s stopped: sent=%d failed=%d retried=%d", self.id, self.stats.sent,
                  self.stats.failed, self.stats.retried)
 

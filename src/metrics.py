@@ -65,6 +65,9 @@ DB_CIRCUIT_OPEN = Gauge("mailjobs_db_circuit_open",
                         multiprocess_mode="max")
 DB_CIRCUIT_OPENED = Counter("mailjobs_db_circuit_opened",
                             "Times the database circuit breaker opened (a timeout or a refusal)")
+WEBHOOK_DELIVERIES = Counter("mailjobs_webhook_deliveries",
+                             "Webhook POST attempts by outcome (delivered; failed: retried "
+                             "later; disabled: the endpoint was disabled by it)", ["outcome"])
 DB_CIRCUIT_REJECTED = Counter("mailjobs_db_circuit_rejected",
                               "Database calls failed at once because the circuit was open")
 
@@ -103,6 +106,16 @@ class DatabaseCollector:
             beat.add_metric([r["id"], r["kind"], r["state"]], r["age"])
         yield beat
         yield from learned_caps(caps)
+        try:
+            webhook_age = self.dao.oldest_undelivered_event_age()
+        except Exception as exc:   # the same: never fail a scrape
+            log.warning("metrics: webhook gauge unavailable: %s", exc)
+            return
+        events = GaugeMetricFamily("mailjobs_webhook_oldest_undelivered_seconds",
+                                   "Age of the oldest webhook event of an enabled endpoint not "
+                                   "delivered yet (0: none)")
+        events.add_metric([], webhook_age)
+        yield events
 
 
 def learned_caps(caps) -> list[GaugeMetricFamily]:
