@@ -356,3 +356,52 @@ def test_a_runner_killed_between_the_outcome_and_the_delivery_still_delivers_the
     assert again.headers["webhook-id"] == first == delivery["msg_id"]   # the same message
     assert verified(hook["secret"], again)["data"]["job_id"] == job_id
     assert delivery["attempts"] == 1     # the killed attempt was never recorded
+
+
+# --- which changes write events (in their own transaction: read straight from the outbox) ---
+def outbox(dao) -> list[dict]:
+    import json
+
+    with dao.transaction() as cur:
+        cur.execute("SELECT payload FROM webhook_events ORDER BY id")
+        return [json.loads(row[0]) for row in cur.fetchall()]
+
+
+def test_pause_cancel_suppression_bounce_and_complaint_each_write_their_event(
+        hooks, hook_settings, dao, key, receiver):
+    endpoint(hooks, key, receiver.url)
+    headers = {"X-API-Key": key}
+    hooks.post("/api/suppressions", json={"email": "user0@example.com"}, headers=headers)
+    job_id = post(hooks, key, body(3, send_at="2099-01-01T00:00:00Z",
+                                   metadata={"crm": 5})).json["job_id"]
+    suppressed = [e for e in outbox(dao) if e["type"] == "recipient.suppressed"]
+    assert [(e["data"]["to_email"], e["data"]["status"], e["data"]["metadata"])
+            for e in suppressed] == [("user0@example.com", "suppressed", {"crm": 5})]
+    assert hooks.post(f"/api/jobs/{job_id}/pause", headers=headers).status_code == 200
+    paused = [e["data"] for e in outbox(dao) if e["type"] == "job.paused"]
+    assert [(p["job_id"], p["status"], p["paused_by"]) for p in paused] == [
+        (job_id, "paused", "operator")]
+    assert hooks.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 200
+    done = [e["data"] for e in outbox(dao) if e["type"] == "job.completed"]
+    assert [(d["status"], d["counts"]) for d in done] == [
+        ("cancelled", {"cancelled": 2, "suppressed": 1})]
+    # a sent job's recipients: one bounces, one complains
+    sent_job = post(hooks, key, body(3)).json["job_id"]
+    with running(hook_settings, dao):
+        wait_job_done(dao, sent_job)
+    rows = [r for r in recipients(dao, sent_job) if r.status == "sent"]
+    sender = dao.job(sent_job).sender_email
+    dao.record_bounce(sender, "g-1", rows[0].message_id, "hard", "bounce_5xx", "550 no such user")
+    dao.record_bounce(sender, "g-2", rows[1].message_id, "complaint", None, "abuse report")
+    events = {e["type"]: e["data"] for e in outbox(dao)}
+    assert (events["recipient.bounced"]["recipient_id"], events["recipient.bounced"]["status"],
+            events["recipient.bounced"]["error_code"]) == (rows[0].id, "bounced", "bounce_5xx")
+    assert (events["recipient.complained"]["recipient_id"],
+            events["recipient.complained"]["error_code"]) == (rows[1].id, "complaint")
+
+
+def test_metadata_of_a_job_must_be_an_object_of_at_most_4096_bytes(client, key, dao):
+    for metadata in (["a"], {"x": "y" * 5000}):
+        answer = post(client, key, body(1, metadata=metadata))
+        assert answer.status_code == 400 and answer.json["field"] == "metadata", answer.json
+    assert count_rows(dao, "jobs") == 0
