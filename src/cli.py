@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
 import cli_jobs  # noqa: E402,F401  (registers the job, runner and watch commands)
 import cli_retention  # noqa: E402,F401  (registers `mailjobs purge`)
 import cli_suppressions  # noqa: E402,F401  (registers `mailjobs suppressions`)
+import cli_webhooks  # noqa: E402,F401  (registers `mailjobs webhooks`)
 
 if __name__ == "__main__":
     main()

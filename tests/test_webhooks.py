@@ -405,3 +405,25 @@ def test_metadata_of_a_job_must_be_an_object_of_at_most_4096_bytes(client, key, 
         answer = post(client, key, body(1, metadata=metadata))
         assert answer.status_code == 400 and answer.json["field"] == "metadata", answer.json
     assert count_rows(dao, "jobs") == 0
+
+
+def test_the_cli_lists_endpoints_and_deliveries_and_retries_one(hooks, hook_settings, dao, key,
+                                                                receiver, run):
+    import json
+
+    receiver.respond = lambda n: (410, {}) if n == 0 else (200, {})
+    hook = endpoint(hooks, key, receiver.url, events=["job.completed"])
+    job_id = post(hooks, key, body(1)).json["job_id"]
+    with running(hook_settings, dao):
+        wait_job_done(dao, job_id)
+        wait_for(lambda: not dao.webhook(hook["id"])["enabled"], message="disabled")
+        table = run("webhooks", "list").output
+        assert receiver.url in table and "NO" in table and "410" in table
+        listed = json.loads(run("webhooks", "deliveries", str(hook["id"]), "--json").output)
+        delivery = listed["deliveries"][0]
+        assert (delivery["status"], delivery["last_status_code"]) == ("pending", 410)
+        retried = run("webhooks", "retry", str(hook["id"]), str(delivery["id"]))
+        assert retried.exit_code == 0 and "due now" in retried.output
+        wait_for(lambda: receiver.delivered(), message="delivered after the retry")
+    missing = run("webhooks", "retry", str(hook["id"]), "999999")
+    assert missing.exit_code == 1 and "no delivery 999999" in missing.output
