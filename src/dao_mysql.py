@@ -1370,38 +1370,68 @@ class Dao:
             self._run(cur, "release_webhook_endpoint", (endpoint_id, runner_id))
 
     @_rerun_on_conflict
-    def next_webhook_delivery(self, endpoint_id: int, runner_id: str,
-                              msg_id: str) -> dict[str, Any] | None:
-        """The endpoint's oldest undelivered POST, made now from its oldest events not yet in
-        one (at most batch_size; `msg_id` is the new one's webhook-id) when there is none.
-        None when the lease is no longer this runner's, or nothing is left to deliver."""
+    def next_webhook_deliveries(self, endpoint_id: int, runner_id: str,
+                                new_msg_id: Callable[[], str], lease: float,
+                                events: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The endpoint (with its secrets) and its oldest undelivered POSTs (about `events`
+        events in all, at least one POST), in the order they must be sent; when fewer are
+        pending, new ones are made now from its oldest events not yet in one (batch_size
+        each; `new_msg_id()` gives each its webhook-id). The lease is renewed for `lease`
+        seconds. None when it is no longer this runner's or the endpoint was disabled."""
         with self.transaction() as cur:
-            self._run(cur, "webhook_lease_held", (endpoint_id, runner_id))
-            if cur.fetchone() is None:
+            if self._run(cur, "renew_webhook_lease",
+                         (int(lease * 1_000_000), endpoint_id, runner_id)) == 0:
                 return None
             self._run(cur, "webhook_endpoint", (endpoint_id,))
             endpoint = _webhook(cur.fetchone())
-            self._run(cur, "webhook_head_delivery", (endpoint_id,))
-            head = cur.fetchone()
-            if head is None:
-                self._run(cur, "webhook_unbatched_events", (endpoint_id, endpoint["batch_size"]))
-                ids = [int(r[0]) for r in cur.fetchall()]
-                if not ids:
-                    return None
-                self._run(cur, "insert_webhook_delivery", (endpoint_id, msg_id, len(ids)))
-                head = (int(cur.lastrowid), msg_id, 0)
-                cur.execute(self.queries["batch_webhook_events"].format(
-                    ids=_placeholders(len(ids))), (head[0], *ids))
-            self._run(cur, "webhook_delivery_payloads", (head[0],))
-            payloads = [r[0] for r in cur.fetchall()]
-            return {"endpoint": endpoint, "delivery_id": int(head[0]), "msg_id": head[1],
-                    "attempts": int(head[2]), "payloads": payloads}
+            limit = max(1, events // endpoint["batch_size"])
+            self._run(cur, "webhook_pending_deliveries", (endpoint_id, limit))
+            heads = [(int(i), m, int(a)) for i, m, a in cur.fetchall()]
+            if len(heads) < limit:
+                heads += self._new_webhook_deliveries(cur, endpoint, new_msg_id,
+                                                      limit - len(heads))
+            if not heads:
+                return endpoint, []
+            cur.execute(self.queries["webhook_delivery_payloads"].format(
+                ids=_placeholders(len(heads))), [h[0] for h in heads])
+            payloads: dict[int, list[str]] = {}
+            for delivery_id, payload in cur.fetchall():
+                payloads.setdefault(int(delivery_id), []).append(payload)
+            return endpoint, [{"delivery_id": i, "msg_id": m, "attempts": a,
+                               "payloads": payloads.get(i, [])} for i, m, a in heads]
+
+    def _new_webhook_deliveries(self, cur: Any, endpoint: dict[str, Any],
+                                new_msg_id: Callable[[], str],
+                                count: int) -> list[tuple[int, str, int]]:
+        size = endpoint["batch_size"]
+        self._run(cur, "webhook_unbatched_events", (endpoint["id"], count * size))
+        events = [int(r[0]) for r in cur.fetchall()]
+        if not events:
+            return []
+        chunks = [events[i:i + size] for i in range(0, len(events), size)]
+        msg_ids = [new_msg_id() for _ in chunks]
+        cur.executemany(self.queries["insert_webhook_delivery"],
+                        [(endpoint["id"], m, len(c)) for m, c in zip(msg_ids, chunks,
+                                                                     strict=True)])
+        cur.execute(self.queries["webhook_deliveries_by_msg_id"].format(
+            ids=_placeholders(len(msg_ids))), msg_ids)
+        ids = {m: int(i) for i, m in cur.fetchall()}
+        pairs = [(e, ids[m]) for m, c in zip(msg_ids, chunks, strict=True) for e in c]
+        changed = cur.execute(self.queries["batch_webhook_events"].format(
+            case=" ".join(["WHEN %s THEN %s"] * len(pairs)), ids=_placeholders(len(events))),
+            [v for pair in pairs for v in pair] + events)
+        if changed != len(events):   # another runner batched them: its lease outlived ours
+            raise TransactionConflict("webhook events were batched by another runner")
+        return [(ids[m], m, 0) for m in msg_ids]
 
     @_rerun_on_conflict
-    def webhook_delivered(self, endpoint_id: int, delivery_id: int, runner_id: str,
-                          status: int) -> None:
+    def webhooks_delivered(self, endpoint_id: int, delivery_ids: Sequence[int], runner_id: str,
+                           status: int) -> None:
+        if not delivery_ids:
+            return
         with self.transaction() as cur:
-            self._run(cur, "webhook_delivered", (status, delivery_id))
+            cur.execute(self.queries["webhook_delivered"].format(
+                ids=_placeholders(len(delivery_ids))), (status, *delivery_ids))
             self._run(cur, "webhook_endpoint_succeeded", (endpoint_id, runner_id))
 
     @_rerun_on_conflict

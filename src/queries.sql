@@ -882,36 +882,44 @@ WHERE id IN ({ids});
 UPDATE webhook_endpoints SET claimed_by = NULL, lease_expires_at = NULL
 WHERE id = %s AND claimed_by = %s;
 
--- name: webhook_lease_held
-SELECT 1 FROM webhook_endpoints
-WHERE id = %s AND claimed_by = %s AND lease_expires_at > UTC_TIMESTAMP(6) AND enabled = 1
-FOR UPDATE;
+-- name: renew_webhook_lease
+-- 1 row: the lease is still this runner's (renewed for %s microseconds), the endpoint enabled.
+UPDATE webhook_endpoints SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+WHERE id = %s AND claimed_by = %s AND lease_expires_at > UTC_TIMESTAMP(6) AND enabled = 1;
 
--- name: webhook_head_delivery
--- The endpoint's oldest undelivered POST: deliveries go one at a time, in order.
+-- name: webhook_pending_deliveries
+-- The endpoint's oldest undelivered POSTs: they are sent one at a time, in this order.
 SELECT id, msg_id, attempts FROM webhook_deliveries
-WHERE endpoint_id = %s AND status = 'pending' ORDER BY id LIMIT 1;
+WHERE endpoint_id = %s AND status = 'pending' ORDER BY id LIMIT %s;
 
 -- name: webhook_unbatched_events
 SELECT id FROM webhook_events WHERE endpoint_id = %s AND delivery_id IS NULL ORDER BY id LIMIT %s;
 
 -- name: insert_webhook_delivery
+-- executemany: one multi-row INSERT for the new deliveries of a round.
 INSERT INTO webhook_deliveries (endpoint_id, msg_id, events, next_attempt_at)
 VALUES (%s, %s, %s, UTC_TIMESTAMP(6));
 
+-- name: webhook_deliveries_by_msg_id
+-- {ids}: a placeholder list of webhook-ids.
+SELECT id, msg_id FROM webhook_deliveries WHERE msg_id IN ({ids});
+
 -- name: batch_webhook_events
--- {ids}: a placeholder list. Args: delivery id, the ids.
-UPDATE webhook_events SET delivery_id = %s WHERE id IN ({ids}) AND delivery_id IS NULL;
+-- {case}: "WHEN %s THEN %s" per event (its id, its delivery); {ids}: the event ids.
+UPDATE webhook_events SET delivery_id = CASE id {case} END
+WHERE id IN ({ids}) AND delivery_id IS NULL;
 
 -- name: webhook_delivery_payloads
-SELECT payload FROM webhook_events WHERE delivery_id = %s ORDER BY id;
+-- {ids}: a placeholder list of delivery ids.
+SELECT delivery_id, payload FROM webhook_events WHERE delivery_id IN ({ids}) ORDER BY id;
 
 -- name: webhook_delivered
+-- {ids}: a placeholder list of delivery ids. Args: the status code, the ids.
 UPDATE webhook_deliveries
 SET status = 'delivered', attempts = attempts + 1, last_attempt_at = UTC_TIMESTAMP(6),
     last_status_code = %s, last_error = NULL, next_attempt_at = NULL,
     delivered_at = UTC_TIMESTAMP(6)
-WHERE id = %s AND status = 'pending';
+WHERE id IN ({ids}) AND status = 'pending';
 
 -- name: webhook_endpoint_succeeded
 UPDATE webhook_endpoints SET failing_since = NULL, next_attempt_at = UTC_TIMESTAMP(6)

@@ -29,6 +29,10 @@ from dao_mysql import Dao, DatabaseUnavailable
 from settings import Settings
 
 log = logging.getLogger("mailjobs.webhooks")
+# Events fetched for one round of an endpoint's POSTs (one transaction; at least one POST).
+ROUND_EVENTS = 200
+# Seconds a runner keeps delivering to one endpoint before it gives it back for others to take.
+HOLD_SECONDS = 30.0
 
 
 def new_msg_id() -> str:
@@ -133,16 +137,19 @@ class Dispatcher:
         return len(ids)
 
     def _serve(self, endpoint_id: int) -> None:
-        """Deliver this endpoint's POSTs in order while its lease lasts (half of it, so the
-        last POST ends in time), until one fails or none is left."""
-        until = time.monotonic() + self.settings.webhook_lease_seconds / 2 - \
-            self.settings.webhook_timeout
+        """Deliver this endpoint's POSTs in order, a round of up to ROUND_EVENTS events at a
+        time, until one fails, none is left, or HOLD_SECONDS passed (then another runner may
+        take it: endpoints are shared fairly)."""
+        until = time.monotonic() + HOLD_SECONDS
         try:
             while not self.stop.is_set():
-                delivery = self.dao.next_webhook_delivery(endpoint_id, self.id, new_msg_id())
-                if delivery is None or not self._deliver(delivery):
+                lease_from = time.monotonic()
+                got = self.dao.next_webhook_deliveries(endpoint_id, self.id, new_msg_id,
+                                                       self.settings.webhook_lease_seconds,
+                                                       ROUND_EVENTS)
+                if got is None or not got[1]:
                     return
-                if time.monotonic() >= until:
+                if not self._round(got[0], got[1], lease_from) or time.monotonic() >= until:
                     return
         except Exception:
             log.exception("webhook endpoint=%d: delivery failed in runner %s; its lease "
@@ -154,28 +161,49 @@ class Dispatcher:
                 log.warning("webhook endpoint=%d: lease not given back (%s); it expires",
                             endpoint_id, exc)
 
-    def _deliver(self, d: dict[str, Any]) -> bool:
-        endpoint = d["endpoint"]
+    def _round(self, endpoint: dict[str, Any], deliveries: list[dict[str, Any]],
+               lease_from: float) -> bool:
+        """Send these POSTs one after the other; record the delivered ones together. False
+        when one failed (it is recorded, the endpoint waits) or the lease is running out."""
+        # a POST is started only while it ends (2 x timeout at most) within the lease
+        guard = self.settings.webhook_lease_seconds - 2 * self.settings.webhook_timeout
+        delivered: dict[int, list[int]] = {}
+        try:
+            for n, d in enumerate(deliveries):
+                if n and (self.stop.is_set() or time.monotonic() - lease_from > guard):
+                    return False
+                answer = self._post(endpoint, d)
+                if answer.ok:
+                    delivered.setdefault(int(answer.status or 0), []).append(d["delivery_id"])
+                    continue
+                self._failed(endpoint, d, answer)
+                return False
+            return True
+        finally:
+            for status, ids in delivered.items():
+                self.dao.webhooks_delivered(endpoint["id"], ids, self.id, status)
+                metrics.WEBHOOK_DELIVERIES.labels("delivered").inc(len(ids))
+
+    def _post(self, endpoint: dict[str, Any], d: dict[str, Any]) -> webhooks.Answer:
         body = body_of(d["payloads"], endpoint["batch_size"])
         answer = self.signer.send(endpoint, d["msg_id"], body)
-        where = (f"webhook endpoint={endpoint['id']} delivery={d['delivery_id']} "
-                 f"id={d['msg_id']} events={len(d['payloads'])} attempt={d['attempts'] + 1}")
         if answer.ok:
-            self.dao.webhook_delivered(endpoint["id"], d["delivery_id"], self.id, answer.status)
-            metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
-            log.info("%s delivered: HTTP %s", where, answer.status)
-            return True
-        attempts = d["attempts"] + 1
-        delay = webhooks.next_delay(self.settings, attempts, answer.retry_after)
+            log.info("%s delivered: HTTP %s", _where(endpoint, d), answer.status)
+        return answer
+
+    def _failed(self, endpoint: dict[str, Any], d: dict[str, Any],
+                answer: webhooks.Answer) -> None:
+        delay = webhooks.next_delay(self.settings, d["attempts"] + 1, answer.retry_after)
         reason = self._disable_reason(endpoint, answer)
         self.dao.webhook_attempt_failed(endpoint["id"], d["delivery_id"], self.id, answer.status,
                                         answer.error or "error", delay, reason)
         metrics.WEBHOOK_DELIVERIES.labels("disabled" if reason else "failed").inc()
         if reason:
-            log.error("%s failed: %s; endpoint disabled: %s", where, answer.error, reason)
+            log.error("%s failed: %s; endpoint disabled: %s", _where(endpoint, d), answer.error,
+                      reason)
         else:
-            log.warning("%s failed: %s; next try in %.1f s", where, answer.error, delay)
-        return False
+            log.warning("%s failed: %s; next try in %.1f s", _where(endpoint, d), answer.error,
+                        delay)
 
     def _disable_reason(self, endpoint: dict[str, Any], answer: webhooks.Answer) -> str | None:
         if answer.status == 410:
@@ -189,3 +217,8 @@ class Dispatcher:
         return (f"every attempt failed since {since:%Y-%m-%d %H:%M:%S} UTC (more than "
                 f"WEBHOOK_DISABLE_AFTER, {self.settings.webhook_disable_after:g} s); last: "
                 f"{answer.error}")
+
+
+def _where(endpoint: dict[str, Any], d: dict[str, Any]) -> str:
+    return (f"webhook endpoint={endpoint['id']} delivery={d['delivery_id']} id={d['msg_id']} "
+            f"events={len(d['payloads'])} attempt={d['attempts'] + 1}")
