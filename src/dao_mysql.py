@@ -532,8 +532,11 @@ class Dao:
         job_ids = [int(r[0]) for r in self._all("expired_jobs", (limit,))]
         for job_id in job_ids:
             with self.transaction() as cur:
+                self._run(cur, "expiring_recipients", (job_id,))
+                ids = [int(r[0]) for r in cur.fetchall()]
                 self._run(cur, "expire_recipients",
                           ("not sent before the job's expires_at; never sent late", job_id))
+                self._recipient_events(cur, "recipient.failed", ids, ("expired",))
                 self._run(cur, "start_expired_job", (job_id,))
         return job_ids
 

@@ -145,6 +145,11 @@ SELECT id FROM jobs
 WHERE status IN ('queued', 'scheduled', 'running', 'paused') AND expires_at <= UTC_TIMESTAMP(6)
 LIMIT %s;
 
+-- name: expiring_recipients
+-- The recipients expire_recipients is about to expire (locked: their events follow).
+SELECT id FROM job_recipients
+WHERE job_id = %s AND status IN ('queued', 'retrying', 'in_doubt') FOR UPDATE;
+
 -- name: expire_recipients
 UPDATE job_recipients
 SET status = 'expired', error_code = 'expired', error = %s, claimed_by = NULL,

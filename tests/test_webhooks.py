@@ -427,3 +427,19 @@ def test_the_cli_lists_endpoints_and_deliveries_and_retries_one(hooks, hook_sett
         wait_for(lambda: receiver.delivered(), message="delivered after the retry")
     missing = run("webhooks", "retry", str(hook["id"]), "999999")
     assert missing.exit_code == 1 and "no delivery 999999" in missing.output
+
+
+def test_every_expired_recipient_gets_one_recipient_failed_event(hooks, hook_settings, dao, key,
+                                                                 receiver):
+    from datetime import UTC, datetime, timedelta
+
+    endpoint(hooks, key, receiver.url, events=["recipient.failed"])
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
+    job_id = post(hooks, key, body(8, expires_at=expires.isoformat())).json["job_id"]
+    settings = hook_settings.with_overrides(sender_rate_per_minute=60, sender_burst_seconds=1.0)
+    with running(settings, dao):
+        assert wait_job_done(dao, job_id) == "completed_with_errors"
+    expired = sorted(r.id for r in recipients(dao, job_id) if r.status == "expired")
+    events = [e["data"] for e in outbox(dao)]
+    assert expired and sorted(e["recipient_id"] for e in events) == expired
+    assert {(e["status"], e["error_code"]) for e in events} == {("expired", "expired")}
