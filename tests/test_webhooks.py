@@ -443,3 +443,27 @@ def test_every_expired_recipient_gets_one_recipient_failed_event(hooks, hook_set
     events = [e["data"] for e in outbox(dao)]
     assert expired and sorted(e["recipient_id"] for e in events) == expired
     assert {(e["status"], e["error_code"]) for e in events} == {("expired", "expired")}
+
+
+def test_the_dashboard_lists_endpoints_and_deliveries_and_sends_one_again(
+        hooks, hook_settings, dao, key, receiver, make_key):
+    from test_dashboard import login
+
+    receiver.respond = lambda n: (410, {}) if n == 0 else (200, {})
+    hook = endpoint(hooks, key, receiver.url, events=["job.completed"],
+                    description="<b>crm</b>")
+    job_id = post(hooks, key, body(1)).json["job_id"]
+    with running(hook_settings, dao):
+        wait_job_done(dao, job_id)
+        wait_for(lambda: not dao.webhook(hook["id"])["enabled"], message="disabled")
+        login(hooks, make_key(senders=[], operator=True, name="ops"))
+        listing = hooks.get("/dashboard/webhooks").text
+        assert receiver.url in listing and "410 Gone" in listing
+        assert "&lt;b&gt;crm&lt;/b&gt;" in listing and "<b>crm</b>" not in listing
+        page = hooks.get(f"/dashboard/webhooks/{hook['id']}").text
+        delivery = dao.webhook_deliveries(hook["id"], None, 1)[0]
+        assert delivery["msg_id"] in page and "HTTP 410" in page
+        sent = hooks.post(f"/dashboard/webhooks/{hook['id']}/deliveries/{delivery['id']}/retry")
+        assert sent.status_code == 302
+        wait_for(lambda: receiver.delivered(), message="delivered after the retry")
+    assert hooks.get("/dashboard/webhooks/999999").status_code == 404
