@@ -592,7 +592,8 @@ class JobRunner:
             if self._bounces is not None:   # it stops between two messages (stop_event)
                 self._bounces.join(2 * self.settings.gmail_timeout)
             self._purger.join(2 * self.settings.db_read_timeout)   # stops between batches
-            self._webhooks.join(2 * self.settings.webhook_timeout)  # after the POSTs in hand
+            self.stop_event.set()   # also when the loop ended by a crash: the webhook thread
+            self._webhooks.join(2 * self.settings.webhook_timeout)  # ends after its POSTs
         log.info("runner %s stopped: sent=%d failed=%d retried=%d", self.id, self.stats.sent,
                  self.stats.failed, self.stats.retried)
 
