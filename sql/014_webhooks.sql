@@ -50,7 +50,9 @@ CREATE TABLE webhook_deliveries (
   delivered_at      DATETIME(6) NULL,
   created_at        DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   KEY ix_webhook_deliveries_endpoint (endpoint_id, status, id),
-  UNIQUE KEY uq_webhook_deliveries_msg (msg_id)
+  UNIQUE KEY uq_webhook_deliveries_msg (msg_id),
+  -- retention: delivered POSTs older than RETENTION_DAYS go, with their events
+  KEY ix_webhook_deliveries_delivered (status, delivered_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 -- The outbox: one row per event and endpoint, written in the transaction of the state change

@@ -1174,7 +1174,7 @@ class Dao:
         """What a purge with these cut-offs (None: that kind is off) would remove now."""
         out = dict.fromkeys(("jobs_deleted", "recipients_deleted", "jobs_erased",
                              "recipients_erased", "bounce_messages_deleted",
-                             "runners_deleted"), 0)
+                             "runners_deleted", "webhook_events_deleted"), 0)
         with self.transaction() as cur:
             if delete_cutoff is not None:
                 self._run(cur, "purge_count_delete", (_naive_utc(delete_cutoff),))
@@ -1186,6 +1186,8 @@ class Dao:
             if bounce_cutoff is not None:
                 self._run(cur, "purge_count_bounce_messages", (_naive_utc(bounce_cutoff),))
                 out["bounce_messages_deleted"] = int(cur.fetchone()[0])
+                self._run(cur, "purge_count_webhook_events", (_naive_utc(bounce_cutoff),))
+                out["webhook_events_deleted"] = int(cur.fetchone()[0])
             self._run(cur, "purge_count_runners", (_naive_utc(runner_cutoff),))
             out["runners_deleted"] = int(cur.fetchone()[0])
         return out
@@ -1263,6 +1265,20 @@ class Dao:
     def delete_bounce_messages(self, cutoff: datetime, limit: int) -> int:
         with self.transaction() as cur:
             return self._run(cur, "delete_bounce_messages", (_naive_utc(cutoff), limit))
+
+    @_rerun_on_conflict
+    def delete_delivered_webhooks(self, cutoff: datetime, limit: int) -> int:
+        """Up to `limit` events of webhook POSTs delivered before `cutoff`, and those POSTs
+        once none of their events is left; returns the events deleted."""
+        with self.transaction() as cur:
+            self._run(cur, "purge_delivered_webhook_events", (_naive_utc(cutoff), limit))
+            rows = [(int(e), int(d)) for e, d in cur.fetchall()]
+            if not rows:
+                return 0
+            deleted = self._by_ids(cur, "delete_webhook_events_by_id", [e for e, _ in rows])
+            self._by_ids(cur, "delete_emptied_webhook_deliveries",
+                         sorted({d for _, d in rows}))
+            return deleted
 
     @_rerun_on_conflict
     def delete_dead_runners(self, cutoff: datetime, limit: int) -> int:

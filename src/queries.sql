@@ -979,3 +979,24 @@ FROM webhook_events v
 JOIN webhook_endpoints w ON w.id = v.endpoint_id AND w.enabled = 1
 LEFT JOIN webhook_deliveries d ON d.id = v.delivery_id
 WHERE v.delivery_id IS NULL OR d.status = 'pending';
+
+-- name: purge_count_webhook_events
+-- Events of POSTs delivered before the cut-off (retention deletes them with their deliveries).
+SELECT COUNT(*) FROM webhook_events e
+JOIN webhook_deliveries d ON d.id = e.delivery_id
+WHERE d.status = 'delivered' AND d.delivered_at < %s;
+
+-- name: purge_delivered_webhook_events
+SELECT e.id, e.delivery_id FROM webhook_deliveries d
+JOIN webhook_events e ON e.delivery_id = d.id
+WHERE d.status = 'delivered' AND d.delivered_at < %s
+ORDER BY d.delivered_at, e.id LIMIT %s;
+
+-- name: delete_webhook_events_by_id
+-- {ids}: a placeholder list (at most PK_CHUNK).
+DELETE FROM webhook_events WHERE id IN ({ids});
+
+-- name: delete_emptied_webhook_deliveries
+-- {ids}: deliveries whose events were just deleted; those with none left go.
+DELETE FROM webhook_deliveries
+WHERE id IN ({ids}) AND NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.delivery_id = webhook_deliveries.id);

@@ -467,3 +467,28 @@ def test_the_dashboard_lists_endpoints_and_deliveries_and_sends_one_again(
         assert sent.status_code == 302
         wait_for(lambda: receiver.delivered(), message="delivered after the retry")
     assert hooks.get("/dashboard/webhooks/999999").status_code == 404
+
+
+def test_retention_deletes_events_delivered_before_retention_days_and_keeps_the_rest(
+        hooks, hook_settings, dao, key, receiver):
+    import retention
+
+    receiver.respond = lambda n: (200, {}) if n < 3 else (500, {})
+    hook = endpoint(hooks, key, receiver.url, events=["recipient.sent"])
+    job_id = post(hooks, key, body(4)).json["job_id"]
+    with running(hook_settings, dao):
+        wait_job_done(dao, job_id)
+        wait_for(lambda: len(receiver.requests) >= 4, message="3 delivered, 1 failing")
+    deliveries = dao.webhook_deliveries(hook["id"], None, 10)
+    delivered = sorted(d["id"] for d in deliveries if d["status"] == "delivered")
+    assert len(delivered) == 3
+    with dao.transaction() as cur:   # two of them long ago
+        cur.execute("UPDATE webhook_deliveries SET delivered_at = delivered_at - INTERVAL 100 DAY"
+                    " WHERE id IN (%s, %s)", delivered[:2])
+    settings = hook_settings.with_overrides(purge_batch=1)
+    assert retention.purge(settings, dao, dry_run=True).counts["webhook_events_deleted"] == 2
+    assert retention.purge(settings, dao).counts["webhook_events_deleted"] == 2
+    left = dao.webhook_deliveries(hook["id"], None, 10)
+    assert sorted(d["id"] for d in left) == sorted(
+        d["id"] for d in deliveries if d["id"] not in delivered[:2])
+    assert count_rows(dao, "webhook_events") == 2     # the recent one and the pending one
