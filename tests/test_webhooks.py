@@ -492,3 +492,16 @@ def test_retention_deletes_events_delivered_before_retention_days_and_keeps_the_
     assert sorted(d["id"] for d in left) == sorted(
         d["id"] for d in deliveries if d["id"] not in delivered[:2])
     assert count_rows(dao, "webhook_events") == 2     # the recent one and the pending one
+
+
+def test_a_sender_whose_grant_is_revoked_pauses_its_jobs_with_a_job_paused_event_each(
+        hooks, dao, key, receiver):
+    endpoint(hooks, key, receiver.url, events=["job.paused"])
+    jobs = [post(hooks, key, body(2)).json["job_id"] for _ in range(2)]
+    done = post(hooks, key, body(1)).json["job_id"]
+    dao.control_job(done, "cancel", lambda *state: ("cancelled", None, "test", True))
+    paused = dao.pause_sender("ops@example.com", "auth_revoked", "invalid_grant", "sender_auth")
+    assert paused == 2
+    events = [e["data"] for e in outbox(dao) if e["type"] == "job.paused"]
+    assert sorted((e["job_id"], e["paused_by"], e["reason"]) for e in events) == [
+        (j, "sender_auth", "invalid_grant") for j in jobs]
