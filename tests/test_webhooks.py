@@ -505,3 +505,56 @@ def test_a_sender_whose_grant_is_revoked_pauses_its_jobs_with_a_job_paused_event
     events = [e["data"] for e in outbox(dao) if e["type"] == "job.paused"]
     assert sorted((e["job_id"], e["paused_by"], e["reason"]) for e in events) == [
         (j, "sender_auth", "invalid_grant") for j in jobs]
+
+
+@pytest.fixture()
+def tls_receiver(tmp_path, monkeypatch):
+    """The receiver over TLS with a certificate for "localhost" that this process trusts
+    (SSL_CERT_FILE), so the name check of a connection made to the resolved address is real."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    with Receiver() as r:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        r.server.socket = context.wrap_socket(r.server.socket, server_side=True)
+        r.url = r.url.replace("http://127.0.0.1", "https://localhost")
+        yield r
+
+
+def test_https_receivers_are_reached_at_the_checked_address_under_their_own_name(
+        dao, key, tls_receiver, hook_settings):
+    settings = hook_settings.with_overrides(webhook_allow_http=False)
+    hooks = create_app(settings, dao).test_client()
+    hook = endpoint(hooks, key, tls_receiver.url, events=["recipient.sent"])
+    job_id = post(hooks, key, body(2)).json["job_id"]
+    with running(settings, dao):
+        wait_job_done(dao, job_id)
+        wait_for(lambda: len(tls_receiver.events()) == 2, message="both events over TLS")
+    assert all(r.headers["host"].startswith("localhost:") for r in tls_receiver.delivered())
+    verified(hook["secret"], tls_receiver.delivered()[0])
+    # the same server under an address its certificate does not name: refused
+    by_address = endpoint(hooks, key, tls_receiver.url.replace("localhost", "127.0.0.1"))
+    tried = hooks.post(f"/api/webhooks/{by_address['id']}/test", headers={"X-API-Key": key}).json
+    assert not tried["delivered"] and "doesn't match 'localhost'" in tried["error"]
