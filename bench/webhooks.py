@@ -115,10 +115,12 @@ def one_run(settings, dao, key_id: int, n: int, batch: int | None, url: str) -> 
     runner = JobRunner(settings, dao, transports.transport_factory(settings, dao))
     thread = threading.Thread(target=runner.run, daemon=True)
     t0 = dao.db_now()
+    cpu0 = time.process_time()
     thread.start()
     try:
         while dao.job_statuses([job_id])[job_id] != "completed":
             time.sleep(0.02)
+        cpu = time.process_time() - cpu0
         done = dao.job(job_id).finished_at
         expected = n + 1 if batch is not None else 0
         while batch is not None and delivered_events(dao) < expected:
@@ -126,7 +128,7 @@ def one_run(settings, dao, key_id: int, n: int, batch: int | None, url: str) -> 
     finally:
         runner.stop()
         thread.join(60)
-    out = {"send_rate": n / (done - t0).total_seconds()}
+    out = {"send_rate": n / (done - t0).total_seconds(), "cpu": cpu}
     if batch is not None:
         with dao.transaction() as cur:
             cur.execute("SELECT MIN(created_at) FROM webhook_events")
@@ -193,29 +195,34 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
     med = statistics.median
     print(f"\n{args.recipients:,} recipients, null transport, 1 runner in-process, "
           f"{args.repeats} interleaved rounds (median; all runs in brackets)\n")
-    print("| webhooks | send rate /s | events delivered /s | last send → last event delivered "
-          "| POSTs |")
-    print("|---|---:|---:|---:|---:|")
+    print("| webhooks | send rate /s | runner process CPU while sending, s | events delivered /s "
+          "| last send → last event delivered | POSTs |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, label in (("off", "off (no endpoint)"), ("1", "batch 1"), ("100", "batch 100")):
         rs = results[name]
         rate = med(r["send_rate"] for r in rs)
         runs = ", ".join(f"{r['send_rate']:,.0f}" for r in rs)
+        cpus = ", ".join(f"{r['cpu']:.2f}" for r in rs)
+        cpu = f"{med(r['cpu'] for r in rs):.2f} ({cpus})"
         if name == "off":
-            print(f"| {label} | {rate:,.0f} ({runs}) | – | – | 0 |")
+            print(f"| {label} | {rate:,.0f} ({runs}) | {cpu} | – | – | 0 |")
             continue
         eps = med(r["events_per_s"] for r in rs)
         lag = med(r["lag"] for r in rs)
         lags = ", ".join(f"{r['lag']:.2f}" for r in rs)
-        print(f"| {label} | {rate:,.0f} ({runs}) | {eps:,.0f} | {lag:.2f} s ({lags}) | "
+        print(f"| {label} | {rate:,.0f} ({runs}) | {cpu} | {eps:,.0f} | {lag:.2f} s ({lags}) | "
               f"{rs[0]['posts']:,} |")
     ratios = [off["send_rate"] / b["send_rate"] for off, b in zip(results["off"], results["100"],
                                                                  strict=True)]
     ratios1 = [off["send_rate"] / b["send_rate"] for off, b in zip(results["off"], results["1"],
                                                                   strict=True)]
     verdict = "met" if med(ratios) <= SLOWDOWN_TARGET else "**not met**"
+    cpu100 = med(b["cpu"] / off["cpu"] for off, b in zip(results["off"], results["100"],
+                                                        strict=True))
     print(f"\nSend time batch 100 / off: **{med(ratios):.2f}** (per round "
           f"{', '.join(f'{x:.2f}' for x in ratios)}); target ≤ {SLOWDOWN_TARGET}: {verdict}. "
-          f"Batch 1 / off: {med(ratios1):.2f} ({', '.join(f'{x:.2f}' for x in ratios1)}).")
+          f"Batch 1 / off: {med(ratios1):.2f} ({', '.join(f'{x:.2f}' for x in ratios1)}). "
+          f"Runner CPU while sending, batch 100 / off: {cpu100:.2f}.")
 
 
 if __name__ == "__main__":
