@@ -568,6 +568,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         register_unsubscribe,  # recipients' /u/ pages, not in /openapi.json
     )
     register_unsubscribe(app, dao, settings)
+    from mailjobs.webhooks.routes import register_webhooks  # /api/webhooks and its deliveries
+    register_webhooks(app, dao, settings, _body, _int_arg)
     return app
 
 

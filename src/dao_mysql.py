@@ -434,6 +434,8 @@ class Dao:
                                                     job_id))
             if job.unsubscribe_base_url:
                 self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
+            if job.metadata is not None:
+                self._run(cur, "set_job_metadata", (json.dumps(job.metadata), job_id))
             sql = self.queries["insert_recipients"]
             for rows in _batches(job_id, recipients, batch, self.max_packet_bytes() // 2):
                 cur.executemany(sql, rows)
@@ -544,8 +546,11 @@ class Dao:
         job_ids = [int(r[0]) for r in self._all("expired_jobs", (limit,))]
         for job_id in job_ids:
             with self.transaction() as cur:
+                self._run(cur, "expiring_recipients", (job_id,))
+                ids = [int(r[0]) for r in cur.fetchall()]
                 self._run(cur, "expire_recipients",
                           ("not sent before the job's expires_at; never sent late", job_id))
+                self._recipient_events(cur, "recipient.failed", ids, ("expired",))
                 self._run(cur, "start_expired_job", (job_id,))
         return job_ids
 
@@ -698,6 +703,13 @@ class Dao:
                 args = [v for column in columns for pair in column for v in pair]
                 cur.execute(sql, (*args, runner_id, *[row[0] for row in chunk]))
             self._add_sender_sends(cur, {s: -count for s, count in (sender_refunds or {}).items()})
+            final: dict[str, list[int]] = {"recipient.sent": [rid for rid, _ in sent]}
+            for rid, status, *_ in failed:
+                kind = _RECIPIENT_EVENT_OF.get(status)
+                if kind is not None:
+                    final.setdefault(kind, []).append(rid)
+            for kind, ids in final.items():
+                self._recipient_events(cur, kind, ids, _EVENT_STATUSES[kind])
 
     @_rerun_on_conflict
     def finish_job_if_done(self, job_id: int) -> Job | None:
@@ -718,6 +730,7 @@ class Dao:
                           if counts.get(k)))
             if self._run(cur, "finish_job", (status, reason, job_id)) == 0:
                 return None
+            self._job_events(cur, "job.completed", [job_id], counts)
         return self.job(job_id, with_counts=True)
 
     def job_statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
@@ -766,6 +779,12 @@ class Dao:
                 new = decide(*state)
             status, paused_by, reason, finished = new
             self._run(cur, "set_job_status", (status, paused_by, reason, finished, job_id))
+            if status == "paused" and row[0] != "paused":
+                self._job_events(cur, "job.paused", [job_id])
+            if finished:
+                self._run(cur, "recipient_counts", (job_id,))
+                self._job_events(cur, "job.completed", [job_id],
+                                 {st: int(n) for st, n in cur.fetchall()})
             return changed
 
     # --- senders --------------------------------------------------------------------------
@@ -805,7 +824,11 @@ class Dao:
                         UTC).replace(tzinfo=None):
                     return None
             self._run(cur, "sender_auth_failed", (auth_state, reason, sender))
-            return self._run(cur, "pause_sender_jobs", (paused_by, reason[:1000], sender))
+            self._run(cur, "active_sender_jobs", (sender,))
+            jobs = [int(r[0]) for r in cur.fetchall()]
+            n = self._run(cur, "pause_sender_jobs", (paused_by, reason[:1000], sender))
+            self._job_events(cur, "job.paused", jobs)
+            return n
 
     def save_sender_credentials(self, sender: str, blob: bytes, resume: bool = False) -> int:
         """Store (encrypted) credentials; with resume, un-pause jobs paused for auth."""
@@ -1000,13 +1023,18 @@ class Dao:
     @_rerun_on_conflict
     def add_suppression(self, api_key_id: int, email: str, reason: str,
                         job_id: int | None = None, recipient_id: int | None = None,
-                        detail: str | None = None) -> tuple[Any, bool]:
+                        detail: str | None = None,
+                        event_of: int | None = None) -> tuple[Any, bool]:
         """Put an address on a key's list; returns the entry and whether it is new (an address
-        listed already keeps its first entry)."""
+        listed already keeps its first entry). `event_of`: the recipient who unsubscribed (its
+        recipient.unsubscribed event is written with a new entry)."""
         with self.transaction() as cur:
             added = self._run(cur, "insert_suppression", (api_key_id, email, reason, job_id,
                                                           recipient_id,
                                                           detail[:65000] if detail else None))
+            if added == 1 and event_of is not None:
+                self._recipient_events(cur, "recipient.unsubscribed", [event_of],
+                                       _EVENT_STATUSES["recipient.unsubscribed"])
             self._run(cur, "suppression_by_email", (api_key_id, email))
             return self._suppression(cur.fetchone()), added == 1
 
@@ -1030,10 +1058,14 @@ class Dao:
         """In create_job's transaction: recipients whose address the key suppressed become
         `suppressed`; when that is all of them, the job is `completed` at once."""
         n = self._run(cur, "suppress_new_recipients", (api_key_id, job_id))
+        if n:
+            kind = "recipient.suppressed"
+            self._run(cur, "webhook_job_recipient_events", (kind, kind, job_id, "suppressed", kind))
         if n and n == total:
-            self._run(cur, "complete_suppressed_job",
-                      (f"nothing to send: all {n} recipient(s) are on the suppression list",
-                       job_id))
+            if self._run(cur, "complete_suppressed_job",
+                         (f"nothing to send: all {n} recipient(s) are on the suppression list",
+                          job_id)):
+                self._job_events(cur, "job.completed", [job_id], {"suppressed": n})
         return n
 
     def suppressed_count(self, job_id: int) -> int:
@@ -1063,7 +1095,8 @@ class Dao:
         if target is None:
             return None
         entry, added = self.add_suppression(api_key_id, target[0], "unsubscribed", target[1],
-                                            recipient_id, "one-click unsubscribe (RFC 8058)")
+                                            recipient_id, "one-click unsubscribe (RFC 8058)",
+                                            event_of=recipient_id)
         return entry.email, added
 
     def bounce_senders(self) -> list[str]:
@@ -1135,9 +1168,13 @@ class Dao:
             if kind == "complaint":
                 result["marked"] = self._run(cur, "mark_complained",
                                              ((error or "")[:65000], rid)) > 0
+                event = "recipient.complained"
             else:
                 result["marked"] = self._run(cur, "mark_bounced",
                                              (error_code, (error or "")[:65000], rid)) > 0
+                event = "recipient.bounced"
+            if result["marked"]:
+                self._recipient_events(cur, event, [rid], _EVENT_STATUSES[event])
             if kind in ("hard", "complaint"):
                 reason = "complaint" if kind == "complaint" else "hard_bounce"
                 result["suppressed"] = self._run(cur, "insert_suppression", (
@@ -1157,7 +1194,7 @@ class Dao:
         """What a purge with these cut-offs (None: that kind is off) would remove now."""
         out = dict.fromkeys(("jobs_deleted", "recipients_deleted", "jobs_erased",
                              "recipients_erased", "bounce_messages_deleted",
-                             "runners_deleted"), 0)
+                             "runners_deleted", "webhook_events_deleted"), 0)
         with self.transaction() as cur:
             if delete_cutoff is not None:
                 self._run(cur, "purge_count_delete", (_naive_utc(delete_cutoff),))
@@ -1169,6 +1206,8 @@ class Dao:
             if bounce_cutoff is not None:
                 self._run(cur, "purge_count_bounce_messages", (_naive_utc(bounce_cutoff),))
                 out["bounce_messages_deleted"] = int(cur.fetchone()[0])
+                self._run(cur, "purge_count_webhook_events", (_naive_utc(bounce_cutoff),))
+                out["webhook_events_deleted"] = int(cur.fetchone()[0])
             self._run(cur, "purge_count_runners", (_naive_utc(runner_cutoff),))
             out["runners_deleted"] = int(cur.fetchone()[0])
         return out
@@ -1248,6 +1287,20 @@ class Dao:
             return self._run(cur, "delete_bounce_messages", (_naive_utc(cutoff), limit))
 
     @_rerun_on_conflict
+    def delete_delivered_webhooks(self, cutoff: datetime, limit: int) -> int:
+        """Up to `limit` events of webhook POSTs delivered before `cutoff`, and those POSTs
+        once none of their events is left; returns the events deleted."""
+        with self.transaction() as cur:
+            self._run(cur, "purge_delivered_webhook_events", (_naive_utc(cutoff), limit))
+            rows = [(int(e), int(d)) for e, d in cur.fetchall()]
+            if not rows:
+                return 0
+            deleted = self._by_ids(cur, "delete_webhook_events_by_id", [e for e, _ in rows])
+            self._by_ids(cur, "delete_emptied_webhook_deliveries",
+                         sorted({d for _, d in rows}))
+            return deleted
+
+    @_rerun_on_conflict
     def delete_dead_runners(self, cutoff: datetime, limit: int) -> int:
         with self.transaction() as cur:
             return self._run(cur, "delete_dead_runners", (_naive_utc(cutoff), limit))
@@ -1287,6 +1340,177 @@ class Dao:
                 "last_result")
         return dict(zip(keys, _utc(row), strict=True)) if row else None
 
+    # --- webhooks: the events outbox and its deliveries (webhooks.py, webhook_dispatch.py) ---
+    def _recipient_events(self, cur: Any, kind: str, ids: Sequence[int],
+                          statuses: Sequence[str]) -> int:
+        """In the caller's transaction: `kind` events of these recipients (those in one of
+        `statuses`) for every enabled endpoint of their job's key that takes the type. One
+        INSERT ... SELECT per PK_CHUNK ids; nothing is read back."""
+        written = 0
+        for start in range(0, len(ids), PK_CHUNK):
+            chunk = list(ids[start:start + PK_CHUNK])
+            sql = self.queries["webhook_recipient_events"].format(
+                ids=_placeholders(len(chunk)), statuses=_placeholders(len(statuses)))
+            written += cur.execute(sql, (kind, kind, *chunk, *statuses, kind))
+        return written
+
+    def _job_events(self, cur: Any, kind: str, job_ids: Sequence[int],
+                    counts: dict[str, int] | None = None) -> int:
+        if not job_ids:
+            return 0
+        sql = self.queries["webhook_job_events"].format(ids=_placeholders(len(job_ids)))
+        return cur.execute(sql, (kind, kind, json.dumps(counts) if counts is not None else None,
+                                 kind, *job_ids))
+
+    def create_webhook(self, api_key_id: int, url: str, description: str | None,
+                       events: Sequence[str], batch_size: int, secret: bytes) -> int:
+        with self.transaction() as cur:
+            self._run(cur, "insert_webhook_endpoint", (api_key_id, url, description,
+                                                       json.dumps(list(events)), batch_size,
+                                                       secret))
+            return int(cur.lastrowid)
+
+    def webhook(self, endpoint_id: int) -> dict[str, Any] | None:
+        """An endpoint with its secrets (encrypted: `secret`, and `previous_secret` while it
+        still signs)."""
+        row = self._one("webhook_endpoint", (endpoint_id,))
+        return _webhook(row) if row else None
+
+    def webhooks_page(self, api_key_id: int | None, after: int,
+                      limit: int) -> list[dict[str, Any]]:
+        rows = self._all("webhook_endpoints_page",
+                         {"api_key_id": api_key_id, "after": after, "limit": limit})
+        return [_webhook(r) for r in rows]
+
+    def delete_webhook(self, endpoint_id: int) -> bool:
+        """The endpoint, its deliveries and its undelivered events go."""
+        with self.transaction() as cur:
+            self._run(cur, "delete_webhook_events", (endpoint_id,))
+            self._run(cur, "delete_webhook_deliveries", (endpoint_id,))
+            return self._run(cur, "delete_webhook_endpoint", (endpoint_id,)) > 0
+
+    def rotate_webhook_secret(self, endpoint_id: int, secret: bytes, overlap: int) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "rotate_webhook_secret", (int(overlap), secret, endpoint_id))
+
+    @_rerun_on_conflict
+    def claim_webhook_endpoints(self, runner_id: str, limit: int, lease: float) -> list[int]:
+        """Endpoints with something due, taken for `lease` seconds (SKIP LOCKED)."""
+        with self.transaction() as cur:
+            self._run(cur, "webhook_due_endpoints", (limit,))
+            ids = [int(r[0]) for r in cur.fetchall()]
+            if ids:
+                cur.execute(self.queries["claim_webhook_endpoints"].format(
+                    ids=_placeholders(len(ids))), (runner_id, int(lease * 1_000_000), *ids))
+            return ids
+
+    def release_webhook_endpoint(self, endpoint_id: int, runner_id: str) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "release_webhook_endpoint", (endpoint_id, runner_id))
+
+    @_rerun_on_conflict
+    def next_webhook_deliveries(self, endpoint_id: int, runner_id: str,
+                                new_msg_id: Callable[[], str], lease: float,
+                                events: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The endpoint (with its secrets) and its oldest undelivered POSTs (about `events`
+        events in all, at least one POST), in the order they must be sent; when fewer are
+        pending, new ones are made now from its oldest events not yet in one (batch_size
+        each; `new_msg_id()` gives each its webhook-id). The lease is renewed for `lease`
+        seconds. None when it is no longer this runner's or the endpoint was disabled."""
+        with self.transaction() as cur:
+            if self._run(cur, "renew_webhook_lease",
+                         (int(lease * 1_000_000), endpoint_id, runner_id)) == 0:
+                return None
+            self._run(cur, "webhook_endpoint", (endpoint_id,))
+            endpoint = _webhook(cur.fetchone())
+            limit = max(1, events // endpoint["batch_size"])
+            self._run(cur, "webhook_pending_deliveries", (endpoint_id, limit))
+            heads = [(int(i), m, int(a)) for i, m, a in cur.fetchall()]
+            if len(heads) < limit:
+                heads += self._new_webhook_deliveries(cur, endpoint, new_msg_id,
+                                                      limit - len(heads))
+            if not heads:
+                return endpoint, []
+            cur.execute(self.queries["webhook_delivery_payloads"].format(
+                ids=_placeholders(len(heads))), [h[0] for h in heads])
+            payloads: dict[int, list[str]] = {}
+            for delivery_id, payload in cur.fetchall():
+                payloads.setdefault(int(delivery_id), []).append(payload)
+            return endpoint, [{"delivery_id": i, "msg_id": m, "attempts": a,
+                               "payloads": payloads.get(i, [])} for i, m, a in heads]
+
+    def _new_webhook_deliveries(self, cur: Any, endpoint: dict[str, Any],
+                                new_msg_id: Callable[[], str],
+                                count: int) -> list[tuple[int, str, int]]:
+        size = endpoint["batch_size"]
+        self._run(cur, "webhook_unbatched_events", (endpoint["id"], count * size))
+        events = [int(r[0]) for r in cur.fetchall()]
+        if not events:
+            return []
+        chunks = [events[i:i + size] for i in range(0, len(events), size)]
+        msg_ids = [new_msg_id() for _ in chunks]
+        cur.executemany(self.queries["insert_webhook_delivery"],
+                        [(endpoint["id"], m, len(c)) for m, c in zip(msg_ids, chunks,
+                                                                     strict=True)])
+        cur.execute(self.queries["webhook_deliveries_by_msg_id"].format(
+            ids=_placeholders(len(msg_ids))), msg_ids)
+        ids = {m: int(i) for i, m in cur.fetchall()}
+        pairs = [(e, ids[m]) for m, c in zip(msg_ids, chunks, strict=True) for e in c]
+        changed = cur.execute(self.queries["batch_webhook_events"].format(
+            case=" ".join(["WHEN %s THEN %s"] * len(pairs)), ids=_placeholders(len(events))),
+            [v for pair in pairs for v in pair] + events)
+        if changed != len(events):   # another runner batched them: its lease outlived ours
+            raise TransactionConflict("webhook events were batched by another runner")
+        return [(ids[m], m, 0) for m in msg_ids]
+
+    @_rerun_on_conflict
+    def webhooks_delivered(self, endpoint_id: int, delivery_ids: Sequence[int], runner_id: str,
+                           status: int) -> None:
+        if not delivery_ids:
+            return
+        with self.transaction() as cur:
+            cur.execute(self.queries["webhook_delivered"].format(
+                ids=_placeholders(len(delivery_ids))), (status, *delivery_ids))
+            self._run(cur, "webhook_endpoint_succeeded", (endpoint_id, runner_id))
+
+    @_rerun_on_conflict
+    def webhook_attempt_failed(self, endpoint_id: int, delivery_id: int, runner_id: str,
+                               status: int | None, error: str, delay: float,
+                               disable_reason: str | None) -> None:
+        """A failed attempt: the delivery (and its endpoint, which delivers in order) is due
+        again after `delay` seconds; with `disable_reason` the endpoint is disabled."""
+        us = int(delay * 1_000_000)
+        with self.transaction() as cur:
+            self._run(cur, "webhook_attempt_failed", (status, error[:1000], us, delivery_id))
+            self._run(cur, "webhook_endpoint_failed", {
+                "delay": us, "reason": disable_reason[:1000] if disable_reason else None,
+                "id": endpoint_id, "runner": runner_id})
+
+    def webhook_deliveries(self, endpoint_id: int, before: int | None,
+                           limit: int) -> list[dict[str, Any]]:
+        rows = self._all("webhook_deliveries_page",
+                         (endpoint_id, before if before is not None else 2**63 - 1, limit))
+        return [_delivery(r) for r in rows]
+
+    def webhook_delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        row = self._one("webhook_delivery", (delivery_id,))
+        return _delivery(row) if row else None
+
+    def retry_webhook_delivery(self, endpoint_id: int, delivery_id: int) -> bool:
+        """Due now (sent again when it was delivered), its endpoint enabled and due now."""
+        with self.transaction() as cur:
+            if self._run(cur, "retry_webhook_delivery", (delivery_id, endpoint_id)) == 0:
+                self._run(cur, "webhook_delivery", (delivery_id,))
+                row = cur.fetchone()
+                if row is None or int(row[1]) != endpoint_id:
+                    return False
+            self._run(cur, "webhook_endpoint_due_now", (endpoint_id,))
+            return True
+
+    def oldest_undelivered_event_age(self) -> float:
+        row = self._one("oldest_undelivered_event_age")
+        return float(row[0]) if row and row[0] is not None else 0.0
+
 
 def attributed(stored_message_id: str | None, to_email: str, named: Sequence[str],
                guess: str | None) -> bool:
@@ -1301,6 +1525,42 @@ def attributed(stored_message_id: str | None, to_email: str, named: Sequence[str
     if has_own_token(stored_message_id):
         return True
     return guess is not None and address_key(guess) == mine
+
+
+_WEBHOOK_KEYS = ("id", "api_key_id", "url", "description", "events", "batch_size", "enabled",
+                 "disabled_reason", "disabled_at", "failing_since", "next_attempt_at",
+                 "created_at", "previous_secret_until", "secret", "previous_secret")
+_DELIVERY_KEYS = ("id", "endpoint_id", "msg_id", "status", "events", "attempts",
+                  "last_attempt_at", "last_status_code", "last_error", "next_attempt_at",
+                  "delivered_at", "created_at")
+# The recipient statuses of each recipient event (webhooks.EVENT_TYPES), and the event an
+# outcome's final status writes.
+_EVENT_STATUSES = {"recipient.sent": ("sent",), "recipient.failed": ("failed", "expired"),
+                   "recipient.suppressed": ("suppressed",), "recipient.bounced": ("bounced",),
+                   "recipient.complained": ("sent",),
+                   "recipient.unsubscribed": ("sent", "bounced", "failed", "queued", "retrying",
+                                              "sending", "in_doubt", "cancelled", "expired",
+                                              "suppressed")}
+_RECIPIENT_EVENT_OF = {"failed": "recipient.failed", "expired": "recipient.failed",
+                       "suppressed": "recipient.suppressed"}
+
+
+def _webhook(row: tuple) -> dict[str, Any]:
+    out = dict(zip(_WEBHOOK_KEYS, _utc(row), strict=True))
+    out.update(id=int(out["id"]), api_key_id=int(out["api_key_id"]),
+               events=_json(out["events"]) or [], batch_size=int(out["batch_size"]),
+               enabled=bool(out["enabled"]))
+    for name in ("secret", "previous_secret"):
+        if out[name] is not None:
+            out[name] = bytes(out[name])
+    return out
+
+
+def _delivery(row: tuple) -> dict[str, Any]:
+    out = dict(zip(_DELIVERY_KEYS, _utc(row), strict=True))
+    out.update(id=int(out["id"]), endpoint_id=int(out["endpoint_id"]),
+               events=int(out["events"]), attempts=int(out["attempts"]))
+    return out
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:

@@ -245,6 +245,29 @@ METRICS_PORT = 0
 # 0: the sender label is "all".
 METRICS_SENDER_LABELS = False
 
+# --- Webhooks (webhooks.py, webhook_dispatch.py) ---------------------------------------------
+# Seconds to connect to a receiver, and to wait for each read of its answer.
+WEBHOOK_TIMEOUT = 10.0
+# Seconds between the attempts of a delivery that failed (the last step repeats), each stretched
+# by up to 20 % of jitter and at least the receiver's Retry-After: 5 s, 5 min, 30 min, 2 h, 5 h,
+# 10 h, 10 h add up to 27.6 h of retries before the endpoint can be disabled.
+WEBHOOK_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
+# Seconds an endpoint may fail every attempt before it is disabled (the reason is shown).
+WEBHOOK_DISABLE_AFTER = 432000.0
+# 1: receivers on private, loopback and link-local addresses are allowed (tests, an internal
+# network); otherwise refused, the address checked at every send (DNS rebinding).
+WEBHOOK_ALLOW_PRIVATE = False
+# 1: http:// receivers are allowed; otherwise https:// only.
+WEBHOOK_ALLOW_HTTP = False
+# Endpoints one runner delivers to at once (its webhook threads); a slow receiver holds one.
+WEBHOOK_CONCURRENCY = 4
+# Seconds between a runner's looks for due webhook deliveries when there was nothing to do.
+WEBHOOK_POLL_INTERVAL = 0.5
+# Seconds a runner holds an endpoint it delivers to; another runner takes it over after that.
+WEBHOOK_LEASE_SECONDS = 60
+# Seconds the previous secret keeps signing beside the new one after a rotation.
+WEBHOOK_ROTATION_OVERLAP = 86400
+
 # --- Development mode ----------------------------------------------------------------------------
 # 1: development mode even with a DATABASE_URL: weak or placeholder SECRET_KEY /
 # TOKEN_ENCRYPTION_KEY are accepted and `mailjobs serve` creates (and prints) a development

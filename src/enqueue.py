@@ -250,7 +250,7 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                  len(req.recipients) - len(recipients), idempotency_key, body_hash,
                  req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None,
                  req.template_name, version, PRIORITIES[req.priority], req.expires_at,
-                 unsubscribe_base_url=unsubscribe_base)
+                 unsubscribe_base_url=unsubscribe_base, metadata=req.metadata)
     try:
         job, suppressed = dao.create_job_read(new, recipients)
     except DuplicateKey:

@@ -52,6 +52,7 @@ from mailjobs.records import Job, Recipient
 from mailjobs.send_pool import FairPool
 from mailjobs.settings import Settings
 from mailjobs.transports.base import Transport
+from mailjobs.webhooks import dispatch as webhook_dispatch
 
 log = logging.getLogger("mailjobs.runner")
 # Claimed-but-unsent recipients a runner holds, in seconds of its own send rate.
@@ -157,6 +158,8 @@ class JobRunner:
                          if settings.transport_name == "gmail" else None)
         # data retention, once per PURGE_INTERVAL over all runners (retention.py)
         self._purger = retention.Purger(settings, dao, self.stop_event, self.id)
+        # the events outbox, delivered by a thread of its own (webhook_dispatch.py)
+        self._webhooks = webhook_dispatch.Dispatcher(settings, dao, self.id, self.stop_event)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -168,6 +171,7 @@ class JobRunner:
         # one thread more than a key may use: another key's recipient always finds one free
         concurrency = max(1, s.runner_concurrency)
         pool = self._pool = FairPool(concurrency + 1, per_key=concurrency, name=self.id)
+        self._webhooks.start()
         try:
             while not self.stop_event.is_set():
                 self.wakeup.clear()   # a wake() from here on ends this pass's idle wait
@@ -705,6 +709,8 @@ class JobRunner:
             if self._bounces is not None:   # it stops between two messages (stop_event)
                 self._bounces.join(2 * self.settings.gmail_timeout)
             self._purger.join(2 * self.settings.db_read_timeout)   # stops between batches
+            self.stop_event.set()   # also when the loop ended by a crash: the webhook thread
+            self._webhooks.join(2 * self.settings.webhook_timeout)  # ends after its POSTs
         log.info("runner %s stopped: sent=%d failed=%d retried=%d", self.id, self.stats.sent,
                  self.stats.failed, self.stats.retried)
 

@@ -70,6 +70,9 @@ DB_HOST_SWITCHES = Counter("mailjobs_db_host_switches",
                            "Times new database connections moved to another host of DATABASE_URL")
 DB_CONFLICTS = Counter("mailjobs_db_conflicts", "Transactions re-run after a deadlock, a lock "
                        "wait timeout or a Galera certification failure (1213/1205)", ["operation"])
+WEBHOOK_DELIVERIES = Counter("mailjobs_webhook_deliveries",
+                             "Webhook POST attempts by outcome (delivered; failed: retried "
+                             "later; disabled: the endpoint was disabled by it)", ["outcome"])
 DB_CIRCUIT_REJECTED = Counter("mailjobs_db_circuit_rejected",
                               "Database calls failed at once because the circuit was open")
 
@@ -108,6 +111,16 @@ class DatabaseCollector:
             beat.add_metric([r["id"], r["kind"], r["state"]], r["age"])
         yield beat
         yield from learned_caps(caps)
+        try:
+            webhook_age = self.dao.oldest_undelivered_event_age()
+        except Exception as exc:   # the same: never fail a scrape
+            log.warning("metrics: webhook gauge unavailable: %s", exc)
+            return
+        events = GaugeMetricFamily("mailjobs_webhook_oldest_undelivered_seconds",
+                                   "Age of the oldest webhook event of an enabled endpoint not "
+                                   "delivered yet (0: none)")
+        events.add_metric([], webhook_age)
+        yield events
 
 
 def learned_caps(caps: Any) -> list[GaugeMetricFamily]:

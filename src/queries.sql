@@ -145,6 +145,11 @@ SELECT id FROM jobs
 WHERE status IN ('queued', 'scheduled', 'running', 'paused') AND expires_at <= UTC_TIMESTAMP(6)
 LIMIT %s;
 
+-- name: expiring_recipients
+-- The recipients expire_recipients is about to expire (locked: their events follow).
+SELECT id FROM job_recipients
+WHERE job_id = %s AND status IN ('queued', 'retrying', 'in_doubt') FOR UPDATE;
+
 -- name: expire_recipients
 UPDATE job_recipients
 SET status = 'expired', error_code = 'expired', error = %s, claimed_by = NULL,
@@ -783,3 +788,241 @@ WHERE name = %s AND holder = %s;
 -- name: lease_row
 SELECT name, due_at, holder, lease_expires_at, started_at, finished_at, last_result
 FROM maintenance_leases WHERE name = %s;
+
+-- ===== webhooks (webhooks.py, webhook_dispatch.py) ==========================================
+-- Events are written by INSERT ... SELECT in the transaction of the state change that causes
+-- them, one row per enabled endpoint of the job's key that subscribes to the type; the event
+-- (type, RFC 3339 timestamp, data) is built here as JSON from the rows just changed.
+
+-- name: webhook_recipient_events
+-- Args: type, type, then the ids ({ids}: a placeholder list), then the type again. Recipients
+-- of those ids in one of the statuses of the type (webhooks.RECIPIENT_EVENT_STATUSES: {statuses}).
+INSERT INTO webhook_events (endpoint_id, type, job_id, recipient_id, payload)
+SELECT w.id, %s, r.job_id, r.id,
+       JSON_OBJECT('type', %s,
+                   'timestamp', DATE_FORMAT(UTC_TIMESTAMP(6), '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ'),
+                   'data', JSON_OBJECT(
+                       'job_id', r.job_id, 'recipient_id', r.id, 'to_email', r.to_email,
+                       'status', r.status, 'error_code', r.error_code, 'error', r.error,
+                       'attempts', r.attempts, 'gmail_message_id', r.gmail_message_id,
+                       'message_id', r.message_id,
+                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+FROM job_recipients r
+JOIN jobs j ON j.id = r.job_id
+JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
+WHERE r.id IN ({ids}) AND r.status IN ({statuses}) AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
+ORDER BY r.id, w.id;
+
+-- name: webhook_job_recipient_events
+-- The same for every recipient of one job in a status (suppressed at enqueue). Args: type,
+-- type, job id, status, type.
+INSERT INTO webhook_events (endpoint_id, type, job_id, recipient_id, payload)
+SELECT w.id, %s, r.job_id, r.id,
+       JSON_OBJECT('type', %s,
+                   'timestamp', DATE_FORMAT(UTC_TIMESTAMP(6), '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ'),
+                   'data', JSON_OBJECT(
+                       'job_id', r.job_id, 'recipient_id', r.id, 'to_email', r.to_email,
+                       'status', r.status, 'error_code', r.error_code, 'error', r.error,
+                       'attempts', r.attempts, 'gmail_message_id', r.gmail_message_id,
+                       'message_id', r.message_id,
+                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+FROM job_recipients r
+JOIN jobs j ON j.id = r.job_id
+JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
+WHERE r.job_id = %s AND r.status = %s AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
+ORDER BY r.id, w.id;
+
+-- name: webhook_job_events
+-- job.completed / job.paused of the jobs {ids}. Args: type, type, counts (JSON text or NULL),
+-- the type again, then the ids.
+INSERT INTO webhook_events (endpoint_id, type, job_id, payload)
+SELECT w.id, %s, j.id,
+       JSON_OBJECT('type', %s,
+                   'timestamp', DATE_FORMAT(UTC_TIMESTAMP(6), '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ'),
+                   'data', JSON_OBJECT(
+                       'job_id', j.id, 'status', j.status, 'reason', j.status_reason,
+                       'paused_by', j.paused_by, 'total', j.total,
+                       'counts', JSON_EXTRACT(%s, '$'),
+                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+FROM jobs j
+JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
+                        AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
+WHERE j.id IN ({ids})
+ORDER BY j.id, w.id;
+
+-- name: active_sender_jobs
+-- The jobs pause_sender_jobs is about to pause (locked: their job.paused events follow).
+SELECT id FROM jobs WHERE sender_email = %s AND status IN ('queued', 'running') FOR UPDATE;
+
+-- name: set_job_metadata
+UPDATE jobs SET metadata = %s WHERE id = %s;
+
+-- name: insert_webhook_endpoint
+INSERT INTO webhook_endpoints (api_key_id, url, description, events, batch_size, secret)
+VALUES (%s, %s, %s, %s, %s, %s);
+
+-- name: webhook_endpoint
+SELECT id, api_key_id, url, description, events, batch_size, enabled, disabled_reason,
+       disabled_at, failing_since, next_attempt_at, created_at, previous_secret_until,
+       secret, IF(previous_secret_until > UTC_TIMESTAMP(6), previous_secret, NULL)
+FROM webhook_endpoints WHERE id = %s;
+
+-- name: webhook_endpoints_page
+-- A key's endpoints (%(api_key_id)s NULL: every key's, for operators), in id order.
+SELECT id, api_key_id, url, description, events, batch_size, enabled, disabled_reason,
+       disabled_at, failing_since, next_attempt_at, created_at, previous_secret_until,
+       NULL, NULL
+FROM webhook_endpoints
+WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s) AND id > %(after)s
+ORDER BY id LIMIT %(limit)s;
+
+-- name: rotate_webhook_secret
+UPDATE webhook_endpoints
+SET previous_secret = secret, previous_secret_until = UTC_TIMESTAMP(6) + INTERVAL %s SECOND,
+    secret = %s
+WHERE id = %s;
+
+-- name: delete_webhook_events
+DELETE FROM webhook_events WHERE endpoint_id = %s;
+
+-- name: delete_webhook_deliveries
+DELETE FROM webhook_deliveries WHERE endpoint_id = %s;
+
+-- name: delete_webhook_endpoint
+DELETE FROM webhook_endpoints WHERE id = %s;
+
+-- name: webhook_due_endpoints
+-- Endpoints with something to deliver now and nobody delivering it. The subqueries take no
+-- locks; only the endpoint rows are locked (and skipped when another runner has them).
+SELECT e.id FROM webhook_endpoints e
+WHERE e.enabled = 1 AND e.next_attempt_at <= UTC_TIMESTAMP(6)
+  AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= UTC_TIMESTAMP(6))
+  AND (EXISTS (SELECT 1 FROM webhook_events v WHERE v.endpoint_id = e.id AND v.delivery_id IS NULL)
+       OR EXISTS (SELECT 1 FROM webhook_deliveries d
+                  WHERE d.endpoint_id = e.id AND d.status = 'pending'))
+ORDER BY e.next_attempt_at LIMIT %s
+FOR UPDATE SKIP LOCKED;
+
+-- name: claim_webhook_endpoints
+-- {ids}: a placeholder list. Args: runner id, lease (microseconds), the ids.
+UPDATE webhook_endpoints
+SET claimed_by = %s, lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+WHERE id IN ({ids});
+
+-- name: release_webhook_endpoint
+UPDATE webhook_endpoints SET claimed_by = NULL, lease_expires_at = NULL
+WHERE id = %s AND claimed_by = %s;
+
+-- name: renew_webhook_lease
+-- 1 row: the lease is still this runner's (renewed for %s microseconds), the endpoint enabled.
+UPDATE webhook_endpoints SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+WHERE id = %s AND claimed_by = %s AND lease_expires_at > UTC_TIMESTAMP(6) AND enabled = 1;
+
+-- name: webhook_pending_deliveries
+-- The endpoint's oldest undelivered POSTs: they are sent one at a time, in this order.
+SELECT id, msg_id, attempts FROM webhook_deliveries
+WHERE endpoint_id = %s AND status = 'pending' ORDER BY id LIMIT %s;
+
+-- name: webhook_unbatched_events
+SELECT id FROM webhook_events WHERE endpoint_id = %s AND delivery_id IS NULL ORDER BY id LIMIT %s;
+
+-- name: insert_webhook_delivery
+-- executemany: one multi-row INSERT for the new deliveries of a round.
+INSERT INTO webhook_deliveries (endpoint_id, msg_id, events, next_attempt_at)
+VALUES (%s, %s, %s, UTC_TIMESTAMP(6));
+
+-- name: webhook_deliveries_by_msg_id
+-- {ids}: a placeholder list of webhook-ids.
+SELECT id, msg_id FROM webhook_deliveries WHERE msg_id IN ({ids});
+
+-- name: batch_webhook_events
+-- {case}: "WHEN %s THEN %s" per event (its id, its delivery); {ids}: the event ids.
+UPDATE webhook_events SET delivery_id = CASE id {case} END
+WHERE id IN ({ids}) AND delivery_id IS NULL;
+
+-- name: webhook_delivery_payloads
+-- {ids}: a placeholder list of delivery ids.
+SELECT delivery_id, payload FROM webhook_events WHERE delivery_id IN ({ids}) ORDER BY id;
+
+-- name: webhook_delivered
+-- {ids}: a placeholder list of delivery ids. Args: the status code, the ids.
+UPDATE webhook_deliveries
+SET status = 'delivered', attempts = attempts + 1, last_attempt_at = UTC_TIMESTAMP(6),
+    last_status_code = %s, last_error = NULL, next_attempt_at = NULL,
+    delivered_at = UTC_TIMESTAMP(6)
+WHERE id IN ({ids}) AND status = 'pending';
+
+-- name: webhook_endpoint_succeeded
+UPDATE webhook_endpoints SET failing_since = NULL, next_attempt_at = UTC_TIMESTAMP(6)
+WHERE id = %s AND claimed_by = %s;
+
+-- name: webhook_attempt_failed
+UPDATE webhook_deliveries
+SET attempts = attempts + 1, last_attempt_at = UTC_TIMESTAMP(6), last_status_code = %s,
+    last_error = %s, next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND
+WHERE id = %s AND status = 'pending';
+
+-- name: webhook_endpoint_failed
+-- Args: delay (microseconds), the reason when it is disabled now (NULL: it is not), the
+-- endpoint, the runner. The lease is given back: the next attempt is due after the delay.
+UPDATE webhook_endpoints
+SET failing_since = COALESCE(failing_since, UTC_TIMESTAMP(6)),
+    next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL %(delay)s MICROSECOND,
+    disabled_at = IF(%(reason)s IS NULL, disabled_at, UTC_TIMESTAMP(6)),
+    disabled_reason = COALESCE(%(reason)s, disabled_reason),
+    enabled = IF(%(reason)s IS NULL, enabled, 0),
+    claimed_by = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND claimed_by = %(runner)s;
+
+-- name: webhook_deliveries_page
+-- An endpoint's deliveries, newest first, keyset paged by id.
+SELECT id, endpoint_id, msg_id, status, events, attempts, last_attempt_at, last_status_code,
+       last_error, next_attempt_at, delivered_at, created_at
+FROM webhook_deliveries
+WHERE endpoint_id = %s AND id < %s ORDER BY id DESC LIMIT %s;
+
+-- name: webhook_delivery
+SELECT id, endpoint_id, msg_id, status, events, attempts, last_attempt_at, last_status_code,
+       last_error, next_attempt_at, delivered_at, created_at
+FROM webhook_deliveries WHERE id = %s;
+
+-- name: retry_webhook_delivery
+-- An operator's or client's retry: due now (a delivered one is sent again).
+UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = UTC_TIMESTAMP(6)
+WHERE id = %s AND endpoint_id = %s;
+
+-- name: webhook_endpoint_due_now
+-- ... and its endpoint is enabled again and due now.
+UPDATE webhook_endpoints
+SET enabled = 1, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL,
+    next_attempt_at = UTC_TIMESTAMP(6)
+WHERE id = %s;
+
+-- name: oldest_undelivered_event_age
+-- Seconds since the oldest event of an enabled endpoint that was not delivered yet.
+SELECT TIMESTAMPDIFF(MICROSECOND, MIN(v.created_at), UTC_TIMESTAMP(6)) / 1e6
+FROM webhook_events v
+JOIN webhook_endpoints w ON w.id = v.endpoint_id AND w.enabled = 1
+LEFT JOIN webhook_deliveries d ON d.id = v.delivery_id
+WHERE v.delivery_id IS NULL OR d.status = 'pending';
+
+-- name: purge_count_webhook_events
+-- Events of POSTs delivered before the cut-off (retention deletes them with their deliveries).
+SELECT COUNT(*) FROM webhook_events e
+JOIN webhook_deliveries d ON d.id = e.delivery_id
+WHERE d.status = 'delivered' AND d.delivered_at < %s;
+
+-- name: purge_delivered_webhook_events
+SELECT e.id, e.delivery_id FROM webhook_deliveries d
+JOIN webhook_events e ON e.delivery_id = d.id
+WHERE d.status = 'delivered' AND d.delivered_at < %s
+ORDER BY d.delivered_at, e.id LIMIT %s;
+
+-- name: delete_webhook_events_by_id
+-- {ids}: a placeholder list (at most PK_CHUNK).
+DELETE FROM webhook_events WHERE id IN ({ids});
+
+-- name: delete_emptied_webhook_deliveries
+-- {ids}: deliveries whose events were just deleted; those with none left go.
+DELETE FROM webhook_deliveries
+WHERE id IN ({ids}) AND NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.delivery_id = webhook_deliveries.id);

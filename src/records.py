@@ -63,6 +63,7 @@ class NewJob:
     priority: int = 1
     expires_at: datetime | None = None
     unsubscribe_base_url: str | None = None   # List-Unsubscribe links to <this>/u/<token>
+    metadata: dict[str, Any] | None = None    # the client's own, returned in webhook events
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ What goes (cut-offs from the database's clock):
   rows, statuses, errors and counts stay, so the API still answers for the job); such a job can
   no longer be retried (job_control);
 - bounce_messages processed more than RETENTION_DAYS ago;
+- webhook events (and their POSTs) delivered more than RETENTION_DAYS ago;
 - jobs finished more than JOB_RETENTION_DAYS ago, whole, with their recipients (0: never);
 - runner rows without a heartbeat for DEAD_RUNNER_SECONDS (a day).
 Suppressions are never purged: they are the record of who asked not to be mailed.
@@ -36,7 +37,7 @@ log = logging.getLogger("mailjobs.retention")
 LEASE_NAME = "purge"
 JOBS_PER_QUERY = 100          # candidate jobs fetched at a time
 KINDS = ("recipients_erased", "jobs_erased", "recipients_deleted", "jobs_deleted",
-         "bounce_messages_deleted", "runners_deleted")
+         "bounce_messages_deleted", "runners_deleted", "webhook_events_deleted")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class PurgeResult:
                  f"deleted {c['bounce_messages_deleted']} bounce message(s) processed before "
                  f"{_day(k.erase)}",
                  f"deleted {c['runners_deleted']} dead runner row(s) (no heartbeat since "
-                 f"{_day(k.runners)})"]
+                 f"{_day(k.runners)})",
+                 f"deleted {c['webhook_events_deleted']} webhook event(s) delivered before "
+                 f"{_day(k.erase)}"]
         verb = "purge --dry-run" if self.dry_run else "purge"
         tail = "" if self.dry_run else (
             f"; {self.batches} batch(es) in {self.seconds:.1f} s, longest "
@@ -134,6 +137,8 @@ class Purge:
                 self._erase_variables(cut.erase)
                 self._delete_rows(self.dao.delete_bounce_messages, cut.erase,
                                   "bounce_messages_deleted")
+                self._delete_rows(self.dao.delete_delivered_webhooks, cut.erase,
+                                  "webhook_events_deleted")
             self._delete_rows(self.dao.delete_dead_runners, cut.runners, "runners_deleted")
         except _Stopped:
             result.stopped = True

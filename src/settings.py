@@ -196,6 +196,15 @@ class Settings:
     metrics_port: int = defaults.METRICS_PORT
     metrics_sender_labels: bool = defaults.METRICS_SENDER_LABELS
     development: bool = defaults.DEVELOPMENT
+    webhook_timeout: float = defaults.WEBHOOK_TIMEOUT
+    webhook_retry_schedule: str = defaults.WEBHOOK_RETRY_SCHEDULE
+    webhook_disable_after: float = defaults.WEBHOOK_DISABLE_AFTER
+    webhook_allow_private: bool = defaults.WEBHOOK_ALLOW_PRIVATE
+    webhook_allow_http: bool = defaults.WEBHOOK_ALLOW_HTTP
+    webhook_concurrency: int = defaults.WEBHOOK_CONCURRENCY
+    webhook_poll_interval: float = defaults.WEBHOOK_POLL_INTERVAL
+    webhook_lease_seconds: int = defaults.WEBHOOK_LEASE_SECONDS
+    webhook_rotation_overlap: int = defaults.WEBHOOK_ROTATION_OVERLAP
 
     @property
     def transport_name(self) -> str:
@@ -228,6 +237,13 @@ class Settings:
             raise ValueError(f"JOB_RETENTION_DAYS ({self.job_retention_days}) must be 0 or at least "
                              f"UNSUBSCRIBE_TOKEN_DAYS ({self.unsubscribe_token_days}): an "
                              "unsubscribe link must find its recipient for as long as it works")
+        try:
+            schedule = [float(x) for x in self.webhook_retry_schedule.split(",") if x.strip()]
+        except ValueError:
+            schedule = []
+        if not schedule or min(schedule) < 0:
+            raise ValueError("WEBHOOK_RETRY_SCHEDULE must list seconds separated by commas, got "
+                             f"{self.webhook_retry_schedule!r}")
         for address in self.feedback_loop_addresses:   # each becomes a Gmail search term
             if not re.fullmatch(_FEEDBACK_FROM, address):
                 raise ValueError("FEEDBACK_LOOP_FROM must list addresses or domains separated "

@@ -241,7 +241,8 @@ def test_dry_run_changes_nothing_and_counts_what_a_purge_then_removes(client, ke
 
     assert snapshot(dao) == before
     expected = {"recipients_erased": 5, "jobs_erased": 1, "jobs_deleted": 1,
-                "recipients_deleted": 2, "bounce_messages_deleted": 1, "runners_deleted": 1}
+                "recipients_deleted": 2, "bounce_messages_deleted": 1, "runners_deleted": 1,
+                "webhook_events_deleted": 0}
     assert dry.counts == expected
     assert dry.batches == 0
     assert (dry.cutoffs.now - dry.cutoffs.erase).days == 90

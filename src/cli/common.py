@@ -64,3 +64,12 @@ def run(ctx: click.Context, call: Callable[[Backend], Any]) -> Any:
         return call(backend(ctx))
     except BackendError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def key_id(dao: Dao, id_or_prefix: str) -> int:
+    """An API key given by its id or its prefix (mj_<prefix>_…), as operators copy it."""
+    wanted = id_or_prefix.removeprefix("mj_").split("_")[0]
+    for k in dao.api_keys():
+        if str(k.id) == wanted or k.prefix == wanted:
+            return k.id
+    raise click.ClickException(f"no API key with id or prefix {id_or_prefix}")

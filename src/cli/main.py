@@ -11,6 +11,7 @@ from mailjobs import api_keys, bootstrap, entry, metrics
 from mailjobs.cli import jobs as cli_jobs
 from mailjobs.cli import retention as cli_retention
 from mailjobs.cli import suppressions as cli_suppressions
+from mailjobs.cli import webhooks as cli_webhooks
 from mailjobs.cli.common import database_settings, emit, operator_dao, run, table
 from mailjobs.dao_mysql import Dao, DaoError
 from mailjobs.db.local_mariadb import LocalDatabaseError
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-for module in (cli_jobs, cli_retention, cli_suppressions):
+for module in (cli_jobs, cli_retention, cli_suppressions, cli_webhooks):
     for name, command in module.commands.commands.items():
         cli.add_command(command, name)
 

@@ -6,8 +6,7 @@ from typing import Any
 
 import click
 
-from mailjobs.cli.common import emit, json_option, operator_dao, table
-from mailjobs.dao_mysql import Dao
+from mailjobs.cli.common import emit, json_option, key_id, operator_dao, table
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.records import SUPPRESSION_REASONS
 from mailjobs.web.views import keyset_page, suppression_view
@@ -16,13 +15,6 @@ api_key_option = click.option("--api-key", "api_key", required=True, metavar="ID
                               help="the API key whose list it is (id or prefix, as in "
                                    "`mailjobs api-key list`)")
 
-
-def _key_id(dao: Dao, id_or_prefix: str) -> int:
-    wanted = id_or_prefix.removeprefix("mj_").split("_")[0]
-    for k in dao.api_keys():
-        if str(k.id) == wanted or k.prefix == wanted:
-            return k.id
-    raise click.ClickException(f"no API key with id or prefix {id_or_prefix}")
 
 commands = click.Group("suppressions")   # registered on the `mailjobs` group by cli.main
 
@@ -43,7 +35,7 @@ def suppressions_list(ctx: click.Context, api_key: str, reason: str | None, limi
                       after: int, as_json: bool) -> None:
     """One page of the key's list, oldest first."""
     dao = operator_dao(ctx)
-    rows, next_after = keyset_page(dao.suppressions_page(_key_id(dao, api_key), after, limit + 1,
+    rows, next_after = keyset_page(dao.suppressions_page(key_id(dao, api_key), after, limit + 1,
                                                          reason), limit)
     page = {"suppressions": [suppression_view(x) for x in rows], "next_after": next_after}
 
@@ -72,7 +64,7 @@ def suppressions_add(ctx: click.Context, email: str, api_key: str, reason: str,
     except InvalidAddress as exc:
         raise click.ClickException(f"{email} is not a valid address: {exc}") from None
     dao = operator_dao(ctx)
-    entry, added = dao.add_suppression(_key_id(dao, api_key), address, reason,
+    entry, added = dao.add_suppression(key_id(dao, api_key), address, reason,
                                        detail=detail or "added with the mailjobs CLI")
     emit(suppression_view(entry), as_json, lambda s: click.echo(
         f"{s['email']} suppressed ({s['reason']})" if added else
@@ -86,6 +78,6 @@ def suppressions_add(ctx: click.Context, email: str, api_key: str, reason: str,
 def suppressions_remove(ctx: click.Context, email: str, api_key: str) -> None:
     """Take EMAIL off the key's list: later jobs send to it again."""
     dao = operator_dao(ctx)
-    if not dao.remove_suppression(_key_id(dao, api_key), email.strip()):
+    if not dao.remove_suppression(key_id(dao, api_key), email.strip()):
         raise click.ClickException(f"{email} is not on the suppression list of key {api_key}")
     click.echo(f"{email.strip()} removed from the suppression list")

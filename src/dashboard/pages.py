@@ -415,4 +415,36 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
         return render_template("dashboard/senders.html", rows=rows, local_transport=local,
                                caps=caps)
 
+    @bp.get("/webhooks")
+    def webhooks() -> str:
+        from mailjobs.webhooks.routes import webhook_view  # the API's shape of an endpoint
+
+        after = _int_arg("after", 0)
+        rows, next_after = keyset_page(dao.webhooks_page(None, after, 101), 100,
+                                       cursor=lambda w: w["id"])
+        return render_template("dashboard/webhooks.html", rows=[webhook_view(w) for w in rows],
+                               next_after=next_after,
+                               oldest=dao.oldest_undelivered_event_age())
+
+    @bp.get("/webhooks/<int:webhook_id>")
+    def webhook(webhook_id: int) -> str:
+        from mailjobs.webhooks.routes import delivery_view, webhook_view
+
+        w = dao.webhook(webhook_id)
+        if w is None:
+            abort(404)
+        before = _int_arg("before", 0) or None
+        rows, next_before = keyset_page(dao.webhook_deliveries(webhook_id, before, 101), 100,
+                                        cursor=lambda d: d["id"])
+        return render_template("dashboard/webhook.html", w=webhook_view(w),
+                               rows=[delivery_view(d) for d in rows], next_before=next_before)
+
+    @bp.post("/webhooks/<int:webhook_id>/deliveries/<int:delivery_id>/retry")
+    def retry_delivery(webhook_id: int, delivery_id: int) -> Response:
+        if not dao.retry_webhook_delivery(webhook_id, delivery_id):
+            abort(404)
+        log.info("webhook endpoint=%d delivery=%d retried from the dashboard by API key %d",
+                 webhook_id, delivery_id, g.operator.id)
+        return redirect(url_for("dashboard.webhook", webhook_id=webhook_id))  # type: ignore[return-value]
+
     return bp

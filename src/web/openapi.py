@@ -14,7 +14,8 @@ _MODELS: list[type[BaseModel]] = [s.SendTemplateEmailsIn, s.RetryIn, s.RetryOut,
            s.JobsPageOut, s.RecipientsPageOut, s.RunnersOut, s.SendersOut, s.HealthOut,
            s.StoredTemplateIn, s.TemplateIn, s.TemplateOut, s.TemplatesOut,
            s.TemplateVersionsOut, s.SuppressionIn, s.SuppressionOut, s.SuppressionsPageOut,
-           s.AddressTraceOut]
+           s.AddressTraceOut, s.WebhookIn, s.WebhookOut, s.WebhookCreatedOut, s.WebhooksPageOut,
+           s.WebhookSecretOut, s.WebhookTestOut, s.WebhookDeliveriesPageOut]
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -164,6 +165,7 @@ def openapi_document() -> dict[str, Any]:
                                       {"type": "string"}, required=True)],
                 "responses": {"204": {"description": "removed"},
                               **_errors(401, 404, 503)}}},
+            **_webhook_paths(),
             "/api/runners": {"get": {
                 "summary": "Runners with their heartbeat age and state (operator key)",
                 "responses": {"200": _json(s.RunnersOut, "recent runners"),
@@ -185,4 +187,57 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This document", "security": [],
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },
+    }
+
+
+def _webhook_paths() -> dict[str, Any]:
+    hook = _param("webhook_id", "path", "the endpoint's id", required=True)
+    page = [_param("limit", "query", "page size (1-1000, default 100)",
+                   {"type": "integer", "minimum": 1, "maximum": 1000})]
+    return {
+        "/api/webhooks": {
+            "get": {"summary": "This key's webhook endpoints (an operator key: every key's), "
+                               "keyset paged by id",
+                    "parameters": [*page, _param("after", "query", "next_after of the previous "
+                                                 "page", {"type": "integer", "minimum": 0})],
+                    "responses": {"200": _json(s.WebhooksPageOut, "one page"),
+                                  **_errors(400, 401, 503)}},
+            "post": {"summary": "Register an endpoint; the answer carries its signing secret, "
+                                "shown once",
+                     "requestBody": {"required": True, "content": {
+                         "application/json": {"schema": _ref(s.WebhookIn)}}},
+                     "responses": {"201": _json(s.WebhookCreatedOut, "registered"),
+                                   **_errors(400, 401, 415, 503)}}},
+        "/api/webhooks/{webhook_id}": {
+            "get": {"summary": "One endpoint", "parameters": [hook],
+                    "responses": {"200": _json(s.WebhookOut, "the endpoint"),
+                                  **_errors(401, 404, 503)}},
+            "delete": {"summary": "Delete an endpoint, its deliveries and undelivered events",
+                       "parameters": [hook],
+                       "responses": {"204": {"description": "deleted"},
+                                     **_errors(401, 404, 503)}}},
+        "/api/webhooks/{webhook_id}/rotate-secret": {"post": {
+            "summary": "A new secret (shown once); the previous one signs too for "
+                       "WEBHOOK_ROTATION_OVERLAP seconds",
+            "parameters": [hook],
+            "responses": {"200": _json(s.WebhookSecretOut, "rotated"),
+                          **_errors(401, 404, 503)}}},
+        "/api/webhooks/{webhook_id}/test": {"post": {
+            "summary": "Send a webhook.test event now and answer what the receiver said",
+            "parameters": [hook],
+            "responses": {"200": _json(s.WebhookTestOut, "the attempt"),
+                          **_errors(401, 404, 503)}}},
+        "/api/webhooks/{webhook_id}/deliveries": {"get": {
+            "summary": "The endpoint's deliveries, newest first (keyset paged by id)",
+            "parameters": [hook, *page, _param("before", "query", "next_before of the "
+                                               "previous page", {"type": "integer",
+                                                                 "minimum": 0})],
+            "responses": {"200": _json(s.WebhookDeliveriesPageOut, "one page"),
+                          **_errors(400, 401, 404, 503)}}},
+        "/api/webhooks/{webhook_id}/deliveries/{delivery_id}/retry": {"post": {
+            "summary": "Send a delivery again now (the endpoint is enabled again)",
+            "parameters": [hook, _param("delivery_id", "path", "the delivery's id",
+                                        required=True)],
+            "responses": {"202": _json(s.WebhookDeliveryOut, "due now"),
+                          **_errors(401, 404, 503)}}},
     }

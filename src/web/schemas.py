@@ -5,6 +5,7 @@ from what the server accepts.
 """
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -89,6 +90,9 @@ def _utc_in_range(value: datetime | None) -> datetime | None:
 Variables = Annotated[dict[str, Any], AfterValidator(_finite)]
 
 
+METADATA_MAX_BYTES = 4096   # a job's metadata, as JSON
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -165,6 +169,16 @@ class SendTemplateEmailsIn(Strict):
         default=None, description="one-click unsubscribe (List-Unsubscribe, RFC 8058) in every "
                                   "message; default: on when the server has "
                                   "UNSUBSCRIBE_BASE_URL; true without it is refused")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="a free JSON object (your own ids), returned in every webhook "
+                                  f"event of the job; at most {METADATA_MAX_BYTES} bytes as JSON")
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value)) > METADATA_MAX_BYTES:
+            raise ValueError(f"at most {METADATA_MAX_BYTES} bytes as JSON")
+        return value
 
     @field_validator("recipients", mode="before")
     @classmethod
@@ -394,3 +408,78 @@ class SuppressionOut(BaseModel):
 class SuppressionsPageOut(BaseModel):
     suppressions: list[SuppressionOut]
     next_after: int | None = Field(description="pass as ?after= for the next page")
+
+
+# --- webhooks -------------------------------------------------------------------------------
+WebhookEvent = Literal["recipient.sent", "recipient.failed", "recipient.bounced",
+                       "recipient.complained", "recipient.unsubscribed", "recipient.suppressed",
+                       "job.completed", "job.paused"]
+
+
+class WebhookIn(Strict):
+    """Body of POST /api/webhooks."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2000,
+                              description="https:// (http:// with WEBHOOK_ALLOW_HTTP=1)")]
+    events: list[WebhookEvent] | None = Field(
+        default=None, min_length=1, description="the event types it receives (default: all)")
+    description: Annotated[str, Field(max_length=1000)] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=1, description="events per POST at most; above 1 the body is a JSON array")
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    description: str | None
+    events: list[str]
+    batch_size: int
+    enabled: bool
+    disabled_reason: str | None = Field(description="why it was disabled (410, failing since)")
+    failing_since: datetime | None = Field(description="every attempt failed since then")
+    next_attempt_at: datetime
+    created_at: datetime
+    previous_secret_until: datetime | None = Field(
+        description="after a rotation, the previous secret signs too until then")
+    api_key_id: int
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str = Field(description="whsec_...: shown once; verifies the signatures")
+
+
+class WebhooksPageOut(BaseModel):
+    webhooks: list[WebhookOut]
+    next_after: int | None
+
+
+class WebhookSecretOut(BaseModel):
+    id: int
+    secret: str = Field(description="the new secret, shown once")
+    previous_secret_until: datetime
+
+
+class WebhookTestOut(BaseModel):
+    delivered: bool
+    status_code: int | None
+    error: str | None
+    webhook_id: str
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    webhook_id: str = Field(description="the webhook-id header, the same on every attempt")
+    status: Literal["pending", "delivered"]
+    events: int
+    attempts: int
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    created_at: datetime
+
+
+class WebhookDeliveriesPageOut(BaseModel):
+    deliveries: list[WebhookDeliveryOut]
+    next_before: int | None
