@@ -22,7 +22,7 @@ from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from mailjobs import defaults, job_control, metrics
+from mailjobs import defaults, export, job_control, metrics
 from mailjobs.api_keys import KeyVerifier
 from mailjobs.dao_mysql import Dao, DatabaseUnavailable
 from mailjobs.db import guard as db_guard
@@ -363,6 +363,12 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                                        limit)
         return jsonify({"recipients": [recipient_view(r) for r in rows],
                         "next_after": next_after})
+
+    @app.get("/api/jobs/<int:job_id>/recipients.csv")
+    def export_recipients(job_id: int) -> Response:
+        """Every recipient of the job as CSV, streamed in keyset pages (export.py)."""
+        _visible_job(job_id)
+        return export.csv_response(dao, job_id, settings.db_request_deadline)
 
     @app.get("/api/recipients")
     def trace_address() -> Response:

@@ -460,6 +460,13 @@ class Dao:
         name = "recipients_page_by_status" if status else "recipients_page"
         return [_recipient(row) for row in self._all(name, args)]
 
+    def export_recipients_page(self, job_id: int, after: int, limit: int) -> list[tuple]:
+        """One page of the CSV export (export.py): (id, to_email, name, status, attempts,
+        error_code, error, sent_at, gmail_message_id) rows with id > `after`, in id order."""
+        rows = self._all("export_recipients_page",
+                         {"job_id": job_id, "after": after, "limit": limit})
+        return [_utc(row) for row in rows]
+
     # --- stored templates -----------------------------------------------------------------
     def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
                              text: str | None, must_exist: bool) -> StoredTemplate | None:

@@ -757,3 +757,13 @@ WHERE name = %s AND holder = %s;
 -- name: lease_row
 SELECT name, due_at, holder, lease_expires_at, started_at, finished_at, last_result
 FROM maintenance_leases WHERE name = %s;
+
+-- ===== export: a job's recipients as CSV (issue 18) ===========================================
+
+-- name: export_recipients_page
+-- One keyset page of a job's recipients for the CSV export: only the exported columns (never
+-- the variables, megabytes a job), in id order from %(after)s.
+SELECT id, to_email, name, status, attempts, error_code, error, sent_at, gmail_message_id
+FROM job_recipients
+WHERE job_id = %(job_id)s AND id > %(after)s
+ORDER BY id LIMIT %(limit)s;

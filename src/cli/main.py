@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mailjobs import api_keys, bootstrap, entry, metrics
+from mailjobs import api_keys, bootstrap, defaults, entry, metrics
 from mailjobs.cli import jobs as cli_jobs
 from mailjobs.cli import retention as cli_retention
 from mailjobs.cli import suppressions as cli_suppressions
@@ -93,6 +93,7 @@ def serve(ctx: click.Context) -> None:
                                threads=settings.http_threads,
                                max_request_body_size=settings.max_request_bytes + 1024,
                                ident="mailjobs", clear_untrusted_proxy_headers=True,
+                               outbuf_high_watermark=defaults.HTTP_OUTBUF_HIGH_WATERMARK,
                                _dispatcher=http_lanes.dispatcher(settings.http_threads))
     except OSError as exc:
         raise bootstrap.StartupError(f"cannot listen on {settings.host}:{settings.port}: "

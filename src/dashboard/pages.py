@@ -40,6 +40,7 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
+from mailjobs import export
 from mailjobs.api_keys import KeyVerifier
 from mailjobs.dao_mysql import Dao, DatabaseUnavailable
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
@@ -365,6 +366,13 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             chart=send_rate_chart(dao.send_rate(job_id)), failed=failed, failed_after=after,
             next_failed=next_failed,
             active=found.status in ("queued", "running", "scheduled"))
+
+    @bp.get("/jobs/<int:job_id>/recipients.csv")
+    def job_csv(job_id: int) -> Response:
+        """The job's recipients as CSV: the same export as the API's recipients.csv."""
+        if dao.job(job_id) is None:
+            abort(404, f"There is no job {job_id}.")
+        return export.csv_response(dao, job_id, settings.db_request_deadline)
 
     @bp.get("/recipients")
     def trace() -> str:
