@@ -22,7 +22,7 @@ from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from mailjobs import defaults, export, job_control, metrics
+from mailjobs import defaults, estimates, export, job_control, metrics
 from mailjobs.api_keys import KeyVerifier
 from mailjobs.dao_mysql import Dao, DatabaseUnavailable
 from mailjobs.db import guard as db_guard
@@ -254,6 +254,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                 return _enqueued(replay.job, replayed=True)
         req = parse_body(SendTemplateEmailsIn, body,
                          {"max_recipients": settings.max_recipients_per_job})
+        if g.api_key.may_send_as(req.sender_email):   # else enqueue answers 403 first
+            estimates.check_max_duration(dao, settings, req)
         with metrics.ENQUEUE_SECONDS.time():
             result = enqueue(dao, g.api_key, req, body_hash, idem,
                              unsubscribe_base_url=settings.unsubscribe_base_url,
@@ -282,15 +284,36 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         suppressed = dao.suppressed_count(job.id)
         first_status = ("completed" if suppressed == job.total  # nothing to send (Dao.create_job)
                         else "scheduled" if job.send_at is not None else "queued")
+        estimate = _stored_job_estimate(job, suppressed, replayed, warnings)
         body = EnqueueOut(job_id=job.id, status=first_status, recipients=job.total,
                           duplicates_removed=job.duplicates_removed, suppressed=suppressed,
-                          status_url=f"/api/jobs/{job.id}", warnings=warnings)
+                          status_url=f"/api/jobs/{job.id}", warnings=warnings,
+                          estimate=estimate)
         response = jsonify(body.model_dump(mode="json"))
         response.status_code = 202
         response.headers["Location"] = f"/api/jobs/{job.id}"
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
         return response
+
+    def _stored_job_estimate(job: Job, suppressed: int, replayed: bool,
+                             warnings: list[str]) -> dict[str, Any] | None:
+        """The estimate of a job just stored (or replayed), under a deadline of its own: the
+        job is committed, so a slow database costs the estimate (a warning says so), never
+        the 202 (a client seeing 503 would post the job again)."""
+        db_guard.start_deadline(settings.db_request_deadline)
+        try:
+            estimate = (estimates.for_job(dao, settings, dao.job(job.id, with_counts=True) or job)
+                        if replayed else estimates.for_job(dao, settings, job, suppressed))
+        except DatabaseUnavailable as exc:
+            log.warning("job=%d stored; no estimate: %s", job.id, exc)
+            warnings.append("no estimate: the database did not answer in time; see GET "
+                            f"/api/jobs/{job.id} later")
+            return None
+        slow = estimate and estimates.warning(estimate, job.sender_email, settings.warn_days)
+        if slow:
+            warnings.append(slow)
+        return estimate
 
     def _visible_job(job_id: int, with_counts: bool = False) -> Job:
         job = dao.job(job_id, with_counts=with_counts)
@@ -300,8 +323,9 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         return job
 
     def _full_job(job_id: int) -> Response:
-        return jsonify(job_view(_visible_job(job_id, with_counts=True),
-                                dao.error_summary(job_id)))
+        job = _visible_job(job_id, with_counts=True)
+        return jsonify(job_view(job, dao.error_summary(job_id),
+                                estimate=estimates.for_job(dao, settings, job)))
 
     @app.get("/api/jobs/<int:job_id>")
     def get_job(job_id: int) -> Response:

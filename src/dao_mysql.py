@@ -467,6 +467,18 @@ class Dao:
                          {"job_id": job_id, "after": after, "limit": limit})
         return [_utc(row) for row in rows]
 
+    def sender_limit_overrides(self, sender: str) -> tuple[int | None, int | None]:
+        """(rate_per_minute, daily_cap) set for this sender; None where the settings apply."""
+        row = self._one("sender_limit_overrides", (sender,))
+        if row is None:
+            return None, None
+        return (None if row[0] is None else int(row[0]), None if row[1] is None else int(row[1]))
+
+    def sender_backlog(self, sender: str, exclude_job: int = 0) -> int:
+        """Unsent recipients of the sender's queued, scheduled and running jobs (estimates.py)."""
+        row = self._one("sender_backlog", (sender, exclude_job))
+        return int(row[0]) if row else 0
+
     # --- stored templates -----------------------------------------------------------------
     def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
                              text: str | None, must_exist: bool) -> StoredTemplate | None:

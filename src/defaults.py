@@ -151,6 +151,9 @@ SENDER_BURST_SECONDS = 5.0
 SENDER_DAILY_CAP = 2000
 # How long a sender is deferred after a daily-limit answer that names no time.
 DAILY_LIMIT_PAUSE = 3600.0
+# A job whose estimate (estimates.py: the sender's limits and what is queued for it) needs more
+# than this many days gets a `warnings` entry in the POST answer. 0: never warn.
+WARN_DAYS = 1.0
 
 # --- Transports ----------------------------------------------------------------------------------
 # gmail, smtp, outbox or null. Unset: gmail when GOOGLE_CLIENT_SECRETS is set, else outbox.

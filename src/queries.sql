@@ -767,3 +767,17 @@ SELECT id, to_email, name, status, attempts, error_code, error, sent_at, gmail_m
 FROM job_recipients
 WHERE job_id = %(job_id)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
+
+-- ===== plans before sending: estimates (issue 18) =============================================
+
+-- name: sender_limit_overrides
+-- A sender's own limits (`mailjobs senders set`); NULL columns, or no row: the settings'.
+SELECT rate_per_minute, daily_cap FROM senders WHERE email = %s;
+
+-- name: sender_backlog
+-- Unsent recipients of a sender's active jobs, but one job (%s: 0 excludes none); paused jobs
+-- are not counted until they are resumed.
+SELECT COUNT(*)
+FROM jobs j JOIN job_recipients r ON r.job_id = j.id
+WHERE j.sender_email = %s AND j.status IN ('queued', 'scheduled', 'running') AND j.id <> %s
+  AND r.status IN ('queued', 'retrying', 'sending');
