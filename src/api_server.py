@@ -43,6 +43,7 @@ from mailjobs.records import (
     StoredTemplate,
 )
 from mailjobs.settings import Settings, load_settings
+from mailjobs.transports.test_keys import TestKeys
 from mailjobs.web.openapi import openapi_document
 from mailjobs.web.schemas import (
     EnqueueOut,
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     app.json.sort_keys = False
     app.extensions["mailjobs"] = {"dao": dao, "settings": settings}
     verifier = KeyVerifier(dao)
+    test_keys = TestKeys(dao)
     metrics.configure(settings.metrics_sender_labels)
     large_slots = threading.BoundedSemaphore(max(1, settings.large_enqueue_concurrency))
 
@@ -255,7 +257,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         req = parse_body(SendTemplateEmailsIn, body,
                          {"max_recipients": settings.max_recipients_per_job})
         if g.api_key.may_send_as(req.sender_email):   # else enqueue answers 403 first
-            estimates.check_max_duration(dao, settings, req)
+            estimates.check_max_duration(dao, settings, req, unlimited=g.api_key.is_test)
         with metrics.ENQUEUE_SECONDS.time():
             result = enqueue(dao, g.api_key, req, body_hash, idem,
                              unsubscribe_base_url=settings.unsubscribe_base_url,
@@ -274,6 +276,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     def _enqueued(job: Job, replayed: bool) -> Response:
         warnings = []
+        if g.api_key.is_test:
+            warnings.append("test key: this job runs without sender limits and sends no mail ("
+                            + (f"messages are written to {settings.outbox_dir}"
+                               if g.api_key.test_mode == "outbox" else "messages are discarded")
+                            + ")")
         if runs_runner and settings.transport_name in ("outbox", "null"):
             warnings.append(f"MAIL_TRANSPORT is {settings.transport_name}: this server's runner "
                             "sends no mail" + (f" (messages are written to {settings.outbox_dir})"
@@ -288,7 +295,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         body = EnqueueOut(job_id=job.id, status=first_status, recipients=job.total,
                           duplicates_removed=job.duplicates_removed, suppressed=suppressed,
                           status_url=f"/api/jobs/{job.id}", warnings=warnings,
-                          estimate=estimate)
+                          estimate=estimate, test=g.api_key.is_test)
         response = jsonify(body.model_dump(mode="json"))
         response.status_code = 202
         response.headers["Location"] = f"/api/jobs/{job.id}"
@@ -303,8 +310,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         the 202 (a client seeing 503 would post the job again)."""
         db_guard.start_deadline(settings.db_request_deadline)
         try:
-            estimate = (estimates.for_job(dao, settings, dao.job(job.id, with_counts=True) or job)
-                        if replayed else estimates.for_job(dao, settings, job, suppressed))
+            test = g.api_key.is_test
+            estimate = (estimates.for_job(dao, settings, dao.job(job.id, with_counts=True) or job,
+                                          unlimited=test)
+                        if replayed else estimates.for_job(dao, settings, job, suppressed,
+                                                           unlimited=test))
         except DatabaseUnavailable as exc:
             log.warning("job=%d stored; no estimate: %s", job.id, exc)
             warnings.append("no estimate: the database did not answer in time; see GET "
@@ -322,10 +332,17 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                                   [("job_id", "not found")])
         return job
 
+    def _is_test(job: Job) -> bool:
+        """Whether a test key owns the job (its mode never changes: cached per process)."""
+        if job.api_key_id == g.api_key.id:
+            return g.api_key.is_test
+        return test_keys.mode(job.api_key_id) is not None
+
     def _full_job(job_id: int) -> Response:
         job = _visible_job(job_id, with_counts=True)
-        return jsonify(job_view(job, dao.error_summary(job_id),
-                                estimate=estimates.for_job(dao, settings, job)))
+        test = _is_test(job)
+        return jsonify(job_view(job, dao.error_summary(job_id), test=test,
+                                estimate=estimates.for_job(dao, settings, job, unlimited=test)))
 
     @app.get("/api/jobs/<int:job_id>")
     def get_job(job_id: int) -> Response:
@@ -363,7 +380,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         log.info("job=%d: %d recipient(s) queued again by API key %d (status %s%s)", job_id, n,
                  g.api_key.id, spec.status,
                  f", error_code {spec.error_code}" if spec.error_code else "")
-        job = job_view(_visible_job(job_id, with_counts=True), dao.error_summary(job_id))
+        found = _visible_job(job_id, with_counts=True)
+        job = job_view(found, dao.error_summary(job_id), test=_is_test(found))
         return jsonify(RetryOut(**job, requeued=n).model_dump(mode="json"))
 
     @app.get("/api/jobs")
@@ -374,19 +392,19 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         owner = None if g.api_key.is_operator else g.api_key.id
         jobs, next_before = keyset_page(dao.jobs_page(owner, before, limit + 1, status), limit)
         counts = dao.job_counts([j.id for j in jobs])
-        return jsonify({"jobs": [job_view(j, counts=counts[j.id]) for j in jobs],
+        return jsonify({"jobs": [job_view(j, counts=counts[j.id], test=_is_test(j)) for j in jobs],
                         "next_before": next_before})
 
     @app.get("/api/jobs/<int:job_id>/recipients")
     def list_recipients(job_id: int) -> Response:
-        _visible_job(job_id)
+        job = _visible_job(job_id)
         limit = _int_arg("limit", defaults.PAGE_SIZE, 1, defaults.MAX_PAGE_SIZE)
         after = _int_arg("after", 0)
         status = _status_arg(RECIPIENT_STATUSES)
         rows, next_after = keyset_page(dao.recipients_page(job_id, status, after or 0, limit + 1),
                                        limit)
         return jsonify({"recipients": [recipient_view(r) for r in rows],
-                        "next_after": next_after})
+                        "next_after": next_after, "test": _is_test(job)})
 
     @app.get("/api/jobs/<int:job_id>/recipients.csv")
     def export_recipients(job_id: int) -> Response:

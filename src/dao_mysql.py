@@ -385,11 +385,11 @@ class Dao:
     # --- API keys -------------------------------------------------------------------------
     def insert_api_key(self, name: str, prefix: str, secret_hash: str,
                        allowed_senders: Sequence[str], is_operator: bool,
-                       max_priority: int = 2) -> int:
+                       max_priority: int = 2, test_mode: str | None = None) -> int:
         with self.transaction() as cur:
             self._run(cur, "insert_api_key",
                       (name, prefix, secret_hash, json.dumps(list(allowed_senders)), is_operator,
-                       max_priority))
+                       max_priority, test_mode))
             return int(cur.lastrowid)
 
     def api_key_by_prefix(self, prefix: str) -> ApiKey | None:
@@ -568,7 +568,7 @@ class Dao:
 
     @functools.partial(_rerun_on_conflict, label="claim")
     def claim_checked(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
-                      limits: Limits, api_key_id: int | None = None
+                      limits: Limits, api_key_id: int | None = None, unlimited: bool = False
                       ) -> tuple[list[Recipient], str | None, dict[int, str]]:
         """Claim up to `wanted` due recipients of one job within the sender's limits.
 
@@ -578,6 +578,8 @@ class Dao:
         limits allowed fewer than wanted, why; and, with `api_key_id`, those of them whose
         address that key suppressed since the job was stored ({id: reason}), read in the same
         transaction (a round trip, not a transaction of its own: suppressed_claims).
+        `unlimited` (a test key's job): no sender limit nor deferral holds it, nothing is
+        charged to the sender.
         """
         self._ensure_sender(sender)
         with self.transaction() as cur:
@@ -587,6 +589,8 @@ class Dao:
                 self._known_senders.discard(sender)
                 raise TransactionConflict(f"sender row {sender} missing; creating it again")
             rate, cap, tokens, elapsed, deferred = row
+            if unlimited:   # a test key's job: its messages never reach the sender's account
+                rate, cap, deferred, limits = 0, 0, False, Limits(0, 0, limits.burst_seconds)
             if deferred:
                 return [], "sender deferred", {}
             limits = Limits(limits.rate_per_minute if rate is None else int(rate),
@@ -1325,7 +1329,7 @@ def _json(value: Any) -> Any:
 def _api_key(row: tuple) -> ApiKey:
     row = _utc(row)
     return ApiKey(int(row[0]), row[1], row[2], row[3], _json(row[4]) or [], bool(row[5]),
-                  row[6], row[7], row[8], int(row[9]))
+                  row[6], row[7], row[8], int(row[9]), row[10] if len(row) > 10 else None)
 
 
 def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:

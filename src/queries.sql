@@ -9,17 +9,18 @@ SELECT 1;
 SELECT @@max_allowed_packet;
 
 -- name: insert_api_key
-INSERT INTO api_keys (name, prefix, secret_hash, allowed_senders, is_operator, max_priority)
-VALUES (%s, %s, %s, %s, %s, %s);
+INSERT INTO api_keys (name, prefix, secret_hash, allowed_senders, is_operator, max_priority,
+                      test_mode)
+VALUES (%s, %s, %s, %s, %s, %s, %s);
 
 -- name: api_key_by_prefix
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at, max_priority
+       revoked_at, max_priority, test_mode
 FROM api_keys WHERE prefix = %s;
 
 -- name: api_keys_all
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at, max_priority
+       revoked_at, max_priority, test_mode
 FROM api_keys ORDER BY id;
 
 -- name: touch_api_key
@@ -500,7 +501,7 @@ DELETE FROM learned_limits WHERE kind = %s AND target = %s;
 
 -- name: api_key_by_id
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at, max_priority
+       revoked_at, max_priority, test_mode
 FROM api_keys WHERE id = %s;
 
 -- name: job_counts

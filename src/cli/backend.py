@@ -10,6 +10,7 @@ from mailjobs import export, job_control
 from mailjobs.dao_mysql import Dao
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.settings import Settings
+from mailjobs.transports.test_keys import TestKeys
 from mailjobs.web.views import (
     job_view,
     keyset_page,
@@ -45,17 +46,20 @@ class LocalBackend:
     def __init__(self, settings: Settings, dao: Dao) -> None:
         self.settings = settings
         self.dao = dao
+        self.test_keys = TestKeys(dao)
 
     def jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         jobs = self.dao.jobs_page(None, None, limit, status)
         counts = self.dao.job_counts([j.id for j in jobs])
-        return [job_view(j, counts=counts[j.id]) for j in jobs]
+        return [job_view(j, counts=counts[j.id],
+                         test=self.test_keys.mode(j.api_key_id) is not None) for j in jobs]
 
     def job(self, job_id: int) -> dict[str, Any]:
         job = self.dao.job(job_id, with_counts=True)
         if job is None:
             raise BackendError(f"no job {job_id}")
-        return job_view(job, self.dao.error_summary(job_id))
+        return job_view(job, self.dao.error_summary(job_id),
+                        test=self.test_keys.mode(job.api_key_id) is not None)
 
     def recipients(self, job_id: int, status: str | None, limit: int,
                    after: int) -> dict[str, Any]:

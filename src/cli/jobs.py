@@ -42,6 +42,8 @@ def jobs_cmd(ctx: click.Context, status: str | None, limit: int, as_json: bool) 
 
 
 def _show(job: dict[str, Any]) -> None:
+    if job.get("test"):
+        click.echo("test           yes: a test key's job, nothing reaches a real transport")
     for key in ("id", "status", "status_reason", "sender_email", "total", "created_at",
                 "send_at", "started_at", "finished_at"):
         if job.get(key) is not None:

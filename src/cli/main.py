@@ -153,21 +153,31 @@ def api_key() -> None:
 @click.option("--operator", is_flag=True, help="may read and control every key's jobs")
 @click.option("--max-priority", type=click.Choice(["high", "normal", "low"]), default="high",
               show_default=True, help="the highest job priority this key may ask for")
+@click.option("--test", "test_mode", type=click.Choice(api_keys.TEST_MODES), is_flag=False,
+              flag_value="outbox", default=None,
+              help="a test key: its jobs run everything but never reach a real transport; "
+                   "--test writes their messages to the outbox directory, --test=null "
+                   "discards them")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def api_key_create(ctx: click.Context, name: str, senders: tuple[str, ...], operator: bool,
-                   max_priority: str, as_json: bool) -> None:
+                   max_priority: str, test_mode: str | None, as_json: bool) -> None:
     """Create a key and print it once (only its hash is stored)."""
     from mailjobs.scheduling import PRIORITIES
 
     issued = api_keys.create_key(operator_dao(ctx), name, list(senders), operator,
-                                 PRIORITIES[max_priority])
+                                 PRIORITIES[max_priority], test_mode)
     if as_json:
         click.echo(json.dumps({"id": issued.id, "key": issued.key, "name": name,
-                               "senders": list(senders), "operator": operator}))
+                               "senders": list(senders), "operator": operator,
+                               "test": test_mode}))
         return
     click.echo(issued.key)
     click.echo(f"key {issued.id} '{name}' created; store it now, it is not shown again", err=True)
+    if test_mode:
+        where = ("messages go to the outbox directory" if test_mode == "outbox"
+                 else "messages are discarded")
+        click.echo(f"test key: its jobs send no mail ({where})", err=True)
     if not senders:
         click.echo("warning: no --sender given, so this key may not send mail", err=True)
 
@@ -180,16 +190,18 @@ def api_key_list(ctx: click.Context, as_json: bool) -> None:
     keys = operator_dao(ctx).api_keys()
     rows = [{"id": k.id, "name": k.name, "prefix": f"mj_{k.prefix}_…", "senders": k.allowed_senders,
              "operator": k.is_operator, "created_at": str(k.created_at),
-             "last_used_at": str(k.last_used_at or ""), "revoked": k.revoked_at is not None}
+             "last_used_at": str(k.last_used_at or ""), "revoked": k.revoked_at is not None,
+             "test": k.test_mode}
             for k in keys]
     if as_json:
         click.echo(json.dumps(rows))
         return
-    click.echo(f"{'ID':>4}  {'NAME':<20} {'PREFIX':<16} {'OPERATOR':<8} {'REVOKED':<7} SENDERS")
+    click.echo(f"{'ID':>4}  {'NAME':<20} {'PREFIX':<16} {'OPERATOR':<8} {'REVOKED':<7} "
+               f"{'TEST':<6} SENDERS")
     for r in rows:
         click.echo(f"{r['id']:>4}  {r['name'][:20]:<20} {r['prefix']:<16} "
                    f"{'yes' if r['operator'] else 'no':<8} {'yes' if r['revoked'] else 'no':<7} "
-                   f"{', '.join(r['senders'])}")
+                   f"{r['test'] or 'no':<6} {', '.join(r['senders'])}")
 
 
 @api_key.command("revoke")

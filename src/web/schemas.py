@@ -250,6 +250,8 @@ class EnqueueOut(BaseModel):
     status_url: str
     warnings: list[str] = Field(default_factory=list)
     estimate: EstimateOut | None = Field(default=None, description="when it should finish")
+    test: bool = Field(default=False, description="a test key's job: nothing reaches a real "
+                                                  "transport")
 
 
 class JobOut(BaseModel):
@@ -279,6 +281,8 @@ class JobOut(BaseModel):
                                   "(on single-job answers)")
     estimate: EstimateOut | None = Field(
         default=None, description="when an unfinished job should finish (on single-job answers)")
+    test: bool = Field(default=False, description="a test key's job: nothing reaches a real "
+                                                  "transport")
 
 
 class RetryOut(JobOut):
@@ -333,6 +337,7 @@ class AddressTraceOut(BaseModel):
 class RecipientsPageOut(BaseModel):
     recipients: list[RecipientOut]
     next_after: int | None = Field(description="pass as ?after= for the next page")
+    test: bool = Field(default=False, description="a test key's job: nothing was really sent")
 
 
 class RunnerOut(BaseModel):

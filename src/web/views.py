@@ -36,9 +36,9 @@ def keyset_page(rows: Sequence[T], limit: int,
 
 def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
              counts: dict[str, int] | None = None,
-             estimate: dict[str, Any] | None = None) -> dict[str, Any]:
+             estimate: dict[str, Any] | None = None, test: bool = False) -> dict[str, Any]:
     """A job; `counts` when they were read apart from the row (a list's page, one query);
-    `estimate` from estimates.plan (single-job answers)."""
+    `estimate` from estimates.plan (single-job answers); `test`: a test key's job."""
     return JobOut(
         id=job.id, type=job.type, status=job.status, status_reason=job.status_reason,
         sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
@@ -51,7 +51,7 @@ def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
         recipients_url=f"/api/jobs/{job.id}/recipients",
         errors=None if errors is None else [
             ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
-        estimate=estimate,
+        estimate=estimate, test=test,
     ).model_dump(mode="json")
 
 
