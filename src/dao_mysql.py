@@ -479,6 +479,21 @@ class Dao:
         row = self._one("sender_backlog", (sender, exclude_job))
         return int(row[0]) if row else 0
 
+    def save_delegated_key(self, pattern: str, client_email: str, blob: bytes) -> int:
+        """Store a service-account key for an address or '*@domain' (encrypted), authorise its
+        senders again and resume their jobs paused for authorisation; returns jobs resumed."""
+        domain = pattern[2:] if pattern.startswith("*@") else None
+        args = {"email": pattern, "domain": domain}
+        with self.transaction() as cur:
+            self._run(cur, "save_delegated_key", (pattern, client_email, blob))
+            self._run(cur, "reauthorize_senders", args)
+            return self._run(cur, "resume_jobs_of_senders", args)
+
+    def delegated_key(self, sender: str) -> tuple[str, bytes] | None:
+        """(pattern, encrypted key) a sender sends with: its address's, else its domain's."""
+        row = self._one("delegated_key", {"email": sender})
+        return (row[0], bytes(row[1])) if row else None
+
     # --- stored templates -----------------------------------------------------------------
     def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
                              text: str | None, must_exist: bool) -> StoredTemplate | None:

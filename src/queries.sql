@@ -782,3 +782,30 @@ SELECT COUNT(*)
 FROM jobs j JOIN job_recipients r ON r.job_id = j.id
 WHERE j.sender_email = %s AND j.status IN ('queued', 'scheduled', 'running') AND j.id <> %s
   AND r.status IN ('queued', 'retrying', 'sending');
+
+-- ===== service accounts with domain-wide delegation (issue 18) ================================
+
+-- name: save_delegated_key
+INSERT INTO delegated_keys (pattern, client_email, credentials, stored_at)
+VALUES (%s, %s, %s, UTC_TIMESTAMP(6))
+ON DUPLICATE KEY UPDATE client_email = VALUES(client_email), credentials = VALUES(credentials),
+                        stored_at = UTC_TIMESTAMP(6);
+
+-- name: delegated_key
+-- The key a sender uses: its own address's row first, else its domain's ('*@domain').
+SELECT pattern, credentials FROM delegated_keys
+WHERE pattern IN (%(email)s, CONCAT('*@', SUBSTRING_INDEX(%(email)s, '@', -1)))
+ORDER BY pattern = %(email)s DESC LIMIT 1;
+
+-- name: reauthorize_senders
+-- A new key for an address or a domain: its senders are authorised again (credentials_at: a
+-- failure of a send that began before this is stale, Dao.pause_sender); %(domain)s NULL for an
+-- exact address.
+UPDATE senders SET credentials_at = UTC_TIMESTAMP(6), auth_state = 'ok', auth_error = NULL
+WHERE email = %(email)s OR SUBSTRING_INDEX(email, '@', -1) = %(domain)s;
+
+-- name: resume_jobs_of_senders
+UPDATE jobs SET status = IF(started_at IS NULL, 'queued', 'running'), paused_by = NULL,
+                status_reason = NULL
+WHERE (sender_email = %(email)s OR SUBSTRING_INDEX(sender_email, '@', -1) = %(domain)s)
+  AND status = 'paused' AND paused_by = 'sender_auth';

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TEST_DB = "mailjobs_test"
 TABLES = ["job_recipients", "jobs", "api_keys", "runners", "senders", "sender_hourly_sends", "templates",
-          "smtp_slots", "suppressions", "bounce_messages", "dashboard_sessions", "learned_limits"]
+          "smtp_slots", "suppressions", "bounce_messages", "dashboard_sessions", "learned_limits",
+          "delegated_keys"]
 
 
 @dataclass

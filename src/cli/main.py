@@ -224,9 +224,17 @@ GMAIL_READ_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
               help="import an authorized-user JSON (the token.json Google's quickstart writes)")
 @click.option("--port", default=0, show_default=True,
               help="local port of the OAuth redirect (0: any free port)")
+@click.option("--service-account", "service_account", type=click.Path(exists=True,
+              dir_okay=False), help="a Google service-account key (JSON) with domain-wide "
+              "delegation: send as SENDER, or as every address of a domain with "
+              "SENDER '*@example.org', without each one's consent")
 @click.pass_context
-def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> None:
+def auth(ctx: click.Context, sender: str, token_file: str | None, port: int,
+         service_account: str | None) -> None:
     """Authorise SENDER's Gmail account and store its token (encrypted) in the database.
+
+    With --service-account KEY.json, store that key instead (encrypted the same way): SENDER
+    (or each address of '*@domain') is then sent as through domain-wide delegation.
 
     Asks for gmail.send, plus gmail.readonly when IN_DOUBT_POLICY is check or auto (to look
     an interrupted send up by its Message-ID) or BOUNCE_CHECK_INTERVAL is not 0 (to read
@@ -237,6 +245,9 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
 
     settings = database_settings(ctx)
     dao = operator_dao(ctx)
+    if service_account:
+        _auth_service_account(settings, dao, sender, service_account)
+        return
     if token_file:
         info = json.loads(open(token_file).read())
         if not info.get("refresh_token"):
@@ -264,6 +275,44 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
     resumed = CredentialStore(settings, dao).store_info(sender, info, resume=True)
     click.echo(f"stored Gmail credentials for {sender}"
                + (f"; {resumed} paused job(s) resumed" if resumed else ""))
+
+
+SERVICE_ACCOUNT_FIELDS = ("type", "client_email", "private_key", "token_uri")
+
+
+def _auth_service_account(settings, dao: Dao, pattern: str, key_file: str) -> None:
+    """`mailjobs auth SENDER --service-account KEY.json`: check and store the key."""
+    from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
+    from mailjobs.transports.credentials import CredentialStore
+
+    pattern = pattern.strip().lower()
+    try:
+        if pattern.startswith("*@"):
+            normalize_address("postmaster" + pattern[1:])   # a domain an address may have
+        else:
+            pattern = normalize_address(pattern).lower()
+    except InvalidAddress as exc:
+        raise click.ClickException(f"{pattern!r}: give an address or '*@domain' ({exc})") from None
+    try:
+        info = json.loads(open(key_file, encoding="utf-8").read())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{key_file} is not a JSON key file: {exc}") from None
+    missing = [f for f in SERVICE_ACCOUNT_FIELDS if not isinstance(info, dict) or not info.get(f)]
+    if missing or info.get("type") != "service_account":
+        raise click.ClickException(f"{key_file} is not a service-account key (type "
+                                   f"service_account with {', '.join(SERVICE_ACCOUNT_FIELDS)}); "
+                                   "create one in the Cloud console: IAM > Service accounts > "
+                                   "Keys > Add key > JSON")
+    scopes = [GMAIL_SEND_SCOPE]
+    if settings.in_doubt_policy in ("check", "auto") or settings.bounce_check_interval > 0:
+        scopes.append(GMAIL_READ_SCOPE)
+    resumed = CredentialStore(settings, dao).store_delegated(pattern, info, scopes)
+    click.echo(f"stored the service account {info['client_email']} for {pattern}"
+               + (f"; {resumed} paused job(s) resumed" if resumed else ""))
+    click.echo(f"It sends only once a Workspace super admin has allowed it: Admin console > "
+               f"Security > API controls > Domain-wide delegation > Add new, client ID "
+               f"{info.get('client_id', '(the key file has no client_id)')}, OAuth scopes "
+               f"{','.join(scopes)}", err=True)
 
 
 @cli.group(invoke_without_command=True)
