@@ -356,8 +356,12 @@ SELECT credentials_at FROM senders WHERE email = %s FOR UPDATE;
 SELECT credentials FROM senders WHERE email = %s;
 
 -- name: senders_all
+-- has credentials: an OAuth grant of its own, or a delegated service-account key (its address's
+-- or its domain's, issue 18).
 SELECT email, rate_per_minute, daily_cap, auth_state, auth_error, paused_until, paused_reason,
-       credentials IS NOT NULL
+       credentials IS NOT NULL OR EXISTS (
+         SELECT 1 FROM delegated_keys d
+         WHERE d.pattern IN (email, CONCAT('*@', SUBSTRING_INDEX(email, '@', -1))))
 FROM senders ORDER BY email;
 
 -- name: set_sender_limits

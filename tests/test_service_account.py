@@ -66,6 +66,7 @@ def test_a_domain_key_sends_as_its_addresses_through_the_jwt_bearer_grant(
     assert (grant["iss"], grant["sub"]) == (CLIENT, SENDER)
     assert SEND_SCOPE in grant["scope"].split()
     assert dao.sender_credentials(SENDER) is None      # no OAuth grant of its own was needed
+    assert dao.senders()[0]["has_credentials"]          # the senders list counts the key
     stored = dao.delegated_key(SENDER)
     assert stored[0] == "*@example.com" and b"PRIVATE KEY" not in stored[1]   # encrypted
 
