@@ -157,3 +157,17 @@ def test_the_cli_exports_to_a_file_and_to_stdout_locally_and_through_the_api(
         other = run("--url", url, "--key", make_key(senders=["*"]), "export", str(job_id),
                     "--csv")
         assert other.exit_code != 0 and "HTTP 404" in other.output
+
+
+def test_a_database_that_fails_on_the_first_page_is_a_503_not_a_cut_off_file(client, key, dao,
+                                                                            monkeypatch):
+    from mailjobs.dao_mysql import DatabaseUnavailable
+
+    job_id = post(client, key, body(2)).json["job_id"]
+
+    def down(*args):
+        raise DatabaseUnavailable("the database did not answer", kind="timeout")
+    monkeypatch.setattr(dao, "export_recipients_page", down)
+    r = client.get(f"/api/jobs/{job_id}/recipients.csv", headers=h(key))
+    assert (r.status_code, r.json["error"]) == (503, "database_unavailable")
+    assert "Retry-After" in r.headers
