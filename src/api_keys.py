@@ -38,12 +38,19 @@ def split_key(key: str) -> tuple[str, str] | None:
     return prefix, secret
 
 
+TEST_MODES = ("outbox", "null")   # where a test key's messages go (issue 18)
+
+
 def create_key(dao: Dao, name: str, senders: list[str], operator: bool = False,
-               max_priority: int = 2) -> IssuedKey:
-    """A new key; max_priority 2 high, 1 normal, 0 low is the highest priority it may use."""
+               max_priority: int = 2, test_mode: str | None = None) -> IssuedKey:
+    """A new key; max_priority 2 high, 1 normal, 0 low is the highest priority it may use;
+    test_mode "outbox" or "null" makes a test key (its jobs never reach a real transport)."""
+    if test_mode is not None and test_mode not in TEST_MODES:
+        raise ValueError(f"test_mode must be one of {', '.join(TEST_MODES)}, got {test_mode!r}")
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(24)
-    key_id = dao.insert_api_key(name, prefix, _hash(secret), senders, operator, max_priority)
+    key_id = dao.insert_api_key(name, prefix, _hash(secret), senders, operator, max_priority,
+                                test_mode)
     return IssuedKey(key_id, f"{KEY_PREFIX}{prefix}_{secret}")
 
 

@@ -22,7 +22,7 @@ from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from mailjobs import defaults, job_control, metrics
+from mailjobs import defaults, estimates, export, job_control, metrics
 from mailjobs.api_keys import KeyVerifier
 from mailjobs.dao_mysql import Dao, DatabaseUnavailable
 from mailjobs.db import guard as db_guard
@@ -43,6 +43,7 @@ from mailjobs.records import (
     StoredTemplate,
 )
 from mailjobs.settings import Settings, load_settings
+from mailjobs.transports.test_keys import TestKeys
 from mailjobs.web.openapi import openapi_document
 from mailjobs.web.schemas import (
     EnqueueOut,
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     app.json.sort_keys = False
     app.extensions["mailjobs"] = {"dao": dao, "settings": settings}
     verifier = KeyVerifier(dao)
+    test_keys = TestKeys(dao)
     metrics.configure(settings.metrics_sender_labels)
     large_slots = threading.BoundedSemaphore(max(1, settings.large_enqueue_concurrency))
 
@@ -254,6 +256,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                 return _enqueued(replay.job, replayed=True)
         req = parse_body(SendTemplateEmailsIn, body,
                          {"max_recipients": settings.max_recipients_per_job})
+        if g.api_key.may_send_as(req.sender_email):   # else enqueue answers 403 first
+            estimates.check_max_duration(dao, settings, req, unlimited=g.api_key.is_test)
         with metrics.ENQUEUE_SECONDS.time():
             result = enqueue(dao, g.api_key, req, body_hash, idem,
                              unsubscribe_base_url=settings.unsubscribe_base_url,
@@ -281,6 +285,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     def _enqueued(job: Job, replayed: bool, suppressed: int | None = None) -> Response:
         warnings = []
+        if g.api_key.is_test:
+            warnings.append("test key: this job runs without sender limits and sends no mail ("
+                            + (f"messages are written to {settings.outbox_dir}"
+                               if g.api_key.test_mode == "outbox" else "messages are discarded")
+                            + ")")
         if runs_runner and settings.transport_name in ("outbox", "null"):
             warnings.append(f"MAIL_TRANSPORT is {settings.transport_name}: this server's runner "
                             "sends no mail" + (f" (messages are written to {settings.outbox_dir})"
@@ -292,15 +301,39 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             suppressed = dao.suppressed_count(job.id)
         first_status = ("completed" if suppressed == job.total  # nothing to send (Dao.create_job)
                         else "scheduled" if job.send_at is not None else "queued")
+        estimate = _stored_job_estimate(job, suppressed, replayed, warnings)
         body = EnqueueOut(job_id=job.id, status=first_status, recipients=job.total,
                           duplicates_removed=job.duplicates_removed, suppressed=suppressed,
-                          status_url=f"/api/jobs/{job.id}", warnings=warnings)
+                          status_url=f"/api/jobs/{job.id}", warnings=warnings,
+                          estimate=estimate, test=g.api_key.is_test)
         response = jsonify(body.model_dump(mode="json"))
         response.status_code = 202
         response.headers["Location"] = f"/api/jobs/{job.id}"
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
         return response
+
+    def _stored_job_estimate(job: Job, suppressed: int, replayed: bool,
+                             warnings: list[str]) -> dict[str, Any] | None:
+        """The estimate of a job just stored (or replayed), under a deadline of its own: the
+        job is committed, so a slow database costs the estimate (a warning says so), never
+        the 202 (a client seeing 503 would post the job again)."""
+        db_guard.start_deadline(settings.db_request_deadline)
+        try:
+            test = g.api_key.is_test
+            estimate = (estimates.for_job(dao, settings, dao.job(job.id, with_counts=True) or job,
+                                          unlimited=test)
+                        if replayed else estimates.for_job(dao, settings, job, suppressed,
+                                                           unlimited=test))
+        except DatabaseUnavailable as exc:
+            log.warning("job=%d stored; no estimate: %s", job.id, exc)
+            warnings.append("no estimate: the database did not answer in time; see GET "
+                            f"/api/jobs/{job.id} later")
+            return None
+        slow = estimate and estimates.warning(estimate, job.sender_email, settings.warn_days)
+        if slow:
+            warnings.append(slow)
+        return estimate
 
     def _visible_job(job_id: int, with_counts: bool = False) -> Job:
         job = dao.job(job_id, with_counts=with_counts)
@@ -309,9 +342,17 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                                   [("job_id", "not found")])
         return job
 
+    def _is_test(job: Job) -> bool:
+        """Whether a test key owns the job (its mode never changes: cached per process)."""
+        if job.api_key_id == g.api_key.id:
+            return g.api_key.is_test
+        return test_keys.mode(job.api_key_id) is not None
+
     def _full_job(job_id: int) -> Response:
-        return jsonify(job_view(_visible_job(job_id, with_counts=True),
-                                dao.error_summary(job_id)))
+        job = _visible_job(job_id, with_counts=True)
+        test = _is_test(job)
+        return jsonify(job_view(job, dao.error_summary(job_id), test=test,
+                                estimate=estimates.for_job(dao, settings, job, unlimited=test)))
 
     @app.get("/api/jobs/<int:job_id>")
     def get_job(job_id: int) -> Response:
@@ -349,7 +390,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         log.info("job=%d: %d recipient(s) queued again by API key %d (status %s%s)", job_id, n,
                  g.api_key.id, spec.status,
                  f", error_code {spec.error_code}" if spec.error_code else "")
-        job = job_view(_visible_job(job_id, with_counts=True), dao.error_summary(job_id))
+        found = _visible_job(job_id, with_counts=True)
+        job = job_view(found, dao.error_summary(job_id), test=_is_test(found))
         return jsonify(RetryOut(**job, requeued=n).model_dump(mode="json"))
 
     @app.get("/api/jobs")
@@ -360,19 +402,25 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         owner = None if g.api_key.is_operator else g.api_key.id
         jobs, next_before = keyset_page(dao.jobs_page(owner, before, limit + 1, status), limit)
         counts = dao.job_counts([j.id for j in jobs])
-        return jsonify({"jobs": [job_view(j, counts=counts[j.id]) for j in jobs],
+        return jsonify({"jobs": [job_view(j, counts=counts[j.id], test=_is_test(j)) for j in jobs],
                         "next_before": next_before})
 
     @app.get("/api/jobs/<int:job_id>/recipients")
     def list_recipients(job_id: int) -> Response:
-        _visible_job(job_id)
+        job = _visible_job(job_id)
         limit = _int_arg("limit", defaults.PAGE_SIZE, 1, defaults.MAX_PAGE_SIZE)
         after = _int_arg("after", 0)
         status = _status_arg(RECIPIENT_STATUSES)
         rows, next_after = keyset_page(dao.recipients_page(job_id, status, after or 0, limit + 1),
                                        limit)
         return jsonify({"recipients": [recipient_view(r) for r in rows],
-                        "next_after": next_after})
+                        "next_after": next_after, "test": _is_test(job)})
+
+    @app.get("/api/jobs/<int:job_id>/recipients.csv")
+    def export_recipients(job_id: int) -> Response:
+        """Every recipient of the job as CSV, streamed in keyset pages (export.py)."""
+        _visible_job(job_id)
+        return export.csv_response(dao, job_id, settings.db_request_deadline)
 
     @app.get("/api/recipients")
     def trace_address() -> Response:

@@ -384,11 +384,11 @@ class Dao:
     # --- API keys -------------------------------------------------------------------------
     def insert_api_key(self, name: str, prefix: str, secret_hash: str,
                        allowed_senders: Sequence[str], is_operator: bool,
-                       max_priority: int = 2) -> int:
+                       max_priority: int = 2, test_mode: str | None = None) -> int:
         with self.transaction() as cur:
             self._run(cur, "insert_api_key",
                       (name, prefix, secret_hash, json.dumps(list(allowed_senders)), is_operator,
-                       max_priority))
+                       max_priority, test_mode))
             return int(cur.lastrowid)
 
     def api_key_by_prefix(self, prefix: str) -> ApiKey | None:
@@ -468,6 +468,38 @@ class Dao:
         args = {"job_id": job_id, "status": status, "after": after, "limit": limit}
         name = "recipients_page_by_status" if status else "recipients_page"
         return [_recipient(row) for row in self._all(name, args)]
+
+    def export_recipients_page(self, job_id: int, after: int, limit: int) -> list[tuple]:
+        """One page of the CSV export (export.py): (id, to_email, name, status, attempts,
+        error_code, error, sent_at, gmail_message_id) rows with id > `after`, in id order."""
+        rows = self._all("export_recipients_page",
+                         {"job_id": job_id, "after": after, "limit": limit})
+        return [_utc(row) for row in rows]
+
+    def sender_plan(self, sender: str, exclude_job: int = 0
+                    ) -> tuple[int | None, int | None, int, int]:
+        """For estimates.py: the sender's own rate and daily cap (None where the settings
+        apply), the unsent recipients of its active jobs (all but `exclude_job`), and its sends
+        in the last 24 hours."""
+        rate, cap, backlog, sent = self._one("sender_plan",
+                                             {"sender": sender, "exclude": exclude_job})
+        return (None if rate is None else int(rate), None if cap is None else int(cap),
+                int(backlog), int(sent))
+
+    def save_delegated_key(self, pattern: str, client_email: str, blob: bytes) -> int:
+        """Store a service-account key for an address or '*@domain' (encrypted), authorise its
+        senders again and resume their jobs paused for authorisation; returns jobs resumed."""
+        domain = pattern[2:] if pattern.startswith("*@") else None
+        args = {"email": pattern, "domain": domain}
+        with self.transaction() as cur:
+            self._run(cur, "save_delegated_key", (pattern, client_email, blob))
+            self._run(cur, "reauthorize_senders", args)
+            return self._run(cur, "resume_jobs_of_senders", args)
+
+    def delegated_key(self, sender: str) -> tuple[str, bytes] | None:
+        """(pattern, encrypted key) a sender sends with: its address's, else its domain's."""
+        row = self._one("delegated_key", {"email": sender})
+        return (row[0], bytes(row[1])) if row else None
 
     # --- stored templates -----------------------------------------------------------------
     def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
@@ -561,7 +593,7 @@ class Dao:
 
     @functools.partial(_rerun_on_conflict, label="claim")
     def claim_checked(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
-                      limits: Limits, api_key_id: int | None = None
+                      limits: Limits, api_key_id: int | None = None, unlimited: bool = False
                       ) -> tuple[list[Recipient], str | None, dict[int, str]]:
         """Claim up to `wanted` due recipients of one job within the sender's limits.
 
@@ -572,6 +604,8 @@ class Dao:
         of them whose address that key suppressed since the job was stored ({id: reason}), read
         with the claimed rows (claimed_rows). Every statement's cost grows with the rows, not
         with their square (a far database's runner claims thousands at once: issue 12).
+        `unlimited` (a test key's job): no sender limit nor deferral holds it, nothing is
+        charged to the sender.
         """
         self._ensure_sender(sender)
         with self.transaction() as cur:
@@ -581,6 +615,8 @@ class Dao:
                 self._known_senders.discard(sender)
                 raise TransactionConflict(f"sender row {sender} missing; creating it again")
             rate, cap, tokens, elapsed, deferred = row
+            if unlimited:   # a test key's job: its messages never reach the sender's account
+                rate, cap, deferred, limits = 0, 0, False, Limits(0, 0, limits.burst_seconds)
             if deferred:
                 return [], "sender deferred", {}
             limits = Limits(limits.rate_per_minute if rate is None else int(rate),
@@ -1579,7 +1615,7 @@ def _json(value: Any) -> Any:
 def _api_key(row: tuple) -> ApiKey:
     row = _utc(row)
     return ApiKey(int(row[0]), row[1], row[2], row[3], _json(row[4]) or [], bool(row[5]),
-                  row[6], row[7], row[8], int(row[9]))
+                  row[6], row[7], row[8], int(row[9]), row[10] if len(row) > 10 else None)
 
 
 def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:

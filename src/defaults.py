@@ -10,6 +10,11 @@ HOST = "127.0.0.1"
 PORT = 5000
 # waitress worker threads: requests served in parallel by one API process.
 HTTP_THREADS = 8
+# Bytes of one answer waitress keeps queued for a slow client before the app's thread waits
+# (waitress' outbuf_high_watermark, 16 MiB by default). A streamed answer (the CSV export) is
+# produced faster than most clients read it: without this bound its first 16 MiB would sit in
+# the server's memory (and its heap stay that large). Answers smaller than this are unaffected.
+HTTP_OUTBUF_HIGH_WATERMARK = 1024 * 1024
 # Largest request body accepted (bytes). 100,000 recipients with a few variables each is ~15 MB.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 # Largest recipient list of one job; a bigger list is split by the client into several jobs.
@@ -22,6 +27,9 @@ LARGE_BODY_BYTES = 1024 * 1024
 # Default and largest page size of the list endpoints.
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Recipients read per database round trip by the CSV export (export.py): its memory is one
+# page, whatever the job's size; each page is one short query under its own request deadline.
+EXPORT_PAGE_SIZE = 2000
 
 # --- Database ----------------------------------------------------------------------------------
 # Seconds to open a connection to MySQL, the handshake included (pymysql itself bounds only the
@@ -152,6 +160,9 @@ SENDER_BURST_SECONDS = 5.0
 SENDER_DAILY_CAP = 2000
 # How long a sender is deferred after a daily-limit answer that names no time.
 DAILY_LIMIT_PAUSE = 3600.0
+# A job whose estimate (estimates.py: the sender's limits and what is queued for it) needs more
+# than this many days gets a `warnings` entry in the POST answer. 0: never warn.
+WARN_DAYS = 1.0
 
 # --- Transports ----------------------------------------------------------------------------------
 # gmail, smtp, outbox or null. Unset: gmail when GOOGLE_CLIENT_SECRETS is set, else outbox.
@@ -293,7 +304,7 @@ _SHOWN = {
 }
 _NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
             "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "CONFLICT_RETRIES",
-            "DEAD_RUNNER_SECONDS"}
+            "DEAD_RUNNER_SECONDS", "EXPORT_PAGE_SIZE", "HTTP_OUTBUF_HIGH_WATERMARK"}
 
 
 def _shown(value: object) -> str:

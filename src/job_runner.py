@@ -51,6 +51,7 @@ from mailjobs.rate_limit import Limits
 from mailjobs.records import Job, Recipient
 from mailjobs.send_pool import FairPool
 from mailjobs.settings import Settings
+from mailjobs.transports import test_keys
 from mailjobs.transports.base import Transport
 from mailjobs.webhooks import dispatch as webhook_dispatch
 
@@ -118,6 +119,7 @@ class JobRunner:
         self._learned = getattr(transport_factory, "limits", None)
         self._local = threading.local()
         self._transports: list[Transport] = []
+        self._test_keys = test_keys.TestKeys(dao)   # test keys' jobs: never the real transport
         self._transports_lock = threading.Lock()
         self.stats = Stats()
         self.state = "starting"
@@ -334,7 +336,7 @@ class JobRunner:
         claimed_at = time.monotonic()
         rows, reason, suppressed = self.dao.claim_checked(
             c.job_id, c.sender, self.id, wanted, self.settings.lease_seconds, self._limits,
-            api_key_id=c.api_key_id)
+            api_key_id=c.api_key_id, unlimited=self._test_keys.mode(c.api_key_id) is not None)
         if not rows:
             if reason:
                 log.debug("job=%d: nothing claimed (%s)", c.job_id, reason)
@@ -377,6 +379,20 @@ class JobRunner:
                 self._transports.append(transport)
         return transport
 
+    def _transport_for(self, job: Job) -> Transport:
+        """The thread's transport, or for a test key's job its test transport (issue 18)."""
+        mode = self._test_keys.mode(job.api_key_id)
+        if mode is None:
+            return self._transport()
+        kept = getattr(self._local, "test_transports", None)
+        if kept is None:
+            kept = self._local.test_transports = {}
+        if mode not in kept:
+            kept[mode] = test_keys.test_transport(mode, self.settings)
+            with self._transports_lock:
+                self._transports.append(kept[mode])
+        return kept[mode]
+
     def _send_one(self, job: Job, r: Recipient) -> Outcome:
         held = self._lease_lost(job, r)
         if held is not None:
@@ -386,7 +402,7 @@ class JobRunner:
             # the guard's time, so the send itself still starts in time
             left = self._lease_guard - (time.monotonic() - self._hand.lease_from.get(r.id, 0.0))
             with db_guard.deadline(left):
-                return self.scheduler.send(self._transport(), job, r)
+                return self.scheduler.send(self._transport_for(job), job, r)
         except Exception as exc:  # a bug before the transport was called: nothing was sent
             return self.scheduler.internal_error(exc, job, r, attempted=False)
 

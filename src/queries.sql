@@ -9,17 +9,18 @@ SELECT 1;
 SELECT @@max_allowed_packet;
 
 -- name: insert_api_key
-INSERT INTO api_keys (name, prefix, secret_hash, allowed_senders, is_operator, max_priority)
-VALUES (%s, %s, %s, %s, %s, %s);
+INSERT INTO api_keys (name, prefix, secret_hash, allowed_senders, is_operator, max_priority,
+                      test_mode)
+VALUES (%s, %s, %s, %s, %s, %s, %s);
 
 -- name: api_key_by_prefix
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at, max_priority
+       revoked_at, max_priority, test_mode
 FROM api_keys WHERE prefix = %s;
 
 -- name: api_keys_all
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at, max_priority
+       revoked_at, max_priority, test_mode
 FROM api_keys ORDER BY id;
 
 -- name: touch_api_key
@@ -386,8 +387,12 @@ SELECT credentials_at FROM senders WHERE email = %s FOR UPDATE;
 SELECT credentials FROM senders WHERE email = %s;
 
 -- name: senders_all
+-- has credentials: an OAuth grant of its own, or a delegated service-account key (its address's
+-- or its domain's, issue 18).
 SELECT email, rate_per_minute, daily_cap, auth_state, auth_error, paused_until, paused_reason,
-       credentials IS NOT NULL
+       credentials IS NOT NULL OR EXISTS (
+         SELECT 1 FROM delegated_keys d
+         WHERE d.pattern IN (email, CONCAT('*@', SUBSTRING_INDEX(email, '@', -1))))
 FROM senders ORDER BY email;
 
 -- name: set_sender_limits
@@ -531,7 +536,7 @@ DELETE FROM learned_limits WHERE kind = %s AND target = %s;
 
 -- name: api_key_by_id
 SELECT id, name, prefix, secret_hash, allowed_senders, is_operator, created_at, last_used_at,
-       revoked_at, max_priority
+       revoked_at, max_priority, test_mode
 FROM api_keys WHERE id = %s;
 
 -- name: job_counts
@@ -1026,3 +1031,55 @@ DELETE FROM webhook_events WHERE id IN ({ids});
 -- {ids}: deliveries whose events were just deleted; those with none left go.
 DELETE FROM webhook_deliveries
 WHERE id IN ({ids}) AND NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.delivery_id = webhook_deliveries.id);
+
+-- ===== export: a job's recipients as CSV (issue 18) ===========================================
+
+-- name: export_recipients_page
+-- One keyset page of a job's recipients for the CSV export: only the exported columns (never
+-- the variables, megabytes a job), in id order from %(after)s.
+SELECT id, to_email, name, status, attempts, error_code, error, sent_at, gmail_message_id
+FROM job_recipients
+WHERE job_id = %(job_id)s AND id > %(after)s
+ORDER BY id LIMIT %(limit)s;
+
+-- ===== plans before sending: estimates (issue 18) =============================================
+
+-- name: sender_plan
+-- What an estimate needs, in one round trip (a far database pays each: issue 12): the sender's
+-- own limits (`mailjobs senders set`; NULL, or no row: the settings'), the unsent recipients of
+-- its active jobs but one (%(exclude)s: 0 excludes none; paused jobs are not counted until they
+-- are resumed), and its sends in the last 24 hours.
+SELECT (SELECT rate_per_minute FROM senders WHERE email = %(sender)s),
+       (SELECT daily_cap FROM senders WHERE email = %(sender)s),
+       (SELECT COUNT(*) FROM jobs j JOIN job_recipients r ON r.job_id = j.id
+        WHERE j.sender_email = %(sender)s AND j.status IN ('queued', 'scheduled', 'running')
+          AND j.id <> %(exclude)s AND r.status IN ('queued', 'retrying', 'sending')),
+       (SELECT COALESCE(SUM(sends), 0) FROM sender_hourly_sends
+        WHERE sender_email = %(sender)s AND hour_start > UTC_TIMESTAMP() - INTERVAL 24 HOUR);
+
+-- ===== service accounts with domain-wide delegation (issue 18) ================================
+
+-- name: save_delegated_key
+INSERT INTO delegated_keys (pattern, client_email, credentials, stored_at)
+VALUES (%s, %s, %s, UTC_TIMESTAMP(6))
+ON DUPLICATE KEY UPDATE client_email = VALUES(client_email), credentials = VALUES(credentials),
+                        stored_at = UTC_TIMESTAMP(6);
+
+-- name: delegated_key
+-- The key a sender uses: its own address's row first, else its domain's ('*@domain').
+SELECT pattern, credentials FROM delegated_keys
+WHERE pattern IN (%(email)s, CONCAT('*@', SUBSTRING_INDEX(%(email)s, '@', -1)))
+ORDER BY pattern = %(email)s DESC LIMIT 1;
+
+-- name: reauthorize_senders
+-- A new key for an address or a domain: its senders are authorised again (credentials_at: a
+-- failure of a send that began before this is stale, Dao.pause_sender); %(domain)s NULL for an
+-- exact address.
+UPDATE senders SET credentials_at = UTC_TIMESTAMP(6), auth_state = 'ok', auth_error = NULL
+WHERE email = %(email)s OR SUBSTRING_INDEX(email, '@', -1) = %(domain)s;
+
+-- name: resume_jobs_of_senders
+UPDATE jobs SET status = IF(started_at IS NULL, 'queued', 'running'), paused_by = NULL,
+                status_reason = NULL
+WHERE (sender_email = %(email)s OR SUBSTRING_INDEX(sender_email, '@', -1) = %(domain)s)
+  AND status = 'paused' AND paused_by = 'sender_auth';

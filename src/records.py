@@ -29,6 +29,13 @@ class ApiKey:
     last_used_at: datetime | None
     revoked_at: datetime | None
     max_priority: int = 2
+    # A test key (issue 18): None for a real key; "outbox" or "null", where its jobs' messages
+    # go instead of MAIL_TRANSPORT.
+    test_mode: str | None = None
+
+    @property
+    def is_test(self) -> bool:
+        return self.test_mode is not None
 
     def may_send_as(self, sender_email: str) -> bool:
         """Patterns are exact addresses, `*@domain` or `*`; comparison ignores case."""

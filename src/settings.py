@@ -163,6 +163,7 @@ class Settings:
     sender_burst_seconds: float = defaults.SENDER_BURST_SECONDS
     sender_daily_cap: int = defaults.SENDER_DAILY_CAP
     daily_limit_pause: float = defaults.DAILY_LIMIT_PAUSE
+    warn_days: float = defaults.WARN_DAYS
     mail_transport: str = defaults.MAIL_TRANSPORT
     outbox_dir: str = defaults.OUTBOX_DIR
     gmail_api_endpoint: str = defaults.GMAIL_API_ENDPOINT

@@ -7,7 +7,10 @@
 
 Serves messages.send (JSON `raw`, and /upload/ with uploadType=media or multipart),
 messages.list (`q=rfc822msgid:...`, or a small part of Gmail's search syntax: see _SearchQuery),
-messages.get, and `POST /token` (refresh_token grant). `deliver()` puts received mail (e.g.
+messages.get, and `POST /token` (refresh_token grant, and the JWT bearer grant of a service
+account with domain-wide delegation: `add_service_account()` registers its public key, the
+domains and scopes granted to it; the assertion's RS256 signature, iss, aud, exp, sub and scope
+are verified, and `jwt_grants` records what was accepted). `deliver()` puts received mail (e.g.
 DSNs for bounce tests) into a mailbox.
 The bearer token picks the mailbox. Failures are scripted per send call with `fail_next` and
 `hang_next`; answers use Gmail's JSON error shape. Runs on 127.0.0.1, port 0, daemon threads.
@@ -111,6 +114,27 @@ class Storm:
 
 
 @dataclass
+class DelegatedClient:
+    """A service account and the domain-wide delegation a Workspace admin granted it."""
+    client_email: str
+    public_key: object          # cryptography RSAPublicKey
+    domains: set[str]
+    scopes: set[str]
+    revoked: bool = False
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# google-auth signs every service-account assertion for Google's own token endpoint (its `aud`
+# is this constant, whatever token_uri the request goes to); Google checks it, so the fake does.
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+UNAUTHORIZED_CLIENT = ("Client is unauthorized to retrieve access tokens using this method, or "
+                       "client not authorized for any of the scopes requested.")
+
+
+@dataclass
 class Account:
     email: str
     refresh_token: str
@@ -141,6 +165,8 @@ class FakeGmail:
         self.concurrency_limit: dict[str, int] = {}
         self.refused_concurrent = 0
         self._accounts: dict[str, Account] = {}
+        self._delegated: dict[str, DelegatedClient] = {}   # client_email -> its delegation
+        self.jwt_grants: list[dict] = []                   # claims of accepted JWT assertions
         self._tokens: dict[str, str] = {}          # access token -> account email
         self._rules: list[Rule] = []
         self._storm: Storm | None = None
@@ -187,6 +213,24 @@ class FakeGmail:
         with self._lock:
             self._accounts[email_address] = account
         return account
+
+    def add_service_account(self, client_email: str, public_key: object, domain: str,
+                            scopes: list[str] | None = None) -> DelegatedClient:
+        """Domain-wide delegation granted to a service account: its key may act as any
+        account of `domain` with `scopes` (default: send and readonly)."""
+        client = DelegatedClient(client_email, public_key, {domain.lower()},
+                                 set(scopes or SCOPES))
+        with self._lock:
+            self._delegated[client_email] = client
+        return client
+
+    def revoke_delegation(self, client_email: str) -> None:
+        """The admin removed the grant: its JWTs answer unauthorized_client, its tokens die."""
+        client = self._delegated[client_email]
+        client.revoked = True
+        for account in list(self._accounts):
+            if account.split("@")[-1] in client.domains:
+                self.expire_tokens(account)
 
     def issue_token(self, email_address: str) -> str:
         token = f"at-{secrets.token_hex(12)}"
@@ -500,6 +544,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _token(self) -> None:
         form = {k: v[0] for k, v in parse_qs(self._body.decode()).items()}
+        if form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return self._jwt_grant(form.get("assertion", ""))
         if form.get("grant_type") != "refresh_token":
             return self._reply(400, {"error": "unsupported_grant_type"})
         account = next((a for a in self.fake._accounts.values()
@@ -508,6 +554,45 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(400, {"error": "invalid_grant",
                                      "error_description": "Token has been expired or revoked."})
         self._reply(200, {"access_token": self.fake.issue_token(account.email),
+                          "expires_in": self.fake.token_lifetime, "token_type": "Bearer"})
+
+    def _jwt_grant(self, assertion: str) -> None:
+        """RFC 7523's JWT bearer grant, checked as Google's token endpoint does."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def refuse(status: int, error: str, description: str) -> None:
+            self._reply(status, {"error": error, "error_description": description})
+
+        try:
+            head, body, signature = assertion.split(".")
+            header, claims = json.loads(_b64url(head)), json.loads(_b64url(body))
+            signature_bytes = _b64url(signature)
+        except (ValueError, binascii.Error):
+            return refuse(400, "invalid_request", "Invalid JWT: not a JWS compact form")
+        client = self.fake._delegated.get(claims.get("iss"))
+        if header.get("alg") != "RS256" or client is None:
+            return refuse(400, "invalid_grant", "Invalid JWT Signature.")
+        try:
+            client.public_key.verify(signature_bytes, f"{head}.{body}".encode(),
+                                     padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            return refuse(400, "invalid_grant", "Invalid JWT Signature.")
+        now = time.time()
+        if claims.get("aud") != GOOGLE_TOKEN_AUDIENCE or not (
+                claims.get("iat", 0) - 300 <= now <= claims.get("exp", 0)):
+            return refuse(400, "invalid_grant", "Invalid JWT: Token must be a short-lived "
+                                                "token (60 minutes) and in a reasonable timeframe.")
+        sub, scopes = str(claims.get("sub") or ""), set(str(claims.get("scope", "")).split())
+        if client.revoked or sub.split("@")[-1].lower() not in client.domains \
+                or not scopes or not scopes <= client.scopes:
+            return refuse(401, "unauthorized_client", UNAUTHORIZED_CLIENT)
+        if sub not in self.fake._accounts:
+            return refuse(400, "invalid_grant", "Invalid email or User ID")
+        with self.fake._lock:
+            self.fake.jwt_grants.append(claims)
+        self._reply(200, {"access_token": self.fake.issue_token(sub),
                           "expires_in": self.fake.token_lifetime, "token_type": "Bearer"})
 
     def _raw_message(self, upload: bool) -> bytes:

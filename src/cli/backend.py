@@ -3,12 +3,14 @@ remote mailjobs API (`RemoteBackend`, with --url and an API key). Both return th
 shapes (views.py), so the commands print the same whatever the source."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-from mailjobs import job_control
+from mailjobs import export, job_control
 from mailjobs.dao_mysql import Dao
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.settings import Settings
+from mailjobs.transports.test_keys import TestKeys
 from mailjobs.web.views import (
     job_view,
     keyset_page,
@@ -35,6 +37,7 @@ class Backend(Protocol):
     def senders(self) -> list[dict[str, Any]]: ...
     def learned_caps(self) -> list[dict[str, Any]]: ...
     def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]: ...
+    def export_csv(self, job_id: int) -> Iterator[bytes]: ...
 
 
 class LocalBackend:
@@ -43,17 +46,20 @@ class LocalBackend:
     def __init__(self, settings: Settings, dao: Dao) -> None:
         self.settings = settings
         self.dao = dao
+        self.test_keys = TestKeys(dao)
 
     def jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         jobs = self.dao.jobs_page(None, None, limit, status)
         counts = self.dao.job_counts([j.id for j in jobs])
-        return [job_view(j, counts=counts[j.id]) for j in jobs]
+        return [job_view(j, counts=counts[j.id],
+                         test=self.test_keys.mode(j.api_key_id) is not None) for j in jobs]
 
     def job(self, job_id: int) -> dict[str, Any]:
         job = self.dao.job(job_id, with_counts=True)
         if job is None:
             raise BackendError(f"no job {job_id}")
-        return job_view(job, self.dao.error_summary(job_id))
+        return job_view(job, self.dao.error_summary(job_id),
+                        test=self.test_keys.mode(job.api_key_id) is not None)
 
     def recipients(self, job_id: int, status: str | None, limit: int,
                    after: int) -> dict[str, Any]:
@@ -94,6 +100,12 @@ class LocalBackend:
             raise BackendError(f"{email!r} is not an address: {exc}") from None
         return trace_view(email, self.dao.recipients_by_email(email, None, before, limit + 1), limit,
                           self.dao.suppressions_of_email(email, None))
+
+    def export_csv(self, job_id: int) -> Iterator[bytes]:
+        if self.dao.job(job_id) is None:
+            raise BackendError(f"no job {job_id}")
+        return (chunk.encode() for chunk in export.csv_chunks(self.dao.export_recipients_page,
+                                                              job_id))
 
     def senders(self) -> list[dict[str, Any]]:
         limits = (self.settings.sender_rate_per_minute, self.settings.sender_daily_cap)
@@ -165,3 +177,31 @@ class RemoteBackend:
     def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]:
         params = {"email": email, "limit": limit, **({"before": before} if before else {})}
         return self._call("GET", "/api/recipients", params=params)
+
+    def export_csv(self, job_id: int) -> Iterator[bytes]:
+        """The API's recipients.csv, streamed through (never held whole)."""
+        import requests
+
+        path = f"/api/jobs/{job_id}/recipients.csv"
+        try:
+            r = self.session.get(self.url + path, timeout=self.timeout, stream=True)
+        except requests.RequestException as exc:
+            raise BackendError(f"cannot reach {self.url}: {exc}") from None
+        if r.status_code >= 400:
+            try:
+                message = r.json().get("message", "error")
+            except ValueError:
+                message = "not JSON"
+            raise BackendError(f"{message} (HTTP {r.status_code})")
+        return self._stream(r)
+
+    @staticmethod
+    def _stream(r: Any) -> Iterator[bytes]:
+        import requests
+
+        try:
+            yield from r.iter_content(chunk_size=64 * 1024)
+        except requests.RequestException as exc:
+            raise BackendError(f"the export was cut off: {exc}") from None
+        finally:
+            r.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mailjobs.cli.backend import Backend
+from mailjobs.cli.backend import Backend, BackendError
 from mailjobs.cli.common import emit, json_option, run, table
 from mailjobs.records import (
     FINAL_JOB_STATUSES,
@@ -51,6 +51,8 @@ def jobs_cmd(ctx: click.Context, status: str | None, limit: int, as_json: bool) 
 
 
 def _show(job: dict[str, Any]) -> None:
+    if job.get("test"):
+        click.echo("test           yes: a test key's job, nothing reaches a real transport")
     for key in ("id", "status", "status_reason", "sender_email", "total", "created_at",
                 "send_at", "started_at", "finished_at"):
         if job.get(key) is not None:
@@ -135,6 +137,25 @@ def trace_cmd(ctx: click.Context, email: str, limit: int, before: int | None,
                        f"{x['reason']}" + (f" (job {x['job_id']})" if x["job_id"] else "")
                        + (f": {x['detail']}" if x["detail"] else ""))
     emit(found, as_json, human)
+
+
+@commands.command("export")
+@click.argument("job_id", type=int)
+@click.option("--csv", "as_csv", is_flag=True, required=True,
+              help="CSV, one row per recipient with a header row (the only format so far)")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
+              help="write to this file (default: standard output)")
+@click.pass_context
+def export_cmd(ctx: click.Context, job_id: int, as_csv: bool, output: str | None) -> None:
+    """Every recipient of a job as CSV: status, error_code, error, attempts, sent_at,
+    gmail_message_id. Streamed page by page, in constant memory."""
+    chunks = run(ctx, lambda b: b.export_csv(job_id))
+    try:
+        with click.open_file(output or "-", "wb") as handle:   # "-": stdout, left open
+            for chunk in chunks:
+                handle.write(chunk)
+    except BackendError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _control(action: str, help_text: str) -> None:

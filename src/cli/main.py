@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mailjobs import api_keys, bootstrap, entry, metrics
+from mailjobs import api_keys, bootstrap, defaults, entry, metrics
 from mailjobs.cli import jobs as cli_jobs
 from mailjobs.cli import retention as cli_retention
 from mailjobs.cli import suppressions as cli_suppressions
@@ -17,7 +17,7 @@ from mailjobs.dao_mysql import Dao, DaoError
 from mailjobs.db.local_mariadb import LocalDatabaseError
 from mailjobs.db.migrations import MigrationError
 from mailjobs.job_runner import EmbeddedRunner, JobRunner
-from mailjobs.settings import load_settings
+from mailjobs.settings import Settings, load_settings
 from mailjobs.transports import factory as transports
 
 
@@ -95,6 +95,7 @@ def serve(ctx: click.Context) -> None:
                                threads=settings.http_threads,
                                max_request_body_size=settings.max_request_bytes + 1024,
                                ident="mailjobs", clear_untrusted_proxy_headers=True,
+                               outbuf_high_watermark=defaults.HTTP_OUTBUF_HIGH_WATERMARK,
                                _dispatcher=http_lanes.dispatcher(settings.http_threads))
     except OSError as exc:
         raise bootstrap.StartupError(f"cannot listen on {settings.host}:{settings.port}: "
@@ -154,21 +155,31 @@ def api_key() -> None:
 @click.option("--operator", is_flag=True, help="may read and control every key's jobs")
 @click.option("--max-priority", type=click.Choice(["high", "normal", "low"]), default="high",
               show_default=True, help="the highest job priority this key may ask for")
+@click.option("--test", "test_mode", type=click.Choice(api_keys.TEST_MODES), is_flag=False,
+              flag_value="outbox", default=None,
+              help="a test key: its jobs run everything but never reach a real transport; "
+                   "--test writes their messages to the outbox directory, --test=null "
+                   "discards them")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def api_key_create(ctx: click.Context, name: str, senders: tuple[str, ...], operator: bool,
-                   max_priority: str, as_json: bool) -> None:
+                   max_priority: str, test_mode: str | None, as_json: bool) -> None:
     """Create a key and print it once (only its hash is stored)."""
     from mailjobs.scheduling import PRIORITIES
 
     issued = api_keys.create_key(operator_dao(ctx), name, list(senders), operator,
-                                 PRIORITIES[max_priority])
+                                 PRIORITIES[max_priority], test_mode)
     if as_json:
         click.echo(json.dumps({"id": issued.id, "key": issued.key, "name": name,
-                               "senders": list(senders), "operator": operator}))
+                               "senders": list(senders), "operator": operator,
+                               "test": test_mode}))
         return
     click.echo(issued.key)
     click.echo(f"key {issued.id} '{name}' created; store it now, it is not shown again", err=True)
+    if test_mode:
+        where = ("messages go to the outbox directory" if test_mode == "outbox"
+                 else "messages are discarded")
+        click.echo(f"test key: its jobs send no mail ({where})", err=True)
     if not senders:
         click.echo("warning: no --sender given, so this key may not send mail", err=True)
 
@@ -181,16 +192,18 @@ def api_key_list(ctx: click.Context, as_json: bool) -> None:
     keys = operator_dao(ctx).api_keys()
     rows: list[dict[str, Any]] = [{"id": k.id, "name": k.name, "prefix": f"mj_{k.prefix}_…", "senders": k.allowed_senders,
              "operator": k.is_operator, "created_at": str(k.created_at),
-             "last_used_at": str(k.last_used_at or ""), "revoked": k.revoked_at is not None}
+             "last_used_at": str(k.last_used_at or ""), "revoked": k.revoked_at is not None,
+             "test": k.test_mode}
             for k in keys]
     if as_json:
         click.echo(json.dumps(rows))
         return
-    click.echo(f"{'ID':>4}  {'NAME':<20} {'PREFIX':<16} {'OPERATOR':<8} {'REVOKED':<7} SENDERS")
+    click.echo(f"{'ID':>4}  {'NAME':<20} {'PREFIX':<16} {'OPERATOR':<8} {'REVOKED':<7} "
+               f"{'TEST':<6} SENDERS")
     for r in rows:
         click.echo(f"{r['id']:>4}  {r['name'][:20]:<20} {r['prefix']:<16} "
                    f"{'yes' if r['operator'] else 'no':<8} {'yes' if r['revoked'] else 'no':<7} "
-                   f"{', '.join(r['senders'])}")
+                   f"{r['test'] or 'no':<6} {', '.join(r['senders'])}")
 
 
 @api_key.command("revoke")
@@ -213,9 +226,17 @@ GMAIL_READ_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
               help="import an authorized-user JSON (the token.json Google's quickstart writes)")
 @click.option("--port", default=0, show_default=True,
               help="local port of the OAuth redirect (0: any free port)")
+@click.option("--service-account", "service_account", type=click.Path(exists=True,
+              dir_okay=False), help="a Google service-account key (JSON) with domain-wide "
+              "delegation: send as SENDER, or as every address of a domain with "
+              "SENDER '*@example.org', without each one's consent")
 @click.pass_context
-def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> None:
+def auth(ctx: click.Context, sender: str, token_file: str | None, port: int,
+         service_account: str | None) -> None:
     """Authorise SENDER's Gmail account and store its token (encrypted) in the database.
+
+    With --service-account KEY.json, store that key instead (encrypted the same way): SENDER
+    (or each address of '*@domain') is then sent as through domain-wide delegation.
 
     Asks for gmail.send, plus gmail.readonly when IN_DOUBT_POLICY is check or auto (to look
     an interrupted send up by its Message-ID) or BOUNCE_CHECK_INTERVAL is not 0 (to read
@@ -226,6 +247,9 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
 
     settings = database_settings(ctx)
     dao = operator_dao(ctx)
+    if service_account:
+        _auth_service_account(settings, dao, sender, service_account)
+        return
     if token_file:
         info = json.loads(open(token_file).read())
         if not info.get("refresh_token"):
@@ -253,6 +277,44 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int) -> 
     resumed = CredentialStore(settings, dao).store_info(sender, info, resume=True)
     click.echo(f"stored Gmail credentials for {sender}"
                + (f"; {resumed} paused job(s) resumed" if resumed else ""))
+
+
+SERVICE_ACCOUNT_FIELDS = ("type", "client_email", "private_key", "token_uri")
+
+
+def _auth_service_account(settings: Settings, dao: Dao, pattern: str, key_file: str) -> None:
+    """`mailjobs auth SENDER --service-account KEY.json`: check and store the key."""
+    from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
+    from mailjobs.transports.credentials import CredentialStore
+
+    pattern = pattern.strip().lower()
+    try:
+        if pattern.startswith("*@"):
+            normalize_address("postmaster" + pattern[1:])   # a domain an address may have
+        else:
+            pattern = normalize_address(pattern).lower()
+    except InvalidAddress as exc:
+        raise click.ClickException(f"{pattern!r}: give an address or '*@domain' ({exc})") from None
+    try:
+        info = json.loads(open(key_file, encoding="utf-8").read())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{key_file} is not a JSON key file: {exc}") from None
+    missing = [f for f in SERVICE_ACCOUNT_FIELDS if not isinstance(info, dict) or not info.get(f)]
+    if missing or info.get("type") != "service_account":
+        raise click.ClickException(f"{key_file} is not a service-account key (type "
+                                   f"service_account with {', '.join(SERVICE_ACCOUNT_FIELDS)}); "
+                                   "create one in the Cloud console: IAM > Service accounts > "
+                                   "Keys > Add key > JSON")
+    scopes = [GMAIL_SEND_SCOPE]
+    if settings.in_doubt_policy in ("check", "auto") or settings.bounce_check_interval > 0:
+        scopes.append(GMAIL_READ_SCOPE)
+    resumed = CredentialStore(settings, dao).store_delegated(pattern, info, scopes)
+    click.echo(f"stored the service account {info['client_email']} for {pattern}"
+               + (f"; {resumed} paused job(s) resumed" if resumed else ""))
+    click.echo(f"It sends only once a Workspace super admin has allowed it: Admin console > "
+               f"Security > API controls > Domain-wide delegation > Add new, client ID "
+               f"{info.get('client_id', '(the key file has no client_id)')}, OAuth scopes "
+               f"{','.join(scopes)}", err=True)
 
 
 @cli.group(invoke_without_command=True)

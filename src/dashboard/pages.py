@@ -41,11 +41,13 @@ from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
+from mailjobs import export
 from mailjobs.api_keys import KeyVerifier
 from mailjobs.dao_mysql import Dao, DatabaseUnavailable
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES, ApiKey
 from mailjobs.settings import PROJECT_ROOT, Settings
+from mailjobs.transports.test_keys import TestKeys
 from mailjobs.web.views import keyset_page, learned_caps_view, runner_view, sender_view
 
 log = logging.getLogger("mailjobs.dashboard")
@@ -256,6 +258,7 @@ def _int_arg(name: str, default: int) -> int:
 def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
     bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
     verifier = KeyVerifier(dao)
+    test_keys = TestKeys(dao)   # test keys' jobs are marked: they send nothing
     for name, func in (("utc", fmt_utc), ("age", fmt_age), ("since", fmt_since),
                        ("num", fmt_num)):
         bp.add_app_template_filter(func, name)
@@ -347,7 +350,8 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
         page, next_before = keyset_page(dao.jobs_page(None, before, JOBS_PER_PAGE + 1, status),
                                         JOBS_PER_PAGE)
         counts = dao.job_counts([j.id for j in page])
-        rows = [{"job": j, "progress": progress(counts.get(j.id, {}), j.total)} for j in page]
+        rows = [{"job": j, "progress": progress(counts.get(j.id, {}), j.total),
+                 "test": test_keys.mode(j.api_key_id)} for j in page]
         return render_template("dashboard/jobs.html", rows=rows, status=status,
                                statuses=JOB_STATUSES, first_page=before is None,
                                next_before=next_before)
@@ -364,8 +368,16 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
             "dashboard/job.html", job=found, progress=progress(found.counts, found.total),
             statuses=RECIPIENT_STATUSES, errors=dao.error_summary(job_id),
             chart=send_rate_chart(dao.send_rate(job_id)), failed=failed, failed_after=after,
-            next_failed=next_failed,
+            next_failed=next_failed, test=test_keys.mode(found.api_key_id),
             active=found.status in ("queued", "running", "scheduled"))
+
+    @bp.get("/jobs/<int:job_id>/recipients.csv")
+    def job_csv(job_id: int) -> Response:
+        """The job's recipients as CSV: the same export as the API's recipients.csv."""
+        if dao.job(job_id) is None:
+            abort(404, f"There is no job {job_id}.")
+        response: Response = export.csv_response(dao, job_id, settings.db_request_deadline)
+        return response
 
     @bp.get("/recipients")
     def trace() -> ResponseReturnValue:

@@ -74,3 +74,26 @@ class CredentialStore:
         blob = self._fernet.encrypt(json.dumps(info).encode())
         with self._lock:
             return self.dao.save_sender_credentials(sender, blob, resume=resume)
+
+    # --- service accounts with domain-wide delegation (issue 18) ---------------------------
+    def store_delegated(self, pattern: str, key_info: dict[str, Any],
+                        scopes: list[str]) -> int:
+        """Store a service-account key for an address or '*@domain' with the scopes to ask
+        for; its senders are authorised again and their paused jobs resumed (returns how many)."""
+        blob = self._fernet.encrypt(json.dumps({"service_account": key_info,
+                                                "scopes": scopes}).encode())
+        return self.dao.save_delegated_key(pattern.lower(), key_info["client_email"], blob)
+
+    def load_delegated(self, sender: str) -> dict[str, Any] | None:
+        """{"service_account": …, "scopes": […], "pattern": …} a sender sends with, or None."""
+        found = self.dao.delegated_key(sender)
+        if found is None:
+            return None
+        pattern, blob = found
+        try:
+            stored = json.loads(self._fernet.decrypt(blob))
+        except InvalidToken:
+            raise CredentialsMissing(f"the stored service-account key for {pattern} cannot be "
+                                     "decrypted: TOKEN_ENCRYPTION_KEY differs from the one that "
+                                     "stored it") from None
+        return {**stored, "pattern": pattern}

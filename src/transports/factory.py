@@ -24,17 +24,24 @@ class DatabaseCredentials:
         self.token_uri = token_uri or None
 
     def get(self, sender_email: str) -> Any:
-        from mailjobs.transports.gmail import credentials_from_info
+        """A service-account key delegated for the address or its domain first (issue 18),
+        else the sender's own OAuth grant."""
+        from mailjobs.transports.gmail import credentials_from_info, delegated_credentials
 
         try:
+            delegated = self.store.load_delegated(sender_email)
+            if delegated is not None:
+                return delegated_credentials(delegated, sender_email, self.token_uri)
             info = self.store.load_info(sender_email)
         except CredentialsMissing as exc:
             raise SendError("sender_auth", "auth_missing", str(exc)) from None
         return credentials_from_info(info, self.token_uri)
 
     def save(self, sender_email: str, creds: Any) -> None:
-        from mailjobs.transports.gmail import credentials_to_info
+        from mailjobs.transports.gmail import credentials_to_info, is_delegated
 
+        if is_delegated(creds):   # minted from the key whenever needed: nothing to keep
+            return
         self.store.store_info(sender_email, credentials_to_info(creds))
 
 

@@ -90,6 +90,23 @@ def credentials_to_info(creds: Credentials) -> dict[str, Any]:
             "expiry": creds.expiry.isoformat() + "Z" if creds.expiry else None}
 
 
+def delegated_credentials(stored: dict[str, Any], sender: str,
+                          token_uri_override: str | None = None) -> Any:
+    """Credentials of a service account acting as `sender` (domain-wide delegation): the JWT
+    bearer grant, signed with the stored key, `sub` = sender, to GMAIL_TOKEN_URI when set."""
+    from google.oauth2 import service_account
+
+    creds = service_account.Credentials.from_service_account_info(
+        stored["service_account"], scopes=stored["scopes"], subject=sender)
+    return creds.with_token_uri(token_uri_override) if token_uri_override else creds
+
+
+def is_delegated(creds: Any) -> bool:
+    from google.oauth2 import service_account
+
+    return isinstance(creds, service_account.Credentials)
+
+
 # -- classifying errors ------------------------------------------------------------------------
 def _google_error(exc: HttpError) -> tuple[str | None, str]:
     """Google's machine reason (e.g. rateLimitExceeded) and human message of an HttpError."""
@@ -197,8 +214,18 @@ def classify_http_error(exc: HttpError) -> SendError:
     return error("in_doubt", f"gmail_{status}", " (unexpected answer; may have been sent)")
 
 
-def _refresh_error(sender: str, exc: RefreshError) -> SendError:
+def _refresh_error(sender: str, exc: RefreshError, creds: Any = None) -> SendError:
     text = str(exc.args[0]) if exc.args else str(exc)
+    if is_delegated(creds) and ("unauthorized_client" in text or "invalid_grant" in text
+                                or "access_denied" in text):
+        account = creds.service_account_email
+        return SendError(
+            "sender_auth", "delegation_denied",
+            f"Google refused the service account {account} acting as {sender} ({text}): "
+            f"domain-wide delegation is not granted for its client ID and these scopes "
+            f"({' '.join(creds.scopes or [])}), or the key or the user is gone; fix it in the "
+            "Admin console (Security > API controls > Domain-wide delegation), then run "
+            "`mailjobs auth` with the key again to resume the sender's jobs")
     if "invalid_grant" in text:
         return SendError("sender_auth", "auth_revoked", f"the OAuth grant of {sender} is revoked "
                          f"or expired ({text}); re-authorize the sender, then resume it")
@@ -413,7 +440,7 @@ class GmailTransport:
         try:
             creds.refresh(google_auth_httplib2.Request(session.http.http))
         except RefreshError as exc:
-            raise _refresh_error(sender, exc) from exc
+            raise _refresh_error(sender, exc, session.creds) from exc
         except (TransportError, *_NETWORK_ERRORS) as exc:
             session.http.close()
             raise _network_error(exc, f"refreshing the access token of {sender}", False) from exc
@@ -431,7 +458,7 @@ class GmailTransport:
             raise SendError("permanent", "message_too_large", f"Gmail refuses the message as "
                             f"too large: {exc}") from exc
         except RefreshError as exc:     # AuthorizedHttp's refresh after a 401
-            raise _refresh_error(sender, exc) from exc
+            raise _refresh_error(sender, exc, session.creds) from exc
         except TransportError as exc:   # network trouble during that refresh: not sent
             session.http.close()
             raise _network_error(exc, f"refreshing the access token of {sender}", False) from exc

@@ -110,6 +110,15 @@ def openapi_document() -> dict[str, Any]:
                                       {"type": "integer", "minimum": 0})],
                 "responses": {"200": _json(s.RecipientsPageOut, "one page of recipients"),
                               **_errors(400, 401, 404, 503)}}},
+            "/api/jobs/{job_id}/recipients.csv": {"get": {
+                "summary": "Every recipient of a job as CSV (streamed; header row; values a "
+                           "spreadsheet would evaluate are prefixed with ')",
+                "parameters": [job_id],
+                "responses": {"200": {"description": "recipient_id, to_email, name, status, "
+                                                     "attempts, error_code, error, sent_at, "
+                                                     "gmail_message_id",
+                                      "content": {"text/csv": {"schema": {"type": "string"}}}},
+                              **_errors(401, 404, 503)}}},
             "/api/recipients": {"get": {
                 "summary": "One address across jobs: every recipient row (newest first) and its "
                            "suppressions; this key's jobs, every key's for an operator key",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -180,6 +180,18 @@ class SendTemplateEmailsIn(Strict):
             raise ValueError(f"at most {METADATA_MAX_BYTES} bytes as JSON")
         return value
 
+    max_duration: timedelta | None = Field(
+        default=None, description="refuse the job (400 cannot_finish_in_time) when its estimate "
+                                  "says it cannot finish within this: seconds (a number) or an "
+                                  "ISO 8601 duration such as \"P3D\" or \"PT12H\"")
+
+    @field_validator("max_duration")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value.total_seconds() <= 0:
+            raise ValueError("max_duration must be more than 0 seconds")
+        return value
+
     @field_validator("recipients", mode="before")
     @classmethod
     def _count(cls, value: Any, info: ValidationInfo) -> Any:
@@ -235,6 +247,24 @@ class ErrorOut(BaseModel):
     errors: list[ErrorItem] | None = Field(default=None, description="up to 20 fields at fault")
 
 
+class EstimateOut(BaseModel):
+    """When the job should finish, from its sender's limits and what is queued for it."""
+
+    finishes_at: datetime = Field(description="when the last send should go")
+    limited_by: Literal["daily_cap", "rate", "none"] = Field(
+        description="what sets the pace: the sender's rolling 24 h cap, its per-minute rate, or "
+                    "nothing (no limits: as fast as the runners go)")
+    seconds: int = Field(description="from starts_at to finishes_at")
+    days: float
+    recipients: int = Field(description="this job's sends still to go")
+    queued_ahead: int = Field(description="unsent recipients of the sender's other queued, "
+                                          "scheduled and running jobs, counted first")
+    rate_per_minute: int = Field(description="the sender's rate (0: unlimited)")
+    daily_cap: int = Field(description="the sender's rolling 24 h cap (0: unlimited)")
+    sent_24h: int = Field(description="the sender's sends in the last 24 h")
+    starts_at: datetime = Field(description="now, or the job's send_at")
+
+
 class EnqueueOut(BaseModel):
     job_id: int
     status: str
@@ -244,6 +274,9 @@ class EnqueueOut(BaseModel):
                                                    "key's suppression list), never sent")
     status_url: str
     warnings: list[str] = Field(default_factory=list)
+    estimate: EstimateOut | None = Field(default=None, description="when it should finish")
+    test: bool = Field(default=False, description="a test key's job: nothing reaches a real "
+                                                  "transport")
 
 
 class JobOut(BaseModel):
@@ -271,6 +304,10 @@ class JobOut(BaseModel):
     errors: list[ErrorSummary] | None = Field(
         default=None, description="unsent recipients by error_code, with one example message "
                                   "(on single-job answers)")
+    estimate: EstimateOut | None = Field(
+        default=None, description="when an unfinished job should finish (on single-job answers)")
+    test: bool = Field(default=False, description="a test key's job: nothing reaches a real "
+                                                  "transport")
 
 
 class RetryOut(JobOut):
@@ -325,6 +362,7 @@ class AddressTraceOut(BaseModel):
 class RecipientsPageOut(BaseModel):
     recipients: list[RecipientOut]
     next_after: int | None = Field(description="pass as ?after= for the next page")
+    test: bool = Field(default=False, description="a test key's job: nothing was really sent")
 
 
 class RunnerOut(BaseModel):

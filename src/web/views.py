@@ -11,6 +11,7 @@ from mailjobs.scheduling import PRIORITY_NAMES
 from mailjobs.web.schemas import (
     AddressTraceOut,
     ErrorSummary,
+    EstimateOut,
     JobOut,
     RecipientOut,
     SuppressionOut,
@@ -39,8 +40,10 @@ def keyset_page(rows: Sequence[T], limit: int,
 
 
 def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
-             counts: dict[str, int] | None = None) -> dict[str, Any]:
-    """A job; `counts` when they were read apart from the row (a list's page, one query)."""
+             counts: dict[str, int] | None = None,
+             estimate: dict[str, Any] | None = None, test: bool = False) -> dict[str, Any]:
+    """A job; `counts` when they were read apart from the row (a list's page, one query);
+    `estimate` from estimates.plan (single-job answers); `test`: a test key's job."""
     return JobOut(
         id=job.id, type=job.type, status=job.status, status_reason=job.status_reason,
         sender_email=job.sender_email, from_name=job.from_name, reply_to=job.reply_to,
@@ -53,6 +56,7 @@ def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
         recipients_url=f"/api/jobs/{job.id}/recipients",
         errors=None if errors is None else [
             ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
+        estimate=EstimateOut(**estimate) if estimate is not None else None, test=test,
     ).model_dump(mode="json")
 
 
