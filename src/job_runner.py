@@ -202,6 +202,8 @@ class JobRunner:
     def stop(self) -> None:
         """Warm stop: finish the messages in hand, release unsent claims, then return."""
         self.stop_event.set()
+        if self._pool is not None:   # nothing that waits starts now (the loop may be mid-pass)
+            self._pool.hold()
         self.wakeup.set()
 
     def wake(self) -> None:

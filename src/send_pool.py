@@ -50,6 +50,11 @@ class FairPool:
         self._busy = 0.0
         self._busy_since = 0.0
         self._closed = False
+        # A warm stop was asked for: no waiting item starts any more (shutdown() cancels them
+        # first, then lets the threads drain the cancelled ones). A plain flag, set without the
+        # lock: hold() is called from a signal handler, which may run while this very thread
+        # holds the lock.
+        self._held = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
                          for i in range(max(1, threads))]
         for thread in self._threads:
@@ -64,11 +69,16 @@ class FairPool:
             self._wake_one()
         return future
 
+    def hold(self) -> None:
+        """Start nothing more that waits: sends already running go on (a warm stop)."""
+        self._held = True
+
     def shutdown(self, wait: bool = True) -> None:
         """No more submissions; threads end when nothing runnable is left (cancel first what
-        should not run)."""
+        should not run: a hold ends here, and what still waits then runs)."""
         with self._lock:
             self._closed = True
+            self._held = False
             while self._idle:
                 self._idle.pop().notify()
                 self._woken += 1
@@ -101,6 +111,8 @@ class FairPool:
 
     def _next(self) -> tuple[int, int, _Item] | None:
         """Under the lock: the next item to run, or None when nothing may run now."""
+        if self._held:
+            return None
         best = None
         for key in self._queues:
             running = self._running_key[key]
