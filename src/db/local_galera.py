@@ -187,7 +187,8 @@ class LocalGalera:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise LocalDatabaseError(f"node {node.number} exited: see {node.logfile}")
+                raise LocalDatabaseError(f"node {node.number} exited: see {node.logfile}; it "
+                                         f"ends: {_tail(node.logfile)}")
             if node.status().get("wsrep_local_state_comment") == "Synced":
                 if bootstrap:
                     self._create_user(node)
@@ -239,6 +240,14 @@ def _grastate(node: Node) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     return dict(re.findall(r"^(\w+):\s*(\S*)", text, flags=re.M))
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    """The end of a node's log, for an error that outlives its directory."""
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -10,6 +10,7 @@ has a database of its own on it.
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import socket
 import tempfile
@@ -40,17 +41,25 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 _databases = itertools.count(1)
 
 
-def free_base_port() -> int:
-    """A base port whose node ports (base+10 .. base+33) are all free on 127.0.0.1."""
+def reserve_base_port():
+    """A base port whose node ports (base+10 .. base+33) are free on 127.0.0.1, and the lock
+    file that keeps it this suite's: two suites on one machine (CI beside a developer's run)
+    both found 24000 free and the second cluster's node 1 could not bind."""
     for base in range(24000, 40000, 100):
+        lock = open(Path(tempfile.gettempdir()) / f"mailjobs-galera-{base}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
         ports = [base + 10 * n + k for n in (1, 2, 3) for k in range(4)]
         try:
             for port in ports:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port))
-            return base
+            return base, lock
         except OSError:
-            continue
+            lock.close()
     raise RuntimeError("no free ports for a local Galera cluster")
 
 
@@ -58,12 +67,14 @@ def free_base_port() -> int:
 def cluster():
     # not under pytest's tmp_path: its directories are private to root, and as root the nodes
     # run as the mysql user (see local_galera)
-    cluster = LocalGalera(Path(tempfile.mkdtemp(prefix="mailjobs-galera-")), free_base_port())
+    base, lock = reserve_base_port()
+    cluster = LocalGalera(Path(tempfile.mkdtemp(prefix="mailjobs-galera-")), base)
     try:
         cluster.start(timeout=180)
         yield cluster
     finally:
         cluster.destroy()
+        lock.close()
 
 
 class GaleraDb:
