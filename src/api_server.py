@@ -618,6 +618,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     register_unsubscribe(app, dao, settings)
     from mailjobs.webhooks.routes import register_webhooks  # /api/webhooks and its deliveries
     register_webhooks(app, dao, settings, _body, _int_arg)
+    from mailjobs.attachments.routes import register_attachments  # /api/attachments
+    register_attachments(app, dao, settings)
     return app
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ from mailjobs.mail_message import has_own_token, recipient_message_id
 from mailjobs.rate_limit import Limits, allowance
 from mailjobs.records import (
     ApiKey,
+    Attachment,
     Job,
     LearnedCap,
     NewJob,
@@ -85,6 +86,10 @@ class TransactionConflict(DatabaseUnavailable):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, kind="conflict", retry_after=1.0)
+
+
+class AttachmentGone(DaoError):
+    """An attachment a job names was deleted while the job was being stored."""
 
 
 class DuplicateKey(DaoError):
@@ -436,6 +441,8 @@ class Dao:
                 self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
             if job.metadata is not None:
                 self._run(cur, "set_job_metadata", (json.dumps(job.metadata), job_id))
+            if job.attachment_ids:
+                self._use_attachments(cur, job_id, job.attachment_ids, job.attachments)
             sql = self.queries["insert_recipients"]
             for rows in _batches(job_id, recipients, batch, self.max_packet_bytes() // 2):
                 cur.executemany(sql, rows)
@@ -1313,6 +1320,7 @@ class Dao:
             if ids:
                 deleted = self._by_ids(cur, "delete_recipients", ids)
             if len(ids) < limit:   # that was the last of them: the job row goes too
+                self._run(cur, "delete_job_attachment_uses", (job_id,))
                 self._run(cur, "delete_job", (job_id,))
                 return deleted, True
             return deleted, False
@@ -1548,6 +1556,121 @@ class Dao:
         return float(row[0]) if row and row[0] is not None else 0.0
 
 
+    # --- attachments (attachments/store.py) --------------------------------------------------
+    def _use_attachments(self, cur: Any, job_id: int, ids: Sequence[int],
+                         job_list: list[dict[str, Any]] | None) -> None:
+        """In create_job's transaction: the attachments still exist (locked until the commit, so
+        a DELETE waits and then sees the job), the job's uses of them, their last use."""
+        unique = sorted(set(ids))
+        marks = _placeholders(len(unique))
+        cur.execute(self.queries["lock_attachments"].format(ids=marks), unique)
+        found = {int(row[0]) for row in cur.fetchall()}
+        if len(found) != len(unique):
+            raise AttachmentGone(f"attachment(s) {sorted(set(unique) - found)} were deleted")
+        if job_list:
+            self._run(cur, "set_job_attachments", (json.dumps(job_list), job_id))
+        cur.executemany(self.queries["insert_job_attachment"], [(job_id, i) for i in unique])
+        cur.execute(self.queries["touch_attachments"].format(ids=marks), unique)
+
+    def start_attachment(self, public_id: str, api_key_id: int, content_type: str,
+                         filename: str | None) -> int:
+        with self.transaction() as cur:
+            self._run(cur, "insert_attachment", (public_id, api_key_id, content_type, filename))
+            return int(cur.lastrowid)
+
+    def add_attachment_chunk(self, attachment_id: int, seq: int, data: bytes) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "insert_attachment_chunk", (attachment_id, seq, data))
+
+    def finish_attachment(self, attachment_id: int, api_key_id: int, sha256: bytes, size: int,
+                          chunks: int) -> Attachment:
+        """Mark an upload complete; when the key has these bytes already (the same sha256),
+        the new copy is deleted and the existing one returned."""
+        try:
+            with self.transaction() as cur:
+                self._run(cur, "finish_attachment", (sha256, size, chunks, attachment_id))
+                self._run(cur, "attachment_row", (attachment_id,))
+                return _attachment(cur.fetchone())
+        except DuplicateKey:
+            pass
+        self.drop_attachment(attachment_id)
+        existing = self._one("attachment_by_sha", (api_key_id, sha256))
+        if existing is None:    # deleted in between: a very unlikely race; say so
+            raise AttachmentGone("the identical attachment was deleted during the upload")
+        with self.transaction() as cur:
+            cur.execute(self.queries["touch_attachments"].format(ids="%s"), (existing[0],))
+        return _attachment(existing)
+
+    def attachment_by_sha(self, api_key_id: int, sha256: bytes) -> Attachment | None:
+        row = self._one("attachment_by_sha", (api_key_id, sha256))
+        return _attachment(row) if row else None
+
+    def attachment(self, api_key_id: int, public_id: str) -> Attachment | None:
+        row = self._one("attachment_by_public_id", (public_id, api_key_id))
+        return _attachment(row) if row else None
+
+    def attachment_row(self, attachment_id: int) -> Attachment | None:
+        row = self._one("attachment_row", (attachment_id,))
+        return _attachment(row) if row else None
+
+    def attachments_of_key(self, api_key_id: int, public_ids: Sequence[str]
+                           ) -> dict[str, Attachment]:
+        if not public_ids:
+            return {}
+        unique = sorted(set(public_ids))
+        with self.transaction() as cur:
+            cur.execute(self.queries["attachments_by_public_ids"].format(
+                ids=_placeholders(len(unique))), (api_key_id, *unique))
+            return {a.public_id: a for a in map(_attachment, cur.fetchall())}
+
+    def attachment_bytes(self, attachment_id: int) -> bytes:
+        """The whole file (the caller bounds how many it holds)."""
+        with self.transaction() as cur:
+            self._run(cur, "attachment_chunks", (attachment_id,))
+            return b"".join(bytes(row[0]) for row in cur.fetchall())
+
+    def delete_attachment(self, api_key_id: int, public_id: str) -> tuple[bool, int | None]:
+        """(found, the id of an unfinished job that uses it). Deleted when found and unused."""
+        with self.transaction() as cur:
+            self._run(cur, "attachment_for_update", (public_id, api_key_id))
+            row = cur.fetchone()
+            if row is None:
+                return False, None
+            self._run(cur, "attachment_used_by", (row[0],))
+            used = cur.fetchone()
+            if used is not None:
+                return True, int(used[0])
+            self._drop_attachment(cur, int(row[0]))
+            return True, None
+
+    def drop_attachment(self, attachment_id: int) -> None:
+        with self.transaction() as cur:
+            self._drop_attachment(cur, attachment_id)
+
+    def _drop_attachment(self, cur: Any, attachment_id: int) -> None:
+        self._run(cur, "delete_attachment_chunks", (attachment_id,))
+        self._run(cur, "delete_attachment_uses", (attachment_id,))
+        self._run(cur, "delete_attachment", (attachment_id,))
+
+    def job_attachment_list(self, job_id: int) -> list[dict[str, Any]]:
+        row = self._one("job_attachment_list", (job_id,))
+        return (_json(row[0]) or []) if row else []
+
+    @_rerun_on_conflict
+    def delete_unused_attachments(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` attachments unused since `cutoff` (and stopped uploads)."""
+        stale = self.db_now() - timedelta(days=1)
+        with self.transaction() as cur:
+            self._run(cur, "unused_attachments", {"cutoff": _naive_utc(cutoff),
+                                                  "stale": _naive_utc(stale), "limit": limit})
+            ids = [int(row[0]) for row in cur.fetchall()]
+        for attachment_id in ids:   # one short transaction each (a file may be many chunks)
+            with self.transaction() as cur:
+                self._run(cur, "attachment_used_by", (attachment_id,))
+                if cur.fetchone() is None:
+                    self._drop_attachment(cur, attachment_id)
+        return len(ids)
+
 def attributed(stored_message_id: str | None, to_email: str, named: Sequence[str],
                guess: str | None) -> bool:
     """Whether a report whose Message-ID is this recipient's own counts for it. A report that
@@ -1599,6 +1722,12 @@ def _delivery(row: tuple) -> dict[str, Any]:
     return out
 
 
+def _attachment(row: tuple) -> Attachment:
+    row = _utc(row)
+    return Attachment(int(row[0]), row[1], int(row[2]), bytes(row[3] or b""), int(row[4]),
+                      row[5], row[6], int(row[7]), row[8], row[9])
+
+
 def _naive_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
 
@@ -1646,7 +1775,8 @@ def _learned_cap(row: tuple) -> LearnedCap:
 def _recipient(row: tuple) -> Recipient:
     row = _utc(row)
     return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
-                     *row[7:17], bool(row[17]), int(row[18]), *row[19:20])
+                     *row[7:17], bool(row[17]), int(row[18]), *row[19:20],
+                     attachments=_json(row[20]) if len(row) > 20 else None)
 
 
 def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
@@ -1658,11 +1788,13 @@ def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
     size = 0
     for r in recipients:
         variables = json.dumps(r.variables) if r.variables is not None else None
-        bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")) + 64
+        files = json.dumps(r.attachments) if r.attachments else None
+        bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")
+                     + len(files or "")) + 64
         if out and (len(out) >= rows or size + bound > max_bytes):
             yield out
             out, size = [], 0
-        out.append((job_id, r.to_email, r.name, variables))
+        out.append((job_id, r.to_email, r.name, variables, files))
         size += bound
     if out:
         yield out

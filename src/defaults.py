@@ -287,6 +287,21 @@ WEBHOOK_ROTATION_OVERLAP = 86400
 DEVELOPMENT = False
 
 # How the README shows a default that is not a plain value.
+# --- Attachments and inline images (attachments/, issue 16) ------------------------------------
+# Bytes one POST /api/attachments may upload (read in chunks, never whole in memory): 413 above.
+ATTACHMENT_MAX_BYTES = 26214400
+# Bytes of all the files a job carries inline in its POST (content_base64, decoded), for curl
+# users; bigger files go through POST /api/attachments.
+ATTACHMENT_INLINE_MAX_BYTES = 1048576
+# Bytes of one stored chunk of a file (at most a quarter of the server's max_allowed_packet).
+ATTACHMENT_CHUNK_BYTES = 1048576
+# Bytes of shared files (a job's own, used by every recipient) a runner keeps in memory, least
+# recently used first out; a recipient's own files are read when it is rendered, never cached.
+ATTACHMENT_CACHE_BYTES = 67108864
+# Days an attachment is kept after its last use (its upload, or the end of the last job that
+# used it); then the purge deletes it. 0: never.
+ATTACHMENT_RETENTION_DAYS = 30
+
 _SHOWN = {
     "DATABASE_URL": "(unset: a project-local MariaDB under var/mariadb)",
     "LOG_LEVEL": "INFO",

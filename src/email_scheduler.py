@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from jinja2 import TemplateError
 
 from mailjobs import metrics
+from mailjobs.attachments.jobs import AttachmentUnavailable, FilesFor
+from mailjobs.dao_mysql import DaoError
 from mailjobs.mail_message import HeaderInjection, UnsupportedAddress, build_message
 from mailjobs.records import Job, Recipient
 from mailjobs.settings import Settings
@@ -75,8 +77,11 @@ def defer_delay(deferred_for: float, base: float, cap: float,
 
 
 class EmailScheduler:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, files: FilesFor | None = None) -> None:
+        """`files`: a recipient's attachments (attachments.jobs.RecipientFiles.files); None:
+        jobs are sent without any (a scheduler without a database)."""
         self.settings = settings
+        self.files = files
         self._compiled: OrderedDict[int, CompiledTemplates] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -103,10 +108,12 @@ class EmailScheduler:
                 job.unsubscribe_base_url, r.id, job.api_key_id)
             extra = headers(url)
         subject, html, text = self.templates(job).render(context, render_limits(self.settings))
+        # read last (only for a message that renders), dropped with the message once sent
+        files = self.files(job, r, context) if self.files is not None else []
         raw = build_message(sender_email=job.sender_email, from_name=job.from_name,
                             reply_to=job.reply_to, to_email=r.to_email, to_name=r.name,
                             subject=subject, text=text, html=html,
-                            message_id=r.message_id or "", extra_headers=extra)
+                            message_id=r.message_id or "", extra_headers=extra, files=files)
         return OutgoingMessage(job.id, r.id, job.sender_email, r.to_email, r.message_id or "", raw)
 
     def send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
@@ -132,6 +139,11 @@ class EmailScheduler:
         except UnsupportedAddress as exc:
             return Outcome(r, job, FAILED, error_code="invalid_address", not_sent=True,
                            error=f"address cannot be put in a message header: {exc}")
+        except AttachmentUnavailable as exc:
+            return Outcome(r, job, FAILED, error_code=exc.code, not_sent=True,
+                           error=f"refused to send: {exc}")
+        except DaoError as exc:   # a file could not be read: not the recipient's fault
+            return self.internal_error(exc, job, r, attempted=False)
         except TemplateRenderError as exc:   # anything the tenant's template raised
             return Outcome(r, job, FAILED, error_code="template_error", not_sent=True,
                            error=f"template could not be rendered: {exc}")

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from mailjobs.dao_mysql import Dao, DuplicateKey
+from mailjobs.attachments.jobs import AttachmentRejected, Prepared, prepare
+from mailjobs.attachments.store import MySQLStore
+from mailjobs.dao_mysql import AttachmentGone, Dao, DuplicateKey
 from mailjobs.db import guard as db_guard
 from mailjobs.mail_message import header_text_problem
 from mailjobs.records import ApiKey, Job, NewJob, NewRecipient
@@ -192,15 +194,18 @@ def _missing_variables(req: SendTemplateEmailsIn, required: frozenset[str]) -> N
                               f"{errors[0][0]}: {errors[0][1]}", errors)
 
 
-def dedupe(req: SendTemplateEmailsIn) -> list[NewRecipient]:
-    """First occurrence wins; addresses compare case-insensitively."""
+def dedupe(req: SendTemplateEmailsIn,
+           files: list[list[dict[str, Any]] | None] | None = None) -> list[NewRecipient]:
+    """First occurrence wins; addresses compare case-insensitively. `files`: each request
+    recipient's own attachments (attachments.jobs.prepare), by position."""
     seen: set[str] = set()
     out: list[NewRecipient] = []
-    for r in req.recipients:
+    for i, r in enumerate(req.recipients):
         folded = r.email.lower()
         if folded not in seen:
             seen.add(folded)
-            out.append(NewRecipient(r.email, r.name, r.variables))
+            out.append(NewRecipient(r.email, r.name, r.variables,
+                                    files[i] if files is not None else None))
     return out
 
 
@@ -225,6 +230,17 @@ def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None,
     return base
 
 
+def _files(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, template: TemplateIn,
+           settings: Settings) -> Prepared:
+    """The job's and each recipient's files, checked (and the small inline ones stored)."""
+    try:
+        return prepare(dao, MySQLStore(dao, settings.attachment_chunk_bytes), key, req, template,
+                       settings)
+    except AttachmentRejected as exc:
+        raise RequestRejected(exc.status, exc.code, f"{exc.errors[0][0]}: {exc.errors[0][1]}",
+                              exc.errors) from None
+
+
 def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
             idempotency_key: str | None, unsubscribe_base_url: str | None = None,
             settings: Settings | None = None, body_size: int = 0) -> Enqueued:
@@ -245,13 +261,15 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
     _missing_variables(req, required)
     _subject_variables(req, in_subject)
     _check_stored_sizes(dao, req, template, body_size)
-    recipients = dedupe(req)
+    files = _files(dao, key, req, template, settings or dao.settings)
+    recipients = dedupe(req, files.recipients)
     new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
                  template.html, template.text, req.variables, len(recipients),
                  len(req.recipients) - len(recipients), idempotency_key, body_hash,
                  req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None,
                  req.template_name, version, PRIORITIES[req.priority], req.expires_at,
-                 unsubscribe_base_url=unsubscribe_base, metadata=req.metadata)
+                 unsubscribe_base_url=unsubscribe_base, metadata=req.metadata,
+                 attachments=files.job, attachment_ids=files.ids)
     # The request's deadline bounds its database waits; the checks above are CPU work bounded by
     # the body's size budgets (MAX_REQUEST_BYTES, MAX_RECIPIENTS_PER_JOB), which on a busy host
     # took most of the 10 s of a 100,000-recipient POST before its one storing transaction
@@ -261,6 +279,10 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
         db_guard.start_deadline((settings or dao.settings).db_request_deadline)
     try:
         job, suppressed = dao.create_job_read(new, recipients)
+    except AttachmentGone as exc:
+        raise RequestRejected(409, "attachment_deleted", f"an attachment was deleted while the "
+                              f"job was being stored ({exc}); nothing was stored",
+                              [("attachments", "deleted meanwhile")]) from None
     except DuplicateKey:
         # Another request with the same Idempotency-Key won the race: answer as a replay.
         replay = replay_or_conflict(dao, key, idempotency_key or "", body_hash)

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mailjobs import job_control, metrics, retention, scheduling
+from mailjobs.attachments.jobs import RecipientFiles
 from mailjobs.dao_mysql import Dao, DatabaseUnavailable
 from mailjobs.db import guard as db_guard
 from mailjobs.deliverability import bounces
@@ -113,7 +114,8 @@ class JobRunner:
         self.stop_event = threading.Event()
         # set by wake() (the API process committed a job) or stop(): ends the idle wait early
         self.wakeup = threading.Event()
-        self.scheduler = EmailScheduler(settings)
+        self.files = RecipientFiles(dao, settings)   # attachments: shared ones cached
+        self.scheduler = EmailScheduler(settings, self.files.files)
         self._factory = transport_factory
         # the far side's learned caps (learned_limits.py), when the transport has any
         self._learned = getattr(transport_factory, "limits", None)

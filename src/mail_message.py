@@ -8,17 +8,23 @@ Any header value with a line break is refused (HeaderInjection), never silently 
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import encoders
 from email.charset import Charset
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr
+from typing import Any
 
 try:  # IDNA 2008 / UTS 46, as email-validator (which normalised the addresses) uses
     import idna as _idna
@@ -186,16 +192,106 @@ def _message_id(message_id: str, sender_email: str) -> str:
     return message_id
 
 
+@dataclass(frozen=True)
+class MailFile:
+    """A file in a message: an attachment, or with `cid` an inline image (multipart/related)."""
+    filename: str
+    content_type: str
+    data: bytes
+    cid: str | None = None
+
+
+# <img src="data:image/png;base64,..."> (and url(data:...) in CSS): Gmail shows no data: URI,
+# so each becomes an inline part referred to as cid:.
+_DATA_URI = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,([A-Za-z0-9+/=\s]+)", re.I)
+
+
+def inline_data_uris(html: str) -> tuple[str, list[MailFile]]:
+    """The HTML with every base64 `data:image/...` URI replaced by a cid: reference, and the
+    images as inline files (one per distinct image)."""
+    files: dict[str, MailFile] = {}
+
+    def replace(match: re.Match[str]) -> str:
+        payload = re.sub(r"\s+", "", match.group(2))
+        try:
+            data = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            return match.group(0)      # not base64: left as it was
+        cid = "img-" + hashlib.sha256(data).hexdigest()[:20] + "@mailjobs"
+        if cid not in files:
+            subtype = match.group(1).split("/", 1)[1].lower()
+            ext = {"jpeg": "jpg", "svg+xml": "svg"}.get(subtype, subtype)
+            files[cid] = MailFile(f"image-{len(files) + 1}.{ext}", match.group(1).lower(), data,
+                                  cid)
+        return f"cid:{cid}"
+
+    if "data:" not in html:
+        return html, []
+    return _DATA_URI.sub(replace, html), list(files.values())
+
+
+def _file_part(f: MailFile) -> MIMENonMultipart:
+    _check("attachment filename", f.filename)
+    maintype, _, subtype = f.content_type.partition("/")
+    part = MIMENonMultipart(maintype or "application", subtype or "octet-stream")
+    del part["MIME-Version"]
+    part.set_payload(f.data)
+    encoders.encode_base64(part)
+    # RFC 2231 for a non-ASCII name (filename*=utf-8''...); the name parameter of the
+    # Content-Type is kept too, for old clients (RFC 2047-style, as most mailers do)
+    name: str | tuple[str, str, str] = f.filename if f.filename.isascii() else (
+        "utf-8", "", f.filename)
+    if f.cid is not None:
+        _check("cid", f.cid)
+        part["Content-ID"] = f"<{f.cid}>"
+        part.add_header("Content-Disposition", "inline", filename=name)
+    else:
+        part.add_header("Content-Disposition", "attachment", filename=name)
+    part.set_param("name", name)
+    return part
+
+
+def _multipart(subtype: str, parts: list[Any]) -> MIMEMultipart:
+    container = MIMEMultipart(subtype, boundary="=_mj_" + secrets.token_hex(16))
+    for part in parts:
+        if "MIME-Version" in part:
+            del part["MIME-Version"]
+        container.attach(part)
+    return container
+
+
+def _with_files(body: MIMENonMultipart | MIMEMultipart, html: str | None,
+                files: Sequence[MailFile]) -> MIMENonMultipart | MIMEMultipart:
+    """text/html (or alternative) -> related (inline images) -> mixed (attachments)."""
+    inline = [f for f in files if f.cid is not None and html is not None]
+    attached = [f for f in files if f not in inline]
+    if inline:
+        body = _multipart("related", [body, *map(_file_part, inline)])
+        body.set_param("type", "multipart/alternative" if body.get_payload(0).get_content_type()
+                       == "multipart/alternative" else "text/html")
+    if attached:
+        body = _multipart("mixed", [body, *map(_file_part, attached)])
+    return body
+
+
 def build_message(*, sender_email: str, from_name: str | None, reply_to: str | None,
                   to_email: str, to_name: str | None, subject: str, text: str | None,
                   html: str | None, message_id: str, date: datetime | None = None,
-                  extra_headers: Mapping[str, str] | None = None) -> bytes:
+                  extra_headers: Mapping[str, str] | None = None,
+                  files: Sequence[MailFile] = ()) -> bytes:
     """The full RFC 5322 message (CRLF line ends). An empty `message_id` gets a new one.
+    `files`: attachments, and inline images (those with a cid; their HTML refers to cid:...);
+    base64 data: image URIs in `html` become inline images too.
 
     Raises HeaderInjection if any header value contains a line break, UnsupportedAddress or
     ValueError for what cannot be written."""
     _check("Subject", subject)
+    if html is not None and "data:" in html:
+        html, images = inline_data_uris(html)
+        files = [*files, *images]
     message = _body(text, html)
+    if files:
+        message = _with_files(message, html, files)
     message["From"] = _mailbox("From", from_name, sender_email)
     message["To"] = _mailbox("To", to_name, to_email)
     if reply_to:

@@ -37,7 +37,8 @@ INSERT INTO jobs (type, api_key_id, sender_email, from_name, reply_to, subject_t
 VALUES ('template', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
 
 -- name: insert_recipients
-INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %s, %s);
+INSERT INTO job_recipients (job_id, to_email, name, variables, attachments)
+VALUES (%s, %s, %s, %s, %s);
 
 -- name: job_by_id
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
@@ -237,7 +238,7 @@ WHERE r.status IN ('queued', 'retrying', 'sending') AND r.next_attempt_at <= UTC
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts,
        r.next_attempt_at, r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id,
        r.error_code, r.error, r.sent_at, NULL, NULL, r.in_doubt, r.attempts_base,
-       r.deferred_since, s.reason
+       r.deferred_since, r.attachments, s.reason
 FROM job_recipients r
 LEFT JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE utf8mb4_bin
 WHERE r.id IN ({ids}) AND r.claimed_by = %s AND r.status = 'sending' ORDER BY r.id;
@@ -1083,3 +1084,103 @@ UPDATE jobs SET status = IF(started_at IS NULL, 'queued', 'running'), paused_by 
                 status_reason = NULL
 WHERE (sender_email = %(email)s OR SUBSTRING_INDEX(sender_email, '@', -1) = %(domain)s)
   AND status = 'paused' AND paused_by = 'sender_auth';
+
+-- name: insert_attachment
+-- A new upload, not yet complete (sha256 NULL until its last chunk is stored).
+INSERT INTO attachments (public_id, api_key_id, content_type, filename) VALUES (%s, %s, %s, %s);
+
+-- name: insert_attachment_chunk
+INSERT INTO attachment_chunks (attachment_id, seq, data) VALUES (%s, %s, %s);
+
+-- name: finish_attachment
+UPDATE attachments SET sha256 = %s, size = %s, chunks = %s, complete = 1,
+                       last_used_at = UTC_TIMESTAMP(6)
+WHERE id = %s;
+
+-- name: attachment_by_sha
+SELECT id, public_id, api_key_id, sha256, size, content_type, filename, chunks, created_at,
+       last_used_at
+FROM attachments WHERE api_key_id = %s AND sha256 = %s AND complete = 1;
+
+-- name: attachment_by_public_id
+SELECT id, public_id, api_key_id, sha256, size, content_type, filename, chunks, created_at,
+       last_used_at
+FROM attachments WHERE public_id = %s AND api_key_id = %s AND complete = 1;
+
+-- name: attachments_by_public_ids
+-- The key's complete attachments among a placeholder list of public ids, locked against a
+-- concurrent DELETE until the job that uses them is committed.
+SELECT id, public_id, api_key_id, sha256, size, content_type, filename, chunks, created_at,
+       last_used_at
+FROM attachments WHERE api_key_id = %s AND complete = 1 AND public_id IN ({ids})
+LOCK IN SHARE MODE;
+
+-- name: attachment_for_update
+SELECT id FROM attachments WHERE public_id = %s AND api_key_id = %s AND complete = 1 FOR UPDATE;
+
+-- name: touch_attachments
+UPDATE attachments SET last_used_at = UTC_TIMESTAMP(6) WHERE id IN ({ids});
+
+-- name: attachment_used_by
+-- An unfinished job that uses the attachment (DELETE answers 409 naming it).
+SELECT j.id FROM job_attachments ja JOIN jobs j ON j.id = ja.job_id
+WHERE ja.attachment_id = %s
+  AND j.status NOT IN ('completed', 'completed_with_errors', 'failed', 'cancelled')
+LIMIT 1;
+
+-- name: attachment_chunks
+SELECT data FROM attachment_chunks WHERE attachment_id = %s ORDER BY seq;
+
+-- name: attachment_row
+SELECT id, public_id, api_key_id, sha256, size, content_type, filename, chunks, created_at,
+       last_used_at
+FROM attachments WHERE id = %s AND complete = 1;
+
+-- name: delete_attachment_chunks
+DELETE FROM attachment_chunks WHERE attachment_id = %s;
+
+-- name: delete_attachment_uses
+DELETE FROM job_attachments WHERE attachment_id = %s;
+
+-- name: delete_attachment
+DELETE FROM attachments WHERE id = %s;
+
+-- name: insert_job_attachment
+INSERT IGNORE INTO job_attachments (job_id, attachment_id) VALUES (%s, %s);
+
+-- name: set_job_attachments
+UPDATE jobs SET attachments = %s WHERE id = %s;
+
+-- name: set_recipient_attachments
+-- A recipient's own attachments, by position among the job's recipients (ids ascend in insert
+-- order within one job).
+UPDATE job_recipients SET attachments = %s WHERE id = %s;
+
+-- name: job_recipient_ids
+SELECT id FROM job_recipients WHERE job_id = %s ORDER BY id;
+
+-- name: job_attachment_list
+SELECT attachments FROM jobs WHERE id = %s;
+
+-- name: recipient_attachment_list
+SELECT attachments FROM job_recipients WHERE id = %s;
+
+-- name: unused_attachments
+-- Attachments unused since the cut-off: uploaded or last referenced by a POST before it, and no
+-- job that uses them unfinished or finished after it; and uploads stopped halfway (incomplete)
+-- for more than a day.
+SELECT a.id FROM attachments a
+WHERE (a.complete = 1 AND a.last_used_at < %(cutoff)s
+       AND NOT EXISTS (SELECT 1 FROM job_attachments ja JOIN jobs j ON j.id = ja.job_id
+                       WHERE ja.attachment_id = a.id
+                         AND (j.finished_at IS NULL OR j.finished_at >= %(cutoff)s)))
+   OR (a.complete = 0 AND a.created_at < %(stale)s)
+LIMIT %(limit)s;
+
+
+-- name: delete_job_attachment_uses
+DELETE FROM job_attachments WHERE job_id = %s;
+
+-- name: lock_attachments
+-- In the transaction storing a job: its attachments still exist, and stay until it commits.
+SELECT id FROM attachments WHERE id IN ({ids}) AND complete = 1 LOCK IN SHARE MODE;

@@ -71,6 +71,10 @@ class NewJob:
     expires_at: datetime | None = None
     unsubscribe_base_url: str | None = None   # List-Unsubscribe links to <this>/u/<token>
     metadata: dict[str, Any] | None = None    # the client's own, returned in webhook events
+    # the job's own attachments (attachments.spec.stored_list) and every attachment row id the
+    # job uses (its own and its recipients'): job_attachments
+    attachments: list[dict[str, Any]] | None = None
+    attachment_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class NewRecipient:
     to_email: str
     name: str | None
     variables: dict[str, Any] | None
+    # the recipient's own attachments, stored as JSON (attachments.spec.stored_list)
+    attachments: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,7 @@ class Recipient:
     in_doubt: bool = False
     attempts_base: int = 0
     deferred_since: datetime | None = None   # refused before it left since then (MAX_DEFER)
+    attachments: list[dict[str, Any]] | None = None   # its own files (attachments.spec)
 
 
 @dataclass(frozen=True)
@@ -171,3 +178,18 @@ class Suppression:
     recipient_id: int | None
     detail: str | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An uploaded file's row (its bytes are in attachment_chunks)."""
+    id: int
+    public_id: str
+    api_key_id: int
+    sha256: bytes
+    size: int
+    content_type: str
+    filename: str | None
+    chunks: int
+    created_at: datetime
+    last_used_at: datetime

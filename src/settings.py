@@ -206,6 +206,11 @@ class Settings:
     webhook_poll_interval: float = defaults.WEBHOOK_POLL_INTERVAL
     webhook_lease_seconds: int = defaults.WEBHOOK_LEASE_SECONDS
     webhook_rotation_overlap: int = defaults.WEBHOOK_ROTATION_OVERLAP
+    attachment_max_bytes: int = defaults.ATTACHMENT_MAX_BYTES
+    attachment_inline_max_bytes: int = defaults.ATTACHMENT_INLINE_MAX_BYTES
+    attachment_chunk_bytes: int = defaults.ATTACHMENT_CHUNK_BYTES
+    attachment_cache_bytes: int = defaults.ATTACHMENT_CACHE_BYTES
+    attachment_retention_days: int = defaults.ATTACHMENT_RETENTION_DAYS
 
     @property
     def transport_name(self) -> str:
@@ -229,9 +234,13 @@ class Settings:
                              f"{self.unsubscribe_base_url!r}")
         if self.database_url:
             DatabaseParams.from_url(self.database_url)   # a bad URL is one sentence at start
-        for name in ("retention_days", "job_retention_days", "purge_interval", "purge_pause"):
+        for name in ("retention_days", "job_retention_days", "purge_interval", "purge_pause",
+                     "attachment_retention_days", "attachment_cache_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must be 0 or more, got {getattr(self, name)}")
+        for name in ("attachment_max_bytes", "attachment_chunk_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be 1 or more, got {getattr(self, name)}")
         if self.purge_batch < 1:
             raise ValueError(f"PURGE_BATCH must be 1 or more, got {self.purge_batch}")
         if 0 < self.job_retention_days < self.unsubscribe_token_days:

@@ -93,7 +93,8 @@ def serve(ctx: click.Context) -> None:
         # the ready line.
         server = create_server(app, host=settings.host, port=settings.port,
                                threads=settings.http_threads,
-                               max_request_body_size=settings.max_request_bytes + 1024,
+                               max_request_body_size=max(settings.max_request_bytes,
+                                                         settings.attachment_max_bytes) + 1024,
                                ident="mailjobs", clear_untrusted_proxy_headers=True,
                                outbuf_high_watermark=defaults.HTTP_OUTBUF_HIGH_WATERMARK,
                                _dispatcher=http_lanes.dispatcher(settings.http_threads))

@@ -138,10 +138,53 @@ class TemplateVersionsOut(BaseModel):
     versions: list[TemplateOut] = Field(description="newest first")
 
 
+MAX_ATTACHMENTS = 50   # files in one message (the job's and the recipient's together)
+
+
+class AttachmentRefIn(Strict):
+    """A file in a job: an uploaded one (`id`) or a small one inline (`content_base64`)."""
+
+    id: Annotated[str, Field(max_length=40, pattern=r"^att_[0-9a-f]{1,36}$")] | None = Field(
+        default=None, description="an id from POST /api/attachments")
+    filename: Annotated[str, Field(min_length=1, max_length=255),
+                        AfterValidator(_one_line)] | None = Field(
+        default=None, description="the name the recipient sees; may use the recipient's "
+                                  "variables ({{ code }}); default: the upload's ?filename=")
+    content_type: Annotated[str, Field(max_length=255,
+                                       pattern=r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$"
+                                       )] | None = Field(
+        default=None, description="default: the upload's, or guessed from the filename")
+    content_base64: str | None = Field(
+        default=None, description="a small file inline (base64); all of a job's together at "
+                                  "most ATTACHMENT_INLINE_MAX_BYTES decoded")
+    inline: bool = Field(default=False, description="an inline image, shown where the HTML "
+                                                    "says <img src=\"cid:CID\">")
+    cid: Annotated[str, Field(min_length=1, max_length=100,
+                              pattern=r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+$")] | None = Field(
+        default=None, description="with inline: the Content-ID the HTML refers to")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AttachmentRefIn:
+        if (self.id is None) == (self.content_base64 is None):
+            raise ValueError("give exactly one of id and content_base64")
+        if self.content_base64 is not None and self.filename is None:
+            raise ValueError("a file given inline (content_base64) needs a filename")
+        if self.inline and self.cid is None:
+            raise ValueError("an inline image needs a cid (referred to as cid:<cid>)")
+        if self.cid is not None and not self.inline:
+            raise ValueError("cid is for inline images: add \"inline\": true")
+        return self
+
+
+Attachments = Annotated[list[AttachmentRefIn], Field(max_length=MAX_ATTACHMENTS)]
+
+
 class RecipientIn(Strict):
     email: Mailbox
     name: HeaderText | None = None
     variables: Variables | None = None
+    attachments: Attachments | None = Field(
+        default=None, description="this recipient's own files (besides the job's)")
 
 
 class SendTemplateEmailsIn(Strict):
@@ -169,6 +212,9 @@ class SendTemplateEmailsIn(Strict):
         default=None, description="one-click unsubscribe (List-Unsubscribe, RFC 8058) in every "
                                   "message; default: on when the server has "
                                   "UNSUBSCRIBE_BASE_URL; true without it is refused")
+    attachments: Attachments | None = Field(
+        default=None, description="files every recipient gets (uploaded ids, or small ones "
+                                  "inline); each recipient may have its own too")
     metadata: dict[str, Any] | None = Field(
         default=None, description="a free JSON object (your own ids), returned in every webhook "
                                   f"event of the job; at most {METADATA_MAX_BYTES} bytes as JSON")
@@ -521,3 +567,18 @@ class WebhookDeliveryOut(BaseModel):
 class WebhookDeliveriesPageOut(BaseModel):
     deliveries: list[WebhookDeliveryOut]
     next_before: int | None
+
+
+class AttachmentOut(BaseModel):
+    """An uploaded file (POST /api/attachments answers 201 with it; GET returns it)."""
+
+    id: str
+    size: int
+    sha256: str
+    content_type: str
+    filename: str | None
+    created_at: datetime
+    last_used_at: datetime
+    deduplicated: bool | None = Field(
+        default=None, description="POST only: true when this key had uploaded the same bytes "
+                                  "already (the same id is answered, nothing new is stored)")
