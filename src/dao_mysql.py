@@ -1656,6 +1656,12 @@ class Dao:
         row = self._one("job_attachment_list", (job_id,))
         return (_json(row[0]) or []) if row else []
 
+    def unused_attachment_count(self, cutoff: datetime) -> int:
+        stale = self.db_now() - timedelta(days=1)
+        return len(self._all("unused_attachments", {"cutoff": _naive_utc(cutoff),
+                                                    "stale": _naive_utc(stale),
+                                                    "limit": 2**62}))
+
     @_rerun_on_conflict
     def delete_unused_attachments(self, cutoff: datetime, limit: int) -> int:
         """Delete up to `limit` attachments unused since `cutoff` (and stopped uploads)."""

@@ -9,7 +9,9 @@ What goes (cut-offs from the database's clock):
 - bounce_messages processed more than RETENTION_DAYS ago;
 - webhook events (and their POSTs) delivered more than RETENTION_DAYS ago;
 - jobs finished more than JOB_RETENTION_DAYS ago, whole, with their recipients (0: never);
-- runner rows without a heartbeat for DEAD_RUNNER_SECONDS (a day).
+- runner rows without a heartbeat for DEAD_RUNNER_SECONDS (a day);
+- attachments unused for ATTACHMENT_RETENTION_DAYS (no job that uses them unfinished or finished
+  since), and uploads stopped halfway a day ago.
 Suppressions are never purged: they are the record of who asked not to be mailed.
 
 How: each batch is one short transaction over at most PURGE_BATCH rows of ONE finished job,
@@ -37,7 +39,8 @@ log = logging.getLogger("mailjobs.retention")
 LEASE_NAME = "purge"
 JOBS_PER_QUERY = 100          # candidate jobs fetched at a time
 KINDS = ("recipients_erased", "jobs_erased", "recipients_deleted", "jobs_deleted",
-         "bounce_messages_deleted", "runners_deleted", "webhook_events_deleted")
+         "bounce_messages_deleted", "runners_deleted", "webhook_events_deleted",
+         "attachments_deleted")
 
 
 @dataclass(frozen=True)
@@ -46,13 +49,15 @@ class Cutoffs:
     erase: datetime | None      # RETENTION_DAYS: recipients' variables, bounce messages
     delete: datetime | None     # JOB_RETENTION_DAYS: whole jobs
     runners: datetime           # dead runners' rows
+    attachments: datetime | None = None   # ATTACHMENT_RETENTION_DAYS: unused attachments
 
     @classmethod
     def of(cls, settings: Settings, now: datetime) -> Cutoffs:
         def days(n: int) -> datetime | None:
             return now - timedelta(days=n) if n > 0 else None
         return cls(now, days(settings.retention_days), days(settings.job_retention_days),
-                   now - timedelta(seconds=defaults.DEAD_RUNNER_SECONDS))
+                   now - timedelta(seconds=defaults.DEAD_RUNNER_SECONDS),
+                   days(settings.attachment_retention_days))
 
 
 @dataclass
@@ -78,7 +83,9 @@ class PurgeResult:
                  f"deleted {c['runners_deleted']} dead runner row(s) (no heartbeat since "
                  f"{_day(k.runners)})",
                  f"deleted {c['webhook_events_deleted']} webhook event(s) delivered before "
-                 f"{_day(k.erase)}"]
+                 f"{_day(k.erase)}",
+                 f"deleted {c['attachments_deleted']} attachment(s) unused since "
+                 f"{_day(k.attachments)}"]
         verb = "purge --dry-run" if self.dry_run else "purge"
         tail = "" if self.dry_run else (
             f"; {self.batches} batch(es) in {self.seconds:.1f} s, longest "
@@ -92,7 +99,8 @@ class PurgeResult:
         k = self.cutoffs
         return {"dry_run": self.dry_run, "counts": dict(self.counts),
                 "cutoffs": {"now": _iso(k.now), "variables_and_bounce_messages": _iso(k.erase),
-                            "jobs": _iso(k.delete), "runners": _iso(k.runners)},
+                            "jobs": _iso(k.delete), "runners": _iso(k.runners),
+                            "attachments": _iso(k.attachments)},
                 "batches": self.batches, "longest_batch_s": round(self.longest_batch, 4),
                 "busy_s": round(self.busy, 3),
                 "seconds": round(self.seconds, 3), "stopped": self.stopped}
@@ -128,6 +136,9 @@ class Purge:
         if dry_run:
             result.counts.update(self.dao.purge_counts(cut.erase, cut.delete, cut.erase,
                                                        cut.runners))
+            if cut.attachments is not None:
+                result.counts["attachments_deleted"] = self.dao.unused_attachment_count(
+                    cut.attachments)
             return result
         started = time.monotonic()
         try:
@@ -140,6 +151,9 @@ class Purge:
                 self._delete_rows(self.dao.delete_delivered_webhooks, cut.erase,
                                   "webhook_events_deleted")
             self._delete_rows(self.dao.delete_dead_runners, cut.runners, "runners_deleted")
+            if cut.attachments is not None:
+                self._delete_rows(self.dao.delete_unused_attachments, cut.attachments,
+                                  "attachments_deleted")
         except _Stopped:
             result.stopped = True
         finally:

@@ -124,7 +124,9 @@ class _Checker:
                           "with POST /api/attachments)", "unknown_attachment")
                 return None
             size = attachment.size
-            filename = ref.filename or attachment.filename or "attachment"
+            filename = ref.filename or attachment.filename or (
+                "attachment" + (mimetypes.guess_extension(ref.content_type
+                                                          or attachment.content_type) or ""))
         else:
             try:
                 data = base64.b64decode(ref.content_base64 or "", validate=True)

@@ -92,6 +92,9 @@ class MySQLStore:
                             on_chunk()
                     if not data:
                         break
+                if size == 0:
+                    raise UploadRejected(400, "validation_error", "body",
+                                         "the body is empty: send the file's bytes")
                 if zipped:
                     inside = blocked_in_zip(spool)   # type: ignore[arg-type]
                     if inside:
