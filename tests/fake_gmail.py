@@ -5,7 +5,10 @@
         info = fake.authorized_user_info("ops@example.com")  # token, refresh_token, token_uri...
         # build("gmail", "v1", ..., client_options={"api_endpoint": fake.url})
 
-Serves messages.send (JSON `raw`, and /upload/ with uploadType=media or multipart),
+Serves messages.send (JSON `raw`, and /upload/ with uploadType=media, multipart or resumable:
+a POST that opens an upload session answered with its Location, then PUTs of the bytes with
+Content-Range, checked against the announced X-Upload-Content-Length and -Type; `uploads`
+records each upload's protocol, size and media type),
 messages.list (`q=rfc822msgid:...`, or a small part of Gmail's search syntax: see _SearchQuery),
 messages.get, and `POST /token` (refresh_token grant, and the JWT bearer grant of a service
 account with domain-wide delegation: `add_service_account()` registers its public key, the
@@ -172,6 +175,8 @@ class FakeGmail:
         self._storm: Storm | None = None
         self.send_latency = 0.0                    # seconds every send takes (before storing)
         self.send_log: list[tuple[str, str, int, float]] = []  # account, To, status, time
+        self.uploads: list[dict] = []   # {"protocol", "size", "content_type"} per upload send
+        self._sessions: dict[str, dict] = {}   # resumable upload sessions by upload_id
         self._active: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -357,6 +362,7 @@ class FakeGmail:
             self.sent.clear()
             self.requests.clear()
             self.send_log.clear()
+            self.uploads.clear()
             self._storm = None
             self._rules.clear()
             self.max_concurrent.clear()
@@ -507,6 +513,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self._dispatch()
 
+    def do_PUT(self) -> None:
+        self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._dispatch()
+
     def _dispatch(self) -> None:
         try:
             self._route()
@@ -534,6 +544,8 @@ class _Handler(BaseHTTPRequestHandler):
                                     'error="invalid_token"'})
         if user not in ("me", account):
             return self._error(403, "forbidden", f"Delegation denied for {account}")
+        if upload and tail == "send" and self._query.get("uploadType") == "resumable":
+            return self._resumable(account)
         if self.command == "POST" and tail == "send":
             return self._send(account, bool(upload))
         if self.command == "GET" and tail is None and not upload:
@@ -595,6 +607,49 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, {"access_token": self.fake.issue_token(sub),
                           "expires_in": self.fake.token_lifetime, "token_type": "Bearer"})
 
+    def _resumable(self, account: str) -> None:
+        """Google's resumable upload: POST opens a session (X-Upload-Content-Type must be
+        message/rfc822), PUTs carry the bytes with Content-Range; 308 until all arrived."""
+        upload_id = self._query.get("upload_id")
+        if self.command == "POST" and upload_id is None:
+            kind = self.headers.get("X-Upload-Content-Type", "")
+            if kind != "message/rfc822":
+                raise _Refused(400, "badRequest", f"X-Upload-Content-Type {kind!r} is not "
+                                                  "message/rfc822")
+            length = self.headers.get("X-Upload-Content-Length")
+            upload_id = secrets.token_hex(8)
+            with self.fake._lock:
+                self.fake._sessions[upload_id] = {
+                    "account": account, "length": int(length) if length else None,
+                    "data": bytearray(), "content_type": kind}
+            host, port = self.server.server_address[:2]
+            return self._reply(200, {}, {"Location": f"http://{host}:{port}/upload/gmail/v1/"
+                                         f"users/me/messages/send?uploadType=resumable"
+                                         f"&upload_id={upload_id}"})
+        session = self.fake._sessions.get(upload_id or "")
+        if self.command != "PUT" or session is None or session["account"] != account:
+            raise _Refused(404, "notFound", "no such upload session")
+        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)",
+                             self.headers.get("Content-Range", ""))
+        if match is None:
+            raise _Refused(400, "badRequest", "a resumable PUT needs Content-Range")
+        first, last, total = int(match[1]), int(match[2]), match[3]
+        if first != len(session["data"]) or last - first + 1 != len(self._body):
+            raise _Refused(400, "badRequest", f"Content-Range {match[0]} does not follow the "
+                                              f"{len(session['data'])} bytes received")
+        session["data"] += self._body
+        if total == "*" or len(session["data"]) < int(total):
+            self.send_response(308)
+            self.send_header("Range", f"bytes=0-{len(session['data']) - 1}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if session["length"] is not None and session["length"] != int(total):
+            raise _Refused(400, "badRequest", "X-Upload-Content-Length and Content-Range differ")
+        with self.fake._lock:
+            del self.fake._sessions[upload_id or ""]
+        return self._send(account, True, bytes(session["data"]), "resumable")
+
     def _raw_message(self, upload: bool) -> bytes:
         """The RFC 822 bytes of a send request (raises _Refused for a bad one)."""
         kind = self._query.get("uploadType")
@@ -619,8 +674,15 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
             raise _Refused(400, "badRequest", f"Invalid JSON payload or raw: {exc}") from None
 
-    def _send(self, account: str, upload: bool) -> None:
-        raw = self._raw_message(upload)
+    def _send(self, account: str, upload: bool, raw: bytes | None = None,
+              protocol: str | None = None) -> None:
+        if raw is None:
+            raw = self._raw_message(upload)
+            protocol = self._query.get("uploadType") if upload else "raw"
+        if upload:
+            with self.fake._lock:
+                self.fake.uploads.append({"protocol": protocol, "size": len(raw),
+                                          "content_type": "message/rfc822"})
         if not raw:
             raise _Refused(400, "invalidArgument", "'raw' RFC822 payload message string or "
                                                    "uploading message via /upload/* URL required")

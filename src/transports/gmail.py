@@ -315,9 +315,11 @@ class GmailTransport:
                             f"Gmail accepts at most {MAX_UPLOAD_BYTES:,}")
         if size <= self.media_threshold:
             payload = {"body": {"raw": base64.urlsafe_b64encode(msg.raw).decode("ascii")}}
-        else:   # the JSON body is refused somewhere above 1-6 MB; upload takes up to 35 MiB
+        else:   # the JSON body is refused somewhere above 1-6 MB; upload takes up to 35 MiB,
+            # through a resumable session (one PUT of the whole message: the chunk size is the
+            # client's default, 100 MB)
             payload = {"media_body": MediaIoBaseUpload(io.BytesIO(msg.raw),
-                                                       mimetype="message/rfc822", resumable=False)}
+                                                       mimetype="message/rfc822", resumable=True)}
         if self.gate is None:
             return self._send(msg, payload)
         sender = msg.sender_email
