@@ -7,10 +7,8 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mailjobs.attachments.jobs import AttachmentRejected, Prepared, prepare
-from mailjobs.attachments.store import MySQLStore
 from mailjobs.dao_mysql import AttachmentGone, Dao, DuplicateKey
 from mailjobs.db import guard as db_guard
 from mailjobs.mail_message import header_text_problem
@@ -24,6 +22,9 @@ from mailjobs.templating import (
     template_limits,
 )
 from mailjobs.web.schemas import SendTemplateEmailsIn, TemplateIn
+
+if TYPE_CHECKING:
+    from mailjobs.attachments.jobs import Prepared
 
 MAX_LISTED_ERRORS = 20
 
@@ -232,13 +233,13 @@ def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None,
 
 def _files(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, template: TemplateIn,
            settings: Settings) -> Prepared:
-    """The job's and each recipient's files, checked (and the small inline ones stored)."""
-    try:
-        return prepare(dao, MySQLStore(dao, settings.attachment_chunk_bytes), key, req, template,
-                       settings)
-    except AttachmentRejected as exc:
-        raise RequestRejected(exc.status, exc.code, f"{exc.errors[0][0]}: {exc.errors[0][1]}",
-                              exc.errors) from None
+    """The job's and each recipient's files, checked (a RequestRejected names the field) and
+    the small inline ones stored."""
+    from mailjobs.attachments.jobs import prepare  # it uses RequestRejected from here
+    from mailjobs.attachments.store import MySQLStore
+
+    return prepare(dao, MySQLStore(dao, settings.attachment_chunk_bytes), key, req, template,
+                   settings)
 
 
 def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,

@@ -235,6 +235,10 @@ def test_dry_run_changes_nothing_and_counts_what_a_purge_then_removes(client, ke
                     "VALUES ('ops@example.com', 'x', 'soft', UTC_TIMESTAMP(6) - INTERVAL 100 DAY)")
         cur.execute("INSERT INTO runners (id, host, pid, kind, state, heartbeat_at) VALUES "
                     "('dead', 'h', 1, 'worker', 'busy', UTC_TIMESTAMP(6) - INTERVAL 2 DAY)")
+    assert client.post("/api/attachments", data=b"old file", content_type="text/plain",
+                       headers={"X-API-Key": key}).status_code == 201
+    with dao.transaction() as cur:   # unused for more than ATTACHMENT_RETENTION_DAYS (30)
+        cur.execute("UPDATE attachments SET last_used_at = UTC_TIMESTAMP(6) - INTERVAL 31 DAY")
     before = snapshot(dao)
 
     dry = retention.purge(settings, dao, dry_run=True)
@@ -242,7 +246,7 @@ def test_dry_run_changes_nothing_and_counts_what_a_purge_then_removes(client, ke
     assert snapshot(dao) == before
     expected = {"recipients_erased": 5, "jobs_erased": 1, "jobs_deleted": 1,
                 "recipients_deleted": 2, "bounce_messages_deleted": 1, "runners_deleted": 1,
-                "webhook_events_deleted": 0}
+                "webhook_events_deleted": 0, "attachments_deleted": 1}
     assert dry.counts == expected
     assert dry.batches == 0
     assert (dry.cutoffs.now - dry.cutoffs.erase).days == 90

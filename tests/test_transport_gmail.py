@@ -285,9 +285,14 @@ def test_large_message_goes_through_media_upload(fake, transport):
     assert len(msg.raw) > 5 * 1024 * 1024
     result = transport.send(msg)
     assert fake.sent[0].raw == msg.raw and result.provider_id == fake.sent[0].id
-    method, path, status = fake.requests[0]
-    assert path.startswith("/upload/gmail/v1/users/me/messages/send?")
-    assert "uploadType=media" in path and status == 200
+    # a resumable session: a POST opens it, one PUT carries the whole message
+    (opened, method, status), (put, path, put_status) = fake.requests[0], fake.requests[1]
+    assert (opened, method, put) == ("POST", fake.requests[0][1], "PUT")
+    assert method.startswith("/upload/gmail/v1/users/me/messages/send?")
+    assert "uploadType=resumable" in method and status == 200 and put_status == 200
+    assert "upload_id=" in path
+    assert fake.uploads == [{"protocol": "resumable", "size": len(msg.raw),
+                             "content_type": "message/rfc822"}]
     # the JSON path refuses it (as Gmail does), which is why the upload path exists
     t = GmailTransport(MemoryCredentials(), api_endpoint=fake.url, media_threshold=10**9)
     t.provider.info[SENDER] = fake.authorized_user_info(SENDER)

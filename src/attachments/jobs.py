@@ -25,6 +25,7 @@ from mailjobs.attachments.policy import (
 )
 from mailjobs.attachments.store import FileCache, MySQLStore
 from mailjobs.dao_mysql import Dao
+from mailjobs.enqueue import RequestRejected
 from mailjobs.mail_message import MailFile, header_text_problem
 from mailjobs.records import ApiKey, Attachment, Job, Recipient
 from mailjobs.settings import Settings
@@ -40,14 +41,6 @@ from mailjobs.templating import (
 from mailjobs.web.schemas import AttachmentRefIn, SendTemplateEmailsIn, TemplateIn
 
 MAX_LISTED_ERRORS = 20
-
-
-class AttachmentRejected(Exception):
-    """A 4xx for the POST: status, code, sentence and the fields at fault."""
-
-    def __init__(self, status: int, code: str, errors: list[tuple[str | None, str]]) -> None:
-        super().__init__(f"{errors[0][0]}: {errors[0][1]}")
-        self.status, self.code, self.errors = status, code, errors
 
 
 class AttachmentUnavailable(Exception):
@@ -102,17 +95,15 @@ class _Checker:
                  ) -> None:
         self.dao, self.key, self.req, self.settings = dao, key, req, settings
         self.errors: list[tuple[str | None, str]] = []
-        self.code = "validation_error"
-        self.status = 400
+        self.first: RequestRejected | None = None
         self.inline_bytes = 0
         self.uploaded: dict[str, Attachment] = {}
 
-    def fail(self, path: str, message: str, code: str = "validation_error",
-             status: int = 400) -> None:
-        if not self.errors:
-            self.code, self.status = code, status
+    def fail(self, rejected: RequestRejected) -> None:
+        if self.first is None:
+            self.first = rejected
         if len(self.errors) < MAX_LISTED_ERRORS:
-            self.errors.append((path, message))
+            self.errors.append((rejected.field, rejected.message))
 
     def file(self, path: str, ref: AttachmentRefIn) -> _File | None:
         """One entry of a list, resolved (no writes)."""
@@ -120,8 +111,9 @@ class _Checker:
         if ref.id is not None:
             attachment = self.uploaded.get(ref.id)
             if attachment is None:
-                self.fail(f"{path}.id", f"no attachment {ref.id} for this API key (upload it "
-                          "with POST /api/attachments)", "unknown_attachment")
+                self.fail(RequestRejected(400, "unknown_attachment", f"no attachment {ref.id} "
+                                          "for this API key (upload it with POST "
+                                          "/api/attachments)", [(f"{path}.id", "unknown")]))
                 return None
             size = attachment.size
             filename = ref.filename or attachment.filename or (
@@ -131,20 +123,23 @@ class _Checker:
             try:
                 data = base64.b64decode(ref.content_base64 or "", validate=True)
             except (binascii.Error, ValueError):
-                self.fail(f"{path}.content_base64", "not valid base64")
+                self.fail(RequestRejected(400, "validation_error", "not valid base64",
+                                          [(f"{path}.content_base64", "not valid base64")]))
                 return None
             size = len(data)
             self.inline_bytes += size
             if self.inline_bytes > self.settings.attachment_inline_max_bytes:
-                self.fail(f"{path}.content_base64", "the job's inline files are more than "
-                          f"ATTACHMENT_INLINE_MAX_BYTES ({self.settings.attachment_inline_max_bytes}"
-                          ") bytes: upload big files with POST /api/attachments",
-                          "payload_too_large", 413)
+                limit = self.settings.attachment_inline_max_bytes
+                self.fail(RequestRejected(413, "payload_too_large", f"the job's inline files "
+                                          f"are more than ATTACHMENT_INLINE_MAX_BYTES ({limit}) "
+                                          "bytes: upload big files with POST /api/attachments",
+                                          [(f"{path}.content_base64", f"over {limit} bytes")]))
                 return None
             inside = blocked_in_zip(data)
             if inside:
-                self.fail(f"{path}.content_base64", f"Gmail refuses archives holding {inside}",
-                          "forbidden_file_type")
+                self.fail(RequestRejected(400, "forbidden_file_type", f"Gmail refuses "
+                                          f"archives holding {inside}",
+                                          [(f"{path}.content_base64", "blocked file type")]))
                 return None
             filename = ref.filename or "attachment"
         template = None
@@ -153,13 +148,15 @@ class _Checker:
                 template = compile_templates(filename, None, None,
                                              template_limits(self.settings))
             except TemplateCompileError as exc:
-                self.fail(f"{path}.filename", f"does not compile: {exc}", "template_error")
+                self.fail(RequestRejected(400, "template_error", f"does not compile: {exc}",
+                                          [(f"{path}.filename", str(exc))]))
                 return None
         else:
             ext = blocked_name(filename)
             if ext:
-                self.fail(f"{path}.filename", f"Gmail refuses {ext} files (its list of blocked "
-                          "file types)", "forbidden_file_type")
+                self.fail(RequestRejected(400, "forbidden_file_type", f"Gmail refuses {ext} "
+                                          "files (its list of blocked file types)",
+                                          [(f"{path}.filename", f"{ext} is blocked")]))
                 return None
         return _File(path, filename, _content_type(ref, attachment, filename),
                      ref.cid if ref.inline else None, size, attachment, data, template)
@@ -183,22 +180,25 @@ class _Checker:
                 try:
                     name = f.template.render(context, render_limits(self.settings))[0]
                 except TemplateRenderError as exc:
-                    self.fail(f"{f.field}.filename", f"{where}: cannot be rendered: "
-                              f"{exc}", "missing_variables")
+                    self.fail(RequestRejected(400, "missing_variables", f"{where}: cannot be "
+                                              f"rendered: {exc}", [(f"{f.field}.filename",
+                                                                    str(exc))]))
                     continue
                 ext = blocked_name(name)
                 problem = header_text_problem(name)
                 if ext or problem or not name.strip():
-                    self.fail(f"{f.field}.filename",
-                              f"{where}: renders to {name!r}: " +
-                              (f"Gmail refuses {ext} files" if ext else problem or "empty"),
-                              "forbidden_file_type" if ext else "validation_error")
+                    text = f"{where}: renders to {name!r}: " + (
+                        f"Gmail refuses {ext} files" if ext else problem or "empty")
+                    self.fail(RequestRejected(400, "forbidden_file_type", text,
+                                              [(f"{f.field}.filename", text)]) if ext else
+                              RequestRejected(400, "validation_error", text,
+                                              [(f"{f.field}.filename", text)]))
                     continue
             total += base64_size(f.size) + PART_OVERHEAD
             if total > MESSAGE_MAX_BYTES:
-                self.fail(f.field, f"with this file the message to recipients[{i}] is about "
-                          f"{total:,} bytes after base64, more than Gmail's {MESSAGE_MAX_BYTES:,}"
-                          " (35 MB)", "message_too_large")
+                text = (f"with this file the message to recipients[{i}] is about {total:,} "
+                        f"bytes after base64, more than Gmail's {MESSAGE_MAX_BYTES:,} (35 MB)")
+                self.fail(RequestRejected(400, "message_too_large", text, [(f.field, text)]))
                 return
 
 
@@ -213,7 +213,7 @@ def needs_files(req: SendTemplateEmailsIn) -> bool:
 
 def prepare(dao: Dao, store: MySQLStore, key: ApiKey, req: SendTemplateEmailsIn,
             template: TemplateIn, settings: Settings) -> Prepared:
-    """Check every file of the request (raises AttachmentRejected naming the field), then store
+    """Check every file of the request (raises RequestRejected naming the field), then store
     the small files given inline; returns what the job and its recipients store."""
     if not needs_files(req):
         return Prepared(recipients=[None] * len(req.recipients))
@@ -233,8 +233,10 @@ def prepare(dao: Dao, store: MySQLStore, key: ApiKey, req: SendTemplateEmailsIn,
             continue      # the same as recipient 0's check
         context = recipient_context(req.variables, r.email, r.name, r.variables)
         check.recipient(i, context, shared, own[i], body)
-    if check.errors:
-        raise AttachmentRejected(check.status, check.code, check.errors)
+    if check.first is not None:
+        first = check.first
+        raise RequestRejected(first.status, first.code, f"{first.field}: {first.message}",
+                              check.errors)
     for f in [*shared, *(f for files in own for f in files)]:
         if f.attachment is None and f.data is not None:
             f.attachment = store.store_bytes(key.id, f.data, f.content_type, f.filename)

@@ -15,7 +15,7 @@ _MODELS: list[type[BaseModel]] = [s.SendTemplateEmailsIn, s.RetryIn, s.RetryOut,
            s.StoredTemplateIn, s.TemplateIn, s.TemplateOut, s.TemplatesOut,
            s.TemplateVersionsOut, s.SuppressionIn, s.SuppressionOut, s.SuppressionsPageOut,
            s.AddressTraceOut, s.WebhookIn, s.WebhookOut, s.WebhookCreatedOut, s.WebhooksPageOut,
-           s.WebhookSecretOut, s.WebhookTestOut, s.WebhookDeliveriesPageOut]
+           s.WebhookSecretOut, s.WebhookTestOut, s.WebhookDeliveriesPageOut, s.AttachmentOut]
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -175,6 +175,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"204": {"description": "removed"},
                               **_errors(401, 404, 503)}}},
             **_webhook_paths(),
+            **_attachment_paths(),
             "/api/runners": {"get": {
                 "summary": "Runners with their heartbeat age and state (operator key)",
                 "responses": {"200": _json(s.RunnersOut, "recent runners"),
@@ -249,4 +250,33 @@ def _webhook_paths() -> dict[str, Any]:
                                         required=True)],
             "responses": {"202": _json(s.WebhookDeliveryOut, "due now"),
                           **_errors(401, 404, 503)}}},
+    }
+
+
+def _attachment_paths() -> dict[str, Any]:
+    att = _param("attachment_id", "path", "the attachment's id (att_...)", {"type": "string"},
+                 required=True)
+    return {
+        "/api/attachments": {"post": {
+            "summary": "Upload a file (the raw bytes as the body, its type as Content-Type); "
+                       "the same bytes again answer the same id",
+            "parameters": [_param("filename", "query", "the file's name (default name in jobs)",
+                                  {"type": "string", "maxLength": 255})],
+            "requestBody": {"required": True, "content": {
+                "*/*": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"201": _json(s.AttachmentOut, "stored (or known already: "
+                                                        "deduplicated true)"),
+                          "413": _json(s.ErrorOut, "larger than ATTACHMENT_MAX_BYTES"),
+                          **_errors(400, 401, 503)}}},
+        "/api/attachments/{attachment_id}": {
+            "get": {"summary": "An attachment's metadata (another key's is 404)",
+                    "parameters": [att],
+                    "responses": {"200": _json(s.AttachmentOut, "the attachment"),
+                                  **_errors(401, 404, 503)}},
+            "delete": {"summary": "Delete an attachment no unfinished job uses",
+                       "parameters": [att],
+                       "responses": {"204": {"description": "deleted"},
+                                     "409": _json(s.ErrorOut, "a job that has not finished "
+                                                              "uses it"),
+                                     **_errors(401, 404, 503)}}},
     }
