@@ -1759,7 +1759,8 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
                _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
                row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
                row[23], int(row[24]), row[25], counts or {},
-               unsubscribe_base_url=row[26] if len(row) > 26 else None)
+               unsubscribe_base_url=row[26] if len(row) > 26 else None,
+               attachments=(_json(row[27]) or []) if len(row) > 27 else None)
 
 
 def _template(row: tuple) -> StoredTemplate:

@@ -45,7 +45,7 @@ SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url
+       unsubscribe_base_url, attachments
 FROM jobs WHERE id = %s;
 
 -- name: job_by_idempotency_key
@@ -1151,19 +1151,8 @@ INSERT IGNORE INTO job_attachments (job_id, attachment_id) VALUES (%s, %s);
 -- name: set_job_attachments
 UPDATE jobs SET attachments = %s WHERE id = %s;
 
--- name: set_recipient_attachments
--- A recipient's own attachments, by position among the job's recipients (ids ascend in insert
--- order within one job).
-UPDATE job_recipients SET attachments = %s WHERE id = %s;
-
--- name: job_recipient_ids
-SELECT id FROM job_recipients WHERE job_id = %s ORDER BY id;
-
 -- name: job_attachment_list
 SELECT attachments FROM jobs WHERE id = %s;
-
--- name: recipient_attachment_list
-SELECT attachments FROM job_recipients WHERE id = %s;
 
 -- name: unused_attachments
 -- Attachments unused since the cut-off: uploaded or last referenced by a POST before it, and no
@@ -1176,7 +1165,6 @@ WHERE (a.complete = 1 AND a.last_used_at < %(cutoff)s
                          AND (j.finished_at IS NULL OR j.finished_at >= %(cutoff)s)))
    OR (a.complete = 0 AND a.created_at < %(stale)s)
 LIMIT %(limit)s;
-
 
 -- name: delete_job_attachment_uses
 DELETE FROM job_attachments WHERE job_id = %s;

@@ -126,6 +126,9 @@ class Job:
     expires_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
     unsubscribe_base_url: str | None = None
+    # the job's own attachments (attachments.jobs): [] for none; read by Dao.job only (None:
+    # not read)
+    attachments: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -260,6 +260,8 @@ class RecipientFiles:
         self._names: dict[str, CompiledTemplates] = {}
 
     def job_list(self, job: Job) -> list[dict[str, Any]]:
+        if job.attachments is not None:   # read with the job (Dao.job: [] for none)
+            return job.attachments
         found = self._job_lists.get(job.id)
         if found is None:
             found = self.dao.job_attachment_list(job.id)
