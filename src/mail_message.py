@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import encoders
 from email.charset import Charset
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
@@ -230,13 +229,23 @@ def inline_data_uris(html: str) -> tuple[str, list[MailFile]]:
     return _DATA_URI.sub(replace, html), list(files.values())
 
 
-def _file_part(f: MailFile) -> MIMENonMultipart:
+def _b64_lines(data: bytes) -> bytes:
+    """base64 in 76-character lines with CRLF line ends, as the email package writes it."""
+    return base64.encodebytes(data).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+
+
+def _file_part(f: MailFile, spliced: list[tuple[bytes, bytes]]) -> MIMENonMultipart:
+    """The part of one file. Its payload is a unique placeholder line, replaced by the file's
+    base64 once the message is written (`spliced`): the email package's own encoder and
+    generator take ~0.9 s of CPU for 7 MB of files (line by line), this ~30 ms."""
     _check("attachment filename", f.filename)
     maintype, _, subtype = f.content_type.partition("/")
     part = MIMENonMultipart(maintype or "application", subtype or "octet-stream")
     del part["MIME-Version"]
-    part.set_payload(f.data)
-    encoders.encode_base64(part)
+    marker = f"=_mj_file_{secrets.token_hex(16)}"
+    part.set_payload(marker)
+    part["Content-Transfer-Encoding"] = "base64"
+    spliced.append((marker.encode("ascii"), f.data))
     # RFC 2231 for a non-ASCII name (filename*=utf-8''...); the name parameter of the
     # Content-Type is kept too, for old clients (RFC 2047-style, as most mailers do)
     name: str | tuple[str, str, str] = f.filename if f.filename.isascii() else (
@@ -261,16 +270,17 @@ def _multipart(subtype: str, parts: list[Any]) -> MIMEMultipart:
 
 
 def _with_files(body: MIMENonMultipart | MIMEMultipart, html: str | None,
-                files: Sequence[MailFile]) -> MIMENonMultipart | MIMEMultipart:
+                files: Sequence[MailFile], spliced: list[tuple[bytes, bytes]]
+                ) -> MIMENonMultipart | MIMEMultipart:
     """text/html (or alternative) -> related (inline images) -> mixed (attachments)."""
     inline = [f for f in files if f.cid is not None and html is not None]
     attached = [f for f in files if f not in inline]
     if inline:
-        body = _multipart("related", [body, *map(_file_part, inline)])
+        body = _multipart("related", [body, *(_file_part(f, spliced) for f in inline)])
         body.set_param("type", "multipart/alternative" if body.get_payload(0).get_content_type()
                        == "multipart/alternative" else "text/html")
     if attached:
-        body = _multipart("mixed", [body, *map(_file_part, attached)])
+        body = _multipart("mixed", [body, *(_file_part(f, spliced) for f in attached)])
     return body
 
 
@@ -290,8 +300,9 @@ def build_message(*, sender_email: str, from_name: str | None, reply_to: str | N
         html, images = inline_data_uris(html)
         files = [*files, *images]
     message = _body(text, html)
+    spliced: list[tuple[bytes, bytes]] = []
     if files:
-        message = _with_files(message, html, files)
+        message = _with_files(message, html, files, spliced)
     message["From"] = _mailbox("From", from_name, sender_email)
     message["To"] = _mailbox("To", to_name, to_email)
     if reply_to:
@@ -304,4 +315,7 @@ def build_message(*, sender_email: str, from_name: str | None, reply_to: str | N
             raise ValueError(f"extra header name not allowed: {name!r}")
         _check(name, value)
         message[name] = _header_value(name, value)
-    return message.as_bytes(policy=_POLICY)
+    raw = message.as_bytes(policy=_POLICY)
+    for marker, data in spliced:   # each placeholder is its own line, once in the message
+        raw = raw.replace(marker, _b64_lines(data), 1)
+    return raw

@@ -132,6 +132,7 @@ class FileCache:
         self._files: OrderedDict[int, bytes] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
         self.hits = self.misses = 0
 
     def get(self, key: int, load: Callable[[], bytes]) -> bytes:
@@ -141,8 +142,24 @@ class FileCache:
                 self._files.move_to_end(key)
                 self.hits += 1
                 return data
-            self.misses += 1
-        data = load()
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:   # one thread reads a file; the others wait for it, then hit
+            with self._lock:
+                data = self._files.get(key)
+                if data is not None:
+                    self._files.move_to_end(key)
+                    self.hits += 1
+                    return data
+                self.misses += 1
+            try:
+                data = load()
+                self._keep(key, data)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+        return data
+
+    def _keep(self, key: int, data: bytes) -> None:
         if len(data) <= self.max_bytes:
             with self._lock:
                 if key not in self._files:
@@ -151,7 +168,6 @@ class FileCache:
                 while self._size > self.max_bytes:
                     _, old = self._files.popitem(last=False)
                     self._size -= len(old)
-        return data
 
     @property
     def size(self) -> int:
