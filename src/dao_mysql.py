@@ -571,7 +571,10 @@ class Dao:
         rows = self._all("recipients_by_email", {
             "email": email, "api_key_id": api_key_id, "limit": limit,
             "before": before if before is not None else 2**63 - 1})
-        return [(_recipient(row[:19]), row[19], row[20], int(row[21])) for row in rows]
+        # the recipient's attachments: the job's (every recipient gets them), then its own
+        return [(_recipient((*row[:19], None, json.dumps((_json(row[23]) or [])
+                                                         + (_json(row[22]) or [])))),
+                 row[19], row[20], int(row[21])) for row in rows]
 
     # --- claiming -------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[Claimable]:

@@ -96,7 +96,7 @@ ORDER BY id LIMIT %(limit)s;
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts, r.next_attempt_at,
        r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id, r.error_code, r.error,
        r.sent_at, r.created_at, r.updated_at, r.in_doubt, r.attempts_base,
-       j.status, j.sender_email, j.api_key_id
+       j.status, j.sender_email, j.api_key_id, r.attachments, j.attachments
 FROM job_recipients r JOIN jobs j ON j.id = r.job_id
 WHERE r.to_email = %(email)s AND r.id < %(before)s
   AND (%(api_key_id)s IS NULL OR j.api_key_id = %(api_key_id)s)

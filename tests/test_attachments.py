@@ -303,3 +303,38 @@ def test_gmail_gets_a_20_mb_message_through_the_upload_endpoint(
     uploads = [path for method, path, status in fake.requests if "/upload/" in path]
     assert any("uploadType=resumable" in p for p in uploads), fake.requests
     assert fake.uploads and fake.uploads[-1]["protocol"] == "resumable"
+
+
+def test_the_dashboard_shows_the_jobs_and_a_recipients_attachments(client, key, make_key, dao):
+    from test_dashboard import login
+
+    shared = upload(client, key, os.urandom(4200), filename="guide.pdf").json["id"]
+    own = upload(client, key, os.urandom(1500)).json["id"]
+    b = body(2, attachments=[{"id": shared}])
+    b["recipients"][0]["attachments"] = [{"id": own, "filename": "ticket-{{ n }}.pdf"}]
+    job_id = post(client, key, b).json["job_id"]
+    login(client, make_key(operator=True, name="op"))
+    page = client.get(f"/dashboard/jobs/{job_id}").get_data(as_text=True)
+    assert "guide.pdf" in page and "4.2 kB" in page
+    trace = client.get("/dashboard/recipients?email=user0@example.com").get_data(as_text=True)
+    assert "guide.pdf" in trace and "ticket-{{ n }}.pdf" in trace.replace("&#34;", '"')
+    other = client.get("/dashboard/recipients?email=user1@example.com").get_data(as_text=True)
+    assert "guide.pdf" in other and "ticket-" not in other
+
+
+def test_the_cache_of_shared_files_keeps_within_its_bytes():
+    from mailjobs.attachments.store import FileCache
+
+    cache = FileCache(max_bytes=250)
+    loads: list[int] = []
+
+    def load(key: int, size: int):
+        return lambda: loads.append(key) or bytes(size)
+
+    for key in (1, 2, 1, 3, 1, 4):
+        cache.get(key, load(key, 100))
+    assert cache.size <= 250
+    assert loads == [1, 2, 3, 4]          # 1 stayed (recently used); 2 went out for 3, ...
+    cache.get(2, load(2, 100))
+    assert loads[-1] == 2
+    assert cache.get(9, load(9, 1000)) == bytes(1000) and cache.size <= 250   # never kept

@@ -155,6 +155,16 @@ def fmt_since(value: Any) -> str:
     return fmt_age((datetime.now(UTC) - when).total_seconds()) + " ago"
 
 
+def fmt_size(value: Any) -> str:
+    """Bytes as people read them: 812 B, 4.2 kB, 2.0 MB."""
+    n = float(value or 0)
+    for unit in ("B", "kB", "MB"):
+        if n < 1000 or unit == "MB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} MB"   # pragma: no cover
+
+
 def fmt_num(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
@@ -260,7 +270,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
     verifier = KeyVerifier(dao)
     test_keys = TestKeys(dao)   # test keys' jobs are marked: they send nothing
     for name, func in (("utc", fmt_utc), ("age", fmt_age), ("since", fmt_since),
-                       ("num", fmt_num)):
+                       ("num", fmt_num), ("filesize", fmt_size)):
         bp.add_app_template_filter(func, name)
 
     def _session_key() -> ApiKey | None:
