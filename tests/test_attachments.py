@@ -16,6 +16,7 @@ import pytest
 from mailjobs.retention import purge
 from runner_helpers import fast, running, wait_job_done
 from test_api_enqueue import assert_nothing_written, body, post
+from test_transport_smtp import start_server  # noqa: F401, F811  (a real SMTP server)
 
 UPLOAD = "/api/attachments"
 
@@ -338,3 +339,17 @@ def test_the_cache_of_shared_files_keeps_within_its_bytes():
     cache.get(2, load(2, 100))
     assert loads[-1] == 2
     assert cache.get(9, load(9, 1000)) == bytes(1000) and cache.size <= 250   # never kept
+
+
+def test_smtp_carries_the_same_files(client, key, dao, start_server):  # noqa: F811
+    handler, port = start_server()
+    settings = fast(dao.settings, mail_transport="smtp", smtp_host="127.0.0.1", smtp_port=port,
+                    smtp_security="none", smtp_timeout=5.0, runner_concurrency=1)
+    data = os.urandom(1_500_000)
+    att = upload(client, key, data, filename="Bericht März.pdf").json["id"]
+    job_id = post(client, key, body(1, attachments=[{"id": att}])).json["job_id"]
+    with running(settings, dao):
+        assert wait_job_done(dao, job_id) == "completed"
+    (got,) = handler.received("user0@example.com")
+    (part,) = files_of(parse(got))
+    assert part.get_filename() == "Bericht März.pdf" and part.get_content() == data
