@@ -85,11 +85,11 @@ class MySQLStore:
                         if zipped:
                             spool.write(data)
                     if len(buffer) >= size_chunk or (not data and buffer):
+                        if on_chunk is not None:   # before each statement: reading the
+                            on_chunk()             # client's body may have taken a while
                         self.dao.add_attachment_chunk(attachment_id, seq, bytes(buffer))
                         seq += 1
                         buffer.clear()
-                        if on_chunk is not None:
-                            on_chunk()
                     if not data:
                         break
                 if size == 0:
@@ -100,12 +100,16 @@ class MySQLStore:
                     if inside:
                         raise UploadRejected(400, "forbidden_file_type", "body",
                                              f"Gmail refuses archives holding {inside}")
+            if on_chunk is not None:
+                on_chunk()
             stored = self.dao.finish_attachment(attachment_id, api_key_id, digest.digest(),
                                                 size, seq)
             done = True
             return stored, stored.id == attachment_id
         finally:
             if not done:
+                if on_chunk is not None:
+                    on_chunk()
                 self.dao.drop_attachment(attachment_id)
 
     def store_bytes(self, api_key_id: int, data: bytes, content_type: str,
