@@ -316,6 +316,15 @@ def build_message(*, sender_email: str, from_name: str | None, reply_to: str | N
         _check(name, value)
         message[name] = _header_value(name, value)
     raw = message.as_bytes(policy=_POLICY)
-    for marker, data in spliced:   # each placeholder is its own line, once in the message
-        raw = raw.replace(marker, _b64_lines(data), 1)
-    return raw
+    if not spliced:
+        return raw
+    # each placeholder is its own line, once in the message: the pieces are joined once (no
+    # copy of the whole message per file)
+    pieces: list[bytes] = []
+    at = 0
+    for marker, data in sorted(spliced, key=lambda item: raw.index(item[0])):
+        start = raw.index(marker, at)
+        pieces += [raw[at:start], _b64_lines(data)]
+        at = start + len(marker)
+    pieces.append(raw[at:])
+    return b"".join(pieces)

@@ -262,8 +262,11 @@ def test_outbox_messages_carry_the_files_with_names_types_bytes_and_cids(
     response = post(client, key, b)
     assert response.status_code == 202, response.json
     job_id = response.json["job_id"]
-    with running(outbox, dao):
+    with running(outbox, dao) as (runner,):
         assert wait_job_done(dao, job_id) == "completed"
+    # the shared files were read once and kept; the recipients' own never entered the cache
+    assert runner.files.cache.misses == 3
+    assert runner.files.cache.size == len(guide) + len(logo) + len(b"line one\r\n")
     for i in range(2):
         msg = outbox_message(tmp_path, job_id, dao, f"user{i}@example.com")
         assert msg.get_content_type() == "multipart/mixed"
