@@ -41,6 +41,7 @@ CREATE TABLE job_attachments (
 ) ENGINE=InnoDB;
 
 -- The job's own attachments (every recipient gets them) and a recipient's own, as JSON lists
--- of {"a": attachment row id, "f": filename template, "t": content type, "i": inline, "c": cid}.
+-- of {"a": attachment row id, "p": its public id, "f": filename (a template when it uses
+-- variables), "t": content type, "c": cid of an inline image or null, "s": size in bytes}.
 ALTER TABLE jobs ADD COLUMN attachments JSON NULL;
 ALTER TABLE job_recipients ADD COLUMN attachments JSON NULL;

@@ -161,6 +161,9 @@ def test_a_zip_holding_a_blocked_file_is_refused_also_nested(client, key, dao):
 def test_delete_is_refused_while_an_unfinished_job_uses_it(client, key, dao):
     att = upload(client, key, b"%PDF-1.4 guide", filename="guide.pdf").json["id"]
     job = post(client, key, body(1, attachments=[{"id": att}])).json["job_id"]
+    shown = client.get(f"/api/jobs/{job}", headers={"X-API-Key": key}).json["attachments"]
+    assert shown == [{"id": att, "filename": "guide.pdf", "content_type": "application/pdf",
+                      "size": 14, "cid": None}]
     response = client.delete(f"{UPLOAD}/{att}", headers={"X-API-Key": key})
     assert response.status_code == 409
     assert response.json["error"] == "attachment_in_use" and str(job) in response.json["message"]

@@ -2,7 +2,7 @@
 refuses, every filename renders), and gathered for one recipient's message at send.
 
 A job stores, at job level and per recipient, a list of entries {"a": attachment row id,
-"f": filename (a template when it uses variables), "t": content type, "c": cid (inline image)
+"p": its public id, "f": filename (a template when it uses variables), "t": content type, "c": cid (inline image)
 or null, "s": size}; `job_attachments` lists every attachment the job uses.
 """
 from __future__ import annotations
@@ -64,8 +64,8 @@ class _File:
 
     def stored(self) -> dict[str, Any]:
         assert self.attachment is not None
-        return {"a": self.attachment.id, "f": self.filename, "t": self.content_type,
-                "c": self.cid, "s": self.size}
+        return {"a": self.attachment.id, "p": self.attachment.public_id, "f": self.filename,
+                "t": self.content_type, "c": self.cid, "s": self.size}
 
 
 @dataclass

@@ -325,6 +325,14 @@ class EnqueueOut(BaseModel):
                                                   "transport")
 
 
+class JobAttachmentOut(BaseModel):
+    id: str | None = Field(description="the attachment's id (att_...)")
+    filename: str = Field(description="as given: a template when it uses variables")
+    content_type: str
+    size: int
+    cid: str | None = Field(default=None, description="an inline image's Content-ID")
+
+
 class JobOut(BaseModel):
     id: int
     type: str
@@ -354,6 +362,9 @@ class JobOut(BaseModel):
         default=None, description="when an unfinished job should finish (on single-job answers)")
     test: bool = Field(default=False, description="a test key's job: nothing reaches a real "
                                                   "transport")
+    attachments: list[JobAttachmentOut] | None = Field(
+        default=None, description="the files every recipient gets (on single-job answers; "
+                                  "a recipient's own are not listed here)")
 
 
 class RetryOut(JobOut):

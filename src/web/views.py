@@ -12,6 +12,7 @@ from mailjobs.web.schemas import (
     AddressTraceOut,
     ErrorSummary,
     EstimateOut,
+    JobAttachmentOut,
     JobOut,
     RecipientOut,
     SuppressionOut,
@@ -57,6 +58,9 @@ def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
         errors=None if errors is None else [
             ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
         estimate=EstimateOut(**estimate) if estimate is not None else None, test=test,
+        attachments=[JobAttachmentOut(id=f.get("p"), filename=f["f"], content_type=f["t"],
+                                      size=f["s"], cid=f.get("c"))
+                     for f in job.attachments] if job.attachments else None,
     ).model_dump(mode="json")
 
 
