@@ -359,3 +359,16 @@ def test_smtp_carries_the_same_files(client, key, dao, start_server):  # noqa: F
     (got,) = handler.received("user0@example.com")
     (part,) = files_of(parse(got))
     assert part.get_filename() == "Bericht März.pdf" and part.get_content() == data
+
+
+def test_the_upload_budget_may_be_above_max_request_bytes(dao, make_key, database):
+    from mailjobs.api_server import create_app
+
+    settings = dao.settings.with_overrides(max_request_bytes=1_000_000,
+                                           attachment_max_bytes=3_000_000)
+    client = create_app(settings, dao).test_client()
+    key = make_key()
+    data = os.urandom(2_000_000)
+    response = upload(client, key, data)
+    assert response.status_code == 201 and response.json["size"] == len(data)
+    assert upload(client, key, os.urandom(3_000_001)).status_code == 413
