@@ -28,8 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import from_tests, private_mariadb  # noqa: E402
+from benchlib import from_tests, private_mariadb
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DB = "mailjobs_bench_attachments"
