@@ -70,10 +70,12 @@ log = logging.getLogger("mailjobs.api")
 
 
 def error_response(status: int, code: str, message: str,
-                   errors: list[tuple[str | None, str]] | None = None) -> Response:
-    """The single shape of every error answer: error, message, field (and errors)."""
+                   errors: list[tuple[str | None, str]] | None = None,
+                   extra: dict[str, Any] | None = None) -> Response:
+    """The single shape of every error answer: error, message, field (and errors, and what
+    one error adds, e.g. `allowed` of sender_not_verified)."""
     body: dict[str, Any] = {"error": code, "message": message,
-                            "field": errors[0][0] if errors else None}
+                            "field": errors[0][0] if errors else None, **(extra or {})}
     if errors and len(errors) > 1:
         body["errors"] = [{"field": f, "message": m} for f, m in errors]
     response = jsonify(body)
@@ -171,7 +173,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     @app.errorhandler(RequestRejected)
     def _rejected(exc: RequestRejected) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.errors)
+        return error_response(exc.status, exc.code, exc.message, exc.errors, exc.extra)
 
     # Every request's database work ends within DB_REQUEST_DEADLINE (registered first, so
     # the API key lookup is inside it too).

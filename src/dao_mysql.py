@@ -1136,7 +1136,47 @@ class Dao:
         return entry.email, added
 
     def bounce_senders(self) -> list[str]:
-        return [row[0] for row in self._all("bounce_senders")]
+        """Senders whose mailbox a bounce check can read: an OAuth grant of their own or a
+        delegated service-account key (their address's or their domain's)."""
+        return [row[0] for row in self._all("credentialed_senders")]
+
+    # --- verified send-as addresses (issue 18) -----------------------------------------------
+    def credentialed_senders(self) -> list[str]:
+        return [row[0] for row in self._all("credentialed_senders")]
+
+    def claim_send_as_check(self, sender: str, interval: int) -> bool:
+        """Whether this process reads `sender`'s send-as list now (one runner per interval)."""
+        with self.transaction() as cur:
+            return self._run(cur, "claim_send_as_check", (interval, sender)) > 0
+
+    def save_send_as(self, account: str, entries: Sequence[tuple[str, bool, str | None]],
+                     interval: int) -> None:
+        """Replace the account's send-as list: (address, is_primary, verificationStatus)."""
+        with self.transaction() as cur:
+            self._run(cur, "ensure_sender", (account,))
+            self._run(cur, "delete_send_as", (account,))
+            if entries:
+                cur.executemany(self.queries["insert_send_as"],
+                                [(account, a, int(p), v) for a, p, v in entries])
+            self._run(cur, "send_as_read", (interval, account))
+
+    def send_as_failed(self, account: str, error: str, interval: int) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "send_as_failed", (error[:1000], interval, account))
+
+    def send_as_for(self, address: str) -> list[tuple[str, str, str | None, bool, str | None]]:
+        """(kind, account, address, is_primary, verificationStatus) rows about `address`:
+        kind 'list' (a known list names it), 'own' (its own credentials), 'known' (some list
+        is known)."""
+        rows = self._all("send_as_for", (address,) * 5)
+        return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    def verified_send_as(self, limit: int) -> list[str]:
+        return [row[0] for row in self._all("verified_send_as", (limit,))]
+
+    def send_as_account(self, address: str) -> str | None:
+        row = self._one("send_as_account", (address, address))
+        return str(row[0]) if row else None
 
     def claim_bounce_check(self, sender: str, interval: int) -> tuple[bool, datetime | None]:
         """Whether this process checks `sender`'s mailbox now (at most one runner per

@@ -215,6 +215,11 @@ UNSUBSCRIBE_BASE_URL = ""
 UNSUBSCRIBE_TOKEN_DAYS = 90
 # Seconds between bounce checks of each Gmail sender's mailbox (DSNs from mailer-daemon); 0: off.
 BOUNCE_CHECK_INTERVAL = 600
+# Seconds between reads of each Gmail sender's send-as addresses (users.settings.sendAs.list:
+# the aliases a POST's sender_email may be); 0: only at `mailjobs auth`.
+SEND_AS_CHECK_INTERVAL = 86400
+# Bytes (as JSON) of the `metadata` object of a job, and of each recipient's, at most.
+METADATA_MAX_BYTES = 4096
 # From addresses (or domains) of the feedback loops you registered (Yahoo CFL, Microsoft JMRP,
 # your ISP's...), comma-separated: the bounce check also reads their ARF complaint reports and
 # suppresses the complaining address. Empty: complaints are not read.

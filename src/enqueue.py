@@ -21,6 +21,7 @@ from mailjobs.templating import (
     compile_templates,
     template_limits,
 )
+from mailjobs.transports import send_as
 from mailjobs.web.schemas import SendTemplateEmailsIn, TemplateIn
 
 MAX_LISTED_ERRORS = 20
@@ -30,12 +31,14 @@ class RequestRejected(Exception):
     """A 4xx answer: status, machine code, sentence, and the fields at fault."""
 
     def __init__(self, status: int, code: str, message: str,
-                 errors: list[tuple[str | None, str]] | None = None) -> None:
+                 errors: list[tuple[str | None, str]] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.errors = errors or []
+        self.extra = extra or {}   # more members of the error body (e.g. `allowed`)
 
     @property
     def field(self) -> str | None:
@@ -239,6 +242,14 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"this API key may not send at priority {req.priority} (at most "
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
+    allowed = send_as.refusal(dao, req.sender_email, key.may_send_as)
+    if allowed is not None:
+        raise RequestRejected(
+            400, "sender_not_verified", f"{req.sender_email} is not the sender's Gmail account "
+            "nor one of its verified send-as aliases; allowed: "
+            f"{', '.join(allowed) or '(none this key may use)'}",
+            [("sender_email", "not a verified send-as address of the account")],
+            {"allowed": allowed})
     template, version = resolve_template(dao, key, req)
     required, in_subject = check_template(template, settings or dao.settings)
     unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, required)

@@ -614,11 +614,6 @@ WHERE r.id IN ({ids});
 SELECT r.id, r.job_id, r.to_email, j.api_key_id, r.message_id FROM job_recipients r
 JOIN jobs j ON j.id = r.job_id WHERE r.id = %s;
 
--- name: bounce_senders
--- Senders whose mailbox a bounce check can read.
-SELECT email FROM senders
-WHERE credentials IS NOT NULL AND auth_state <> 'auth_revoked' ORDER BY email;
-
 -- name: claim_bounce_check
 -- 1 row: this runner checks the sender now, and the next check is due in %s seconds.
 UPDATE senders SET bounce_check_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
@@ -1083,3 +1078,74 @@ UPDATE jobs SET status = IF(started_at IS NULL, 'queued', 'running'), paused_by 
                 status_reason = NULL
 WHERE (sender_email = %(email)s OR SUBSTRING_INDEX(sender_email, '@', -1) = %(domain)s)
   AND status = 'paused' AND paused_by = 'sender_auth';
+
+-- ===== verified send-as addresses (issue 18) ================================================
+
+-- name: credentialed_senders
+-- Senders a Gmail call can be made for: an OAuth grant of their own or a delegated service-
+-- account key (their address's or their domain's), and not revoked. Bounce checks and send-as
+-- reads go over these.
+SELECT s.email FROM senders s
+WHERE s.auth_state <> 'auth_revoked'
+  AND (s.credentials IS NOT NULL OR EXISTS (
+         SELECT 1 FROM delegated_keys d
+         WHERE d.pattern IN (s.email, CONCAT('*@', SUBSTRING_INDEX(s.email, '@', -1)))))
+ORDER BY s.email;
+
+-- name: claim_send_as_check
+-- 1 row: this runner reads the sender's send-as list now; the next read is due in %s seconds.
+UPDATE senders SET send_as_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
+WHERE email = %s AND (send_as_due_at IS NULL OR send_as_due_at <= UTC_TIMESTAMP(6));
+
+-- name: ensure_sender
+INSERT IGNORE INTO senders (email, tokens, tokens_at) VALUES (%s, 0, UTC_TIMESTAMP(6));
+
+-- name: delete_send_as
+DELETE FROM send_as_addresses WHERE account = %s;
+
+-- name: insert_send_as
+INSERT INTO send_as_addresses (account, address, is_primary, verification_status)
+VALUES (%s, %s, %s, %s);
+
+-- name: send_as_read
+UPDATE senders SET send_as_read_at = UTC_TIMESTAMP(6), send_as_error = NULL,
+                   send_as_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
+WHERE email = %s;
+
+-- name: send_as_failed
+-- The list stays as it was (or unknown); the next read is due in %s seconds.
+UPDATE senders SET send_as_error = %s, send_as_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
+WHERE email = %s;
+
+-- name: send_as_for
+-- What a POST's sender_email is checked against: the rows of the lists that name it (as their
+-- account, or as an address), the credentials it has of its own (own: an OAuth grant or a
+-- delegated key), and whether any list is known at all. Args: the address, five times.
+SELECT 'list', a.account, a.address, a.is_primary, a.verification_status
+FROM send_as_addresses a JOIN senders s ON s.email = a.account
+WHERE s.send_as_read_at IS NOT NULL AND s.auth_state <> 'auth_revoked'
+  AND (a.account = %s OR a.address = %s)
+UNION ALL
+SELECT 'own', email, NULL, NULL, NULL FROM senders WHERE email = %s AND credentials IS NOT NULL
+UNION ALL
+SELECT 'own', pattern, NULL, NULL, NULL FROM delegated_keys
+WHERE pattern IN (%s, CONCAT('*@', SUBSTRING_INDEX(%s, '@', -1)))
+UNION ALL
+(SELECT 'known', email, NULL, NULL, NULL FROM senders
+ WHERE send_as_read_at IS NOT NULL AND auth_state <> 'auth_revoked' LIMIT 1);
+
+-- name: verified_send_as
+-- Every verified address of the known lists (for a 400's list of allowed ones), up to %s.
+SELECT DISTINCT a.address FROM send_as_addresses a JOIN senders s ON s.email = a.account
+WHERE s.send_as_read_at IS NOT NULL AND s.auth_state <> 'auth_revoked'
+  AND (a.is_primary = 1 OR a.verification_status = 'accepted')
+ORDER BY a.address LIMIT %s;
+
+-- name: send_as_account
+-- The account whose credentials send as an address that has none of its own: the account
+-- whose known list has it verified.
+SELECT a.account FROM send_as_addresses a JOIN senders s ON s.email = a.account
+WHERE a.address = %s AND a.account <> %s AND s.send_as_read_at IS NOT NULL
+  AND s.auth_state <> 'auth_revoked'
+  AND (a.is_primary = 1 OR a.verification_status = 'accepted')
+ORDER BY a.account LIMIT 1;
