@@ -240,7 +240,8 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int,
     With --service-account KEY.json, store that key instead (encrypted the same way): SENDER
     (or each address of '*@domain') is then sent as through domain-wide delegation.
 
-    Asks for gmail.send, plus gmail.readonly when IN_DOUBT_POLICY is check or auto (to look
+    Asks for gmail.send and gmail.settings.basic (to read the verified send-as addresses,
+    read at once with the Gmail transport), plus gmail.readonly when IN_DOUBT_POLICY is check or auto (to look
     an interrupted send up by its Message-ID) or BOUNCE_CHECK_INTERVAL is not 0 (to read
     bounces).
     """
