@@ -257,7 +257,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             if replay is not None:
                 return _enqueued(replay.job, replayed=True)
         req = parse_body(SendTemplateEmailsIn, body,
-                         {"max_recipients": settings.max_recipients_per_job})
+                         {"max_recipients": settings.max_recipients_per_job,
+                          "metadata_max_bytes": settings.metadata_max_bytes})
         if g.api_key.may_send_as(req.sender_email):   # else enqueue answers 403 first
             estimates.check_max_duration(dao, settings, req, unlimited=g.api_key.is_test)
         with metrics.ENQUEUE_SECONDS.time():

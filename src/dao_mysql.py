@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -415,12 +416,18 @@ class Dao:
         return self.create_job_read(job, recipients)[0].id
 
     @_rerun_on_conflict
-    def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient]
+    def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient],
+                        check_sender: Callable[[list[tuple]], None] | None = None
                         ) -> tuple[Job, int]:
         """create_job, returning the stored job and how many of its recipients were
-        suppressed, both read in its transaction (no round trips after the commit)."""
+        suppressed, both read in its transaction (no round trips after the commit).
+        `check_sender` gets the sender's send-as rows (send_as_for) first, in the same
+        transaction (one round trip, no commit of its own), and may raise to store nothing."""
         batch = defaults.INSERT_BATCH
         with self.transaction() as cur:
+            if check_sender is not None:
+                self._run(cur, "send_as_for", (job.sender_email.lower(),) * 5)
+                check_sender(_send_as_rows(cur.fetchall()))
             self._run(cur, "insert_job", (
                 job.api_key_id, job.sender_email, job.from_name, job.reply_to,
                 job.subject_template, job.html_template, job.text_template,
@@ -467,7 +474,7 @@ class Dao:
                         limit: int) -> list[Recipient]:
         args = {"job_id": job_id, "status": status, "after": after, "limit": limit}
         name = "recipients_page_by_status" if status else "recipients_page"
-        return [_recipient(row) for row in self._all(name, args)]
+        return [_with_metadata(_recipient(row[:19]), row[19]) for row in self._all(name, args)]
 
     def export_recipients_page(self, job_id: int, after: int, limit: int) -> list[tuple]:
         """One page of the CSV export (export.py): (id, to_email, name, status, attempts,
@@ -564,7 +571,8 @@ class Dao:
         rows = self._all("recipients_by_email", {
             "email": email, "api_key_id": api_key_id, "limit": limit,
             "before": before if before is not None else 2**63 - 1})
-        return [(_recipient(row[:19]), row[19], row[20], int(row[21])) for row in rows]
+        return [(_with_metadata(_recipient(row[:19]), row[22]), row[19], row[20], int(row[21]))
+                for row in rows]
 
     # --- claiming -------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[Claimable]:
@@ -1168,8 +1176,7 @@ class Dao:
         """(kind, account, address, is_primary, verificationStatus) rows about `address`:
         kind 'list' (a known list names it), 'own' (its own credentials), 'known' (some list
         is known)."""
-        rows = self._all("send_as_for", (address,) * 5)
-        return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+        return _send_as_rows(self._all("send_as_for", (address,) * 5))
 
     def verified_send_as(self, limit: int) -> list[str]:
         return [row[0] for row in self._all("verified_send_as", (limit,))]
@@ -1664,7 +1671,17 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
                _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
                row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
                row[23], int(row[24]), row[25], counts or {},
-               unsubscribe_base_url=row[26] if len(row) > 26 else None)
+               unsubscribe_base_url=row[26] if len(row) > 26 else None,
+               metadata=_json(row[27]) if len(row) > 27 else None)
+
+
+def _send_as_rows(rows: Sequence[tuple]) -> list[tuple[str, str, str | None, bool, str | None]]:
+    return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+
+def _with_metadata(r: Recipient, metadata: Any) -> Recipient:
+    """A listed recipient with the client's metadata (read only where it is shown)."""
+    return dataclasses.replace(r, metadata=_json(metadata))
 
 
 def _template(row: tuple) -> StoredTemplate:
@@ -1698,11 +1715,13 @@ def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
     size = 0
     for r in recipients:
         variables = json.dumps(r.variables) if r.variables is not None else None
-        bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")) + 64
+        metadata = json.dumps(r.metadata) if r.metadata is not None else None
+        bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")
+                     + len(metadata or "")) + 64
         if out and (len(out) >= rows or size + bound > max_bytes):
             yield out
             out, size = [], 0
-        out.append((job_id, r.to_email, r.name, variables))
+        out.append((job_id, r.to_email, r.name, variables, metadata))
         size += bound
     if out:
         yield out

@@ -203,7 +203,7 @@ def dedupe(req: SendTemplateEmailsIn) -> list[NewRecipient]:
         folded = r.email.lower()
         if folded not in seen:
             seen.add(folded)
-            out.append(NewRecipient(r.email, r.name, r.variables))
+            out.append(NewRecipient(r.email, r.name, r.variables, r.metadata))
     return out
 
 
@@ -242,14 +242,6 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"this API key may not send at priority {req.priority} (at most "
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
-    allowed = send_as.refusal(dao, req.sender_email, key.may_send_as)
-    if allowed is not None:
-        raise RequestRejected(
-            400, "sender_not_verified", f"{req.sender_email} is not the sender's Gmail account "
-            "nor one of its verified send-as aliases; allowed: "
-            f"{', '.join(allowed) or '(none this key may use)'}",
-            [("sender_email", "not a verified send-as address of the account")],
-            {"allowed": allowed})
     template, version = resolve_template(dao, key, req)
     required, in_subject = check_template(template, settings or dao.settings)
     unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, required)
@@ -270,8 +262,21 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
     # gets the whole deadline.
     if db_guard.remaining() is not None:     # within a request (a deadline is running)
         db_guard.start_deadline((settings or dao.settings).db_request_deadline)
+
+    def check_sender(rows: list[Any]) -> None:
+        """sender_email must be the account or a verified alias (send_as.py); read in the
+        storing transaction, so the check costs no round trip of its own."""
+        allowed = send_as.refusal(dao, req.sender_email, key.may_send_as, rows)
+        if allowed is not None:
+            raise RequestRejected(
+                400, "sender_not_verified", f"{req.sender_email} is not the sender's Gmail "
+                "account nor one of its verified send-as aliases; allowed: "
+                f"{', '.join(allowed) or '(none this key may use)'}",
+                [("sender_email", "not a verified send-as address of the account")],
+                {"allowed": allowed})
+
     try:
-        job, suppressed = dao.create_job_read(new, recipients)
+        job, suppressed = dao.create_job_read(new, recipients, check_sender)
     except DuplicateKey:
         # Another request with the same Idempotency-Key won the race: answer as a replay.
         replay = replay_or_conflict(dao, key, idempotency_key or "", body_hash)

@@ -37,14 +37,15 @@ INSERT INTO jobs (type, api_key_id, sender_email, from_name, reply_to, subject_t
 VALUES ('template', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
 
 -- name: insert_recipients
-INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %s, %s);
+INSERT INTO job_recipients (job_id, to_email, name, variables, metadata)
+VALUES (%s, %s, %s, %s, %s);
 
 -- name: job_by_id
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url
+       unsubscribe_base_url, metadata
 FROM jobs WHERE id = %s;
 
 -- name: job_by_idempotency_key
@@ -76,7 +77,7 @@ SELECT status, COUNT(*) FROM job_recipients WHERE job_id = %s GROUP BY status;
 -- name: recipients_page
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, created_at,
-       updated_at, in_doubt, attempts_base
+       updated_at, in_doubt, attempts_base, metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -84,7 +85,7 @@ ORDER BY id LIMIT %(limit)s;
 -- name: recipients_page_by_status
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, created_at,
-       updated_at, in_doubt, attempts_base
+       updated_at, in_doubt, attempts_base, metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND status = %(status)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -95,7 +96,7 @@ ORDER BY id LIMIT %(limit)s;
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts, r.next_attempt_at,
        r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id, r.error_code, r.error,
        r.sent_at, r.created_at, r.updated_at, r.in_doubt, r.attempts_base,
-       j.status, j.sender_email, j.api_key_id
+       j.status, j.sender_email, j.api_key_id, r.metadata
 FROM job_recipients r JOIN jobs j ON j.id = r.job_id
 WHERE r.to_email = %(email)s AND r.id < %(before)s
   AND (%(api_key_id)s IS NULL OR j.api_key_id = %(api_key_id)s)
@@ -806,9 +807,12 @@ SELECT w.id, %s, r.job_id, r.id,
                        'status', r.status, 'error_code', r.error_code, 'error', r.error,
                        'attempts', r.attempts, 'gmail_message_id', r.gmail_message_id,
                        'message_id', r.message_id,
-                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+                       'metadata', JSON_EXTRACT(j.metadata, '$'),
+                       'recipient_metadata', JSON_EXTRACT(r.metadata, '$'),
+                       'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
 FROM job_recipients r
 JOIN jobs j ON j.id = r.job_id
+JOIN api_keys k ON k.id = j.api_key_id
 JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
 WHERE r.id IN ({ids}) AND r.status IN ({statuses}) AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
 ORDER BY r.id, w.id;
@@ -825,9 +829,12 @@ SELECT w.id, %s, r.job_id, r.id,
                        'status', r.status, 'error_code', r.error_code, 'error', r.error,
                        'attempts', r.attempts, 'gmail_message_id', r.gmail_message_id,
                        'message_id', r.message_id,
-                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+                       'metadata', JSON_EXTRACT(j.metadata, '$'),
+                       'recipient_metadata', JSON_EXTRACT(r.metadata, '$'),
+                       'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
 FROM job_recipients r
 JOIN jobs j ON j.id = r.job_id
+JOIN api_keys k ON k.id = j.api_key_id
 JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
 WHERE r.job_id = %s AND r.status = %s AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
 ORDER BY r.id, w.id;
@@ -843,8 +850,10 @@ SELECT w.id, %s, j.id,
                        'job_id', j.id, 'status', j.status, 'reason', j.status_reason,
                        'paused_by', j.paused_by, 'total', j.total,
                        'counts', JSON_EXTRACT(%s, '$'),
-                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+                       'metadata', JSON_EXTRACT(j.metadata, '$'),
+                       'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
 FROM jobs j
+JOIN api_keys k ON k.id = j.api_key_id
 JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
                         AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
 WHERE j.id IN ({ids})
@@ -1032,7 +1041,8 @@ WHERE id IN ({ids}) AND NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.deliv
 -- name: export_recipients_page
 -- One keyset page of a job's recipients for the CSV export: only the exported columns (never
 -- the variables, megabytes a job), in id order from %(after)s.
-SELECT id, to_email, name, status, attempts, error_code, error, sent_at, gmail_message_id
+SELECT id, to_email, name, status, attempts, error_code, error, sent_at, gmail_message_id,
+       metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;

@@ -88,6 +88,7 @@ class NewRecipient:
     to_email: str
     name: str | None
     variables: dict[str, Any] | None
+    metadata: dict[str, Any] | None = None     # the client's own, returned in listings and events
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Job:
     expires_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
     unsubscribe_base_url: str | None = None
+    metadata: dict[str, Any] | None = None    # the client's own (POST), read by job_by_id
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class Recipient:
     in_doubt: bool = False
     attempts_base: int = 0
     deferred_since: datetime | None = None   # refused before it left since then (MAX_DEFER)
+    metadata: dict[str, Any] | None = None   # the client's own; read only for listings
 
 
 @dataclass(frozen=True)

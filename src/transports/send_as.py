@@ -60,11 +60,14 @@ def read(settings: Settings, dao: Dao, reader: SendAsReader, sender: str) -> lis
     return [a for a, primary, status in entries if primary or status == "accepted"]
 
 
-def refusal(dao: Dao, sender: str, may_send_as: Any) -> list[str] | None:
+def refusal(dao: Dao, sender: str, may_send_as: Any,
+            rows: list[tuple[str, str, str | None, bool, str | None]] | None = None
+            ) -> list[str] | None:
     """None when a job may be sent as `sender`; else the addresses that may be used instead
-    (those the API key may send as, from the known lists), for the 400."""
+    (those the API key may send as, from the known lists), for the 400. `rows`: the
+    sender's Dao.send_as_for rows when read already (in the storing transaction)."""
     sender = sender.lower()
-    rows = dao.send_as_for(sender)
+    rows = dao.send_as_for(sender) if rows is None else rows
     own_list = [r for r in rows if r[0] == "list" and r[1] == sender]
     if own_list:                      # the sender is an account whose list is known
         ok = [r[2] for r in own_list if r[3] or r[4] == "accepted"]

@@ -138,10 +138,24 @@ class TemplateVersionsOut(BaseModel):
     versions: list[TemplateOut] = Field(description="newest first")
 
 
+def _metadata(value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+    """A client's metadata object: at most METADATA_MAX_BYTES as JSON (the request's
+    context carries the setting)."""
+    limit = (info.context or {}).get("metadata_max_bytes", METADATA_MAX_BYTES)
+    if value is not None and len(json.dumps(value).encode()) > limit:
+        raise ValueError(f"at most {limit} bytes as JSON (METADATA_MAX_BYTES)")
+    return value
+
+
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_metadata)]
+
+
 class RecipientIn(Strict):
     email: Mailbox
     name: HeaderText | None = None
     variables: Variables | None = None
+    metadata: Metadata = Field(default=None, description="a free JSON object (your own ids), "
+                               "returned in the recipient's listings, export and webhook events")
 
 
 class SendTemplateEmailsIn(Strict):
@@ -169,16 +183,10 @@ class SendTemplateEmailsIn(Strict):
         default=None, description="one-click unsubscribe (List-Unsubscribe, RFC 8058) in every "
                                   "message; default: on when the server has "
                                   "UNSUBSCRIBE_BASE_URL; true without it is refused")
-    metadata: dict[str, Any] | None = Field(
-        default=None, description="a free JSON object (your own ids), returned in every webhook "
-                                  f"event of the job; at most {METADATA_MAX_BYTES} bytes as JSON")
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > METADATA_MAX_BYTES:
-            raise ValueError(f"at most {METADATA_MAX_BYTES} bytes as JSON")
-        return value
+    metadata: Metadata = Field(
+        default=None, description="a free JSON object (your own ids), returned by GET "
+                                  "/api/jobs/{id} and in every webhook event of the job; at most "
+                                  "METADATA_MAX_BYTES bytes as JSON")
 
     max_duration: timedelta | None = Field(
         default=None, description="refuse the job (400 cannot_finish_in_time) when its estimate "
@@ -308,6 +316,8 @@ class JobOut(BaseModel):
         default=None, description="when an unfinished job should finish (on single-job answers)")
     test: bool = Field(default=False, description="a test key's job: nothing reaches a real "
                                                   "transport")
+    metadata: dict[str, Any] | None = Field(default=None, description="the client's own, given "
+                                            "at POST (single-job answers)")
 
 
 class RetryOut(JobOut):
@@ -331,6 +341,8 @@ class RecipientOut(BaseModel):
     gmail_message_id: str | None
     sent_at: datetime | None
     next_attempt_at: datetime | None
+    metadata: dict[str, Any] | None = Field(default=None, description="the client's own, "
+                                            "given at POST")
 
 
 class TracedRecipientOut(RecipientOut):

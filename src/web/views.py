@@ -57,6 +57,7 @@ def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
         errors=None if errors is None else [
             ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
         estimate=EstimateOut(**estimate) if estimate is not None else None, test=test,
+        metadata=job.metadata,
     ).model_dump(mode="json")
 
 
