@@ -1477,15 +1477,25 @@ class Dao:
             self._run(cur, "rotate_webhook_secret", (int(overlap), secret, endpoint_id))
 
     @_rerun_on_conflict
-    def claim_webhook_endpoints(self, runner_id: str, limit: int, lease: float) -> list[int]:
-        """Endpoints with something due, taken for `lease` seconds (SKIP LOCKED)."""
+    def claim_webhook_endpoints(self, runner_id: str, healthy: int, failing: int,
+                                lease: float) -> list[tuple[int, bool]]:
+        """Endpoints with something due, taken for `lease` seconds (SKIP LOCKED): up to
+        `healthy` that are not failing (those first) and up to `failing` whose last attempt
+        failed; (id, failing) each."""
         with self.transaction() as cur:
-            self._run(cur, "webhook_due_endpoints", (limit,))
-            ids = [int(r[0]) for r in cur.fetchall()]
+            self._run(cur, "webhook_due_endpoints", (healthy + failing,))
+            taken: list[tuple[int, bool]] = []
+            room = {False: healthy, True: failing}
+            for row in cur.fetchall():
+                lane = bool(row[1])
+                if room[lane] > 0:
+                    room[lane] -= 1
+                    taken.append((int(row[0]), lane))
+            ids = [i for i, _ in taken]
             if ids:
                 cur.execute(self.queries["claim_webhook_endpoints"].format(
                     ids=_placeholders(len(ids))), (runner_id, int(lease * 1_000_000), *ids))
-            return ids
+            return taken
 
     def release_webhook_endpoint(self, endpoint_id: int, runner_id: str) -> None:
         with self.transaction() as cur:

@@ -276,6 +276,8 @@ WEBHOOK_ALLOW_PRIVATE = False
 # 1: http:// receivers are allowed; otherwise https:// only.
 WEBHOOK_ALLOW_HTTP = False
 # Endpoints one runner delivers to at once (its webhook threads); a slow receiver holds one.
+# As many again are served whose last attempt failed (a lane of their own, so failing or
+# hanging receivers never hold up the others' events).
 WEBHOOK_CONCURRENCY = 4
 # Seconds between a runner's looks for due webhook deliveries when there was nothing to do.
 WEBHOOK_POLL_INTERVAL = 0.5

@@ -901,15 +901,17 @@ DELETE FROM webhook_deliveries WHERE endpoint_id = %s;
 DELETE FROM webhook_endpoints WHERE id = %s;
 
 -- name: webhook_due_endpoints
--- Endpoints with something to deliver now and nobody delivering it. The subqueries take no
--- locks; only the endpoint rows are locked (and skipped when another runner has them).
-SELECT e.id FROM webhook_endpoints e
+-- Endpoints with something to deliver now and nobody delivering it, those that are not failing
+-- first (a failing one is served in a lane of its own: it never holds up the others), with
+-- whether each is failing. The subqueries take no locks; only the endpoint rows are locked
+-- (and skipped when another runner has them).
+SELECT e.id, e.failing_since IS NOT NULL FROM webhook_endpoints e
 WHERE e.enabled = 1 AND e.next_attempt_at <= UTC_TIMESTAMP(6)
   AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= UTC_TIMESTAMP(6))
   AND (EXISTS (SELECT 1 FROM webhook_events v WHERE v.endpoint_id = e.id AND v.delivery_id IS NULL)
        OR EXISTS (SELECT 1 FROM webhook_deliveries d
                   WHERE d.endpoint_id = e.id AND d.status = 'pending'))
-ORDER BY e.next_attempt_at LIMIT %s
+ORDER BY e.failing_since IS NOT NULL, e.next_attempt_at LIMIT %s
 FOR UPDATE SKIP LOCKED;
 
 -- name: claim_webhook_endpoints

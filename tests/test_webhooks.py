@@ -627,3 +627,33 @@ def test_https_receivers_are_reached_at_the_checked_address_under_their_own_name
     by_address = endpoint(hooks, key, tls_receiver.url.replace("localhost", "127.0.0.1"))
     tried = hooks.post(f"/api/webhooks/{by_address['id']}/test", headers={"X-API-Key": key}).json
     assert not tried["delivered"] and "doesn't match 'localhost'" in tried["error"]
+
+
+def test_a_failing_and_hanging_endpoint_never_holds_up_another_endpoints_events(
+        hooks, hook_settings, dao, key, make_key):
+    """Head-of-line blocking: one runner with one webhook slot (WEBHOOK_CONCURRENCY=1). Endpoint
+    A answered 500 once and now hangs (its retry is held for the whole WEBHOOK_TIMEOUT); while
+    that retry is in flight, endpoint B (another key's) still receives every event of its job."""
+    other = make_key(senders=["*@example.com"], name="other")
+    settings = hook_settings.with_overrides(webhook_concurrency=1, webhook_timeout=60.0,
+                                            webhook_lease_seconds=300,
+                                            webhook_retry_schedule="0.2,0.2,0.2")
+    with Receiver() as a, Receiver() as b:
+        a.respond = lambda n: (500, {})
+        endpoint(hooks, key, a.url)
+        endpoint(hooks, other, b.url)
+        first = post(hooks, key, body(1)).json["job_id"]
+        with running(settings, dao):
+            try:
+                wait_job_done(dao, first)
+                wait_for(lambda: len(a.requests) >= 1, message="A's first POST (500)")
+                a.hold.clear()                     # from now on A does not answer
+                wait_for(lambda: len(a.requests) >= 2, message="A's retry, held")
+                held = len(a.requests)
+                job = post(hooks, other, body(5)).json["job_id"]
+                wait_job_done(dao, job)
+                wait_for(lambda: len(b.events()) == 6, message="B's 5 recipient events + job")
+                assert len(a.requests) == held and not a.delivered()   # A is still hanging
+            finally:
+                a.hold.set()
+    assert {e["data"]["job_id"] for e in b.events()} == {job}
