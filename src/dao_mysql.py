@@ -1509,28 +1509,40 @@ class Dao:
         events in all, at least one POST), in the order they must be sent; when fewer are
         pending, new ones are made now from its oldest events not yet in one (batch_size
         each; `new_msg_id()` gives each its webhook-id). The lease is renewed for `lease`
-        seconds. None when it is no longer this runner's or the endpoint was disabled."""
-        with self.transaction() as cur:
-            if self._run(cur, "renew_webhook_lease",
-                         (int(lease * 1_000_000), endpoint_id, runner_id)) == 0:
-                return None
-            self._run(cur, "webhook_endpoint", (endpoint_id,))
-            endpoint = _webhook(cur.fetchone())
-            limit = max(1, events // endpoint["batch_size"])
-            self._run(cur, "webhook_pending_deliveries", (endpoint_id, limit))
-            heads = [(int(i), m, int(a)) for i, m, a in cur.fetchall()]
-            if len(heads) < limit:
-                heads += self._new_webhook_deliveries(cur, endpoint, new_msg_id,
-                                                      limit - len(heads))
-            if not heads:
-                return endpoint, []
-            cur.execute(self.queries["webhook_delivery_payloads"].format(
-                ids=_placeholders(len(heads))), [h[0] for h in heads])
-            payloads: dict[int, list[str]] = {}
-            for delivery_id, payload in cur.fetchall():
-                payloads.setdefault(int(delivery_id), []).append(payload)
-            return endpoint, [{"delivery_id": i, "msg_id": m, "attempts": a,
-                               "payloads": payloads.get(i, [])} for i, m, a in heads]
+        seconds. None when it is no longer this runner's or the endpoint was disabled.
+
+        The lease is renewed by the transaction's last statement: the endpoint's row is locked
+        only for the commit, not for the whole round, so a runner's recording transaction,
+        whose outbox INSERT ... SELECT reads that row (a shared lock), never waits behind a
+        round; a round whose lease turned out lost is rolled back whole."""
+        try:
+            with self.transaction() as cur:
+                self._run(cur, "webhook_endpoint", (endpoint_id,))
+                row = cur.fetchone()
+                if row is None:
+                    return None
+                endpoint = _webhook(row)
+                limit = max(1, events // endpoint["batch_size"])
+                self._run(cur, "webhook_pending_deliveries", (endpoint_id, limit))
+                heads = [(int(i), m, int(a)) for i, m, a in cur.fetchall()]
+                if len(heads) < limit:
+                    heads += self._new_webhook_deliveries(cur, endpoint, new_msg_id,
+                                                          limit - len(heads))
+                out: list[dict[str, Any]] = []
+                if heads:
+                    cur.execute(self.queries["webhook_delivery_payloads"].format(
+                        ids=_placeholders(len(heads))), [h[0] for h in heads])
+                    payloads: dict[int, list[str]] = {}
+                    for delivery_id, payload in cur.fetchall():
+                        payloads.setdefault(int(delivery_id), []).append(payload)
+                    out = [{"delivery_id": i, "msg_id": m, "attempts": a,
+                            "payloads": payloads.get(i, [])} for i, m, a in heads]
+                if self._run(cur, "renew_webhook_lease",
+                             (int(lease * 1_000_000), endpoint_id, runner_id)) == 0:
+                    raise _LeaseLost
+                return endpoint, out
+        except _LeaseLost:
+            return None
 
     def _new_webhook_deliveries(self, cur: Any, endpoint: dict[str, Any],
                                 new_msg_id: Callable[[], str],
@@ -1540,6 +1552,7 @@ class Dao:
         events = [int(r[0]) for r in cur.fetchall()]
         if not events:
             return []
+        events.sort()
         chunks = [events[i:i + size] for i in range(0, len(events), size)]
         msg_ids = [new_msg_id() for _ in chunks]
         cur.executemany(self.queries["insert_webhook_delivery"],
@@ -1548,9 +1561,12 @@ class Dao:
         cur.execute(self.queries["webhook_deliveries_by_msg_id"].format(
             ids=_placeholders(len(msg_ids))), msg_ids)
         ids = {m: int(i) for i, m in cur.fetchall()}
-        pairs = [(e, ids[m]) for m, c in zip(msg_ids, chunks, strict=True) for e in c]
+        # chunks are consecutive runs of the sorted ids: one WHEN per delivery (its last id),
+        # not one per event (a CASE of n WHENs costs the database n comparisons a row)
+        pairs = [(c[-1], ids[m]) for m, c in zip(msg_ids, chunks, strict=True)]
         changed = cur.execute(self.queries["batch_webhook_events"].format(
-            case=" ".join(["WHEN %s THEN %s"] * len(pairs)), ids=_placeholders(len(events))),
+            case=" ".join(["WHEN id <= %s THEN %s"] * len(pairs)),
+            ids=_placeholders(len(events))),
             [v for pair in pairs for v in pair] + events)
         if changed != len(events):   # another runner batched them: its lease outlived ours
             raise TransactionConflict("webhook events were batched by another runner")
@@ -1683,6 +1699,10 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
                row[23], int(row[24]), row[25], counts or {},
                unsubscribe_base_url=row[26] if len(row) > 26 else None,
                metadata=_json(row[27]) if len(row) > 27 else None)
+
+
+class _LeaseLost(Exception):
+    """A webhook round found its endpoint's lease gone at commit: roll the round back."""
 
 
 def _send_as_rows(rows: Sequence[tuple]) -> list[tuple[str, str, str | None, bool, str | None]]:

@@ -947,8 +947,9 @@ VALUES (%s, %s, %s, UTC_TIMESTAMP(6));
 SELECT id, msg_id FROM webhook_deliveries WHERE msg_id IN ({ids});
 
 -- name: batch_webhook_events
--- {case}: "WHEN %s THEN %s" per event (its id, its delivery); {ids}: the event ids.
-UPDATE webhook_events SET delivery_id = CASE id {case} END
+-- {case}: "WHEN id <= %s THEN %s" per delivery in id order (its last event id, the delivery);
+-- {ids}: the event ids.
+UPDATE webhook_events SET delivery_id = CASE {case} END
 WHERE id IN ({ids}) AND delivery_id IS NULL;
 
 -- name: webhook_delivery_payloads
