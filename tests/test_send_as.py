@@ -124,3 +124,8 @@ def test_a_grant_without_the_settings_scope_keeps_the_post_unchecked_and_says_wh
         read_at, error = cur.fetchone()
     assert read_at is None and "gmail.settings.basic" in error
     assert post(client, domain_key, body(1, sender_email="typo@example.com")).status_code == 202
+
+
+def test_addresses_compare_case_insensitively(client, dao, domain_key, authorised):
+    assert post(client, domain_key, body(1, sender_email="News@Example.COM")).status_code == 202
+    assert post(client, domain_key, body(1, sender_email="OPS@example.com")).status_code == 202

@@ -67,7 +67,9 @@ def refusal(dao: Dao, sender: str, may_send_as: Any,
     (those the API key may send as, from the known lists), for the 400. `rows`: the
     sender's Dao.send_as_for rows when read already (in the storing transaction)."""
     sender = sender.lower()
-    rows = dao.send_as_for(sender) if rows is None else rows
+    rows = [(kind, account.lower(), address.lower() if address else address, primary, status)
+            for kind, account, address, primary, status in
+            (dao.send_as_for(sender) if rows is None else rows)]
     own_list = [r for r in rows if r[0] == "list" and r[1] == sender]
     if own_list:                      # the sender is an account whose list is known
         ok = [r[2] for r in own_list if r[3] or r[4] == "accepted"]

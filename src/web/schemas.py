@@ -253,6 +253,8 @@ class ErrorOut(BaseModel):
     message: str = Field(description="one sentence for a person")
     field: str | None = Field(default=None, description="the first field at fault")
     errors: list[ErrorItem] | None = Field(default=None, description="up to 20 fields at fault")
+    allowed: list[str] | None = Field(default=None, description="sender_not_verified: the "
+                                      "verified send-as addresses this key may use")
 
 
 class EstimateOut(BaseModel):
