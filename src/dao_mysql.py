@@ -100,6 +100,8 @@ def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
     for block in re.split(r"^-- name: ", path.read_text(), flags=re.M)[1:]:
         name, _, body = block.partition("\n")
         lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
+        if name.strip() in queries:   # the later one would silently replace the first
+            raise ValueError(f"{path}: the statement name {name.strip()!r} is used twice")
         queries[name.strip()] = "\n".join(lines).strip().rstrip(";")
     return queries
 

@@ -1110,9 +1110,6 @@ ORDER BY s.email;
 UPDATE senders SET send_as_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
 WHERE email = %s AND (send_as_due_at IS NULL OR send_as_due_at <= UTC_TIMESTAMP(6));
 
--- name: ensure_sender
-INSERT IGNORE INTO senders (email, tokens, tokens_at) VALUES (%s, 0, UTC_TIMESTAMP(6));
-
 -- name: delete_send_as
 DELETE FROM send_as_addresses WHERE account = %s;
 
