@@ -436,6 +436,8 @@ class Dao:
                 self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
             if job.metadata is not None:
                 self._run(cur, "set_job_metadata", (json.dumps(job.metadata), job_id))
+            if job.template_variants:
+                self._run(cur, "set_job_variants", (json.dumps(job.template_variants), job_id))
             sql = self.queries["insert_recipients"]
             for rows in _batches(job_id, recipients, batch, self.max_packet_bytes() // 2):
                 cur.executemany(sql, rows)
@@ -471,7 +473,8 @@ class Dao:
 
     def export_recipients_page(self, job_id: int, after: int, limit: int) -> list[tuple]:
         """One page of the CSV export (export.py): (id, to_email, name, status, attempts,
-        error_code, error, sent_at, gmail_message_id) rows with id > `after`, in id order."""
+        error_code, error, sent_at, gmail_message_id, locale, locale_used) rows with id >
+        `after`, in id order."""
         rows = self._all("export_recipients_page",
                          {"job_id": job_id, "after": after, "limit": limit})
         return [_utc(row) for row in rows]
@@ -503,8 +506,11 @@ class Dao:
 
     # --- stored templates -----------------------------------------------------------------
     def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
-                             text: str | None, must_exist: bool) -> StoredTemplate | None:
-        """Store the next version of a template (1 for a new one).
+                             text: str | None, must_exist: bool,
+                             variants: dict[str, dict[str, Any]] | None = None
+                             ) -> StoredTemplate | None:
+        """Store the next version of a template (1 for a new one), with its variants by
+        language tag.
 
         must_exist=False refuses (returns None) when the name exists; True refuses when not.
         """
@@ -513,7 +519,8 @@ class Dao:
             latest = int(cur.fetchone()[0])
             if (latest > 0) != must_exist:
                 return None
-            self._run(cur, "insert_template", (api_key_id, name, latest + 1, subject, html, text))
+            self._run(cur, "insert_template", (api_key_id, name, latest + 1, subject, html, text,
+                                               json.dumps(variants) if variants else None))
             self._run(cur, "template_version", (api_key_id, name, latest + 1))
             return _template(cur.fetchone())
 
@@ -564,7 +571,7 @@ class Dao:
         rows = self._all("recipients_by_email", {
             "email": email, "api_key_id": api_key_id, "limit": limit,
             "before": before if before is not None else 2**63 - 1})
-        return [(_recipient(row[:19]), row[19], row[20], int(row[21])) for row in rows]
+        return [(_recipient(row[:22]), row[22], row[23], int(row[24])) for row in rows]
 
     # --- claiming -------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[Claimable]:
@@ -1624,12 +1631,14 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
                _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
                row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
                row[23], int(row[24]), row[25], counts or {},
-               unsubscribe_base_url=row[26] if len(row) > 26 else None)
+               unsubscribe_base_url=row[26] if len(row) > 26 else None,
+               template_variants=_json(row[27]) if len(row) > 27 else None)
 
 
 def _template(row: tuple) -> StoredTemplate:
     row = _utc(row)
-    return StoredTemplate(row[0], int(row[1]), row[2], row[3], row[4], row[5])
+    return StoredTemplate(row[0], int(row[1]), row[2], row[3], row[4], row[5],
+                          _json(row[6]) if len(row) > 6 else None)
 
 
 def _runner(row: tuple) -> dict[str, Any]:
@@ -1646,7 +1655,7 @@ def _learned_cap(row: tuple) -> LearnedCap:
 def _recipient(row: tuple) -> Recipient:
     row = _utc(row)
     return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
-                     *row[7:17], bool(row[17]), int(row[18]), *row[19:20])
+                     *row[7:17], bool(row[17]), int(row[18]), *row[19:22])
 
 
 def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
@@ -1658,11 +1667,11 @@ def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
     size = 0
     for r in recipients:
         variables = json.dumps(r.variables) if r.variables is not None else None
-        bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")) + 64
+        bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")) + 64 + 2 * 35
         if out and (len(out) >= rows or size + bound > max_bytes):
             yield out
             out, size = [], 0
-        out.append((job_id, r.to_email, r.name, variables))
+        out.append((job_id, r.to_email, r.name, variables, r.locale, r.locale_used))
         size += bound
     if out:
         yield out
