@@ -29,9 +29,8 @@ from mailjobs.db import guard as db_guard
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.enqueue import (
     RequestRejected,
-    check_template,
     check_template_storage,
-    check_variants,
+    check_templates,
     enqueue,
     replay_or_conflict,
     request_hash,
@@ -460,8 +459,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.post("/api/templates")
     def create_template() -> Response:
         spec = _body(StoredTemplateIn)
-        check_template(spec, settings, prefix="")
-        check_variants(spec, settings, prefix="")
+        check_templates(spec, settings, prefix="")
         check_template_storage(dao, spec)
         stored = dao.add_template_version(g.api_key.id, spec.name, spec.subject, spec.html,
                                           spec.text, must_exist=False,
@@ -476,8 +474,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.put("/api/templates/<name>")
     def update_template(name: str) -> Response:
         spec = _body(TemplateIn)
-        check_template(spec, settings, prefix="")
-        check_variants(spec, settings, prefix="")
+        check_templates(spec, settings, prefix="")
         check_template_storage(dao, spec)
         stored = dao.add_template_version(g.api_key.id, name, spec.subject, spec.html,
                                           spec.text, must_exist=True,

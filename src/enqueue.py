@@ -18,6 +18,7 @@ from mailjobs.scheduling import PRIORITIES, PRIORITY_NAMES
 from mailjobs.settings import Settings
 from mailjobs.templating import (
     BUILTIN_VARIABLES,
+    CompiledTemplates,
     TemplateCompileError,
     compile_templates,
     template_limits,
@@ -76,6 +77,11 @@ def check_template(t: TemplatePartsIn, settings: Settings,
     """Check the template's size in bytes and compile it within TEMPLATE_MAX_NODES and
     TEMPLATE_MAX_DEPTH; returns the variables it needs and those of the subject, or raises a
     413 or 400."""
+    compiled = _compile_checked(t, settings, prefix)
+    return compiled.required, compiled.subject_required
+
+
+def _compile_checked(t: TemplatePartsIn, settings: Settings, prefix: str) -> CompiledTemplates:
     for part in ("html", "text"):
         source = getattr(t, part)
         size = len(source.encode("utf-8", "surrogatepass")) if source is not None else 0
@@ -89,18 +95,33 @@ def check_template(t: TemplatePartsIn, settings: Settings,
     except TemplateCompileError as exc:
         raise RequestRejected(400, "template_error", f"{prefix}{exc.part} does not compile: {exc}",
                               [(f"{prefix}{exc.part}", str(exc))]) from None
-    return compiled.required, compiled.subject_required
+    return compiled
 
 
 Needs = tuple[frozenset[str], frozenset[str]]   # variables a template needs, those of its subject
 
 
-def check_variants(t: TemplateIn, settings: Settings,
-                   prefix: str = "template.") -> dict[str, Needs]:
-    """check_template for every language variant (each compiled once, within the same
-    budgets; errors name `template.variants.<tag>.<part>`); what each needs, by tag."""
-    return {tag: check_template(variant, settings, f"{prefix}variants.{tag}.")
-            for tag, variant in (t.variants or {}).items()}
+def check_templates(t: TemplateIn, settings: Settings,
+                    prefix: str = "template.") -> tuple[Needs, dict[str, Needs]]:
+    """check_template for the template and every language variant, each compiled once (errors
+    name `template.variants.<tag>.<part>`), all together within TEMPLATE_MAX_TOTAL_NODES
+    (checked after each variant: at most one variant's worth over); what the default needs,
+    and each variant by tag."""
+    default = _compile_checked(t, settings, prefix)
+    total = default.nodes
+    variants: dict[str, Needs] = {}
+    for tag, variant in (t.variants or {}).items():
+        compiled = _compile_checked(variant, settings, f"{prefix}variants.{tag}.")
+        total += compiled.nodes
+        if total > settings.template_max_total_nodes:
+            field = f"{prefix}variants.{tag}"
+            raise RequestRejected(
+                400, "template_error", f"{field}: the template and its variants up to {tag} "
+                f"have {total} elements, more than TEMPLATE_MAX_TOTAL_NODES "
+                f"({settings.template_max_total_nodes}) together",
+                [(field, f"over TEMPLATE_MAX_TOTAL_NODES ({total} elements so far)")])
+        variants[tag] = compiled.required, compiled.subject_required
+    return (default.required, default.subject_required), variants
 
 
 @dataclass(frozen=True)
@@ -128,8 +149,7 @@ def recipient_variant(selector: VariantSelector, r: RecipientIn,
 
 def choose_languages(req: SendTemplateEmailsIn, default: Needs,
                      variants: dict[str, Needs]) -> Languages:
-    """Each recipient's variant; `default` and `variants` from check_template and
-    check_variants."""
+    """Each recipient's variant; `default` and `variants` from check_templates."""
     selector = VariantSelector(variants)
     needs: dict[str | None, Needs] = {None: default}
     needs.update(variants)
@@ -305,9 +325,8 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
     template, version = resolve_template(dao, key, req)
-    required, in_subject = check_template(template, settings or dao.settings)
-    languages = choose_languages(req, (required, in_subject),
-                                 check_variants(template, settings or dao.settings))
+    (required, in_subject), variants = check_templates(template, settings or dao.settings)
+    languages = choose_languages(req, (required, in_subject), variants)
     unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, languages.union(0))
     _missing_variables(req, required, languages)
     _subject_variables(req, languages.union(1))

@@ -218,3 +218,24 @@ def test_the_dashboard_shows_a_recipients_language(client, key, make_key, dao):
     languages = job_page.text.split('<dd class="locale">')[1].split("</dd>")[0]
     assert [tag in languages for tag in ("pt", "zh-CN", "zh-Hant", "營運團隊")] == [True] * 4
     assert count_rows(dao, "jobs") == 1
+
+
+def test_the_variants_together_stay_within_template_max_total_nodes(dao, key):
+    from mailjobs.api_server import create_app
+
+    client = create_app(dao.settings.with_overrides(template_max_total_nodes=200), dao
+                        ).test_client()
+    part = "x {{ code }}" * 20      # ~40 elements a part
+    variants = {tag: {"subject": "s", "text": part, "html": part}
+                for tag in ("de", "fr", "it", "es")}
+    r = post(client, key, locale_body(template=dict(TEMPLATE, variants=variants)))
+    assert (r.status_code, r.json["error"], r.json["field"]) == \
+        (400, "template_error", "template.variants.it")    # default + de + fr + it > 200
+    assert "TEMPLATE_MAX_TOTAL_NODES (200)" in r.json["message"]
+    r = client.post("/api/templates", headers=h(key),
+                    json={"name": "many", **TEMPLATE, "variants": variants})
+    assert (r.status_code, r.json["field"]) == (400, "variants.it")
+    del variants["it"], variants["es"]
+    assert post(client, key, locale_body(template=dict(TEMPLATE, variants=variants))
+                ).status_code == 202
+    assert count_rows(dao, "jobs") == 1
