@@ -285,7 +285,7 @@ def dedupe(req: SendTemplateEmailsIn, languages: Languages | None = None) -> lis
         if folded not in seen:
             seen.add(folded)
             locale, used = languages.chosen[i] if languages is not None else (None, None)
-            out.append(NewRecipient(r.email, r.name, r.variables, locale, used))
+            out.append(NewRecipient(r.email, r.name, r.variables, locale=locale, locale_used=used))
     return out
 
 

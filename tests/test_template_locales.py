@@ -239,3 +239,11 @@ def test_the_variants_together_stay_within_template_max_total_nodes(dao, key):
     assert post(client, key, locale_body(template=dict(TEMPLATE, variants=variants))
                 ).status_code == 202
     assert count_rows(dao, "jobs") == 1
+
+
+def test_the_command_line_lists_each_recipients_language(client, key, run):
+    job_id = post(client, key, locale_body()).json["job_id"]
+    lines = run("recipients", str(job_id)).output.splitlines()
+    assert "LANGUAGE" in lines[0]
+    assert [("zh-TW>zh-Hant" in lines[1]), ("zh-CN>zh-CN" in lines[2]), ("pt-BR>pt" in lines[3]),
+            (">" not in lines[4])] == [True] * 4
