@@ -2,6 +2,7 @@
 (templates compile, every recipient has every variable), de-duplication, idempotency."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -130,8 +131,9 @@ class Languages:
     needs: dict[str | None, Needs]        # by variant tag; None: the template's default
     chosen: list[tuple[str | None, str | None]]   # per request recipient: (locale, variant)
 
-    @property
+    @functools.cached_property
     def used(self) -> set[str | None]:
+        """The variants some recipient gets (worked out once: a request has 100,000)."""
         return {variant for _, variant in self.chosen}
 
     def union(self, which: int) -> frozenset[str]:
