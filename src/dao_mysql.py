@@ -776,7 +776,9 @@ class Dao:
             if self._run(cur, "finish_job", (status, reason, job_id)) == 0:
                 return None
             self._job_events(cur, "job.completed", [job_id], counts)
-        return self.job(job_id, with_counts=True)
+            self._run(cur, "job_by_id", (job_id,))   # as finished, in this round trip's company
+            row = cur.fetchone()
+        return _job(row, counts)
 
     def job_statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
         if not job_ids:
@@ -1390,13 +1392,12 @@ class Dao:
                           statuses: Sequence[str]) -> int:
         """In the caller's transaction: `kind` events of these recipients (those in one of
         `statuses`) for every enabled endpoint of their job's key that takes the type. One
-        INSERT ... SELECT per PK_CHUNK ids; nothing is read back."""
-        written = 0
-        for start in range(0, len(ids), PK_CHUNK):
-            chunk = list(ids[start:start + PK_CHUNK])
-            sql = self.queries["webhook_recipient_events"].format(
-                ids=_placeholders(len(chunk)), statuses=_placeholders(len(statuses)))
-            written += cur.execute(sql, (kind, kind, *chunk, *statuses, kind))
+        INSERT ... SELECT for all the ids; nothing is read back."""
+        if not ids:
+            return 0
+        sql = self.queries["webhook_recipient_events"].format(
+            statuses=_placeholders(len(statuses)))
+        written: int = cur.execute(sql, (kind, kind, json.dumps(list(ids)), *statuses, kind))
         return written
 
     def _job_events(self, cur: Any, kind: str, job_ids: Sequence[int],
