@@ -247,3 +247,18 @@ def test_the_command_line_lists_each_recipients_language(client, key, run):
     assert "LANGUAGE" in lines[0]
     assert [("zh-TW>zh-Hant" in lines[1]), ("zh-CN>zh-CN" in lines[2]), ("pt-BR>pt" in lines[3]),
             (">" not in lines[4])] == [True] * 4
+
+
+def test_a_retried_recipient_is_sent_the_variant_it_was_given(client, key, dao, tmp_path):
+    job_id = post(client, key, locale_body()).json["job_id"]
+    assert client.post(f"/api/jobs/{job_id}/cancel", headers=h(key)).status_code == 200
+    r = client.post(f"/api/jobs/{job_id}/retry", json={"status": ["cancelled"]}, headers=h(key))
+    assert (r.status_code, r.json["requeued"]) == (200, 4)
+    outbox = tmp_path / "out"
+    with running(fast(dao.settings, mail_transport="outbox", outbox_dir=str(outbox)), dao):
+        assert wait_job_done(dao, job_id) == "completed"
+    messages = sent_messages(outbox, job_id)
+    assert [messages[f"user{i}@example.com"]["Subject"] for i in range(4)] == \
+        [subject for _, subject, _, _ in EXPECTED.values()]
+    assert [(x.locale, x.locale_used) for x in recipients(dao, job_id)] == \
+        [(loc, used[0]) for loc, used in EXPECTED.items()]
