@@ -29,11 +29,12 @@ from mailjobs.db import guard as db_guard
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.enqueue import (
     RequestRejected,
-    check_template,
     check_template_storage,
+    check_templates,
     enqueue,
     replay_or_conflict,
     request_hash,
+    variants_json,
 )
 from mailjobs.records import (
     JOB_STATUSES,
@@ -461,10 +462,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.post("/api/templates")
     def create_template() -> Response:
         spec = _body(StoredTemplateIn)
-        check_template(spec, settings, prefix="")
+        check_templates(spec, settings, prefix="")
         check_template_storage(dao, spec)
         stored = dao.add_template_version(g.api_key.id, spec.name, spec.subject, spec.html,
-                                          spec.text, must_exist=False)
+                                          spec.text, must_exist=False,
+                                          variants=variants_json(spec))
         if stored is None:
             raise RequestRejected(409, "conflict", f"template {spec.name!r} exists; PUT "
                                   f"/api/templates/{spec.name} makes a new version",
@@ -475,10 +477,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.put("/api/templates/<name>")
     def update_template(name: str) -> Response:
         spec = _body(TemplateIn)
-        check_template(spec, settings, prefix="")
+        check_templates(spec, settings, prefix="")
         check_template_storage(dao, spec)
         stored = dao.add_template_version(g.api_key.id, name, spec.subject, spec.html,
-                                          spec.text, must_exist=True)
+                                          spec.text, must_exist=True,
+                                          variants=variants_json(spec))
         if stored is None:
             raise RequestRejected(404, "not_found", f"no template {name!r} for this API key",
                                   [("name", "not found")])

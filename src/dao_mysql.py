@@ -447,6 +447,8 @@ class Dao:
                 self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
             if job.metadata is not None:
                 self._run(cur, "set_job_metadata", (json.dumps(job.metadata), job_id))
+            if job.template_variants:
+                self._run(cur, "set_job_variants", (json.dumps(job.template_variants), job_id))
             sql = self.queries["insert_recipients"]
             for rows in _batches(job_id, recipients, batch, self.max_packet_bytes() // 2):
                 cur.executemany(sql, rows)
@@ -478,11 +480,12 @@ class Dao:
                         limit: int) -> list[Recipient]:
         args = {"job_id": job_id, "status": status, "after": after, "limit": limit}
         name = "recipients_page_by_status" if status else "recipients_page"
-        return [_with_metadata(_recipient(row[:19]), row[19]) for row in self._all(name, args)]
+        return [_with_metadata(_recipient(row[:22]), row[22]) for row in self._all(name, args)]
 
     def export_recipients_page(self, job_id: int, after: int, limit: int) -> list[tuple]:
         """One page of the CSV export (export.py): (id, to_email, name, status, attempts,
-        error_code, error, sent_at, gmail_message_id) rows with id > `after`, in id order."""
+        error_code, error, sent_at, gmail_message_id, locale, locale_used) rows with id >
+        `after`, in id order."""
         rows = self._all("export_recipients_page",
                          {"job_id": job_id, "after": after, "limit": limit})
         return [_utc(row) for row in rows]
@@ -514,8 +517,11 @@ class Dao:
 
     # --- stored templates -----------------------------------------------------------------
     def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
-                             text: str | None, must_exist: bool) -> StoredTemplate | None:
-        """Store the next version of a template (1 for a new one).
+                             text: str | None, must_exist: bool,
+                             variants: dict[str, dict[str, Any]] | None = None
+                             ) -> StoredTemplate | None:
+        """Store the next version of a template (1 for a new one), with its variants by
+        language tag.
 
         must_exist=False refuses (returns None) when the name exists; True refuses when not.
         """
@@ -524,7 +530,8 @@ class Dao:
             latest = int(cur.fetchone()[0])
             if (latest > 0) != must_exist:
                 return None
-            self._run(cur, "insert_template", (api_key_id, name, latest + 1, subject, html, text))
+            self._run(cur, "insert_template", (api_key_id, name, latest + 1, subject, html, text,
+                                               json.dumps(variants) if variants else None))
             self._run(cur, "template_version", (api_key_id, name, latest + 1))
             return _template(cur.fetchone())
 
@@ -575,8 +582,8 @@ class Dao:
         rows = self._all("recipients_by_email", {
             "email": email, "api_key_id": api_key_id, "limit": limit,
             "before": before if before is not None else 2**63 - 1})
-        return [(_with_metadata(_recipient(row[:19]), row[22]), row[19], row[20], int(row[21]))
-                for row in rows]
+        return [(_with_metadata(_recipient(row[:22]), row[25]), row[22], row[23],
+                 int(row[24])) for row in rows]
 
     # --- claiming -------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[Claimable]:
@@ -779,7 +786,9 @@ class Dao:
             if self._run(cur, "finish_job", (status, reason, job_id)) == 0:
                 return None
             self._job_events(cur, "job.completed", [job_id], counts)
-        return self.job(job_id, with_counts=True)
+            self._run(cur, "job_by_id", (job_id,))   # as finished, in this round trip's company
+            row = cur.fetchone()
+        return _job(row, counts)
 
     def job_statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
         if not job_ids:
@@ -1432,13 +1441,12 @@ class Dao:
                           statuses: Sequence[str]) -> int:
         """In the caller's transaction: `kind` events of these recipients (those in one of
         `statuses`) for every enabled endpoint of their job's key that takes the type. One
-        INSERT ... SELECT per PK_CHUNK ids; nothing is read back."""
-        written = 0
-        for start in range(0, len(ids), PK_CHUNK):
-            chunk = list(ids[start:start + PK_CHUNK])
-            sql = self.queries["webhook_recipient_events"].format(
-                ids=_placeholders(len(chunk)), statuses=_placeholders(len(statuses)))
-            written += cur.execute(sql, (kind, kind, *chunk, *statuses, kind))
+        INSERT ... SELECT for all the ids; nothing is read back."""
+        if not ids:
+            return 0
+        sql = self.queries["webhook_recipient_events"].format(
+            statuses=_placeholders(len(statuses)))
+        written: int = cur.execute(sql, (kind, kind, json.dumps(list(ids)), *statuses, kind))
         return written
 
     def _job_events(self, cur: Any, kind: str, job_ids: Sequence[int],
@@ -1702,7 +1710,8 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
                row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
                row[23], int(row[24]), row[25], counts or {},
                unsubscribe_base_url=row[26] if len(row) > 26 else None,
-               metadata=_json(row[27]) if len(row) > 27 else None)
+               template_variants=_json(row[27]) if len(row) > 27 else None,
+               metadata=_json(row[28]) if len(row) > 28 else None)
 
 
 class _LeaseLost(Exception):
@@ -1720,7 +1729,8 @@ def _with_metadata(r: Recipient, metadata: Any) -> Recipient:
 
 def _template(row: tuple) -> StoredTemplate:
     row = _utc(row)
-    return StoredTemplate(row[0], int(row[1]), row[2], row[3], row[4], row[5])
+    return StoredTemplate(row[0], int(row[1]), row[2], row[3], row[4], row[5],
+                          _json(row[6]) if len(row) > 6 else None)
 
 
 def _runner(row: tuple) -> dict[str, Any]:
@@ -1737,7 +1747,7 @@ def _learned_cap(row: tuple) -> LearnedCap:
 def _recipient(row: tuple) -> Recipient:
     row = _utc(row)
     return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
-                     *row[7:17], bool(row[17]), int(row[18]), *row[19:20])
+                     *row[7:17], bool(row[17]), int(row[18]), *row[19:22])
 
 
 def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
@@ -1751,11 +1761,11 @@ def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
         variables = json.dumps(r.variables) if r.variables is not None else None
         metadata = json.dumps(r.metadata) if r.metadata is not None else None
         bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")
-                     + len(metadata or "")) + 64
+                     + len(metadata or "")) + 64 + 2 * 35
         if out and (len(out) >= rows or size + bound > max_bytes):
             yield out
             out, size = [], 0
-        out.append((job_id, r.to_email, r.name, variables, metadata))
+        out.append((job_id, r.to_email, r.name, variables, r.locale, r.locale_used, metadata))
         size += bound
     if out:
         yield out

@@ -144,6 +144,10 @@ TEMPLATE_MAX_BYTES = 5_000_000
 TEMPLATE_MAX_NODES = 5000
 # Deepest nesting of blocks and expressions in a template (Python's own compiler stops near 100).
 TEMPLATE_MAX_DEPTH = 40
+# Most elements in a template's default and all its language variants together (issue 16): each
+# variant is compiled at POST, so without it 50 variants of three parts at TEMPLATE_MAX_NODES
+# would compile for a minute in one request. 30,000 is twice three parts at the limit.
+TEMPLATE_MAX_TOTAL_NODES = 30000
 # Seconds one recipient's render (subject, html and text) may take; over it: template_error.
 RENDER_TIMEOUT = 2.0
 # Largest rendered message (subject + html + text) of one recipient, in bytes; text produced

@@ -37,15 +37,15 @@ INSERT INTO jobs (type, api_key_id, sender_email, from_name, reply_to, subject_t
 VALUES ('template', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
 
 -- name: insert_recipients
-INSERT INTO job_recipients (job_id, to_email, name, variables, metadata)
-VALUES (%s, %s, %s, %s, %s);
+INSERT INTO job_recipients (job_id, to_email, name, variables, locale, locale_used, metadata)
+VALUES (%s, %s, %s, %s, %s, %s, %s);
 
 -- name: job_by_id
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url, metadata
+       unsubscribe_base_url, template_variants, metadata
 FROM jobs WHERE id = %s;
 
 -- name: job_by_idempotency_key
@@ -53,7 +53,7 @@ SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url
+       unsubscribe_base_url, template_variants, metadata
 FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 
 -- name: jobs_page
@@ -64,7 +64,7 @@ SELECT id, type, api_key_id, sender_email, from_name, reply_to, LEFT(subject_tem
        NULL, NULL, NULL, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url
+       unsubscribe_base_url, NULL
 FROM jobs
 WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
   AND (%(status)s IS NULL OR status = %(status)s)
@@ -77,7 +77,7 @@ SELECT status, COUNT(*) FROM job_recipients WHERE job_id = %s GROUP BY status;
 -- name: recipients_page
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, created_at,
-       updated_at, in_doubt, attempts_base, metadata
+       updated_at, in_doubt, attempts_base, deferred_since, locale, locale_used, metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -85,7 +85,7 @@ ORDER BY id LIMIT %(limit)s;
 -- name: recipients_page_by_status
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, created_at,
-       updated_at, in_doubt, attempts_base, metadata
+       updated_at, in_doubt, attempts_base, deferred_since, locale, locale_used, metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND status = %(status)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -95,8 +95,9 @@ ORDER BY id LIMIT %(limit)s;
 -- keyset paged by id; %(api_key_id)s NULL: every key's jobs (operators).
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts, r.next_attempt_at,
        r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id, r.error_code, r.error,
-       r.sent_at, r.created_at, r.updated_at, r.in_doubt, r.attempts_base,
-       j.status, j.sender_email, j.api_key_id, r.metadata
+       r.sent_at, r.created_at, r.updated_at, r.in_doubt, r.attempts_base, r.deferred_since,
+       r.locale, r.locale_used, j.status, j.sender_email, j.api_key_id,
+       r.metadata
 FROM job_recipients r JOIN jobs j ON j.id = r.job_id
 WHERE r.to_email = %(email)s AND r.id < %(before)s
   AND (%(api_key_id)s IS NULL OR j.api_key_id = %(api_key_id)s)
@@ -238,7 +239,7 @@ WHERE r.status IN ('queued', 'retrying', 'sending') AND r.next_attempt_at <= UTC
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts,
        r.next_attempt_at, r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id,
        r.error_code, r.error, r.sent_at, NULL, NULL, r.in_doubt, r.attempts_base,
-       r.deferred_since, s.reason
+       r.deferred_since, r.locale, r.locale_used, s.reason
 FROM job_recipients r
 LEFT JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE utf8mb4_bin
 WHERE r.id IN ({ids}) AND r.claimed_by = %s AND r.status = 'sending' ORDER BY r.id;
@@ -407,29 +408,34 @@ ON DUPLICATE KEY UPDATE rate_per_minute = VALUES(rate_per_minute), daily_cap = V
 SELECT COALESCE(MAX(version), 0) FROM templates WHERE api_key_id = %s AND name = %s FOR UPDATE;
 
 -- name: insert_template
-INSERT INTO templates (api_key_id, name, version, subject, html, text) VALUES (%s, %s, %s, %s, %s, %s);
+INSERT INTO templates (api_key_id, name, version, subject, html, text, variants)
+VALUES (%s, %s, %s, %s, %s, %s, %s);
 
 -- name: template_version
-SELECT name, version, subject, html, text, created_at FROM templates
+SELECT name, version, subject, html, text, created_at, variants FROM templates
 WHERE api_key_id = %s AND name = %s AND version = %s;
 
 -- name: template_newest
-SELECT name, version, subject, html, text, created_at FROM templates
+SELECT name, version, subject, html, text, created_at, variants FROM templates
 WHERE api_key_id = %s AND name = %s ORDER BY version DESC LIMIT 1;
 
 -- name: template_versions
-SELECT name, version, subject, html, text, created_at FROM templates
+SELECT name, version, subject, html, text, created_at, variants FROM templates
 WHERE api_key_id = %s AND name = %s ORDER BY version DESC;
 
 -- name: templates_of_key
 -- The newest version of each of a key's templates.
-SELECT t.name, t.version, t.subject, t.html, t.text, t.created_at FROM templates t
+SELECT t.name, t.version, t.subject, t.html, t.text, t.created_at, t.variants FROM templates t
 JOIN (SELECT name, MAX(version) AS version FROM templates WHERE api_key_id = %s GROUP BY name) m
   ON m.name = t.name AND m.version = t.version
 WHERE t.api_key_id = %s ORDER BY t.name;
 
 -- name: set_job_template
 UPDATE jobs SET template_name = %s, template_version = %s WHERE id = %s;
+
+-- name: set_job_variants
+-- The template's versions by language (issue 16), as JSON.
+UPDATE jobs SET template_variants = %s WHERE id = %s;
 
 -- ===== metrics ================================================================================
 
@@ -796,8 +802,10 @@ FROM maintenance_leases WHERE name = %s;
 -- (type, RFC 3339 timestamp, data) is built here as JSON from the rows just changed.
 
 -- name: webhook_recipient_events
--- Args: type, type, then the ids ({ids}: a placeholder list), then the type again. Recipients
--- of those ids in one of the statuses of the type (webhooks.RECIPIENT_EVENT_STATUSES: {statuses}).
+-- Args: type, type, a JSON array of the recipients' ids, the statuses, then the type again.
+-- Recipients of those ids in one of the statuses of the type (webhooks.RECIPIENT_EVENT_STATUSES:
+-- {statuses}). The ids come in through a join (as in record_sent), so a batch of any size is one
+-- statement: one round trip, and nothing to walk when no endpoint takes the events.
 INSERT INTO webhook_events (endpoint_id, type, job_id, recipient_id, payload)
 SELECT w.id, %s, r.job_id, r.id,
        JSON_OBJECT('type', %s,
@@ -810,11 +818,12 @@ SELECT w.id, %s, r.job_id, r.id,
                        'metadata', JSON_EXTRACT(j.metadata, '$'),
                        'recipient_metadata', JSON_EXTRACT(r.metadata, '$'),
                        'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
-FROM job_recipients r
+FROM JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS e
+STRAIGHT_JOIN job_recipients r ON r.id = e.id
 JOIN jobs j ON j.id = r.job_id
 JOIN api_keys k ON k.id = j.api_key_id
 JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
-WHERE r.id IN ({ids}) AND r.status IN ({statuses}) AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
+WHERE r.status IN ({statuses}) AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
 ORDER BY r.id, w.id;
 
 -- name: webhook_job_recipient_events
@@ -1045,7 +1054,7 @@ WHERE id IN ({ids}) AND NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.deliv
 -- One keyset page of a job's recipients for the CSV export: only the exported columns (never
 -- the variables, megabytes a job), in id order from %(after)s.
 SELECT id, to_email, name, status, attempts, error_code, error, sent_at, gmail_message_id,
-       metadata
+       locale, locale_used, metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;

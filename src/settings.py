@@ -157,6 +157,7 @@ class Settings:
     template_max_bytes: int = defaults.TEMPLATE_MAX_BYTES
     template_max_nodes: int = defaults.TEMPLATE_MAX_NODES
     template_max_depth: int = defaults.TEMPLATE_MAX_DEPTH
+    template_max_total_nodes: int = defaults.TEMPLATE_MAX_TOTAL_NODES
     render_timeout: float = defaults.RENDER_TIMEOUT
     render_max_bytes: int = defaults.RENDER_MAX_BYTES
     sender_rate_per_minute: int = defaults.SENDER_RATE_PER_MINUTE

@@ -16,6 +16,7 @@ from mailjobs.web.schemas import (
     RecipientOut,
     SuppressionOut,
     TemplateOut,
+    TemplateVariantOut,
     TracedRecipientOut,
     TracedSuppressionOut,
 )
@@ -63,7 +64,10 @@ def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
 
 def template_view(t: StoredTemplate) -> dict[str, Any]:
     return TemplateOut(name=t.name, version=t.version, subject=t.subject, html=t.html,
-                       text=t.text, created_at=t.created_at).model_dump(mode="json")
+                       text=t.text, created_at=t.created_at,
+                       variants=None if t.variants is None else {
+                           tag: TemplateVariantOut(**v) for tag, v in t.variants.items()},
+                       ).model_dump(mode="json")
 
 
 def _recipient_fields(r: Recipient) -> dict[str, Any]:
