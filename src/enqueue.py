@@ -2,6 +2,7 @@
 (templates compile, every recipient has every variable), de-duplication, idempotency."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -11,17 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 from mailjobs.dao_mysql import AttachmentGone, Dao, DuplicateKey
 from mailjobs.db import guard as db_guard
+from mailjobs.locales import VariantSelector
 from mailjobs.mail_message import header_text_problem
 from mailjobs.records import ApiKey, Job, NewJob, NewRecipient
 from mailjobs.scheduling import PRIORITIES, PRIORITY_NAMES
 from mailjobs.settings import Settings
 from mailjobs.templating import (
     BUILTIN_VARIABLES,
+    CompiledTemplates,
     TemplateCompileError,
     compile_templates,
     template_limits,
 )
-from mailjobs.web.schemas import SendTemplateEmailsIn, TemplateIn
+from mailjobs.transports import send_as
+from mailjobs.web.schemas import RecipientIn, SendTemplateEmailsIn, TemplateIn, TemplatePartsIn
 
 if TYPE_CHECKING:
     from mailjobs.attachments.jobs import Prepared
@@ -33,12 +37,14 @@ class RequestRejected(Exception):
     """A 4xx answer: status, machine code, sentence, and the fields at fault."""
 
     def __init__(self, status: int, code: str, message: str,
-                 errors: list[tuple[str | None, str]] | None = None) -> None:
+                 errors: list[tuple[str | None, str]] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.errors = errors or []
+        self.extra = extra or {}   # more members of the error body (e.g. `allowed`)
 
     @property
     def field(self) -> str | None:
@@ -68,14 +74,21 @@ def resolve_template(dao: Dao, key: ApiKey,
             f"template {req.template_name!r}"
         raise RequestRejected(400, "unknown_template", f"no {which} for this API key",
                               [("template_name", "no such stored template")])
-    return TemplateIn(subject=stored.subject, html=stored.html, text=stored.text), stored.version
+    return TemplateIn.model_validate({"subject": stored.subject, "html": stored.html,
+                                      "text": stored.text, "variants": stored.variants}
+                                     ), stored.version
 
 
-def check_template(t: TemplateIn, settings: Settings,
+def check_template(t: TemplatePartsIn, settings: Settings,
                    prefix: str = "template.") -> tuple[frozenset[str], frozenset[str]]:
     """Check the template's size in bytes and compile it within TEMPLATE_MAX_NODES and
     TEMPLATE_MAX_DEPTH; returns the variables it needs and those of the subject, or raises a
     413 or 400."""
+    compiled = _compile_checked(t, settings, prefix)
+    return compiled.required, compiled.subject_required
+
+
+def _compile_checked(t: TemplatePartsIn, settings: Settings, prefix: str) -> CompiledTemplates:
     for part in ("html", "text"):
         source = getattr(t, part)
         size = len(source.encode("utf-8", "surrogatepass")) if source is not None else 0
@@ -89,7 +102,67 @@ def check_template(t: TemplateIn, settings: Settings,
     except TemplateCompileError as exc:
         raise RequestRejected(400, "template_error", f"{prefix}{exc.part} does not compile: {exc}",
                               [(f"{prefix}{exc.part}", str(exc))]) from None
-    return compiled.required, compiled.subject_required
+    return compiled
+
+
+Needs = tuple[frozenset[str], frozenset[str]]   # variables a template needs, those of its subject
+
+
+def check_templates(t: TemplateIn, settings: Settings,
+                    prefix: str = "template.") -> tuple[Needs, dict[str, Needs]]:
+    """check_template for the template and every language variant, each compiled once (errors
+    name `template.variants.<tag>.<part>`), all together within TEMPLATE_MAX_TOTAL_NODES
+    (checked after each variant: at most one variant's worth over); what the default needs,
+    and each variant by tag."""
+    default = _compile_checked(t, settings, prefix)
+    total = default.nodes
+    variants: dict[str, Needs] = {}
+    for tag, variant in (t.variants or {}).items():
+        compiled = _compile_checked(variant, settings, f"{prefix}variants.{tag}.")
+        total += compiled.nodes
+        if total > settings.template_max_total_nodes:
+            field = f"{prefix}variants.{tag}"
+            raise RequestRejected(
+                400, "template_error", f"{field}: the template and its variants up to {tag} "
+                f"have {total} elements, more than TEMPLATE_MAX_TOTAL_NODES "
+                f"({settings.template_max_total_nodes}) together",
+                [(field, f"over TEMPLATE_MAX_TOTAL_NODES ({total} elements so far)")])
+        variants[tag] = compiled.required, compiled.subject_required
+    return (default.required, default.subject_required), variants
+
+
+@dataclass(frozen=True)
+class Languages:
+    """The variant each recipient of a request gets (issue 16), chosen once at POST."""
+    needs: dict[str | None, Needs]        # by variant tag; None: the template's default
+    chosen: list[tuple[str | None, str | None]]   # per request recipient: (locale, variant)
+
+    @functools.cached_property
+    def used(self) -> set[str | None]:
+        """The variants some recipient gets (worked out once: a request has 100,000)."""
+        return {variant for _, variant in self.chosen}
+
+    def union(self, which: int) -> frozenset[str]:
+        """What the variants in use need (which=0), or use in their subjects (1)."""
+        return frozenset().union(*(self.needs[v][which] for v in self.used))
+
+
+def recipient_variant(selector: VariantSelector, r: RecipientIn,
+                      job_locale: str | None) -> tuple[str | None, str | None]:
+    """(the locale asked for, the variant it gets) of one recipient: its own locale, else the
+    job's; the variant by the locale's fallback chain (locales.py), None for the default."""
+    locale = r.locale or job_locale
+    return locale, selector.choose(locale)
+
+
+def choose_languages(req: SendTemplateEmailsIn, default: Needs,
+                     variants: dict[str, Needs]) -> Languages:
+    """Each recipient's variant; `default` and `variants` from check_templates."""
+    selector = VariantSelector(variants)
+    needs: dict[str | None, Needs] = {None: default}
+    needs.update(variants)
+    return Languages(needs,
+                     [recipient_variant(selector, r, req.locale) for r in req.recipients])
 
 
 def stored_size(text: str | None) -> int:
@@ -106,7 +179,7 @@ def _check_stored_sizes(dao: Dao, req: SendTemplateEmailsIn, template: TemplateI
     """No statement may pass the server's max_allowed_packet: it would drop the connection
     (a 503 the client retries for ever). Checked only for bodies big enough to reach it."""
     packet = dao.max_packet_bytes()
-    if 2 * body_size + 64 * 1024 < packet:
+    if 2 * body_size + 64 * 1024 < packet and not template.variants:
         return
     room = check_stored_row(dao, {"variables": stored_size(json.dumps(req.variables)),
                                   **_template_sizes(template, "template.")})
@@ -120,7 +193,12 @@ def _check_stored_sizes(dao: Dao, req: SendTemplateEmailsIn, template: TemplateI
 
 
 def _template_sizes(t: TemplateIn, prefix: str) -> dict[str, int]:
-    return {f"{prefix}{part}": stored_size(getattr(t, part)) for part in ("subject", "html", "text")}
+    sizes = {f"{prefix}{part}": stored_size(getattr(t, part))
+             for part in ("subject", "html", "text")}
+    for tag, variant in (t.variants or {}).items():
+        sizes.update({f"{prefix}variants.{tag}.{part}": stored_size(getattr(variant, part))
+                      for part in ("subject", "html", "text", "from_name")})
+    return sizes
 
 
 def check_stored_row(dao: Dao, parts: dict[str, int]) -> int:
@@ -174,20 +252,31 @@ def _subject_variables(req: SendTemplateEmailsIn, used: frozenset[str]) -> None:
         raise RequestRejected(400, "validation_error", f"{errors[0][0]}: {errors[0][1]}", errors)
 
 
-def _missing_variables(req: SendTemplateEmailsIn, required: frozenset[str]) -> None:
-    needed = required - BUILTIN_VARIABLES - req.variables.keys()
-    wants_name = "name" in required and "name" not in req.variables
-    if not needed and not wants_name:
+def _missing_variables(req: SendTemplateEmailsIn, required: frozenset[str],
+                       languages: Languages | None = None) -> None:
+    """Every recipient has every variable of the template (with languages: of the variant
+    chosen for it), from the job's variables or its own."""
+    needs = {None: required} if languages is None else \
+        {tag: need[0] for tag, need in languages.needs.items() if tag in languages.used}
+    lacking = {tag: (need - BUILTIN_VARIABLES - req.variables.keys(),
+                     "name" in need and "name" not in req.variables)
+               for tag, need in needs.items()}
+    if not any(needed or wants_name for needed, wants_name in lacking.values()):
         return
     errors: list[tuple[str | None, str]] = []
     for i, r in enumerate(req.recipients):
+        tag = languages.chosen[i][1] if languages is not None else None
+        needed, wants_name = lacking[tag]
         have = r.variables.keys() if r.variables else ()
         missing = sorted(v for v in needed if v not in have)
         if wants_name and r.name is None and "name" not in have:
             missing.append("name")
         if missing:
+            of = f" by template variant {tag}" if tag is not None else (
+                " by the template's default" if languages is not None and len(needs) > 1
+                else "")
             errors.append((f"recipients[{i}].variables",
-                           f"template variable(s) not provided: {', '.join(missing)}"))
+                           f"template variable(s) not provided{of}: {', '.join(missing)}"))
             if len(errors) >= MAX_LISTED_ERRORS:
                 break
     if errors:
@@ -195,7 +284,7 @@ def _missing_variables(req: SendTemplateEmailsIn, required: frozenset[str]) -> N
                               f"{errors[0][0]}: {errors[0][1]}", errors)
 
 
-def dedupe(req: SendTemplateEmailsIn,
+def dedupe(req: SendTemplateEmailsIn, languages: Languages | None = None,
            files: list[list[dict[str, Any]] | None] | None = None) -> list[NewRecipient]:
     """First occurrence wins; addresses compare case-insensitively. `files`: each request
     recipient's own attachments (attachments.jobs.prepare), by position."""
@@ -205,8 +294,10 @@ def dedupe(req: SendTemplateEmailsIn,
         folded = r.email.lower()
         if folded not in seen:
             seen.add(folded)
-            out.append(NewRecipient(r.email, r.name, r.variables,
-                                    files[i] if files is not None else None))
+            locale, used = languages.chosen[i] if languages is not None else (None, None)
+            out.append(NewRecipient(r.email, r.name, r.variables, locale=locale,
+                                    locale_used=used, metadata=r.metadata,
+                                    attachments=files[i] if files is not None else None))
     return out
 
 
@@ -257,19 +348,21 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
     template, version = resolve_template(dao, key, req)
-    required, in_subject = check_template(template, settings or dao.settings)
-    unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, required)
-    _missing_variables(req, required)
-    _subject_variables(req, in_subject)
+    (required, in_subject), variants = check_templates(template, settings or dao.settings)
+    languages = choose_languages(req, (required, in_subject), variants)
+    unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, languages.union(0))
+    _missing_variables(req, required, languages)
+    _subject_variables(req, languages.union(1))
     _check_stored_sizes(dao, req, template, body_size)
     files = _files(dao, key, req, template, settings or dao.settings)
-    recipients = dedupe(req, files.recipients)
+    recipients = dedupe(req, languages, files.recipients)
     new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
                  template.html, template.text, req.variables, len(recipients),
                  len(req.recipients) - len(recipients), idempotency_key, body_hash,
                  req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None,
                  req.template_name, version, PRIORITIES[req.priority], req.expires_at,
                  unsubscribe_base_url=unsubscribe_base, metadata=req.metadata,
+                 template_variants=variants_json(template),
                  attachments=files.job, attachment_ids=files.ids)
     # The request's deadline bounds its database waits; the checks above are CPU work bounded by
     # the body's size budgets (MAX_REQUEST_BYTES, MAX_RECIPIENTS_PER_JOB), which on a busy host
@@ -278,8 +371,21 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
     # gets the whole deadline.
     if db_guard.remaining() is not None:     # within a request (a deadline is running)
         db_guard.start_deadline((settings or dao.settings).db_request_deadline)
+
+    def check_sender(rows: list[Any]) -> None:
+        """sender_email must be the account or a verified alias (send_as.py); read in the
+        storing transaction, so the check costs no round trip of its own."""
+        allowed = send_as.refusal(dao, req.sender_email, key.may_send_as, rows)
+        if allowed is not None:
+            raise RequestRejected(
+                400, "sender_not_verified", f"{req.sender_email} is not the sender's Gmail "
+                "account nor one of its verified send-as aliases; allowed: "
+                f"{', '.join(allowed) or '(none this key may use)'}",
+                [("sender_email", "not a verified send-as address of the account")],
+                {"allowed": allowed})
+
     try:
-        job, suppressed = dao.create_job_read(new, recipients)
+        job, suppressed = dao.create_job_read(new, recipients, check_sender)
     except AttachmentGone as exc:
         raise RequestRejected(409, "attachment_deleted", f"an attachment was deleted while the "
                               f"job was being stored ({exc}); nothing was stored",
@@ -291,6 +397,13 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
             raise
         return replay
     return Enqueued(job, replayed=False, suppressed=suppressed)
+
+
+def variants_json(t: TemplateIn) -> dict[str, dict[str, Any]] | None:
+    """A template's variants as stored (templates.variants, jobs.template_variants)."""
+    if not t.variants:
+        return None
+    return {tag: v.model_dump(exclude_none=True) for tag, v in t.variants.items()}
 
 
 def replay_or_conflict(dao: Dao, key: ApiKey, idempotency_key: str,

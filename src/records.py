@@ -78,7 +78,9 @@ class NewJob:
     expires_at: datetime | None = None
     unsubscribe_base_url: str | None = None   # List-Unsubscribe links to <this>/u/<token>
     metadata: dict[str, Any] | None = None    # the client's own, returned in webhook events
-    # the job's own attachments (attachments.spec.stored_list) and every attachment row id the
+    # The template's versions by language tag: {tag: {subject, html, text, from_name}}
+    template_variants: dict[str, dict[str, Any]] | None = None
+    # the job's own attachments (attachments.jobs) and every attachment row id the
     # job uses (its own and its recipients'): job_attachments
     attachments: list[dict[str, Any]] | None = None
     attachment_ids: tuple[int, ...] = ()
@@ -92,6 +94,7 @@ class StoredTemplate:
     html: str | None
     text: str | None
     created_at: datetime
+    variants: dict[str, dict[str, Any]] | None = None   # by language tag, as NewJob's
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,10 @@ class NewRecipient:
     to_email: str
     name: str | None
     variables: dict[str, Any] | None
-    # the recipient's own attachments, stored as JSON (attachments.spec.stored_list)
+    locale: str | None = None        # the language asked for (its own, else the job's)
+    locale_used: str | None = None   # the template variant chosen for it; None: the default
+    metadata: dict[str, Any] | None = None     # the client's own, returned in listings and events
+    # the recipient's own attachments, stored as JSON (attachments.jobs)
     attachments: list[dict[str, Any]] | None = None
 
 
@@ -133,6 +139,8 @@ class Job:
     expires_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
     unsubscribe_base_url: str | None = None
+    template_variants: dict[str, dict[str, Any]] | None = None   # NewJob's
+    metadata: dict[str, Any] | None = None    # the client's own (POST), read by job_by_id
     # the job's own attachments (attachments.jobs): [] for none; read by Dao.job only (None:
     # not read)
     attachments: list[dict[str, Any]] | None = None
@@ -160,7 +168,10 @@ class Recipient:
     in_doubt: bool = False
     attempts_base: int = 0
     deferred_since: datetime | None = None   # refused before it left since then (MAX_DEFER)
-    attachments: list[dict[str, Any]] | None = None   # its own files (attachments.spec)
+    locale: str | None = None        # NewRecipient's
+    locale_used: str | None = None
+    metadata: dict[str, Any] | None = None   # the client's own; read only for listings
+    attachments: list[dict[str, Any]] | None = None   # its own files (attachments.jobs)
 
 
 @dataclass(frozen=True)
