@@ -203,8 +203,11 @@ class _Checker:
 
 
 def _body_size(template: TemplateIn) -> int:
-    return MESSAGE_OVERHEAD + text_size(template.subject) + text_size(template.html) \
-        + text_size(template.text)
+    """The largest the message's own parts may be: the template's, or its biggest language
+    variant's (a recipient may get any of them)."""
+    parts = [template, *(template.variants or {}).values()]
+    return MESSAGE_OVERHEAD + max(text_size(p.subject) + text_size(p.html) + text_size(p.text)
+                                  for p in parts)
 
 
 def needs_files(req: SendTemplateEmailsIn) -> bool:
