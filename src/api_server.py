@@ -28,12 +28,14 @@ from mailjobs.dao_mysql import Dao, DatabaseUnavailable
 from mailjobs.db import guard as db_guard
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.enqueue import (
+    RecipientSource,
     RequestRejected,
     check_template,
     check_template_storage,
     enqueue,
     replay_or_conflict,
     request_hash,
+    split_body,
 )
 from mailjobs.records import (
     JOB_STATUSES,
@@ -254,14 +256,27 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             replay = replay_or_conflict(dao, g.api_key, idem, body_hash)
             if replay is not None:
                 return _enqueued(replay.job, replayed=True)
-        req = parse_body(SendTemplateEmailsIn, body,
-                         {"max_recipients": settings.max_recipients_per_job})
-        if g.api_key.may_send_as(req.sender_email):   # else enqueue answers 403 first
-            estimates.check_max_duration(dao, settings, req, unlimited=g.api_key.is_test)
+        context = {"max_recipients": settings.max_recipients_per_job}
+        parts = split_body(body)
+        if parts is None:   # not the usual shape (or not JSON): validated whole, as it says
+            req = parse_body(SendTemplateEmailsIn, body, context)
+            recipients = RecipientSource.parsed(req.recipients, _validation_errors)
+        else:   # the job's fields now; its recipients a chunk at a time while they are stored
+            head, raws = parts
+            req = parse_body(SendTemplateEmailsIn, head,
+                             {**context, "recipients_count": len(raws)})
+            recipients = RecipientSource.raw(raws, _validation_errors, context)
+
+        def check_total(total: int) -> None:
+            if g.api_key.may_send_as(req.sender_email):   # else enqueue answers 403 first
+                estimates.check_max_duration(dao, settings, req, unlimited=g.api_key.is_test,
+                                             total=total)
+
         with metrics.ENQUEUE_SECONDS.time():
             result = enqueue(dao, g.api_key, req, body_hash, idem,
                              unsubscribe_base_url=settings.unsubscribe_base_url,
-                             settings=settings, body_size=len(body))
+                             settings=settings, body_size=len(body), recipients=recipients,
+                             check_total=check_total if req.max_duration is not None else None)
         if not result.replayed:
             metrics.ENQUEUED_RECIPIENTS.inc(result.job.total)
             _work_added()

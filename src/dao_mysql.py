@@ -52,6 +52,8 @@ from mailjobs.settings import DatabaseParams, Settings
 
 log = logging.getLogger("mailjobs.db")
 T = TypeVar("T")
+# One recipient as stored: address, name, variables as JSON text (or None).
+RecipientRow = tuple[str, str | None, str | None]
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
 # Ids per `WHERE id IN (...)` statement of a purge batch: under MariaDB's
@@ -415,34 +417,58 @@ class Dao:
         return self.create_job_read(job, recipients)[0].id
 
     @_rerun_on_conflict
-    def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient]
+    def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient | RecipientRow]
                         ) -> tuple[Job, int]:
         """create_job, returning the stored job and how many of its recipients were
         suppressed, both read in its transaction (no round trips after the commit)."""
-        batch = defaults.INSERT_BATCH
         with self.transaction() as cur:
-            self._run(cur, "insert_job", (
-                job.api_key_id, job.sender_email, job.from_name, job.reply_to,
-                job.subject_template, job.html_template, job.text_template,
-                json.dumps(job.variables),
-                "scheduled" if job.send_at is not None else "queued", job.total,
-                job.duplicates_removed, job.idempotency_key, job.request_hash,
-                _naive_utc(job.send_at), job.priority, _naive_utc(job.expires_at)))
-            job_id = int(cur.lastrowid)
-            if job.template_name is not None:
-                self._run(cur, "set_job_template", (job.template_name, job.template_version,
-                                                    job_id))
-            if job.unsubscribe_base_url:
-                self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
-            if job.metadata is not None:
-                self._run(cur, "set_job_metadata", (json.dumps(job.metadata), job_id))
-            sql = self.queries["insert_recipients"]
-            for rows in _batches(job_id, recipients, batch, self.max_packet_bytes() // 2):
-                cur.executemany(sql, rows)
+            job_id = self._insert_job(cur, job)
+            self._insert_recipients(cur, job_id, recipients)
             suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id,
                                                        len(recipients))
             self._run(cur, "job_by_id", (job_id,))
             return _job(cur.fetchone()), suppressed
+
+    def create_job_chunks(self, job: NewJob, chunks: Iterator[Sequence[RecipientRow]],
+                          totals: Callable[[], tuple[int, int]]) -> tuple[Job, int]:
+        """create_job_read for a job whose recipients come a chunk at a time (each stored as
+        it comes, all in one transaction: an exception from `chunks` rolls it all back);
+        totals() gives (recipients, duplicates removed) once `chunks` is exhausted. Not rerun
+        on a lock conflict: the chunks cannot be read twice (only new rows are written)."""
+        with self.transaction() as cur:
+            job_id = self._insert_job(cur, job)
+            for chunk in chunks:
+                self._insert_recipients(cur, job_id, chunk)
+            total, duplicates = totals()
+            self._run(cur, "set_job_totals", (total, duplicates, job_id))
+            suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id, total)
+            self._run(cur, "job_by_id", (job_id,))
+            return _job(cur.fetchone()), suppressed
+
+    def _insert_recipients(self, cur: Any, job_id: int,
+                           recipients: Sequence[NewRecipient | RecipientRow]) -> None:
+        sql = self.queries["insert_recipients"]
+        for rows in _batches(job_id, recipients, defaults.INSERT_BATCH,
+                             self.max_packet_bytes() // 2):
+            cur.executemany(sql, rows)
+
+    def _insert_job(self, cur: Any, job: NewJob) -> int:
+        self._run(cur, "insert_job", (
+            job.api_key_id, job.sender_email, job.from_name, job.reply_to,
+            job.subject_template, job.html_template, job.text_template,
+            json.dumps(job.variables),
+            "scheduled" if job.send_at is not None else "queued", job.total,
+            job.duplicates_removed, job.idempotency_key, job.request_hash,
+            _naive_utc(job.send_at), job.priority, _naive_utc(job.expires_at)))
+        job_id = int(cur.lastrowid)
+        if job.template_name is not None:
+            self._run(cur, "set_job_template", (job.template_name, job.template_version,
+                                                job_id))
+        if job.unsubscribe_base_url:
+            self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
+        if job.metadata is not None:
+            self._run(cur, "set_job_metadata", (json.dumps(job.metadata), job_id))
+        return job_id
 
     def job(self, job_id: int, with_counts: bool = False) -> Job | None:
         row = self._one("job_by_id", (job_id,))
@@ -1649,7 +1675,7 @@ def _recipient(row: tuple) -> Recipient:
                      *row[7:17], bool(row[17]), int(row[18]), *row[19:20])
 
 
-def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
+def _batches(job_id: int, recipients: Sequence[NewRecipient | RecipientRow], rows: int,
              max_bytes: int) -> Iterator[list[tuple]]:
     """Rows for multi-row INSERTs: at most `rows` a statement, and under `max_bytes` by an
     upper bound of their escaped size (4 bytes a character), so no statement passes
@@ -1657,12 +1683,16 @@ def _batches(job_id: int, recipients: Sequence[NewRecipient], rows: int,
     out: list[tuple] = []
     size = 0
     for r in recipients:
-        variables = json.dumps(r.variables) if r.variables is not None else None
-        bound = 4 * (len(r.to_email) + len(r.name or "") + len(variables or "")) + 64
+        if isinstance(r, tuple):   # a RecipientRow: its variables are JSON already
+            email, name, variables = r
+        else:
+            email, name = r.to_email, r.name
+            variables = json.dumps(r.variables) if r.variables is not None else None
+        bound = 4 * (len(email) + len(name or "") + len(variables or "")) + 64
         if out and (len(out) >= rows or size + bound > max_bytes):
             yield out
             out, size = [], 0
-        out.append((job_id, r.to_email, r.name, variables))
+        out.append((job_id, email, name, variables))
         size += bound
     if out:
         yield out

@@ -74,6 +74,9 @@ CONFLICT_RETRIES = 4
 # Rows per multi-row INSERT when storing recipients (each statement also stays under half of
 # max_allowed_packet): 10,000 recipients are one round trip.
 INSERT_BATCH = 10000
+# Recipients of a POST validated, checked and stored a chunk at a time (src/enqueue.py): what the
+# server holds of a job's recipients as Python objects at once is about two chunks.
+ENQUEUE_CHUNK = 5000
 
 # --- Local development database (used when DATABASE_URL is not set) ----------------------------
 LOCAL_DB_DIR = "var/mariadb"
@@ -303,7 +306,7 @@ _SHOWN = {
     "FEEDBACK_LOOP_FROM": "(unset: complaint reports are not read)",
 }
 _NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
-            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "CONFLICT_RETRIES",
+            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "ENQUEUE_CHUNK", "CONFLICT_RETRIES",
             "DEAD_RUNNER_SECONDS", "EXPORT_PAGE_SIZE", "HTTP_OUTBUF_HIGH_WATERMARK"}
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mailjobs.dao_mysql import Dao, DuplicateKey
+import msgspec
+from pydantic import ValidationError
+
+from mailjobs import defaults
+from mailjobs.dao_mysql import Dao, DuplicateKey, RecipientRow
 from mailjobs.db import guard as db_guard
 from mailjobs.mail_message import header_text_problem
 from mailjobs.records import ApiKey, Job, NewJob, NewRecipient
@@ -21,7 +27,12 @@ from mailjobs.templating import (
     compile_templates,
     template_limits,
 )
-from mailjobs.web.schemas import SendTemplateEmailsIn, TemplateIn
+from mailjobs.web.schemas import (
+    RECIPIENT_LIST,
+    RecipientIn,
+    SendTemplateEmailsIn,
+    TemplateIn,
+)
 
 MAX_LISTED_ERRORS = 20
 
@@ -47,6 +58,23 @@ class Enqueued:
     job: Job
     replayed: bool
     suppressed: int | None = None   # known when this request stored the job
+
+
+def split_body(body: bytes) -> tuple[bytes, list[msgspec.Raw]] | None:
+    """A send request's body as the JSON of its own fields (with `"recipients": []`) and its
+    recipients as raw JSON slices of the body (a few dozen bytes each; no Python object per
+    recipient's fields). None when the body is not an object with a `recipients` array of
+    objects, or not strict JSON (NaN, ...): validated whole then, so its answer names the
+    field as before."""
+    try:
+        fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+        if "recipients" not in fields:
+            return None
+        raws = msgspec.json.decode(fields.pop("recipients"), type=list[msgspec.Raw])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    head = b",".join(msgspec.json.encode(k) + b":" + bytes(v) for k, v in fields.items())
+    return b"{" + head + (b"," if head else b"") + b'"recipients":[]}', raws
 
 
 def request_hash(body: bytes) -> str:
@@ -98,24 +126,6 @@ def stored_size(text: str | None) -> int:
                                                             "\\'\"\0\n\r\x1a")
 
 
-def _check_stored_sizes(dao: Dao, req: SendTemplateEmailsIn, template: TemplateIn,
-                        body_size: int) -> None:
-    """No statement may pass the server's max_allowed_packet: it would drop the connection
-    (a 503 the client retries for ever). Checked only for bodies big enough to reach it."""
-    packet = dao.max_packet_bytes()
-    if 2 * body_size + 64 * 1024 < packet:
-        return
-    room = check_stored_row(dao, {"variables": stored_size(json.dumps(req.variables)),
-                                  **_template_sizes(template, "template.")})
-    for i, r in enumerate(req.recipients):
-        size = stored_size(json.dumps(r.variables)) if r.variables else 0
-        if size > room // 2:
-            raise RequestRejected(
-                413, "payload_too_large", f"recipients[{i}].variables take {size} bytes when "
-                f"stored, more than one recipient may ({room // 2}: half of max_allowed_packet "
-                f"{packet} less 64 KB)", [(f"recipients[{i}].variables", f"{size} bytes")])
-
-
 def _template_sizes(t: TemplateIn, prefix: str) -> dict[str, int]:
     return {f"{prefix}{part}": stored_size(getattr(t, part)) for part in ("subject", "html", "text")}
 
@@ -151,47 +161,6 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(v, f"{path}[{i}]")
 
 
-def _subject_variables(req: SendTemplateEmailsIn, used: frozenset[str]) -> None:
-    """A variable the subject uses must not put a line break or NUL in the Subject header: the
-    sender would refuse every such message (header_injection)."""
-    sources = [("variables", req.variables)] + [
-        (f"recipients[{i}].variables", r.variables or {}) for i, r in enumerate(req.recipients)]
-    errors: list[tuple[str | None, str]] = []
-    for prefix, variables in sources:
-        for name in used & variables.keys():
-            for path, text in _strings(variables[name], f"{prefix}.{name}"):
-                problem = header_text_problem(text)
-                if problem:
-                    errors.append((path, f"used in template.subject: {problem} (header "
-                                         "injection)"))
-                    break
-        if len(errors) >= MAX_LISTED_ERRORS:
-            break
-    if errors:
-        raise RequestRejected(400, "validation_error", f"{errors[0][0]}: {errors[0][1]}", errors)
-
-
-def _missing_variables(req: SendTemplateEmailsIn, required: frozenset[str]) -> None:
-    needed = required - BUILTIN_VARIABLES - req.variables.keys()
-    wants_name = "name" in required and "name" not in req.variables
-    if not needed and not wants_name:
-        return
-    errors: list[tuple[str | None, str]] = []
-    for i, r in enumerate(req.recipients):
-        have = r.variables.keys() if r.variables else ()
-        missing = sorted(v for v in needed if v not in have)
-        if wants_name and r.name is None and "name" not in have:
-            missing.append("name")
-        if missing:
-            errors.append((f"recipients[{i}].variables",
-                           f"template variable(s) not provided: {', '.join(missing)}"))
-            if len(errors) >= MAX_LISTED_ERRORS:
-                break
-    if errors:
-        raise RequestRejected(400, "missing_variables",
-                              f"{errors[0][0]}: {errors[0][1]}", errors)
-
-
 def dedupe(req: SendTemplateEmailsIn) -> list[NewRecipient]:
     """First occurrence wins; addresses compare case-insensitively."""
     seen: set[str] = set()
@@ -204,32 +173,201 @@ def dedupe(req: SendTemplateEmailsIn) -> list[NewRecipient]:
     return out
 
 
-def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None,
-                      required: frozenset[str]) -> str | None:
+def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None) -> str | None:
     """The job's one-click unsubscribe base URL (None: off). On by default when the server has
-    UNSUBSCRIBE_BASE_URL; `"unsubscribe": false` turns it off, `true` needs the setting. With it
-    off, a template's {{ unsubscribe_url }} must be provided as a variable (the client's own
-    link), or the request is refused: a mail must never say "unsubscribe: " and no link."""
+    UNSUBSCRIBE_BASE_URL; `"unsubscribe": false` turns it off, `true` needs the setting. (With
+    it off, a template's {{ unsubscribe_url }} must be given as a variable: _Checks.)"""
     base = None if req.unsubscribe is False else (base_url or "").rstrip("/") or None
     if req.unsubscribe and base is None:
         raise RequestRejected(400, "validation_error", "unsubscribe: true needs the server's "
                               "UNSUBSCRIBE_BASE_URL, which is not set",
                               [("unsubscribe", "UNSUBSCRIBE_BASE_URL is not set")])
-    if base is None and "unsubscribe_url" in required and "unsubscribe_url" not in req.variables \
-            and any("unsubscribe_url" not in (r.variables or {}) for r in req.recipients):
-        raise RequestRejected(
-            400, "missing_variables", "the template uses {{ unsubscribe_url }} but this job has "
-            "no one-click unsubscribe (UNSUBSCRIBE_BASE_URL unset or \"unsubscribe\": false); "
-            "turn it on, or give unsubscribe_url as a variable",
-            [("unsubscribe", "off, and unsubscribe_url is not provided")])
     return base
+
+
+# --- the recipients: a chunk at a time ----------------------------------------------------------
+# What goes wrong with recipients, in the order the answer reports it (the first kind found
+# anywhere in the list wins, as when the whole list was checked by each check in turn).
+SCHEMA, UNSUBSCRIBE, MISSING, SUBJECT, SIZE = range(5)
+_ANSWER = {SCHEMA: (400, "validation_error"), UNSUBSCRIBE: (400, "missing_variables"),
+           MISSING: (400, "missing_variables"), SUBJECT: (400, "validation_error"),
+           SIZE: (413, "payload_too_large")}
+
+
+@dataclass
+class _Errors:
+    """Faults found so far, by kind; up to MAX_LISTED_ERRORS of each."""
+
+    found: dict[int, list[tuple[str | None, str]]] = field(default_factory=dict)
+    message: dict[int, str] = field(default_factory=dict)
+
+    def add(self, kind: int, where: str | None, problem: str, message: str | None = None) -> None:
+        listed = self.found.setdefault(kind, [])
+        if len(listed) < MAX_LISTED_ERRORS:
+            listed.append((where, problem))
+            self.message.setdefault(kind, message or f"{where}: {problem}")
+
+    def schema_full(self) -> bool:
+        return len(self.found.get(SCHEMA, ())) >= MAX_LISTED_ERRORS
+
+    def raise_first(self) -> None:
+        if self.found:
+            kind = min(self.found)
+            status, code = _ANSWER[kind]
+            raise RequestRejected(status, code, self.message[kind], self.found[kind])
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What every recipient is checked against, from the job's own fields."""
+
+    needed: frozenset[str]           # template variables the job's variables do not give
+    wants_name: bool                 # the template uses {{ name }}, the job gives none
+    in_subject: frozenset[str]       # variables the subject uses
+    unsubscribe_url_needed: bool     # {{ unsubscribe_url }} used, no one-click, no job default
+    room: int | None                 # max bytes of one statement, when a row may come near it
+    packet: int
+
+
+def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> RecipientRow:
+    """Every check of one recipient beyond its schema (RecipientIn) and its stored row: the
+    one place to extend when a recipient gets a new field."""
+    where = f"recipients[{i}]"
+    variables = r.variables or {}
+    if c.unsubscribe_url_needed and "unsubscribe_url" not in variables:
+        errors.add(UNSUBSCRIBE, "unsubscribe", "off, and unsubscribe_url is not provided",
+                   "the template uses {{ unsubscribe_url }} but this job has no one-click "
+                   "unsubscribe (UNSUBSCRIBE_BASE_URL unset or \"unsubscribe\": false); turn it "
+                   "on, or give unsubscribe_url as a variable")
+    if c.needed or c.wants_name:
+        missing = sorted(v for v in c.needed if v not in variables)
+        if c.wants_name and r.name is None and "name" not in variables:
+            missing.append("name")
+        if missing:
+            errors.add(MISSING, f"{where}.variables",
+                       f"template variable(s) not provided: {', '.join(missing)}")
+    for name in c.in_subject & variables.keys():
+        for path, text in _strings(variables[name], f"{where}.variables.{name}"):
+            problem = header_text_problem(text)
+            if problem:
+                errors.add(SUBJECT, path, f"used in template.subject: {problem} (header "
+                                          "injection)")
+                break
+    stored = json.dumps(r.variables) if r.variables is not None else None
+    if c.room is not None and stored:
+        size = stored_size(stored)
+        if size > c.room // 2:
+            errors.add(SIZE, f"{where}.variables", f"{size} bytes",
+                       f"{where}.variables take {size} bytes when stored, more than one "
+                       f"recipient may ({c.room // 2}: half of max_allowed_packet {c.packet} "
+                       "less 64 KB)")
+    return r.email, r.name, stored
+
+
+Chunk = tuple[int, list[RecipientIn] | ValidationError]
+ErrorsOf = Callable[[ValidationError], list[tuple[str | None, str]]]
+
+
+class RecipientSource:
+    """The request's recipients as chunks (index of the first, the validated recipients or the
+    chunk's ValidationError), ready to be read again from the start (a rerun transaction)."""
+
+    def __init__(self, count: int, chunks: Callable[[], Iterator[Chunk]],
+                 errors_of: ErrorsOf) -> None:
+        self.count = count
+        self.chunks = chunks
+        self.errors_of = errors_of
+
+    @classmethod
+    def parsed(cls, recipients: list[RecipientIn], errors_of: ErrorsOf) -> RecipientSource:
+        """Recipients validated already with the whole body (the path for bodies the splitter
+        does not take)."""
+        size = defaults.ENQUEUE_CHUNK
+        return cls(len(recipients), lambda: ((i, recipients[i:i + size])
+                                             for i in range(0, len(recipients), size)), errors_of)
+
+    @classmethod
+    def raw(cls, raws: list[msgspec.Raw], errors_of: ErrorsOf,
+            context: dict[str, Any]) -> RecipientSource:
+        """Recipients as raw JSON slices of the body, validated a chunk at a time."""
+        size = defaults.ENQUEUE_CHUNK
+
+        def chunks() -> Iterator[Chunk]:
+            for start in range(0, len(raws), size):
+                text = b"[" + b",".join(raws[start:start + size]) + b"]"
+                try:
+                    yield start, RECIPIENT_LIST.validate_json(text, context=context)
+                except ValidationError as exc:
+                    yield start, exc
+        return cls(len(raws), chunks, errors_of)
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _rows(source: RecipientSource, checks: _Checks, errors: _Errors,
+          counts: list[int]) -> Iterator[list[RecipientRow]]:
+    """The de-duplicated rows to store, a chunk at a time, while no fault is found; after the
+    first, the rest is still checked (the answer lists the first faults of the first kind) and
+    nothing more is given to store. counts: [stored, duplicates] when it is exhausted."""
+    seen: set[str] = set()
+    stored = duplicates = 0
+    for start, chunk in source.chunks():
+        if isinstance(chunk, ValidationError):
+            for where, problem in source.errors_of(chunk):
+                if where is not None:   # "[k].email" within the chunk: its index in the list
+                    m = _INDEX.match(where)
+                    where = (f"recipients[{start + int(m[1])}]{where[m.end():]}" if m
+                             else f"recipients.{where}")
+                errors.add(SCHEMA, where, problem)
+            if errors.schema_full():
+                break
+            continue
+        rows = []
+        for k, r in enumerate(chunk):
+            row = check_recipient(r, start + k, checks, errors)
+            folded = r.email.lower()      # first occurrence wins, case-insensitively
+            if folded in seen:
+                duplicates += 1
+                continue
+            seen.add(folded)
+            rows.append(row)
+        stored += len(rows)
+        if not errors.found:   # after a fault: checked (for the answer's list), not stored
+            yield rows
+    counts[:] = [stored, duplicates]
+
+
+_END = object()
+
+
+def _ahead(chunks: Iterator[list[RecipientRow]]) -> Iterator[list[RecipientRow]]:
+    """The next chunk is checked by a helper thread while the caller stores this one (the
+    database's work overlaps ours; one chunk ahead at most)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="enqueue-check") as pool:
+        pending = pool.submit(next, chunks, _END)
+        while True:
+            chunk = pending.result()
+            if chunk is _END:
+                return
+            pending = pool.submit(next, chunks, _END)
+            yield chunk   # type: ignore[misc]
 
 
 def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
             idempotency_key: str | None, unsubscribe_base_url: str | None = None,
-            settings: Settings | None = None, body_size: int = 0) -> Enqueued:
+            settings: Settings | None = None, body_size: int = 0,
+            recipients: RecipientSource | None = None,
+            check_total: Callable[[int], None] | None = None) -> Enqueued:
     """Validate what the schema cannot, then store the job in one transaction. Recipients on
-    the key's suppression list are stored as `suppressed` (Dao.create_job)."""
+    the key's suppression list are stored as `suppressed` (Dao.create_job). `recipients`: the
+    request's recipients in chunks (default: req.recipients, validated already); each chunk is
+    checked, de-duplicated and stored while the next is checked, all in one transaction that a
+    fault anywhere rolls back. `check_total(n)`: called with the de-duplicated count before the
+    commit (max_duration's estimate)."""
+    settings = settings or dao.settings
+    if recipients is None:
+        recipients = RecipientSource.parsed(req.recipients, lambda exc: [])
     if not key.may_send_as(req.sender_email):
         raise RequestRejected(403, "sender_not_allowed",
                               f"this API key may not send as {req.sender_email}",
@@ -240,27 +378,71 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
     template, version = resolve_template(dao, key, req)
-    required, in_subject = check_template(template, settings or dao.settings)
-    unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, required)
-    _missing_variables(req, required)
-    _subject_variables(req, in_subject)
-    _check_stored_sizes(dao, req, template, body_size)
-    recipients = dedupe(req)
-    new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
-                 template.html, template.text, req.variables, len(recipients),
-                 len(req.recipients) - len(recipients), idempotency_key, body_hash,
-                 req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None,
-                 req.template_name, version, PRIORITIES[req.priority], req.expires_at,
-                 unsubscribe_base_url=unsubscribe_base, metadata=req.metadata)
+    required, in_subject = check_template(template, settings)
+    unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url)
+    job_errors = _Errors()
+    for name in in_subject & req.variables.keys():
+        for path, text in _strings(req.variables[name], f"variables.{name}"):
+            problem = header_text_problem(text)
+            if problem:
+                job_errors.add(SUBJECT, path, f"used in template.subject: {problem} (header "
+                                              "injection)")
+                break
+    room = packet = None
+    # No statement may pass the server's max_allowed_packet: it would drop the connection (a
+    # 503 the client retries for ever). Checked only for bodies big enough to reach it.
+    if 2 * body_size + 64 * 1024 >= dao.max_packet_bytes():
+        packet = dao.max_packet_bytes()
+        room = check_stored_row(dao, {"variables": stored_size(json.dumps(req.variables)),
+                                      **_template_sizes(template, "template.")})
+    checks = _Checks(
+        needed=frozenset(required - BUILTIN_VARIABLES - req.variables.keys()),
+        wants_name="name" in required and "name" not in req.variables,
+        in_subject=frozenset(in_subject),
+        unsubscribe_url_needed=(unsubscribe_base is None and "unsubscribe_url" in required
+                                and "unsubscribe_url" not in req.variables),
+        room=room, packet=packet or 0)
+    send_at = req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None
+
+    def new_job(total: int, duplicates: int) -> NewJob:
+        return NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
+                      template.html, template.text, req.variables, total, duplicates,
+                      idempotency_key, body_hash, send_at, req.template_name, version,
+                      PRIORITIES[req.priority], req.expires_at,
+                      unsubscribe_base_url=unsubscribe_base, metadata=req.metadata)
+
+    errors = _Errors(dict(job_errors.found), dict(job_errors.message))
+    counts: list[int] = []
+    rows = _rows(recipients, checks, errors, counts)
+    one_chunk: list[RecipientRow] | None = None
+    if recipients.count <= defaults.ENQUEUE_CHUNK:
+        # one chunk: checked whole before the transaction, so its totals are known (one
+        # statement fewer)
+        one_chunk = [row for c in rows for row in c]
+        errors.raise_first()
+        if check_total is not None:
+            check_total(counts[0])
+
+    def checked() -> Iterator[list[RecipientRow]]:
+        yield from _ahead(rows)
+        errors.raise_first()   # inside the transaction: rolls it back
+        if check_total is not None:
+            check_total(counts[0])
+
+    def store() -> tuple[Job, int]:
+        if one_chunk is not None:
+            return dao.create_job_read(new_job(*counts), one_chunk)
+        return dao.create_job_chunks(new_job(0, 0), checked(), lambda: (counts[0], counts[1]))
+
     # The request's deadline bounds its database waits; the checks above are CPU work bounded by
     # the body's size budgets (MAX_REQUEST_BYTES, MAX_RECIPIENTS_PER_JOB), which on a busy host
     # took most of the 10 s of a 100,000-recipient POST before its one storing transaction
     # began (a 503 for a job the database would have stored in a second). That transaction
     # gets the whole deadline.
     if db_guard.remaining() is not None:     # within a request (a deadline is running)
-        db_guard.start_deadline((settings or dao.settings).db_request_deadline)
+        db_guard.start_deadline(settings.db_request_deadline)
     try:
-        job, suppressed = dao.create_job_read(new, recipients)
+        job, suppressed = store()
     except DuplicateKey:
         # Another request with the same Idempotency-Key won the race: answer as a replay.
         replay = replay_or_conflict(dao, key, idempotency_key or "", body_hash)

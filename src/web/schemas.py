@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -144,6 +145,10 @@ class RecipientIn(Strict):
     variables: Variables | None = None
 
 
+# A chunk of recipients, validated on its own (the streaming enqueue: src/enqueue.py).
+RECIPIENT_LIST: TypeAdapter[list[RecipientIn]] = TypeAdapter(list[RecipientIn])
+
+
 class SendTemplateEmailsIn(Strict):
     """Body of POST /api/jobs/send_template_emails."""
 
@@ -195,12 +200,17 @@ class SendTemplateEmailsIn(Strict):
     @field_validator("recipients", mode="before")
     @classmethod
     def _count(cls, value: Any, info: ValidationInfo) -> Any:
-        limit = (info.context or {}).get("max_recipients", 100_000)
+        context = info.context or {}
+        limit = context.get("max_recipients", 100_000)
+        # the streaming enqueue validates the job's own fields with `recipients` left out (an
+        # empty list) and gives their count here; they are validated a chunk at a time
+        count = context.get("recipients_count")
         if isinstance(value, list):
-            if not value:
+            n = len(value) if count is None else count
+            if not n:
                 raise ValueError("give at least one recipient")
-            if len(value) > limit:
-                raise ValueError(f"at most {limit} recipients per job, got {len(value)}; "
+            if n > limit:
+                raise ValueError(f"at most {limit} recipients per job, got {n}; "
                                  "split the list into several jobs")
         return value
 
