@@ -32,6 +32,7 @@ from mailjobs.web.schemas import (
     RecipientIn,
     SendTemplateEmailsIn,
     TemplateIn,
+    all_finite,
 )
 
 MAX_LISTED_ERRORS = 20
@@ -229,6 +230,15 @@ class _Checks:
     packet: int
 
 
+def stored_json(value: Any) -> str:
+    """JSON text of a value parsed from a request (msgspec: ~10 times json.dumps' speed;
+    compact, UTF-8), json.dumps for what msgspec does not encode (integers beyond 64 bits)."""
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, OverflowError, ValueError, msgspec.EncodeError):
+        return json.dumps(value)
+
+
 def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> RecipientRow:
     """Every check of one recipient beyond its schema (RecipientIn) and its stored row: the
     one place to extend when a recipient gets a new field."""
@@ -240,7 +250,7 @@ def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> Reci
                    "unsubscribe (UNSUBSCRIBE_BASE_URL unset or \"unsubscribe\": false); turn it "
                    "on, or give unsubscribe_url as a variable")
     if c.needed or c.wants_name:
-        missing = sorted(v for v in c.needed if v not in variables)
+        missing = sorted(c.needed - variables.keys()) if c.needed else []
         if c.wants_name and r.name is None and "name" not in variables:
             missing.append("name")
         if missing:
@@ -253,7 +263,13 @@ def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> Reci
                 errors.add(SUBJECT, path, f"used in template.subject: {problem} (header "
                                           "injection)")
                 break
-    stored = json.dumps(r.variables) if r.variables is not None else None
+    stored = None
+    if r.variables is not None:
+        stored = stored_json(r.variables)
+        # NaN and Infinity become null when encoded; only then is the walk needed
+        if "null" in stored and not all_finite(r.variables):
+            errors.add(SCHEMA, f"{where}.variables", "numbers must be finite (no NaN or "
+                                                     "Infinity)")
     if c.room is not None and stored:
         size = stored_size(stored)
         if size > c.room // 2:
@@ -291,6 +307,7 @@ class RecipientSource:
             context: dict[str, Any]) -> RecipientSource:
         """Recipients as raw JSON slices of the body, validated a chunk at a time."""
         size = defaults.ENQUEUE_CHUNK
+        context = {**context, "finite_checked_later": True}
 
         def chunks() -> Iterator[Chunk]:
             for start in range(0, len(raws), size):
