@@ -74,8 +74,9 @@ CONFLICT_RETRIES = 4
 # Rows per multi-row INSERT when storing recipients (each statement also stays under half of
 # max_allowed_packet): 10,000 recipients are one round trip.
 INSERT_BATCH = 10000
-# Recipients of a POST validated, checked and stored a chunk at a time (src/enqueue.py): what the
-# server holds of a job's recipients as Python objects at once is about two chunks.
+# Recipients of a POST of more than INSERT_BATCH recipients are validated, checked and stored a
+# chunk at a time (src/enqueue.py): the server holds about two chunks of them as Python objects
+# at once. Smaller POSTs are checked whole, then stored in one statement.
 ENQUEUE_CHUNK = 5000
 
 # --- Local development database (used when DATABASE_URL is not set) ----------------------------

@@ -356,19 +356,25 @@ def _rows(source: RecipientSource, checks: _Checks, errors: _Errors,
 
 
 _END = object()
+# Threads that check the next chunk of a request while its own thread stores the current one;
+# shared by the process's requests (a thread a request would leave each its own malloc arena).
+_CHECKERS = ThreadPoolExecutor(4, thread_name_prefix="enqueue-check")
 
 
 def _ahead(chunks: Iterator[list[RecipientRow]]) -> Iterator[list[RecipientRow]]:
     """The next chunk is checked by a helper thread while the caller stores this one (the
     database's work overlaps ours; one chunk ahead at most)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="enqueue-check") as pool:
-        pending = pool.submit(next, chunks, _END)
+    pending = _CHECKERS.submit(next, chunks, _END)
+    try:
         while True:
             chunk = pending.result()
             if chunk is _END:
                 return
-            pending = pool.submit(next, chunks, _END)
+            pending = _CHECKERS.submit(next, chunks, _END)
             yield chunk   # type: ignore[misc]
+    finally:   # stopped early (a database error): never two threads in `chunks` at once
+        if not pending.cancel():
+            pending.exception()
 
 
 def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
@@ -432,9 +438,9 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
     counts: list[int] = []
     rows = _rows(recipients, checks, errors, counts)
     one_chunk: list[RecipientRow] | None = None
-    if recipients.count <= defaults.ENQUEUE_CHUNK:
-        # one chunk: checked whole before the transaction, so its totals are known (one
-        # statement fewer)
+    if recipients.count <= defaults.INSERT_BATCH:
+        # up to one INSERT's worth: checked whole before the transaction, so its totals are
+        # known (the fewest round trips: a far database pays each)
         one_chunk = [row for c in rows for row in c]
         errors.raise_first()
         if check_total is not None:

@@ -46,8 +46,10 @@ def stored(dao, job_id):
 
 @pytest.fixture()
 def small_chunks(monkeypatch):
-    """Chunks of 3 recipients, so a short list crosses several chunk boundaries."""
+    """Chunks of 3 recipients, bodies of more than 4 streamed, INSERTs of 4 rows: a short list
+    crosses several chunk and statement boundaries."""
     monkeypatch.setattr(defaults, "ENQUEUE_CHUNK", 3)
+    monkeypatch.setattr(defaults, "INSERT_BATCH", 4)
 
 
 def test_a_bad_address_at_the_end_of_100000_writes_nothing_and_is_named(client, make_key, dao):
@@ -123,8 +125,9 @@ def test_chunked_and_whole_body_answers_agree(client, key, dao, monkeypatch):
     answer for the same fault is the same either way."""
     b = body(7)
     b["recipients"][4]["name"] = "B\r\nX-Evil: 1"
-    for chunk in (2, defaults.ENQUEUE_CHUNK):
+    for chunk, whole in ((2, 3), (defaults.ENQUEUE_CHUNK, defaults.INSERT_BATCH)):
         monkeypatch.setattr(defaults, "ENQUEUE_CHUNK", chunk)
+        monkeypatch.setattr(defaults, "INSERT_BATCH", whole)
         r = post(client, key, b)
         assert (r.status_code, r.json["field"]) == (400, "recipients[4].name")
         assert r.json["message"].startswith("recipients[4].name: must not contain CR")
