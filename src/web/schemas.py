@@ -10,6 +10,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -64,6 +65,10 @@ HeaderText = Annotated[str, Field(max_length=255), AfterValidator(_one_line)]
 def _finite(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     if (info.context or {}).get("finite_checked_later"):   # the streaming enqueue's recipients:
         return value                                       # enqueue.check_recipient checks
+    return _finite_dict(value)
+
+
+def _finite_dict(value: dict[str, Any]) -> dict[str, Any]:
     if not all_finite(value):
         raise ValueError("numbers must be finite (no NaN or Infinity)")
     return value
@@ -149,6 +154,44 @@ class RecipientIn(Strict):
 
 # A chunk of recipients, validated on its own (the streaming enqueue: src/enqueue.py).
 RECIPIENT_LIST: TypeAdapter[list[RecipientIn]] = TypeAdapter(list[RecipientIn])
+
+
+class _PlainRecipient(msgspec.Struct, forbid_unknown_fields=True):
+    """RecipientIn's fields for msgspec's decoder (validate_recipients)."""
+
+    email: str
+    name: str | None = None
+    variables: dict[str, Any] | None = None
+
+
+_PLAIN_FIELDS = ("email", "name", "variables")
+_PLAIN_DECODER = msgspec.json.Decoder(list[_PlainRecipient])
+
+
+def validate_recipients(text: bytes, context: dict[str, Any]) -> list[RecipientIn]:
+    """RECIPIENT_LIST.validate_json(text) (a JSON array of recipients), a few times faster for
+    the usual chunk: decoded by msgspec and put through RecipientIn's own checks; any chunk this
+    path does not take whole (an unknown field, a wrong type, a check that fails, a field
+    added to RecipientIn and not to _PlainRecipient) is validated by pydantic, whose answer
+    (or exception) it returns. tests/test_enqueue_properties.py holds the two to the same
+    results."""
+    if tuple(RecipientIn.model_fields) == _PLAIN_FIELDS:
+        try:
+            plain = _PLAIN_DECODER.decode(text)
+            out = []
+            for r in plain:
+                if len(r.email) > 320 or (r.name is not None and len(r.name) > 255):
+                    break
+                out.append(RecipientIn.model_construct(
+                    email=_mailbox(_address(r.email)),
+                    name=_one_line(r.name),
+                    variables=r.variables if r.variables is None
+                    or context.get("finite_checked_later") else _finite_dict(r.variables)))
+            else:
+                return out
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            pass
+    return RECIPIENT_LIST.validate_json(text, context=context)
 
 
 class SendTemplateEmailsIn(Strict):
