@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from mailjobs import defaults, estimates, export, job_control, metrics
 from mailjobs.api_keys import KeyVerifier
@@ -120,6 +120,25 @@ def parse_body(model: Any, raw: bytes, context: dict[str, Any] | None = None) ->
         errors = _validation_errors(exc)
         raise RequestRejected(400, "validation_error", f"{errors[0][0]}: {errors[0][1]}"
                               if errors[0][0] else errors[0][1], errors) from None
+
+
+def _read_body() -> bytes | bytearray:
+    """The request body, read into one buffer of its Content-Length (get_data joins the pieces
+    it reads: twice the body at once, 20 MB more for a 100,000-recipient job). A body that ends
+    early is a ClientDisconnected (400): nothing is done with it."""
+    size = request.content_length
+    if size is None:
+        return request.get_data(cache=False)
+    stream = request.stream   # 413 here when Content-Length is over MAX_REQUEST_BYTES
+    buf = bytearray(size)
+    with memoryview(buf) as view:
+        got = 0
+        while got < size:
+            n = stream.readinto(view[got:])
+            if not n:
+                raise ClientDisconnected()
+            got += n
+    return buf
 
 
 def require_json() -> None:
@@ -250,7 +269,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
                 large_slots.release()
 
     def _send_template_emails(idem: str | None) -> Response:
-        body = request.get_data(cache=False)
+        body = _read_body()
         body_hash = request_hash(body)
         if idem:
             replay = replay_or_conflict(dao, g.api_key, idem, body_hash)

@@ -20,9 +20,10 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 # Largest recipient list of one job; a bigger list is split by the client into several jobs.
 MAX_RECIPIENTS_PER_JOB = 100_000
 # Requests with a body over LARGE_BODY_BYTES are enqueued at most this many at a time per API
-# process (each 100,000-recipient request needs ~300 MB while it is validated); others wait
-# up to DB_POOL_TIMEOUT x 6 seconds, then get 503 with Retry-After.
-LARGE_ENQUEUE_CONCURRENCY = 2
+# process (a 100,000-recipient request holds its 10 MB body and two chunks of recipients, ~40-60
+# MB, while it is stored: 4 at once grew the server by ~160 MB in bench/enqueue.py; ~300 MB each
+# before issue 17); others wait up to DB_POOL_TIMEOUT x 6 seconds, then get 503 with Retry-After.
+LARGE_ENQUEUE_CONCURRENCY = 4
 LARGE_BODY_BYTES = 1024 * 1024
 # Default and largest page size of the list endpoints.
 PAGE_SIZE = 100

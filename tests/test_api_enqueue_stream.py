@@ -142,9 +142,11 @@ def test_a_body_shorter_than_its_content_length_writes_nothing(client, key, dao)
     streams the body to the app, as gunicorn does): 400, nothing stored."""
     data = json.dumps(body(2000)).encode()
     r = client.post(URL, input_stream=io.BytesIO(data[: len(data) // 2]),
-                    content_type="application/json",
-                    headers={"X-API-Key": key, "Content-Length": str(len(data))})
+                    content_type="application/json", headers={"X-API-Key": key},
+                    environ_overrides={"CONTENT_LENGTH": str(len(data)),
+                                       "wsgi.input_terminated": False})
     assert r.status_code == 400
+    assert r.json["error"] != "invalid_json", r.json   # not parsed: the body is known to be cut
     assert_nothing_written(dao)
 
 
@@ -175,3 +177,14 @@ def test_a_client_that_disconnects_mid_body_leaves_nothing_written(dao, key):
     finally:
         server.close()
         thread.join(10)
+
+
+def test_a_content_length_over_the_limit_is_413_before_anything_is_read(client, key, dao):
+    """The body is read into one buffer of its Content-Length: a claimed terabyte is refused,
+    never allocated."""
+    r = client.post(URL, input_stream=io.BytesIO(b"{}"), content_type="application/json",
+                    headers={"X-API-Key": key},
+                    environ_overrides={"CONTENT_LENGTH": str(10**12),
+                                       "wsgi.input_terminated": False})
+    assert (r.status_code, r.json["error"]) == (413, "payload_too_large")
+    assert_nothing_written(dao)
