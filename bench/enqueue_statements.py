@@ -6,7 +6,7 @@ Python rows to the commit (so each way's own client CPU counts):
 
 - `executemany B`: pymysql's executemany of queries.sql `insert_recipients`, B rows a statement
   (what Dao.create_job did before issue 17);
-- `values B`: the INSERT text built by `dao_mysql._values` (what it does now), B rows a statement;
+- `values B`: the INSERT text built by `dao_mysql.insert_values` (what it does now), B rows a statement;
 - `load data B`: `LOAD DATA LOCAL INFILE` from an in-memory file (memfd, /proc/self/fd/N), B rows
   a statement, tab-separated with the same escaping (the connection needs `local_infile=True`,
   the server `local_infile=ON`).
@@ -28,7 +28,7 @@ import pymysql
 
 from benchlib import private_mariadb
 from mailjobs import api_keys
-from mailjobs.dao_mysql import Dao, _values
+from mailjobs.dao_mysql import Dao, insert_values
 from mailjobs.db.migrations import apply_migrations
 from mailjobs.records import NewJob
 from mailjobs.settings import Settings
@@ -63,7 +63,7 @@ def values(conn, job_id: int, rows: list[Row], batch: int) -> None:
     head = SQL.rpartition("VALUES")[0] + "VALUES "
     with conn.cursor() as cur:
         for s in range(0, len(rows), batch):
-            for v in _values(job_id, rows[s:s + batch], False, 1 << 30):
+            for v in insert_values(job_id, rows[s:s + batch], False, 1 << 30):
                 cur.execute(head + v)
 
 

@@ -451,7 +451,7 @@ class Dao:
                            recipients: Sequence[NewRecipient | RecipientRow]) -> None:
         # The statement's text is built here rather than by executemany: pymysql escapes each
         # value through four layers of calls, ~40 µs a recipient (4 s of CPU for a 100,000-
-        # recipient job, more than the database takes to store it); _values escapes a chunk's
+        # recipient job, more than the database takes to store it); insert_values escapes a chunk's
         # values in a few passes over one string (~1 µs a recipient). bench/README.md.
         head = self.queries["insert_recipients"].rpartition("VALUES")[0] + "VALUES "
         no_backslash = bool(cur.connection.server_status
@@ -461,7 +461,7 @@ class Dao:
                 for r in recipients]
         limit = self.max_packet_bytes() // 2
         for start in range(0, len(rows), defaults.INSERT_BATCH):
-            for values in _values(job_id, rows[start:start + defaults.INSERT_BATCH],
+            for values in insert_values(job_id, rows[start:start + defaults.INSERT_BATCH],
                                   no_backslash, limit):
                 cur.execute(head + values)
 
@@ -1695,7 +1695,7 @@ _ESCAPES = (("\\", "\\\\"), ("'", "\\'"), ('"', '\\"'), ("\0", "\\0"), ("\n", "\
 _FIELD, _ROW, _NULL = "\x01", "\x02", "\x03"   # markers, used only when no value holds one
 
 
-def _values(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
+def insert_values(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
             max_bytes: int) -> Iterator[str]:
     """The VALUES lists of multi-row INSERTs of `rows` (address, name, variables JSON), each
     under `max_bytes` by an upper bound of its size (4 bytes a character), so no statement
@@ -1714,8 +1714,8 @@ def _values(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
         return
     if 4 * len(flat) + 64 * len(rows) > max_bytes and len(rows) > 1:
         half = len(rows) // 2
-        yield from _values(job_id, rows[:half], no_backslash, max_bytes)
-        yield from _values(job_id, rows[half:], no_backslash, max_bytes)
+        yield from insert_values(job_id, rows[:half], no_backslash, max_bytes)
+        yield from insert_values(job_id, rows[half:], no_backslash, max_bytes)
         return
     for special, escaped in (_ESCAPES[1:2] if no_backslash else _ESCAPES):
         if special in flat:
@@ -1726,7 +1726,7 @@ def _values(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
 
 def _values_each(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
                  max_bytes: int) -> Iterator[str]:
-    """_values, each value escaped on its own (as pymysql does)."""
+    """insert_values, each value escaped on its own (as pymysql does)."""
     def literal(value: str | None) -> str:
         if value is None:
             return "NULL"

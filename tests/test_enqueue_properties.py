@@ -8,7 +8,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mailjobs.dao_mysql import _values
+from mailjobs.dao_mysql import insert_values
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 
 ATEXT = "abcxyzABCXYZ0189!#$%&'*+/=?^_`{|}~-"
@@ -76,7 +76,7 @@ def reference(job_id, rows, no_backslash):
                 max_size=30),
        st.booleans(), st.sampled_from([10**9, 200, 1]))
 def test_insert_values_are_escaped_as_pymysql_escapes_them(rows, no_backslash, max_bytes):
-    parts = list(_values(42, rows, no_backslash, max_bytes))
+    parts = list(insert_values(42, rows, no_backslash, max_bytes))
     assert ",".join(parts) == reference(42, rows, no_backslash)
     if max_bytes == 10**9:
         assert len(parts) == 1
