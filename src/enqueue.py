@@ -447,16 +447,27 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
             check_total(counts[0])
 
     def checked() -> Iterator[list[RecipientRow]]:
+        # stored INSERT_BATCH rows a statement (a row is a few strings; the recipients' objects
+        # are gone with their chunk): a far database pays a round trip a statement
+        batch: list[RecipientRow] = []
         for chunk in _ahead(rows):
-            # each chunk's statement gets the whole request deadline (as the one transaction
-            # of a smaller job does): the chunks' checks are CPU work bounded by the body's
-            # size budgets; a database that stops answering still fails within one deadline
-            if db_guard.remaining() is not None:
-                db_guard.start_deadline(settings.db_request_deadline)
-            yield chunk
+            batch += chunk
+            if len(batch) >= defaults.INSERT_BATCH:
+                yield from deadline(batch)
+                batch = []
+        yield from deadline(batch)
         errors.raise_first()   # inside the transaction: rolls it back
         if check_total is not None:
             check_total(counts[0])
+
+    def deadline(batch: list[RecipientRow]) -> Iterator[list[RecipientRow]]:
+        # each statement gets the whole request deadline (as the one transaction of a smaller
+        # job does): the chunks' checks are CPU work bounded by the body's size budgets; a
+        # database that stops answering still fails within one deadline
+        if batch:
+            if db_guard.remaining() is not None:
+                db_guard.start_deadline(settings.db_request_deadline)
+            yield batch
 
     def store() -> tuple[Job, int]:
         if one_chunk is not None:
