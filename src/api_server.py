@@ -10,6 +10,8 @@ if __name__ == "__main__":   # `python src/api_server.py`: stop signals handled 
 
     entry.install()
 
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import math
@@ -141,6 +143,21 @@ def _read_body() -> bytes | bytearray:
     return buf
 
 
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0), or nothing elsewhere."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: None if trim(0) else None
+
+
+# After a large enqueue: give back to the system what its chunks left free in the malloc arenas
+# of the threads that served it (each thread has its own; freed memory otherwise stays in the
+# process, and the next large request's peak is added on top). ~1 ms.
+release_free_memory = _malloc_trim()
+
+
 def require_json() -> None:
     if request.mimetype != "application/json":
         raise RequestRejected(415, "unsupported_media_type",
@@ -267,6 +284,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         finally:
             if large:
                 large_slots.release()
+                release_free_memory()
 
     def _send_template_emails(idem: str | None) -> Response:
         body = _read_body()
