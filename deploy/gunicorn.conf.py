@@ -8,7 +8,9 @@ import os
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("HTTP_THREADS", "8"))
-worker_class = "gthread"
+# gthread with a second small thread pool for /healthz, /metrics and /openapi.json, so they answer
+# while every HTTP thread waits on a database that does not answer (src/web/gunicorn_worker.py)
+worker_class = "mailjobs.web.gunicorn_worker.LaneThreadWorker"
 # A 100,000-recipient POST takes a few seconds; nothing legitimate takes a minute.
 timeout = 60
 graceful_timeout = 30

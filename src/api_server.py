@@ -330,7 +330,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         HEARTBEAT_INTERVAL (a runner stays live for 3 of them; a round trip saved per POST)."""
         if time.monotonic() - live_seen[0] < settings.heartbeat_interval:
             return 1
-        n = len(dao.live_runners(3 * settings.heartbeat_interval))
+        n = len(dao.live_runners(settings.runner_stale_after))
         if n:
             live_seen[0] = time.monotonic()
         return n
@@ -584,7 +584,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.get("/api/runners")
     def list_runners() -> Response:
         _operator()
-        stale = 3 * settings.heartbeat_interval
+        stale = settings.runner_stale_after
         return jsonify({"runners": [runner_view(r, stale) for r in dao.runners(100)]})
 
     @app.get("/api/senders")
@@ -599,7 +599,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     def healthz() -> Response:
         # Its own connection and timeout (HEALTHZ_DB_TIMEOUT): never behind the pool.
         database, live, detail = dao.health(settings.healthz_db_timeout,
-                                            3 * settings.heartbeat_interval)
+                                            settings.runner_stale_after)
         body: dict[str, Any] = {"status": "ok", "database": database,
                                 "transport": settings.transport_name}
         if database != "ok" or live is None:
@@ -610,7 +610,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
         if live < needed:
             body.update(status="unavailable", reason=(
                 f"{live} runner(s) with a heartbeat in the last "
-                f"{3 * settings.heartbeat_interval:.0f} s, {needed} expected: jobs are not "
+                f"{settings.runner_stale_after:.0f} s, {needed} expected: jobs are not "
                 "being sent"))
             return _status(body, 503)
         return jsonify(body)

@@ -41,6 +41,7 @@ from mailjobs.deliverability.addresses import address_key
 from mailjobs.mail_message import has_own_token, recipient_message_id
 from mailjobs.rate_limit import Limits, allowance
 from mailjobs.records import (
+    ERROR_TEXT_MAX,
     ApiKey,
     Job,
     LearnedCap,
@@ -48,6 +49,7 @@ from mailjobs.records import (
     NewRecipient,
     Recipient,
     StoredTemplate,
+    clip_error,
 )
 from mailjobs.scheduling import Claimable
 from mailjobs.settings import DatabaseParams, Settings
@@ -762,12 +764,12 @@ class Dao:
                 self._run(cur, "record_sent", (json.dumps(list(sent)), runner_id))
             if failed:
                 cur.executemany(self.queries["record_failed"], [
-                    (status, code, err[:65000], 1 if status == "in_doubt" else 0,
+                    (status, code, clip_error(err), 1 if status == "in_doubt" else 0,
                      1 if refund else 0, rid, runner_id)
                     for rid, status, code, err, refund in failed])
             for chunk in _retry_chunks(retry):
                 columns = [[(rid, code) for rid, code, *_ in chunk],
-                           [(rid, err[:65000]) for rid, _, err, *_ in chunk],
+                           [(rid, clip_error(err)) for rid, _, err, *_ in chunk],
                            [(rid, int(delay * 1_000_000)) for rid, _, _, delay, *_ in chunk],
                            [(rid, 1 if refund else 0) for rid, _, _, _, refund, *_ in chunk],
                            [(rid, 1 if doubt else 0) for rid, *_, doubt, _ in chunk],
@@ -806,7 +808,9 @@ class Dao:
             if self._run(cur, "finish_job", (status, reason, job_id)) == 0:
                 return None
             self._job_events(cur, "job.completed", [job_id], counts)
-        return self.job(job_id, with_counts=True)
+            self._run(cur, "job_by_id", (job_id,))   # as finished, in this round trip's company
+            row = cur.fetchone()
+        return _job(row, counts)
 
     def job_statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
         if not job_ids:
@@ -1106,7 +1110,7 @@ class Dao:
         with self.transaction() as cur:
             added = self._run(cur, "insert_suppression", (api_key_id, email, reason, job_id,
                                                           recipient_id,
-                                                          detail[:65000] if detail else None))
+                                                          clip_error(detail) if detail else None))
             if added == 1 and event_of is not None:
                 self._recipient_events(cur, "recipient.unsubscribed", [event_of],
                                        _EVENT_STATUSES["recipient.unsubscribed"])
@@ -1242,18 +1246,18 @@ class Dao:
             result.update(recipient_id=rid, job_id=job_id, email=email)
             if kind == "complaint":
                 result["marked"] = self._run(cur, "mark_complained",
-                                             ((error or "")[:65000], rid)) > 0
+                                             (clip_error(error), rid)) > 0
                 event = "recipient.complained"
             else:
                 result["marked"] = self._run(cur, "mark_bounced",
-                                             (error_code, (error or "")[:65000], rid)) > 0
+                                             (error_code, clip_error(error), rid)) > 0
                 event = "recipient.bounced"
             if result["marked"]:
                 self._recipient_events(cur, event, [rid], _EVENT_STATUSES[event])
             if kind in ("hard", "complaint"):
                 reason = "complaint" if kind == "complaint" else "hard_bounce"
                 result["suppressed"] = self._run(cur, "insert_suppression", (
-                    key_id, email, reason, job_id, rid, (error or "")[:65000])) == 1
+                    key_id, email, reason, job_id, rid, clip_error(error))) == 1
             return result
 
     # --- data retention (retention.py) ----------------------------------------------------
@@ -1420,13 +1424,12 @@ class Dao:
                           statuses: Sequence[str]) -> int:
         """In the caller's transaction: `kind` events of these recipients (those in one of
         `statuses`) for every enabled endpoint of their job's key that takes the type. One
-        INSERT ... SELECT per PK_CHUNK ids; nothing is read back."""
-        written = 0
-        for start in range(0, len(ids), PK_CHUNK):
-            chunk = list(ids[start:start + PK_CHUNK])
-            sql = self.queries["webhook_recipient_events"].format(
-                ids=_placeholders(len(chunk)), statuses=_placeholders(len(statuses)))
-            written += cur.execute(sql, (kind, kind, *chunk, *statuses, kind))
+        INSERT ... SELECT for all the ids; nothing is read back."""
+        if not ids:
+            return 0
+        sql = self.queries["webhook_recipient_events"].format(
+            statuses=_placeholders(len(statuses)))
+        written: int = cur.execute(sql, (kind, kind, json.dumps(list(ids)), *statuses, kind))
         return written
 
     def _job_events(self, cur: Any, kind: str, job_ids: Sequence[int],
@@ -1751,7 +1754,7 @@ def _retry_chunks(retry: Sequence[tuple], max_bytes: int = 1 << 20) -> Iterator[
     out: list[tuple] = []
     size = 0
     for row in retry:
-        bound = 4 * min(len(row[2]), 65000) + 256
+        bound = 4 * min(len(row[2]), ERROR_TEXT_MAX) + 256
         if out and size + bound > max_bytes:
             yield out
             out, size = [], 0

@@ -28,7 +28,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -47,6 +46,8 @@ from mailjobs.email_scheduler import (
     Outcome,
     TransportFactory,
 )
+from mailjobs.error_rate import ErrorWindows
+from mailjobs.job_watch import JobWatch
 from mailjobs.rate_limit import Limits
 from mailjobs.records import Job, Recipient
 from mailjobs.send_pool import FairPool
@@ -149,10 +150,9 @@ class JobRunner:
         self._pool: FairPool | None = None
         self._iteration_started = time.monotonic()
         self._pass_seconds = 0.0   # how long a loop pass with a claim takes (moving average)
-        self._last_status_check = time.monotonic()
-        self._last_expiry_check = 0.0
         self._last_idle_claim = 0.0
-        self._windows: dict[int, deque[Outcome]] = {}
+        # auto-pause by error rate, counted in the sending threads (error_rate.py)
+        self._errors = ErrorWindows(settings.error_window, settings.max_error_rate)
         self._limits = Limits(settings.sender_rate_per_minute, settings.sender_daily_cap,
                               settings.sender_burst_seconds)
         # DSNs in the Gmail senders' mailboxes, every BOUNCE_CHECK_INTERVAL (bounces.py)
@@ -160,6 +160,8 @@ class JobRunner:
                          if settings.transport_name == "gmail" else None)
         # data retention, once per PURGE_INTERVAL over all runners (retention.py)
         self._purger = retention.Purger(settings, dao, self.stop_event, self.id)
+        # held jobs' pauses and cancels, and expired jobs, read off the loop (job_watch.py)
+        self._watch = JobWatch(settings, dao, self.stop_event, self.id)
         # the events outbox, delivered by a thread of its own (webhook_dispatch.py)
         self._webhooks = webhook_dispatch.Dispatcher(settings, dao, self.id, self.stop_event)
 
@@ -174,6 +176,7 @@ class JobRunner:
         concurrency = max(1, s.runner_concurrency)
         pool = self._pool = FairPool(concurrency + 1, per_key=concurrency, name=self.id)
         self._webhooks.start()
+        self._watch.start()
         try:
             while not self.stop_event.is_set():
                 self.wakeup.clear()   # a wake() from here on ends this pass's idle wait
@@ -218,8 +221,7 @@ class JobRunner:
         self._collect(timeout=0.0)
         self._flush_if_due()
         self._renew_if_due()
-        self._drop_stopped_jobs()
-        self._expire_due_jobs()
+        self._act_on_watch()
         if self._learned is not None:
             self._learned.refresh()   # at most every learned_limits.REFRESH seconds
         if self._bounces is not None:
@@ -344,6 +346,7 @@ class JobRunner:
                 log.debug("job=%d: nothing claimed (%s)", c.job_id, reason)
             return 0, reason
         job = self._job(c.job_id)
+        self._errors.claimed_again(c.job_id)
         log.info("job=%d claimed %d recipient(s) (runner %s)%s", c.job_id, len(rows), self.id,
                  f"; limited by {reason}" if reason else "")
         # Addresses suppressed since the job was stored (unsubscribed, bounced): never sent.
@@ -396,6 +399,12 @@ class JobRunner:
         return kept[mode]
 
     def _send_one(self, job: Job, r: Recipient) -> Outcome:
+        """In a sending thread: one claimed recipient, unless its job's error rate tripped
+        (then it goes back unsent) or its lease may run out before the send ends."""
+        if self._errors.tripped(job.id):
+            return Outcome(r, job, RETRY, error_code="job_paused", refund=True, not_sent=True,
+                           error="not sent: the job was auto-paused (too many of its sends "
+                                 "failed); it is sent once the job is resumed")
         held = self._lease_lost(job, r)
         if held is not None:
             return held
@@ -404,9 +413,11 @@ class JobRunner:
             # the guard's time, so the send itself still starts in time
             left = self._lease_guard - (time.monotonic() - self._hand.lease_from.get(r.id, 0.0))
             with db_guard.deadline(left):
-                return self.scheduler.send(self._transport_for(job), job, r)
+                outcome = self.scheduler.send(self._transport_for(job), job, r)
         except Exception as exc:  # a bug before the transport was called: nothing was sent
-            return self.scheduler.internal_error(exc, job, r, attempted=False)
+            outcome = self.scheduler.internal_error(exc, job, r, attempted=False)
+        self._errors.count(outcome)
+        return outcome
 
     def _lease_lost(self, job: Job, r: Recipient) -> Outcome | None:
         """In a sending thread, before a send starts: when the claim's lease may run out
@@ -451,9 +462,9 @@ class JobRunner:
             self._hand.drop(rid)
             outcome = future.result()
             self._outcomes.append(outcome)
-            self._watch_error_rate(outcome)
             n += 1
         self._measure(n)
+        self._pause_tripped()
 
     def _flush_if_due(self) -> None:
         s = self.settings
@@ -579,50 +590,34 @@ class JobRunner:
                 return
             log.error("%s; %d job(s) paused until an operator fixes it (mailjobs auth %s)",
                       reason, n, sender)
+            self._watch.saw({j: "paused" for j in self._hand.job_ids()
+                             if j in self._jobs and self._jobs[j].sender_email == sender})
 
-    def _watch_error_rate(self, o: Outcome) -> None:
-        """Auto-pause: too many of this job's last final outcomes failed. Runs as each send
-        completes, so a broken job stops within a window, not a flush batch, of sends."""
-        s = self.settings
-        if o.result not in (SENT, FAILED) or s.error_window <= 0:
-            return
-        job_id = o.job.id
-        window = self._windows.setdefault(job_id, deque(maxlen=s.error_window))
-        window.append(o)
-        if len(window) < s.error_window:
-            return
-        failures = [o for o in window if o.result == FAILED]
-        if len(failures) / len(window) <= s.max_error_rate:
-            return
-        code, n = Counter(o.error_code for o in failures).most_common(1)[0]
-        example = next(o.error for o in failures if o.error_code == code)
-        reason = (f"auto-paused: {len(failures)} of the last {len(window)} sends failed, mostly "
-                  f"{code} ({n}): {example}"[:1000])
-        if job_control.auto_pause(self.dao, job_id, "error_rate", reason):
-            log.error("job=%d %s; fix the cause, then POST /api/jobs/%d/resume", job_id, reason,
-                      job_id)
-        window.clear()
+    def _pause_tripped(self) -> None:
+        """Jobs whose error rate tripped in the sending threads: paused in the database, and
+        their claims not started given back at the next pass."""
+        for trip in self._errors.take_new():
+            if job_control.auto_pause(self.dao, trip.job_id, "error_rate", trip.reason):
+                self._watch.saw({trip.job_id: "paused"})
+                log.error("job=%d %s; fix the cause, then POST /api/jobs/%d/resume",
+                          trip.job_id, trip.reason, trip.job_id)
 
-    def _expire_due_jobs(self) -> None:
-        """Recipients of jobs past their expires_at end 'expired' (at most once a poll)."""
-        if time.monotonic() - self._last_expiry_check < self.settings.poll_interval:
-            return
-        self._last_expiry_check = time.monotonic()
-        for job_id in self.dao.expire_due_jobs():
+    def _act_on_watch(self) -> None:
+        """What the job watch saw: jobs past their expires_at (their unsent recipients ended
+        "expired"), and held jobs paused or cancelled: within a poll interval or so of a pause
+        or cancel, give back what has not started."""
+        stopped, expired = self._watch.take()
+        for i, job_id in enumerate(expired):
             log.warning("job=%d reached its expires_at: unsent recipients expired", job_id)
             if job_id not in self._hand.job_ids():
-                self._finish_if_done(job_id)
-
-    def _drop_stopped_jobs(self) -> None:
-        """Within a poll interval of a pause or cancel, give back what has not started."""
-        if time.monotonic() - self._last_status_check < self.settings.poll_interval:
-            return
-        self._last_status_check = time.monotonic()
+                try:
+                    self._finish_if_done(job_id)
+                except DatabaseUnavailable:
+                    self._watch.expired_again(expired[i:])   # finished once the database answers
+                    raise
         jobs = self._hand.job_ids()
-        if not jobs:
-            return
-        stopped = {j: st for j, st in self.dao.job_statuses(sorted(jobs)).items()
-                   if st not in ("queued", "scheduled", "running")}
+        self._watch.watch(jobs)
+        stopped = {j: st for j, st in stopped.items() if j in jobs}
         if not stopped:
             return
         release: list[int] = []
@@ -647,7 +642,7 @@ class JobRunner:
             return
         self._jobs.pop(job_id, None)
         self._progress.pop(job_id, None)
-        self._windows.pop(job_id, None)
+        self._errors.forget(job_id)
         elapsed = (job.finished_at - job.started_at).total_seconds() if job.started_at else 0.0
         log.info("job=%d %s: %s in %.1f s", job_id, job.status,
                  ", ".join(f"{k}={v}" for k, v in sorted(job.counts.items())), elapsed)
@@ -727,6 +722,7 @@ class JobRunner:
             if self._bounces is not None:   # it stops between two messages (stop_event)
                 self._bounces.join(2 * self.settings.gmail_timeout)
             self._purger.join(2 * self.settings.db_read_timeout)   # stops between batches
+            self._watch.join(2 * self.settings.db_read_timeout)
             self.stop_event.set()   # also when the loop ended by a crash: the webhook thread
             self._webhooks.join(2 * self.settings.webhook_timeout)  # ends after its POSTs
         log.info("runner %s stopped: sent=%d failed=%d retried=%d", self.id, self.stats.sent,

@@ -15,6 +15,13 @@ FINAL_RECIPIENT_STATUSES = ("sent", "failed", "in_doubt", "cancelled", "expired"
                             "suppressed")
 # Why an address is on an API key's suppression list.
 SUPPRESSION_REASONS = ("unsubscribed", "hard_bounce", "complaint", "manual")
+# Characters of an error message (or a bounce's detail) kept in its TEXT column (64 KiB)
+ERROR_TEXT_MAX = 65000
+
+
+def clip_error(text: str | None) -> str:
+    """An error message as it is stored: at most ERROR_TEXT_MAX characters, "" for none."""
+    return (text or "")[:ERROR_TEXT_MAX]
 
 
 @dataclass(frozen=True)

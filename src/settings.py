@@ -208,6 +208,12 @@ class Settings:
     webhook_rotation_overlap: int = defaults.WEBHOOK_ROTATION_OVERLAP
 
     @property
+    def runner_stale_after(self) -> float:
+        """Seconds without a heartbeat after which a runner counts as dead: 3 x HEARTBEAT_INTERVAL
+        (the API's warning and /healthz, the dashboard, `mailjobs runners`)."""
+        return 3 * self.heartbeat_interval
+
+    @property
     def transport_name(self) -> str:
         """The transport in use: MAIL_TRANSPORT, else gmail when an OAuth client is configured."""
         if self.mail_transport:

@@ -90,7 +90,7 @@ class LocalBackend:
         return self.job(job_id)
 
     def runners(self) -> list[dict[str, Any]]:
-        stale = 3 * self.settings.heartbeat_interval
+        stale = self.settings.runner_stale_after
         return [runner_view(r, stale) for r in self.dao.runners(100)]
 
     def trace(self, email: str, limit: int, before: int | None) -> dict[str, Any]:

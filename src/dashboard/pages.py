@@ -400,7 +400,7 @@ def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
 
     @bp.get("/runners")
     def runners() -> str:
-        stale_after = 3 * settings.heartbeat_interval
+        stale_after = settings.runner_stale_after
         rows = []
         for row in dao.runners(100):
             view = runner_view(row, stale_after)
