@@ -190,9 +190,6 @@ def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None) -> str | 
 # What goes wrong with recipients, in the order the answer reports it (the first kind found
 # anywhere in the list wins, as when the whole list was checked by each check in turn).
 SCHEMA, UNSUBSCRIBE, MISSING, SUBJECT, SIZE = range(5)
-_ANSWER = {SCHEMA: (400, "validation_error"), UNSUBSCRIBE: (400, "missing_variables"),
-           MISSING: (400, "missing_variables"), SUBJECT: (400, "validation_error"),
-           SIZE: (413, "payload_too_large")}
 
 
 @dataclass
@@ -212,10 +209,15 @@ class _Errors:
         return len(self.found.get(SCHEMA, ())) >= MAX_LISTED_ERRORS
 
     def raise_first(self) -> None:
-        if self.found:
-            kind = min(self.found)
-            status, code = _ANSWER[kind]
-            raise RequestRejected(status, code, self.message[kind], self.found[kind])
+        if not self.found:
+            return
+        kind = min(self.found)
+        listed, message = self.found[kind], self.message[kind]
+        if kind in (UNSUBSCRIBE, MISSING):
+            raise RequestRejected(400, "missing_variables", message, listed)
+        if kind == SIZE:
+            raise RequestRejected(413, "payload_too_large", message, listed)
+        raise RequestRejected(400, "validation_error", message, listed)
 
 
 @dataclass(frozen=True)
