@@ -188,3 +188,17 @@ def test_a_content_length_over_the_limit_is_413_before_anything_is_read(client, 
                                        "wsgi.input_terminated": False})
     assert (r.status_code, r.json["error"]) == (413, "payload_too_large")
     assert_nothing_written(dao)
+
+
+def test_a_recipient_too_large_to_store_in_a_later_chunk_is_413_and_nothing_is_written(
+        client, key, dao, small_chunks):
+    packet = dao.max_packet_bytes()
+    if packet > 40 * 1024 * 1024:
+        pytest.skip(f"max_allowed_packet is {packet}: a body over it passes MAX_REQUEST_BYTES")
+    b = body(7)
+    b["recipients"][5]["variables"]["blob"] = "x" * (packet // 2 + 1024)
+    r = post(client, key, b)
+    assert (r.status_code, r.json["error"], r.json["field"]) == \
+        (413, "payload_too_large", "recipients[5].variables"), r.json
+    assert "max_allowed_packet" in r.json["message"]
+    assert_nothing_written(dao)
