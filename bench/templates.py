@@ -4,8 +4,12 @@
 2. A legit newsletter template rendered per recipient: the budgeted environment of
    src/templating.py against a plain Jinja2 SandboxedEnvironment (the configuration before
    issue 13), microseconds per render.
+3. Language variants (issue 16): the same newsletter in 5 languages against the default alone:
+   at POST, checking and compiling (check_templates) and choosing each recipient's variant
+   (choose_languages); in the runner, a recipient's whole message (EmailScheduler.render:
+   variant lookup, render, From name, build_message), recipients/s.
 
-    .venv/bin/python bench/templates.py [--renders 20000]
+    .venv/bin/python bench/templates.py [--renders 20000] [--only variants]
 
 No database needed. Peak RSS is VmHWM, reset (Linux /proc/self/clear_refs) before each case.
 """
@@ -15,16 +19,22 @@ import argparse
 import re
 import statistics
 import time
+from datetime import UTC, datetime
 
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from mailjobs.email_scheduler import EmailScheduler
+from mailjobs.enqueue import check_templates, choose_languages
+from mailjobs.records import Job, Recipient
+from mailjobs.settings import Settings
 from mailjobs.templating import (
     RenderLimits,
     TemplateCompileError,
     compile_templates,
     recipient_context,
 )
+from mailjobs.web.schemas import SendTemplateEmailsIn
 
 HOSTILE = {
     '"x" * 10**8': '{{ "x" * 10**8 }}',
@@ -94,12 +104,113 @@ def legit(renders: int) -> None:
           f"  budgeted (src/templating.py): {after:.1f} µs ({after / before:.2f}x)")
 
 
+LANGUAGES = ("zh-Hant", "zh-Hans", "pt", "fr", "de")
+# each recipient's locale, in turn: 4 of 6 get a variant (zh-TW, zh-CN, pt-BR, fr-CA), 2 the default
+LOCALES = ("zh-TW", "zh-CN", "pt-BR", "fr-CA", "en-GB", None)
+
+
+def _variants() -> dict[str, dict[str, str]]:
+    """The newsletter in five languages: the same structure, words marked as the language's."""
+    return {tag: {"subject": f"[{tag}] Hi {{{{ name }}}}",
+                  "html": NEWSLETTER_HTML.replace("Hello", f"[{tag}]"),
+                  "text": NEWSLETTER_TEXT.replace("Hello", f"[{tag}]"),
+                  "from_name": f"Ops {tag}"} for tag in LANGUAGES}
+
+
+def _request(n: int, variants: bool) -> SendTemplateEmailsIn:
+    template: dict = {"subject": "Hi {{ name }}", "html": NEWSLETTER_HTML, "text": NEWSLETTER_TEXT}
+    if variants:
+        template["variants"] = _variants()
+    people = [{"email": f"user{i}@example.com", "name": f"User {i}", "variables": {"plan": "pro"},
+               **({"locale": LOCALES[i % 6]} if LOCALES[i % 6] else {})} for i in range(n)]
+    return SendTemplateEmailsIn.model_validate({
+        "sender_email": "ops@example.com", "from_name": "Ops", "template": template,
+        "variables": {"company": "Acme", "since": "2024", "vip": True,
+                      "unsubscribe_url": "https://x/u/1",
+                      "items": [{"title": f"Item {i}", "price": i * 1.5} for i in range(10)]},
+        "recipients": people})
+
+
+def _job(req: SendTemplateEmailsIn) -> Job:
+    now = datetime.now(UTC)
+    t = req.template
+    assert t is not None
+    return Job(1, "template", 1, req.sender_email, req.from_name, None, t.subject, t.html, t.text,
+               req.variables, "running", None, 0, 0, None, None, now, now, None, now,
+               template_variants={k: v.model_dump(exclude_none=True)
+                                  for k, v in (t.variants or {}).items()} or None)
+
+
+def variants(renders: int, rounds: int = 7) -> None:
+    """Both cases are set up first, then timed in alternation (round by round), so the load of
+    a shared machine falls on both alike; medians of the rounds."""
+    settings = Settings()
+    print("\nlanguage variants (issue 16): the newsletter alone, and with 5 variants "
+          f"({', '.join(LANGUAGES)}); recipients' locales cycle through {LOCALES}")
+    n = 20_000
+    cases = {}
+    for with_variants in (False, True):
+        req = _request(n, with_variants)
+        assert req.template is not None
+        default, by_tag = check_templates(req.template, settings)
+        languages = choose_languages(req, default, by_tag)
+        job = _job(req)
+        recipients = [Recipient(i, 1, r.email, r.name, r.variables, "sending", 1, None, None, None,
+                                f"<{i}@x>", None, None, None, None,
+                                locale=languages.chosen[i][0], locale_used=languages.chosen[i][1])
+                      for i, r in enumerate(req.recipients[:600])]
+        scheduler = EmailScheduler(settings)
+        for r in recipients[:6]:     # compiled once per job (and variant): not in the timing
+            scheduler.render(job, r)
+        first = scheduler.render(job, recipients[0]).raw    # zh-TW: the zh-Hant variant
+        assert (b"From: Ops zh-Hant" in first) == with_variants, first[:300]
+        cases[with_variants] = (req, default, by_tag, job, recipients, scheduler)
+
+    def check(case: tuple) -> float:
+        started = time.perf_counter()
+        check_templates(case[0].template, settings)
+        return (time.perf_counter() - started) * 1000
+
+    def choose(case: tuple) -> float:
+        started = time.perf_counter()
+        choose_languages(case[0], case[1], case[2])
+        return (time.perf_counter() - started) / n * 1e6
+
+    def render(case: tuple) -> float:
+        _, _, _, job, recipients, scheduler = case
+        count = renders // rounds
+        started = time.perf_counter()
+        for i in range(count):
+            scheduler.render(job, recipients[i % len(recipients)])
+        return count / (time.perf_counter() - started)
+
+    results: dict[tuple[int, bool], list[float]] = {}
+    for _ in range(rounds):
+        for i, measure in enumerate((check, choose, render)):
+            for with_variants in (False, True):
+                results.setdefault((i, with_variants), []).append(measure(cases[with_variants]))
+    print(f"| median of {rounds} alternating rounds | without variants | with 5 variants | ratio |\n"
+          "|---|---:|---:|---:|")
+    labels = ("POST: check and compile the template (ms)",
+              f"POST: choose each recipient's variant (µs a recipient, {n:,} recipients)",
+              f"runner: whole messages rendered and built (recipients/s, {renders:,} in all)")
+    for i, label in enumerate(labels):
+        a = statistics.median(results[(i, False)])
+        b = statistics.median(results[(i, True)])
+        print(f"| {label} | {a:,.1f} | {b:,.1f} | {b / a:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--renders", type=int, default=20_000)
+    parser.add_argument("--only", choices=("hostile", "legit", "variants"))
     args = parser.parse_args()
-    hostile()
-    legit(args.renders)
+    if args.only in (None, "hostile"):
+        hostile()
+    if args.only in (None, "legit"):
+        legit(args.renders)
+    if args.only in (None, "variants"):
+        variants(args.renders)
 
 
 if __name__ == "__main__":

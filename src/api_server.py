@@ -32,12 +32,13 @@ from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.enqueue import (
     RecipientSource,
     RequestRejected,
-    check_template,
     check_template_storage,
+    check_templates,
     enqueue,
     replay_or_conflict,
     request_hash,
     split_body,
+    variants_json,
 )
 from mailjobs.records import (
     JOB_STATUSES,
@@ -74,10 +75,12 @@ log = logging.getLogger("mailjobs.api")
 
 
 def error_response(status: int, code: str, message: str,
-                   errors: list[tuple[str | None, str]] | None = None) -> Response:
-    """The single shape of every error answer: error, message, field (and errors)."""
+                   errors: list[tuple[str | None, str]] | None = None,
+                   extra: dict[str, Any] | None = None) -> Response:
+    """The single shape of every error answer: error, message, field (and errors, and what
+    one error adds, e.g. `allowed` of sender_not_verified)."""
     body: dict[str, Any] = {"error": code, "message": message,
-                            "field": errors[0][0] if errors else None}
+                            "field": errors[0][0] if errors else None, **(extra or {})}
     if errors and len(errors) > 1:
         body["errors"] = [{"field": f, "message": m} for f, m in errors]
     response = jsonify(body)
@@ -209,7 +212,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     @app.errorhandler(RequestRejected)
     def _rejected(exc: RequestRejected) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.errors)
+        return error_response(exc.status, exc.code, exc.message, exc.errors, exc.extra)
 
     # Every request's database work ends within DB_REQUEST_DEADLINE (registered first, so
     # the API key lookup is inside it too).
@@ -293,7 +296,8 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             replay = replay_or_conflict(dao, g.api_key, idem, body_hash)
             if replay is not None:
                 return _enqueued(replay.job, replayed=True)
-        context = {"max_recipients": settings.max_recipients_per_job}
+        context = {"max_recipients": settings.max_recipients_per_job,
+                   "metadata_max_bytes": settings.metadata_max_bytes}
         parts = split_body(body)
         if parts is None:   # not the usual shape (or not JSON): validated whole, as it says
             req = parse_body(SendTemplateEmailsIn, body, context)
@@ -510,10 +514,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.post("/api/templates")
     def create_template() -> Response:
         spec = _body(StoredTemplateIn)
-        check_template(spec, settings, prefix="")
+        check_templates(spec, settings, prefix="")
         check_template_storage(dao, spec)
         stored = dao.add_template_version(g.api_key.id, spec.name, spec.subject, spec.html,
-                                          spec.text, must_exist=False)
+                                          spec.text, must_exist=False,
+                                          variants=variants_json(spec))
         if stored is None:
             raise RequestRejected(409, "conflict", f"template {spec.name!r} exists; PUT "
                                   f"/api/templates/{spec.name} makes a new version",
@@ -524,10 +529,11 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
     @app.put("/api/templates/<name>")
     def update_template(name: str) -> Response:
         spec = _body(TemplateIn)
-        check_template(spec, settings, prefix="")
+        check_templates(spec, settings, prefix="")
         check_template_storage(dao, spec)
         stored = dao.add_template_version(g.api_key.id, name, spec.subject, spec.html,
-                                          spec.text, must_exist=True)
+                                          spec.text, must_exist=True,
+                                          variants=variants_json(spec))
         if stored is None:
             raise RequestRejected(404, "not_found", f"no template {name!r} for this API key",
                                   [("name", "not found")])

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -56,8 +57,10 @@ from mailjobs.settings import DatabaseParams, Settings
 
 log = logging.getLogger("mailjobs.db")
 T = TypeVar("T")
-# One recipient as stored: address, name, variables as JSON text (or None).
-RecipientRow = tuple[str, str | None, str | None]
+# One recipient as stored (insert_recipients' columns after job_id): address, name, variables as
+# JSON text, locale asked for, template variant used, metadata as JSON text (each but the
+# address may be None).
+RecipientRow = tuple[str, str | None, str | None, str | None, str | None, str | None]
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
 # Ids per `WHERE id IN (...)` statement of a purge batch: under MariaDB's
@@ -103,6 +106,8 @@ def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
     for block in re.split(r"^-- name: ", path.read_text(), flags=re.M)[1:]:
         name, _, body = block.partition("\n")
         lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
+        if name.strip() in queries:   # the later one would silently replace the first
+            raise ValueError(f"{path}: the statement name {name.strip()!r} is used twice")
         queries[name.strip()] = "\n".join(lines).strip().rstrip(";")
     return queries
 
@@ -421,11 +426,15 @@ class Dao:
         return self.create_job_read(job, recipients)[0].id
 
     @_rerun_on_conflict
-    def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient | RecipientRow]
+    def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient | RecipientRow],
+                        check_sender: Callable[[list[tuple]], None] | None = None
                         ) -> tuple[Job, int]:
         """create_job, returning the stored job and how many of its recipients were
-        suppressed, both read in its transaction (no round trips after the commit)."""
+        suppressed, both read in its transaction (no round trips after the commit).
+        `check_sender` gets the sender's send-as rows (send_as_for) first, in the same
+        transaction (one round trip, no commit of its own), and may raise to store nothing."""
         with self.transaction() as cur:
+            self._check_sender(cur, job, check_sender)
             job_id = self._insert_job(cur, job)
             self._insert_recipients(cur, job_id, recipients)
             suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id,
@@ -434,12 +443,15 @@ class Dao:
             return _job(cur.fetchone()), suppressed
 
     def create_job_chunks(self, job: NewJob, chunks: Iterator[Sequence[RecipientRow]],
-                          totals: Callable[[], tuple[int, int]]) -> tuple[Job, int]:
+                          totals: Callable[[], tuple[int, int]],
+                          check_sender: Callable[[list[tuple]], None] | None = None
+                          ) -> tuple[Job, int]:
         """create_job_read for a job whose recipients come a chunk at a time (each stored as
         it comes, all in one transaction: an exception from `chunks` rolls it all back);
         totals() gives (recipients, duplicates removed) once `chunks` is exhausted. Not rerun
         on a lock conflict: the chunks cannot be read twice (only new rows are written)."""
         with self.transaction() as cur:
+            self._check_sender(cur, job, check_sender)
             job_id = self._insert_job(cur, job)
             for chunk in chunks:
                 self._insert_recipients(cur, job_id, chunk)
@@ -448,6 +460,12 @@ class Dao:
             suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id, total)
             self._run(cur, "job_by_id", (job_id,))
             return _job(cur.fetchone()), suppressed
+
+    def _check_sender(self, cur: Any, job: NewJob,
+                      check_sender: Callable[[list[tuple]], None] | None) -> None:
+        if check_sender is not None:
+            self._run(cur, "send_as_for", (job.sender_email.lower(),) * 5)
+            check_sender(_send_as_rows(cur.fetchall()))
 
     def _insert_recipients(self, cur: Any, job_id: int,
                            recipients: Sequence[NewRecipient | RecipientRow]) -> None:
@@ -459,7 +477,9 @@ class Dao:
         no_backslash = bool(cur.connection.server_status
                             & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
         rows = [r if isinstance(r, tuple) else
-                (r.to_email, r.name, json.dumps(r.variables) if r.variables is not None else None)
+                (r.to_email, r.name, json.dumps(r.variables) if r.variables is not None else None,
+                 r.locale, r.locale_used,
+                 json.dumps(r.metadata) if r.metadata is not None else None)
                 for r in recipients]
         limit = self.max_packet_bytes() // 2
         for start in range(0, len(rows), defaults.INSERT_BATCH):
@@ -483,6 +503,8 @@ class Dao:
             self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
         if job.metadata is not None:
             self._run(cur, "set_job_metadata", (json.dumps(job.metadata), job_id))
+        if job.template_variants:
+            self._run(cur, "set_job_variants", (json.dumps(job.template_variants), job_id))
         return job_id
 
     def job(self, job_id: int, with_counts: bool = False) -> Job | None:
@@ -508,11 +530,12 @@ class Dao:
                         limit: int) -> list[Recipient]:
         args = {"job_id": job_id, "status": status, "after": after, "limit": limit}
         name = "recipients_page_by_status" if status else "recipients_page"
-        return [_recipient(row) for row in self._all(name, args)]
+        return [_with_metadata(_recipient(row[:22]), row[22]) for row in self._all(name, args)]
 
     def export_recipients_page(self, job_id: int, after: int, limit: int) -> list[tuple]:
         """One page of the CSV export (export.py): (id, to_email, name, status, attempts,
-        error_code, error, sent_at, gmail_message_id) rows with id > `after`, in id order."""
+        error_code, error, sent_at, gmail_message_id, locale, locale_used) rows with id >
+        `after`, in id order."""
         rows = self._all("export_recipients_page",
                          {"job_id": job_id, "after": after, "limit": limit})
         return [_utc(row) for row in rows]
@@ -544,8 +567,11 @@ class Dao:
 
     # --- stored templates -----------------------------------------------------------------
     def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
-                             text: str | None, must_exist: bool) -> StoredTemplate | None:
-        """Store the next version of a template (1 for a new one).
+                             text: str | None, must_exist: bool,
+                             variants: dict[str, dict[str, Any]] | None = None
+                             ) -> StoredTemplate | None:
+        """Store the next version of a template (1 for a new one), with its variants by
+        language tag.
 
         must_exist=False refuses (returns None) when the name exists; True refuses when not.
         """
@@ -554,7 +580,8 @@ class Dao:
             latest = int(cur.fetchone()[0])
             if (latest > 0) != must_exist:
                 return None
-            self._run(cur, "insert_template", (api_key_id, name, latest + 1, subject, html, text))
+            self._run(cur, "insert_template", (api_key_id, name, latest + 1, subject, html, text,
+                                               json.dumps(variants) if variants else None))
             self._run(cur, "template_version", (api_key_id, name, latest + 1))
             return _template(cur.fetchone())
 
@@ -605,7 +632,8 @@ class Dao:
         rows = self._all("recipients_by_email", {
             "email": email, "api_key_id": api_key_id, "limit": limit,
             "before": before if before is not None else 2**63 - 1})
-        return [(_recipient(row[:19]), row[19], row[20], int(row[21])) for row in rows]
+        return [(_with_metadata(_recipient(row[:22]), row[25]), row[22], row[23],
+                 int(row[24])) for row in rows]
 
     # --- claiming -------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[Claimable]:
@@ -1179,7 +1207,46 @@ class Dao:
         return entry.email, added
 
     def bounce_senders(self) -> list[str]:
-        return [row[0] for row in self._all("bounce_senders")]
+        """Senders whose mailbox a bounce check can read: an OAuth grant of their own or a
+        delegated service-account key (their address's or their domain's)."""
+        return [row[0] for row in self._all("credentialed_senders")]
+
+    # --- verified send-as addresses (issue 18) -----------------------------------------------
+    def credentialed_senders(self) -> list[str]:
+        return [row[0] for row in self._all("credentialed_senders")]
+
+    def claim_send_as_check(self, sender: str, interval: int) -> bool:
+        """Whether this process reads `sender`'s send-as list now (one runner per interval)."""
+        with self.transaction() as cur:
+            return self._run(cur, "claim_send_as_check", (interval, sender)) > 0
+
+    def save_send_as(self, account: str, entries: Sequence[tuple[str, bool, str | None]],
+                     interval: int) -> None:
+        """Replace the account's send-as list: (address, is_primary, verificationStatus)."""
+        with self.transaction() as cur:
+            self._run(cur, "ensure_sender", (account,))
+            self._run(cur, "delete_send_as", (account,))
+            if entries:
+                cur.executemany(self.queries["insert_send_as"],
+                                [(account, a, int(p), v) for a, p, v in entries])
+            self._run(cur, "send_as_read", (interval, account))
+
+    def send_as_failed(self, account: str, error: str, interval: int) -> None:
+        with self.transaction() as cur:
+            self._run(cur, "send_as_failed", (error[:1000], interval, account))
+
+    def send_as_for(self, address: str) -> list[tuple[str, str, str | None, bool, str | None]]:
+        """(kind, account, address, is_primary, verificationStatus) rows about `address`:
+        kind 'list' (a known list names it), 'own' (its own credentials), 'known' (some list
+        is known)."""
+        return _send_as_rows(self._all("send_as_for", (address,) * 5))
+
+    def verified_send_as(self, limit: int) -> list[str]:
+        return [row[0] for row in self._all("verified_send_as", (limit,))]
+
+    def send_as_account(self, address: str) -> str | None:
+        row = self._one("send_as_account", (address, address))
+        return str(row[0]) if row else None
 
     def claim_bounce_check(self, sender: str, interval: int) -> tuple[bool, datetime | None]:
         """Whether this process checks `sender`'s mailbox now (at most one runner per
@@ -1472,15 +1539,25 @@ class Dao:
             self._run(cur, "rotate_webhook_secret", (int(overlap), secret, endpoint_id))
 
     @_rerun_on_conflict
-    def claim_webhook_endpoints(self, runner_id: str, limit: int, lease: float) -> list[int]:
-        """Endpoints with something due, taken for `lease` seconds (SKIP LOCKED)."""
+    def claim_webhook_endpoints(self, runner_id: str, healthy: int, failing: int,
+                                lease: float) -> list[tuple[int, bool]]:
+        """Endpoints with something due, taken for `lease` seconds (SKIP LOCKED): up to
+        `healthy` that are not failing (those first) and up to `failing` whose last attempt
+        failed; (id, failing) each."""
         with self.transaction() as cur:
-            self._run(cur, "webhook_due_endpoints", (limit,))
-            ids = [int(r[0]) for r in cur.fetchall()]
+            self._run(cur, "webhook_due_endpoints", (healthy + failing,))
+            taken: list[tuple[int, bool]] = []
+            room = {False: healthy, True: failing}
+            for row in cur.fetchall():
+                lane = bool(row[1])
+                if room[lane] > 0:
+                    room[lane] -= 1
+                    taken.append((int(row[0]), lane))
+            ids = [i for i, _ in taken]
             if ids:
                 cur.execute(self.queries["claim_webhook_endpoints"].format(
                     ids=_placeholders(len(ids))), (runner_id, int(lease * 1_000_000), *ids))
-            return ids
+            return taken
 
     def release_webhook_endpoint(self, endpoint_id: int, runner_id: str) -> None:
         with self.transaction() as cur:
@@ -1494,28 +1571,40 @@ class Dao:
         events in all, at least one POST), in the order they must be sent; when fewer are
         pending, new ones are made now from its oldest events not yet in one (batch_size
         each; `new_msg_id()` gives each its webhook-id). The lease is renewed for `lease`
-        seconds. None when it is no longer this runner's or the endpoint was disabled."""
-        with self.transaction() as cur:
-            if self._run(cur, "renew_webhook_lease",
-                         (int(lease * 1_000_000), endpoint_id, runner_id)) == 0:
-                return None
-            self._run(cur, "webhook_endpoint", (endpoint_id,))
-            endpoint = _webhook(cur.fetchone())
-            limit = max(1, events // endpoint["batch_size"])
-            self._run(cur, "webhook_pending_deliveries", (endpoint_id, limit))
-            heads = [(int(i), m, int(a)) for i, m, a in cur.fetchall()]
-            if len(heads) < limit:
-                heads += self._new_webhook_deliveries(cur, endpoint, new_msg_id,
-                                                      limit - len(heads))
-            if not heads:
-                return endpoint, []
-            cur.execute(self.queries["webhook_delivery_payloads"].format(
-                ids=_placeholders(len(heads))), [h[0] for h in heads])
-            payloads: dict[int, list[str]] = {}
-            for delivery_id, payload in cur.fetchall():
-                payloads.setdefault(int(delivery_id), []).append(payload)
-            return endpoint, [{"delivery_id": i, "msg_id": m, "attempts": a,
-                               "payloads": payloads.get(i, [])} for i, m, a in heads]
+        seconds. None when it is no longer this runner's or the endpoint was disabled.
+
+        The lease is renewed by the transaction's last statement: the endpoint's row is locked
+        only for the commit, not for the whole round, so a runner's recording transaction,
+        whose outbox INSERT ... SELECT reads that row (a shared lock), never waits behind a
+        round; a round whose lease turned out lost is rolled back whole."""
+        try:
+            with self.transaction() as cur:
+                self._run(cur, "webhook_endpoint", (endpoint_id,))
+                row = cur.fetchone()
+                if row is None:
+                    return None
+                endpoint = _webhook(row)
+                limit = max(1, events // endpoint["batch_size"])
+                self._run(cur, "webhook_pending_deliveries", (endpoint_id, limit))
+                heads = [(int(i), m, int(a)) for i, m, a in cur.fetchall()]
+                if len(heads) < limit:
+                    heads += self._new_webhook_deliveries(cur, endpoint, new_msg_id,
+                                                          limit - len(heads))
+                out: list[dict[str, Any]] = []
+                if heads:
+                    cur.execute(self.queries["webhook_delivery_payloads"].format(
+                        ids=_placeholders(len(heads))), [h[0] for h in heads])
+                    payloads: dict[int, list[str]] = {}
+                    for delivery_id, payload in cur.fetchall():
+                        payloads.setdefault(int(delivery_id), []).append(payload)
+                    out = [{"delivery_id": i, "msg_id": m, "attempts": a,
+                            "payloads": payloads.get(i, [])} for i, m, a in heads]
+                if self._run(cur, "renew_webhook_lease",
+                             (int(lease * 1_000_000), endpoint_id, runner_id)) == 0:
+                    raise _LeaseLost
+                return endpoint, out
+        except _LeaseLost:
+            return None
 
     def _new_webhook_deliveries(self, cur: Any, endpoint: dict[str, Any],
                                 new_msg_id: Callable[[], str],
@@ -1525,6 +1614,7 @@ class Dao:
         events = [int(r[0]) for r in cur.fetchall()]
         if not events:
             return []
+        events.sort()
         chunks = [events[i:i + size] for i in range(0, len(events), size)]
         msg_ids = [new_msg_id() for _ in chunks]
         cur.executemany(self.queries["insert_webhook_delivery"],
@@ -1533,9 +1623,12 @@ class Dao:
         cur.execute(self.queries["webhook_deliveries_by_msg_id"].format(
             ids=_placeholders(len(msg_ids))), msg_ids)
         ids = {m: int(i) for i, m in cur.fetchall()}
-        pairs = [(e, ids[m]) for m, c in zip(msg_ids, chunks, strict=True) for e in c]
+        # chunks are consecutive runs of the sorted ids: one WHEN per delivery (its last id),
+        # not one per event (a CASE of n WHENs costs the database n comparisons a row)
+        pairs = [(c[-1], ids[m]) for m, c in zip(msg_ids, chunks, strict=True)]
         changed = cur.execute(self.queries["batch_webhook_events"].format(
-            case=" ".join(["WHEN %s THEN %s"] * len(pairs)), ids=_placeholders(len(events))),
+            case=" ".join(["WHEN id <= %s THEN %s"] * len(pairs)),
+            ids=_placeholders(len(events))),
             [v for pair in pairs for v in pair] + events)
         if changed != len(events):   # another runner batched them: its lease outlived ours
             raise TransactionConflict("webhook events were batched by another runner")
@@ -1666,12 +1759,28 @@ def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
                _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
                row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
                row[23], int(row[24]), row[25], counts or {},
-               unsubscribe_base_url=row[26] if len(row) > 26 else None)
+               unsubscribe_base_url=row[26] if len(row) > 26 else None,
+               template_variants=_json(row[27]) if len(row) > 27 else None,
+               metadata=_json(row[28]) if len(row) > 28 else None)
+
+
+class _LeaseLost(Exception):
+    """A webhook round found its endpoint's lease gone at commit: roll the round back."""
+
+
+def _send_as_rows(rows: Sequence[tuple]) -> list[tuple[str, str, str | None, bool, str | None]]:
+    return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+
+def _with_metadata(r: Recipient, metadata: Any) -> Recipient:
+    """A listed recipient with the client's metadata (read only where it is shown)."""
+    return dataclasses.replace(r, metadata=_json(metadata))
 
 
 def _template(row: tuple) -> StoredTemplate:
     row = _utc(row)
-    return StoredTemplate(row[0], int(row[1]), row[2], row[3], row[4], row[5])
+    return StoredTemplate(row[0], int(row[1]), row[2], row[3], row[4], row[5],
+                          _json(row[6]) if len(row) > 6 else None)
 
 
 def _runner(row: tuple) -> dict[str, Any]:
@@ -1688,7 +1797,7 @@ def _learned_cap(row: tuple) -> LearnedCap:
 def _recipient(row: tuple) -> Recipient:
     row = _utc(row)
     return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
-                     *row[7:17], bool(row[17]), int(row[18]), *row[19:20])
+                     *row[7:17], bool(row[17]), int(row[18]), *row[19:22])
 
 
 # What pymysql's escape_string does (a backslash before each of these), as str.replace passes:
@@ -1699,20 +1808,20 @@ _FIELD, _ROW, _NULL = "\x01", "\x02", "\x03"   # markers, used only when no valu
 
 
 def insert_values(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
-            max_bytes: int) -> Iterator[str]:
-    """The VALUES lists of multi-row INSERTs of `rows` (address, name, variables JSON), each
-    under `max_bytes` by an upper bound of its size (4 bytes a character), so no statement
-    passes max_allowed_packet (the server drops the connection then: a 503 for a too-large
+                  max_bytes: int) -> Iterator[str]:
+    """The VALUES lists of multi-row INSERTs of `rows` (RecipientRow), each under `max_bytes`
+    by an upper bound of its size (4 bytes a character), so no statement passes
+    max_allowed_packet (the server drops the connection then: a 503 for a too-large
     request). Escaped as pymysql's escape() does, with NO_BACKSLASH_ESCAPES or without: the
     values are joined with marker characters, escaped in one pass per special character, and
     the markers then become the quotes, commas and NULLs between them."""
     if not rows:
         return
-    nulls = sum((n is None) + (v is None) for _, n, v in rows)
-    flat = _ROW.join([_FIELD.join((e, _NULL if n is None else n, _NULL if v is None else v))
-                      for e, n, v in rows])
+    width = len(rows[0])
+    nulls = sum(v is None for row in rows for v in row)
+    flat = _ROW.join([_FIELD.join([_NULL if v is None else v for v in row]) for row in rows])
     if (flat.count(_FIELD), flat.count(_ROW), flat.count(_NULL)) != \
-            (2 * len(rows), len(rows) - 1, nulls):   # a value holds a marker: one by one
+            ((width - 1) * len(rows), len(rows) - 1, nulls):   # a value holds a marker
         yield from _values_each(job_id, rows, no_backslash, max_bytes)
         return
     if 4 * len(flat) + 64 * len(rows) > max_bytes and len(rows) > 1:
@@ -1737,13 +1846,13 @@ def _values_each(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
                       else pymysql.converters.escape_string(value)) + "'"
     out: list[str] = []
     size = 0
-    for e, n, v in rows:
-        row = f"({int(job_id)},{literal(e)},{literal(n)},{literal(v)})"
-        if out and size + 4 * len(row) > max_bytes:
+    for row in rows:
+        text = f"({int(job_id)}," + ",".join(literal(v) for v in row) + ")"
+        if out and size + 4 * len(text) > max_bytes:
             yield ",".join(out)
             out, size = [], 0
-        out.append(row)
-        size += 4 * len(row)
+        out.append(text)
+        size += 4 * len(text)
     if out:
         yield ",".join(out)
 

@@ -149,6 +149,10 @@ TEMPLATE_MAX_BYTES = 5_000_000
 TEMPLATE_MAX_NODES = 5000
 # Deepest nesting of blocks and expressions in a template (Python's own compiler stops near 100).
 TEMPLATE_MAX_DEPTH = 40
+# Most elements in a template's default and all its language variants together (issue 16): each
+# variant is compiled at POST, so without it 50 variants of three parts at TEMPLATE_MAX_NODES
+# would compile for a minute in one request. 30,000 is twice three parts at the limit.
+TEMPLATE_MAX_TOTAL_NODES = 30000
 # Seconds one recipient's render (subject, html and text) may take; over it: template_error.
 RENDER_TIMEOUT = 2.0
 # Largest rendered message (subject + html + text) of one recipient, in bytes; text produced
@@ -220,6 +224,11 @@ UNSUBSCRIBE_BASE_URL = ""
 UNSUBSCRIBE_TOKEN_DAYS = 90
 # Seconds between bounce checks of each Gmail sender's mailbox (DSNs from mailer-daemon); 0: off.
 BOUNCE_CHECK_INTERVAL = 600
+# Seconds between reads of each Gmail sender's send-as addresses (users.settings.sendAs.list:
+# the aliases a POST's sender_email may be); 0: only at `mailjobs auth`.
+SEND_AS_CHECK_INTERVAL = 86400
+# Bytes (as JSON) of the `metadata` object of a job, and of each recipient's, at most.
+METADATA_MAX_BYTES = 4096
 # From addresses (or domains) of the feedback loops you registered (Yahoo CFL, Microsoft JMRP,
 # your ISP's...), comma-separated: the bounce check also reads their ARF complaint reports and
 # suppresses the complaining address. Empty: complaints are not read.
@@ -276,6 +285,8 @@ WEBHOOK_ALLOW_PRIVATE = False
 # 1: http:// receivers are allowed; otherwise https:// only.
 WEBHOOK_ALLOW_HTTP = False
 # Endpoints one runner delivers to at once (its webhook threads); a slow receiver holds one.
+# As many again are served whose last attempt failed (a lane of their own, so failing or
+# hanging receivers never hold up the others' events).
 WEBHOOK_CONCURRENCY = 4
 # Seconds between a runner's looks for due webhook deliveries when there was nothing to do.
 WEBHOOK_POLL_INTERVAL = 0.5

@@ -1,7 +1,8 @@
 """One claimed recipient at a time: render, build, send, and decide what its outcome means.
 
 Runs in the runner's sending threads; it never touches the database (the runner records the
-outcomes in batches). Templates are compiled once per job.
+outcomes in batches). Templates are compiled once per job (each language variant once per job,
+when a recipient first needs it).
 """
 from __future__ import annotations
 
@@ -77,18 +78,26 @@ def defer_delay(deferred_for: float, base: float, cap: float,
 class EmailScheduler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._compiled: OrderedDict[int, CompiledTemplates] = OrderedDict()
+        self._compiled: OrderedDict[tuple[int, str | None], CompiledTemplates] = OrderedDict()
         self._lock = threading.Lock()
 
-    def templates(self, job: Job) -> CompiledTemplates:
+    def templates(self, job: Job, variant: str | None = None) -> CompiledTemplates:
+        """The job's templates, or those of its language `variant` (recipients.locale_used);
+        raises TemplateCompileError, and KeyError for a variant the job does not have."""
         with self._lock:
-            compiled = self._compiled.get(job.id)
+            compiled = self._compiled.get((job.id, variant))
             if compiled is None:
-                compiled = compile_templates(job.subject_template, job.html_template,
-                                             job.text_template, template_limits(self.settings))
-                self._compiled[job.id] = compiled
-                while len(self._compiled) > 256:
+                if variant is None:
+                    parts = (job.subject_template, job.html_template, job.text_template)
+                else:
+                    v = (job.template_variants or {})[variant]
+                    parts = (v["subject"], v.get("html"), v.get("text"))
+                compiled = compile_templates(*parts, template_limits(self.settings))
+                self._compiled[(job.id, variant)] = compiled
+                while len(self._compiled) > 1024:
                     self._compiled.popitem(last=False)
+            else:
+                self._compiled.move_to_end((job.id, variant))
             return compiled
 
     def render(self, job: Job, r: Recipient) -> OutgoingMessage:
@@ -102,8 +111,17 @@ class EmailScheduler:
             context["unsubscribe_url"] = url = tokens_for(self.settings).url(
                 job.unsubscribe_base_url, r.id, job.api_key_id)
             extra = headers(url)
-        subject, html, text = self.templates(job).render(context, render_limits(self.settings))
-        raw = build_message(sender_email=job.sender_email, from_name=job.from_name,
+        variant = r.locale_used
+        try:
+            templates = self.templates(job, variant)
+        except KeyError:
+            raise TemplateCompileError("variant", f"job {job.id} has no template variant "
+                                       f"{variant!r}") from None
+        subject, html, text = templates.render(context, render_limits(self.settings))
+        from_name = job.from_name
+        if variant is not None:
+            from_name = (job.template_variants or {})[variant].get("from_name") or from_name
+        raw = build_message(sender_email=job.sender_email, from_name=from_name,
                             reply_to=job.reply_to, to_email=r.to_email, to_name=r.name,
                             subject=subject, text=text, html=html,
                             message_id=r.message_id or "", extra_headers=extra)

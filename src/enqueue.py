@@ -2,6 +2,7 @@
 (templates compile, every recipient has every variable), de-duplication, idempotency."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -17,20 +18,24 @@ from pydantic import ValidationError
 from mailjobs import defaults
 from mailjobs.dao_mysql import Dao, DuplicateKey, RecipientRow
 from mailjobs.db import guard as db_guard
+from mailjobs.locales import VariantSelector
 from mailjobs.mail_message import header_text_problem
 from mailjobs.records import ApiKey, Job, NewJob, NewRecipient
 from mailjobs.scheduling import PRIORITIES, PRIORITY_NAMES
 from mailjobs.settings import Settings
 from mailjobs.templating import (
     BUILTIN_VARIABLES,
+    CompiledTemplates,
     TemplateCompileError,
     compile_templates,
     template_limits,
 )
+from mailjobs.transports import send_as
 from mailjobs.web.schemas import (
     RecipientIn,
     SendTemplateEmailsIn,
     TemplateIn,
+    TemplatePartsIn,
     all_finite,
     validate_recipients,
 )
@@ -42,12 +47,14 @@ class RequestRejected(Exception):
     """A 4xx answer: status, machine code, sentence, and the fields at fault."""
 
     def __init__(self, status: int, code: str, message: str,
-                 errors: list[tuple[str | None, str]] | None = None) -> None:
+                 errors: list[tuple[str | None, str]] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.errors = errors or []
+        self.extra = extra or {}   # more members of the error body (e.g. `allowed`)
 
     @property
     def field(self) -> str | None:
@@ -94,14 +101,21 @@ def resolve_template(dao: Dao, key: ApiKey,
             f"template {req.template_name!r}"
         raise RequestRejected(400, "unknown_template", f"no {which} for this API key",
                               [("template_name", "no such stored template")])
-    return TemplateIn(subject=stored.subject, html=stored.html, text=stored.text), stored.version
+    return TemplateIn.model_validate({"subject": stored.subject, "html": stored.html,
+                                      "text": stored.text, "variants": stored.variants}
+                                     ), stored.version
 
 
-def check_template(t: TemplateIn, settings: Settings,
+def check_template(t: TemplatePartsIn, settings: Settings,
                    prefix: str = "template.") -> tuple[frozenset[str], frozenset[str]]:
     """Check the template's size in bytes and compile it within TEMPLATE_MAX_NODES and
     TEMPLATE_MAX_DEPTH; returns the variables it needs and those of the subject, or raises a
     413 or 400."""
+    compiled = _compile_checked(t, settings, prefix)
+    return compiled.required, compiled.subject_required
+
+
+def _compile_checked(t: TemplatePartsIn, settings: Settings, prefix: str) -> CompiledTemplates:
     for part in ("html", "text"):
         source = getattr(t, part)
         size = len(source.encode("utf-8", "surrogatepass")) if source is not None else 0
@@ -115,7 +129,67 @@ def check_template(t: TemplateIn, settings: Settings,
     except TemplateCompileError as exc:
         raise RequestRejected(400, "template_error", f"{prefix}{exc.part} does not compile: {exc}",
                               [(f"{prefix}{exc.part}", str(exc))]) from None
-    return compiled.required, compiled.subject_required
+    return compiled
+
+
+Needs = tuple[frozenset[str], frozenset[str]]   # variables a template needs, those of its subject
+
+
+def check_templates(t: TemplateIn, settings: Settings,
+                    prefix: str = "template.") -> tuple[Needs, dict[str, Needs]]:
+    """check_template for the template and every language variant, each compiled once (errors
+    name `template.variants.<tag>.<part>`), all together within TEMPLATE_MAX_TOTAL_NODES
+    (checked after each variant: at most one variant's worth over); what the default needs,
+    and each variant by tag."""
+    default = _compile_checked(t, settings, prefix)
+    total = default.nodes
+    variants: dict[str, Needs] = {}
+    for tag, variant in (t.variants or {}).items():
+        compiled = _compile_checked(variant, settings, f"{prefix}variants.{tag}.")
+        total += compiled.nodes
+        if total > settings.template_max_total_nodes:
+            field = f"{prefix}variants.{tag}"
+            raise RequestRejected(
+                400, "template_error", f"{field}: the template and its variants up to {tag} "
+                f"have {total} elements, more than TEMPLATE_MAX_TOTAL_NODES "
+                f"({settings.template_max_total_nodes}) together",
+                [(field, f"over TEMPLATE_MAX_TOTAL_NODES ({total} elements so far)")])
+        variants[tag] = compiled.required, compiled.subject_required
+    return (default.required, default.subject_required), variants
+
+
+@dataclass(frozen=True)
+class Languages:
+    """The variant each recipient of a request gets (issue 16), chosen once at POST."""
+    needs: dict[str | None, Needs]        # by variant tag; None: the template's default
+    chosen: list[tuple[str | None, str | None]]   # per request recipient: (locale, variant)
+
+    @functools.cached_property
+    def used(self) -> set[str | None]:
+        """The variants some recipient gets (worked out once: a request has 100,000)."""
+        return {variant for _, variant in self.chosen}
+
+    def union(self, which: int) -> frozenset[str]:
+        """What the variants in use need (which=0), or use in their subjects (1)."""
+        return frozenset().union(*(self.needs[v][which] for v in self.used))
+
+
+def recipient_variant(selector: VariantSelector, r: RecipientIn,
+                      job_locale: str | None) -> tuple[str | None, str | None]:
+    """(the locale asked for, the variant it gets) of one recipient: its own locale, else the
+    job's; the variant by the locale's fallback chain (locales.py), None for the default."""
+    locale = r.locale or job_locale
+    return locale, selector.choose(locale)
+
+
+def choose_languages(req: SendTemplateEmailsIn, default: Needs,
+                     variants: dict[str, Needs]) -> Languages:
+    """Each recipient's variant; `default` and `variants` from check_templates."""
+    selector = VariantSelector(variants)
+    needs: dict[str | None, Needs] = {None: default}
+    needs.update(variants)
+    return Languages(needs,
+                     [recipient_variant(selector, r, req.locale) for r in req.recipients])
 
 
 def stored_size(text: str | None) -> int:
@@ -128,7 +202,12 @@ def stored_size(text: str | None) -> int:
 
 
 def _template_sizes(t: TemplateIn, prefix: str) -> dict[str, int]:
-    return {f"{prefix}{part}": stored_size(getattr(t, part)) for part in ("subject", "html", "text")}
+    sizes = {f"{prefix}{part}": stored_size(getattr(t, part))
+             for part in ("subject", "html", "text")}
+    for tag, variant in (t.variants or {}).items():
+        sizes.update({f"{prefix}variants.{tag}.{part}": stored_size(getattr(variant, part))
+                      for part in ("subject", "html", "text", "from_name")})
+    return sizes
 
 
 def check_stored_row(dao: Dao, parts: dict[str, int]) -> int:
@@ -162,15 +241,17 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(v, f"{path}[{i}]")
 
 
-def dedupe(req: SendTemplateEmailsIn) -> list[NewRecipient]:
+def dedupe(req: SendTemplateEmailsIn, languages: Languages | None = None) -> list[NewRecipient]:
     """First occurrence wins; addresses compare case-insensitively."""
     seen: set[str] = set()
     out: list[NewRecipient] = []
-    for r in req.recipients:
+    for i, r in enumerate(req.recipients):
         folded = r.email.lower()
         if folded not in seen:
             seen.add(folded)
-            out.append(NewRecipient(r.email, r.name, r.variables))
+            locale, used = languages.chosen[i] if languages is not None else (None, None)
+            out.append(NewRecipient(r.email, r.name, r.variables, locale=locale, locale_used=used,
+                                    metadata=r.metadata))
     return out
 
 
@@ -222,12 +303,15 @@ class _Errors:
 
 @dataclass(frozen=True)
 class _Checks:
-    """What every recipient is checked against, from the job's own fields."""
+    """What every recipient is checked against, from the job's own fields: by template variant
+    (None: the template's default), the variables the job does not give."""
 
-    needed: frozenset[str]           # template variables the job's variables do not give
-    wants_name: bool                 # the template uses {{ name }}, the job gives none
-    in_subject: frozenset[str]       # variables the subject uses
-    unsubscribe_url_needed: bool     # {{ unsubscribe_url }} used, no one-click, no job default
+    selector: VariantSelector
+    job_locale: str | None
+    lacking: dict[str | None, tuple[frozenset[str], bool]]   # (needed, wants {{ name }})
+    in_subject: dict[str | None, frozenset[str]]             # variables its subject uses
+    unsubscribe_url_needed: dict[str | None, bool]   # used, no one-click, no job default
+    several: bool                                    # the template has variants
     room: int | None                 # max bytes of one statement, when a row may come near it
     packet: int
 
@@ -242,23 +326,27 @@ def stored_json(value: Any) -> str:
 
 
 def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> RecipientRow:
-    """Every check of one recipient beyond its schema (RecipientIn) and its stored row: the
+    """Every check of one recipient beyond its schema (RecipientIn), and its stored row: the
     one place to extend when a recipient gets a new field."""
     where = f"recipients[{i}]"
     variables = r.variables or {}
-    if c.unsubscribe_url_needed and "unsubscribe_url" not in variables:
+    locale, variant = recipient_variant(c.selector, r, c.job_locale)
+    if c.unsubscribe_url_needed[variant] and "unsubscribe_url" not in variables:
         errors.add(UNSUBSCRIBE, "unsubscribe", "off, and unsubscribe_url is not provided",
                    "the template uses {{ unsubscribe_url }} but this job has no one-click "
                    "unsubscribe (UNSUBSCRIBE_BASE_URL unset or \"unsubscribe\": false); turn it "
                    "on, or give unsubscribe_url as a variable")
-    if c.needed or c.wants_name:
-        missing = sorted(c.needed - variables.keys()) if c.needed else []
-        if c.wants_name and r.name is None and "name" not in variables:
+    needed, wants_name = c.lacking[variant]
+    if needed or wants_name:
+        missing = sorted(needed - variables.keys()) if needed else []
+        if wants_name and r.name is None and "name" not in variables:
             missing.append("name")
         if missing:
+            of = (f" by template variant {variant}" if variant is not None else
+                  " by the template's default" if c.several else "")
             errors.add(MISSING, f"{where}.variables",
-                       f"template variable(s) not provided: {', '.join(missing)}")
-    for name in c.in_subject & variables.keys():
+                       f"template variable(s) not provided{of}: {', '.join(missing)}")
+    for name in c.in_subject[variant] & variables.keys():
         for path, text in _strings(variables[name], f"{where}.variables.{name}"):
             problem = header_text_problem(text)
             if problem:
@@ -279,7 +367,8 @@ def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> Reci
                        f"{where}.variables take {size} bytes when stored, more than one "
                        f"recipient may ({c.room // 2}: half of max_allowed_packet {c.packet} "
                        "less 64 KB)")
-    return r.email, r.name, stored
+    metadata = stored_json(r.metadata) if r.metadata is not None else None
+    return r.email, r.name, stored, locale, variant, metadata
 
 
 Chunk = tuple[int, list[RecipientIn] | ValidationError]
@@ -324,11 +413,12 @@ class RecipientSource:
 _INDEX = re.compile(r"\[(\d+)\]")
 
 
-def _rows(source: RecipientSource, checks: _Checks, errors: _Errors,
-          counts: list[int]) -> Iterator[list[RecipientRow]]:
+def _rows(source: RecipientSource, checks: _Checks, errors: _Errors, counts: list[int],
+          used: set[str | None]) -> Iterator[list[RecipientRow]]:
     """The de-duplicated rows to store, a chunk at a time, while no fault is found; after the
     first, the rest is still checked (the answer lists the first faults of the first kind) and
-    nothing more is given to store. counts: [stored, duplicates] when it is exhausted."""
+    nothing more is given to store. counts: [stored, duplicates] when it is exhausted; used:
+    the template variants the recipients get."""
     seen: set[str] = set()
     stored = duplicates = 0
     for start, chunk in source.chunks():
@@ -345,6 +435,7 @@ def _rows(source: RecipientSource, checks: _Checks, errors: _Errors,
         rows = []
         for k, r in enumerate(chunk):
             row = check_recipient(r, start + k, checks, errors)
+            used.add(row[4])
             folded = r.email.lower()      # first occurrence wins, case-insensitively
             if folded in seen:
                 duplicates += 1
@@ -403,30 +494,28 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
     template, version = resolve_template(dao, key, req)
-    required, in_subject = check_template(template, settings)
+    (required, in_subject), variants = check_templates(template, settings)
+    needs: dict[str | None, Needs] = {None: (required, in_subject)}
+    needs.update(variants)
     unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url)
-    job_errors = _Errors()
-    for name in in_subject & req.variables.keys():
-        for path, text in _strings(req.variables[name], f"variables.{name}"):
-            problem = header_text_problem(text)
-            if problem:
-                job_errors.add(SUBJECT, path, f"used in template.subject: {problem} (header "
-                                              "injection)")
-                break
     room = packet = None
     # No statement may pass the server's max_allowed_packet: it would drop the connection (a
     # 503 the client retries for ever). Checked only for bodies big enough to reach it.
-    if 2 * body_size + 64 * 1024 >= dao.max_packet_bytes():
+    if 2 * body_size + 64 * 1024 >= dao.max_packet_bytes() or template.variants:
         packet = dao.max_packet_bytes()
         room = check_stored_row(dao, {"variables": stored_size(json.dumps(req.variables)),
                                       **_template_sizes(template, "template.")})
+    job_vars = req.variables.keys()
     checks = _Checks(
-        needed=frozenset(required - BUILTIN_VARIABLES - req.variables.keys()),
-        wants_name="name" in required and "name" not in req.variables,
-        in_subject=frozenset(in_subject),
-        unsubscribe_url_needed=(unsubscribe_base is None and "unsubscribe_url" in required
-                                and "unsubscribe_url" not in req.variables),
-        room=room, packet=packet or 0)
+        selector=VariantSelector(variants), job_locale=req.locale,
+        lacking={tag: (frozenset(need - BUILTIN_VARIABLES - job_vars),
+                       "name" in need and "name" not in job_vars)
+                 for tag, (need, _) in needs.items()},
+        in_subject={tag: frozenset(subject) for tag, (_, subject) in needs.items()},
+        unsubscribe_url_needed={tag: unsubscribe_base is None and "unsubscribe_url" in need
+                                and "unsubscribe_url" not in job_vars
+                                for tag, (need, _) in needs.items()},
+        several=len(needs) > 1, room=room, packet=packet or 0)
     send_at = req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None
 
     def new_job(total: int, duplicates: int) -> NewJob:
@@ -434,19 +523,40 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                       template.html, template.text, req.variables, total, duplicates,
                       idempotency_key, body_hash, send_at, req.template_name, version,
                       PRIORITIES[req.priority], req.expires_at,
-                      unsubscribe_base_url=unsubscribe_base, metadata=req.metadata)
+                      unsubscribe_base_url=unsubscribe_base, metadata=req.metadata,
+                      template_variants=variants_json(template))
 
-    errors = _Errors(dict(job_errors.found), dict(job_errors.message))
+    errors = _Errors()
     counts: list[int] = []
-    rows = _rows(recipients, checks, errors, counts)
+    used: set[str | None] = set()
+    rows = _rows(recipients, checks, errors, counts, used)
+
+    def finish() -> None:
+        """After the last recipient: the job's own variables against the subjects of the
+        variants in use (listed before the recipients'), then the first kind of fault."""
+        subject = frozenset().union(*(needs[v][1] for v in used))
+        found = []
+        for name in sorted(subject & job_vars):
+            for path, text in _strings(req.variables[name], f"variables.{name}"):
+                problem = header_text_problem(text)
+                if problem:
+                    found.append((path, f"used in template.subject: {problem} (header "
+                                        "injection)"))
+                    break
+        if found:
+            listed = (found + errors.found.get(SUBJECT, []))[:MAX_LISTED_ERRORS]
+            errors.found[SUBJECT] = listed
+            errors.message[SUBJECT] = f"{listed[0][0]}: {listed[0][1]}"
+        errors.raise_first()
+        if check_total is not None:
+            check_total(counts[0])
+
     one_chunk: list[RecipientRow] | None = None
     if recipients.count <= defaults.INSERT_BATCH:
         # up to one INSERT's worth: checked whole before the transaction, so its totals are
         # known (the fewest round trips: a far database pays each)
         one_chunk = [row for c in rows for row in c]
-        errors.raise_first()
-        if check_total is not None:
-            check_total(counts[0])
+        finish()
 
     def checked() -> Iterator[list[RecipientRow]]:
         # stored INSERT_BATCH rows a statement (a row is a few strings; the recipients' objects
@@ -458,9 +568,7 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                 yield from deadline(batch)
                 batch = []
         yield from deadline(batch)
-        errors.raise_first()   # inside the transaction: rolls it back
-        if check_total is not None:
-            check_total(counts[0])
+        finish()   # inside the transaction: a fault rolls it back
 
     def deadline(batch: list[RecipientRow]) -> Iterator[list[RecipientRow]]:
         # each statement gets the whole request deadline (as the one transaction of a smaller
@@ -471,10 +579,23 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                 db_guard.start_deadline(settings.db_request_deadline)
             yield batch
 
+    def check_sender(rows: list[Any]) -> None:
+        """sender_email must be the account or a verified alias (send_as.py); read in the
+        storing transaction, so the check costs no round trip of its own."""
+        allowed = send_as.refusal(dao, req.sender_email, key.may_send_as, rows)
+        if allowed is not None:
+            raise RequestRejected(
+                400, "sender_not_verified", f"{req.sender_email} is not the sender's Gmail "
+                "account nor one of its verified send-as aliases; allowed: "
+                f"{', '.join(allowed) or '(none this key may use)'}",
+                [("sender_email", "not a verified send-as address of the account")],
+                {"allowed": allowed})
+
     def store() -> tuple[Job, int]:
         if one_chunk is not None:
-            return dao.create_job_read(new_job(*counts), one_chunk)
-        return dao.create_job_chunks(new_job(0, 0), checked(), lambda: (counts[0], counts[1]))
+            return dao.create_job_read(new_job(*counts), one_chunk, check_sender)
+        return dao.create_job_chunks(new_job(0, 0), checked(), lambda: (counts[0], counts[1]),
+                                     check_sender)
 
     # The request's deadline bounds its database waits; the checks above are CPU work bounded by
     # the body's size budgets (MAX_REQUEST_BYTES, MAX_RECIPIENTS_PER_JOB), which on a busy host
@@ -492,6 +613,13 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
             raise
         return replay
     return Enqueued(job, replayed=False, suppressed=suppressed)
+
+
+def variants_json(t: TemplateIn) -> dict[str, dict[str, Any]] | None:
+    """A template's variants as stored (templates.variants, jobs.template_variants)."""
+    if not t.variants:
+        return None
+    return {tag: v.model_dump(exclude_none=True) for tag, v in t.variants.items()}
 
 
 def replay_or_conflict(dao: Dao, key: ApiKey, idempotency_key: str,

@@ -21,7 +21,8 @@ from mailjobs import defaults
 # The header row, in column order. The export reads these columns by name from
 # Dao.export_recipients_page's rows (same order).
 COLUMNS = ("recipient_id", "to_email", "name", "status", "attempts", "error_code", "error",
-           "sent_at", "gmail_message_id")
+           "sent_at", "gmail_message_id", "locale", "locale_used",
+           "metadata")   # metadata: the recipient's, as JSON
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 PageReader = Callable[[int, int, int], list[tuple[Any, ...]]]   # (job_id, after, limit) -> rows

@@ -52,7 +52,7 @@ from mailjobs.rate_limit import Limits
 from mailjobs.records import Job, Recipient
 from mailjobs.send_pool import FairPool
 from mailjobs.settings import Settings
-from mailjobs.transports import test_keys
+from mailjobs.transports import send_as, test_keys
 from mailjobs.transports.base import Transport
 from mailjobs.webhooks import dispatch as webhook_dispatch
 
@@ -158,6 +158,9 @@ class JobRunner:
         # DSNs in the Gmail senders' mailboxes, every BOUNCE_CHECK_INTERVAL (bounces.py)
         self._bounces = (bounces.BounceChecker(settings, dao, self.stop_event)
                          if settings.transport_name == "gmail" else None)
+        # the Gmail senders' verified send-as addresses, every SEND_AS_CHECK_INTERVAL (send_as.py)
+        self._send_as = (send_as.SendAsChecker(settings, dao, self.stop_event)
+                         if settings.transport_name == "gmail" else None)
         # data retention, once per PURGE_INTERVAL over all runners (retention.py)
         self._purger = retention.Purger(settings, dao, self.stop_event, self.id)
         # held jobs' pauses and cancels, and expired jobs, read off the loop (job_watch.py)
@@ -226,6 +229,8 @@ class JobRunner:
             self._learned.refresh()   # at most every learned_limits.REFRESH seconds
         if self._bounces is not None:
             self._bounces.tick()   # starts a background check when one is due; never waits
+        if self._send_as is not None:
+            self._send_as.tick()   # the same for the send-as lists
         self._purger.tick()        # the same for the purge, when this runner's turn is due
         claimed = self._claim(pool)
         if self._hand.futures:
@@ -721,6 +726,8 @@ class JobRunner:
                 transport.close()
             if self._bounces is not None:   # it stops between two messages (stop_event)
                 self._bounces.join(2 * self.settings.gmail_timeout)
+            if self._send_as is not None:
+                self._send_as.join(2 * self.settings.gmail_timeout)
             self._purger.join(2 * self.settings.db_read_timeout)   # stops between batches
             self._watch.join(2 * self.settings.db_read_timeout)
             self.stop_event.set()   # also when the loop ended by a crash: the webhook thread

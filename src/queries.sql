@@ -37,7 +37,8 @@ INSERT INTO jobs (type, api_key_id, sender_email, from_name, reply_to, subject_t
 VALUES ('template', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
 
 -- name: insert_recipients
-INSERT INTO job_recipients (job_id, to_email, name, variables) VALUES (%s, %s, %s, %s);
+INSERT INTO job_recipients (job_id, to_email, name, variables, locale, locale_used, metadata)
+VALUES (%s, %s, %s, %s, %s, %s, %s);
 
 -- name: set_job_totals
 -- A job stored a chunk of recipients at a time learns its totals at the end (same transaction).
@@ -48,7 +49,7 @@ SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url
+       unsubscribe_base_url, template_variants, metadata
 FROM jobs WHERE id = %s;
 
 -- name: job_by_idempotency_key
@@ -56,7 +57,7 @@ SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template
        text_template, variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url
+       unsubscribe_base_url, template_variants, metadata
 FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 
 -- name: jobs_page
@@ -67,7 +68,7 @@ SELECT id, type, api_key_id, sender_email, from_name, reply_to, LEFT(subject_tem
        NULL, NULL, NULL, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url
+       unsubscribe_base_url, NULL
 FROM jobs
 WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
   AND (%(status)s IS NULL OR status = %(status)s)
@@ -80,7 +81,7 @@ SELECT status, COUNT(*) FROM job_recipients WHERE job_id = %s GROUP BY status;
 -- name: recipients_page
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, created_at,
-       updated_at, in_doubt, attempts_base
+       updated_at, in_doubt, attempts_base, deferred_since, locale, locale_used, metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -88,7 +89,7 @@ ORDER BY id LIMIT %(limit)s;
 -- name: recipients_page_by_status
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
        lease_expires_at, message_id, gmail_message_id, error_code, error, sent_at, created_at,
-       updated_at, in_doubt, attempts_base
+       updated_at, in_doubt, attempts_base, deferred_since, locale, locale_used, metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND status = %(status)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -98,8 +99,9 @@ ORDER BY id LIMIT %(limit)s;
 -- keyset paged by id; %(api_key_id)s NULL: every key's jobs (operators).
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts, r.next_attempt_at,
        r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id, r.error_code, r.error,
-       r.sent_at, r.created_at, r.updated_at, r.in_doubt, r.attempts_base,
-       j.status, j.sender_email, j.api_key_id
+       r.sent_at, r.created_at, r.updated_at, r.in_doubt, r.attempts_base, r.deferred_since,
+       r.locale, r.locale_used, j.status, j.sender_email, j.api_key_id,
+       r.metadata
 FROM job_recipients r JOIN jobs j ON j.id = r.job_id
 WHERE r.to_email = %(email)s AND r.id < %(before)s
   AND (%(api_key_id)s IS NULL OR j.api_key_id = %(api_key_id)s)
@@ -241,7 +243,7 @@ WHERE r.status IN ('queued', 'retrying', 'sending') AND r.next_attempt_at <= UTC
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts,
        r.next_attempt_at, r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id,
        r.error_code, r.error, r.sent_at, NULL, NULL, r.in_doubt, r.attempts_base,
-       r.deferred_since, s.reason
+       r.deferred_since, r.locale, r.locale_used, s.reason
 FROM job_recipients r
 LEFT JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE utf8mb4_bin
 WHERE r.id IN ({ids}) AND r.claimed_by = %s AND r.status = 'sending' ORDER BY r.id;
@@ -410,29 +412,34 @@ ON DUPLICATE KEY UPDATE rate_per_minute = VALUES(rate_per_minute), daily_cap = V
 SELECT COALESCE(MAX(version), 0) FROM templates WHERE api_key_id = %s AND name = %s FOR UPDATE;
 
 -- name: insert_template
-INSERT INTO templates (api_key_id, name, version, subject, html, text) VALUES (%s, %s, %s, %s, %s, %s);
+INSERT INTO templates (api_key_id, name, version, subject, html, text, variants)
+VALUES (%s, %s, %s, %s, %s, %s, %s);
 
 -- name: template_version
-SELECT name, version, subject, html, text, created_at FROM templates
+SELECT name, version, subject, html, text, created_at, variants FROM templates
 WHERE api_key_id = %s AND name = %s AND version = %s;
 
 -- name: template_newest
-SELECT name, version, subject, html, text, created_at FROM templates
+SELECT name, version, subject, html, text, created_at, variants FROM templates
 WHERE api_key_id = %s AND name = %s ORDER BY version DESC LIMIT 1;
 
 -- name: template_versions
-SELECT name, version, subject, html, text, created_at FROM templates
+SELECT name, version, subject, html, text, created_at, variants FROM templates
 WHERE api_key_id = %s AND name = %s ORDER BY version DESC;
 
 -- name: templates_of_key
 -- The newest version of each of a key's templates.
-SELECT t.name, t.version, t.subject, t.html, t.text, t.created_at FROM templates t
+SELECT t.name, t.version, t.subject, t.html, t.text, t.created_at, t.variants FROM templates t
 JOIN (SELECT name, MAX(version) AS version FROM templates WHERE api_key_id = %s GROUP BY name) m
   ON m.name = t.name AND m.version = t.version
 WHERE t.api_key_id = %s ORDER BY t.name;
 
 -- name: set_job_template
 UPDATE jobs SET template_name = %s, template_version = %s WHERE id = %s;
+
+-- name: set_job_variants
+-- The template's versions by language (issue 16), as JSON.
+UPDATE jobs SET template_variants = %s WHERE id = %s;
 
 -- ===== metrics ================================================================================
 
@@ -617,11 +624,6 @@ WHERE r.id IN ({ids});
 -- name: unsubscribe_target
 SELECT r.id, r.job_id, r.to_email, j.api_key_id, r.message_id FROM job_recipients r
 JOIN jobs j ON j.id = r.job_id WHERE r.id = %s;
-
--- name: bounce_senders
--- Senders whose mailbox a bounce check can read.
-SELECT email FROM senders
-WHERE credentials IS NOT NULL AND auth_state <> 'auth_revoked' ORDER BY email;
 
 -- name: claim_bounce_check
 -- 1 row: this runner checks the sender now, and the next check is due in %s seconds.
@@ -817,10 +819,13 @@ SELECT w.id, %s, r.job_id, r.id,
                        'status', r.status, 'error_code', r.error_code, 'error', r.error,
                        'attempts', r.attempts, 'gmail_message_id', r.gmail_message_id,
                        'message_id', r.message_id,
-                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+                       'metadata', JSON_EXTRACT(j.metadata, '$'),
+                       'recipient_metadata', JSON_EXTRACT(r.metadata, '$'),
+                       'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
 FROM JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS e
 STRAIGHT_JOIN job_recipients r ON r.id = e.id
 JOIN jobs j ON j.id = r.job_id
+JOIN api_keys k ON k.id = j.api_key_id
 JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
 WHERE r.status IN ({statuses}) AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
 ORDER BY r.id, w.id;
@@ -837,9 +842,12 @@ SELECT w.id, %s, r.job_id, r.id,
                        'status', r.status, 'error_code', r.error_code, 'error', r.error,
                        'attempts', r.attempts, 'gmail_message_id', r.gmail_message_id,
                        'message_id', r.message_id,
-                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+                       'metadata', JSON_EXTRACT(j.metadata, '$'),
+                       'recipient_metadata', JSON_EXTRACT(r.metadata, '$'),
+                       'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
 FROM job_recipients r
 JOIN jobs j ON j.id = r.job_id
+JOIN api_keys k ON k.id = j.api_key_id
 JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
 WHERE r.job_id = %s AND r.status = %s AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
 ORDER BY r.id, w.id;
@@ -855,8 +863,10 @@ SELECT w.id, %s, j.id,
                        'job_id', j.id, 'status', j.status, 'reason', j.status_reason,
                        'paused_by', j.paused_by, 'total', j.total,
                        'counts', JSON_EXTRACT(%s, '$'),
-                       'metadata', JSON_EXTRACT(j.metadata, '$')))
+                       'metadata', JSON_EXTRACT(j.metadata, '$'),
+                       'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
 FROM jobs j
+JOIN api_keys k ON k.id = j.api_key_id
 JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
                         AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
 WHERE j.id IN ({ids})
@@ -904,15 +914,17 @@ DELETE FROM webhook_deliveries WHERE endpoint_id = %s;
 DELETE FROM webhook_endpoints WHERE id = %s;
 
 -- name: webhook_due_endpoints
--- Endpoints with something to deliver now and nobody delivering it. The subqueries take no
--- locks; only the endpoint rows are locked (and skipped when another runner has them).
-SELECT e.id FROM webhook_endpoints e
+-- Endpoints with something to deliver now and nobody delivering it, those that are not failing
+-- first (a failing one is served in a lane of its own: it never holds up the others), with
+-- whether each is failing. The subqueries take no locks; only the endpoint rows are locked
+-- (and skipped when another runner has them).
+SELECT e.id, e.failing_since IS NOT NULL FROM webhook_endpoints e
 WHERE e.enabled = 1 AND e.next_attempt_at <= UTC_TIMESTAMP(6)
   AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= UTC_TIMESTAMP(6))
   AND (EXISTS (SELECT 1 FROM webhook_events v WHERE v.endpoint_id = e.id AND v.delivery_id IS NULL)
        OR EXISTS (SELECT 1 FROM webhook_deliveries d
                   WHERE d.endpoint_id = e.id AND d.status = 'pending'))
-ORDER BY e.next_attempt_at LIMIT %s
+ORDER BY e.failing_since IS NOT NULL, e.next_attempt_at LIMIT %s
 FOR UPDATE SKIP LOCKED;
 
 -- name: claim_webhook_endpoints
@@ -948,8 +960,9 @@ VALUES (%s, %s, %s, UTC_TIMESTAMP(6));
 SELECT id, msg_id FROM webhook_deliveries WHERE msg_id IN ({ids});
 
 -- name: batch_webhook_events
--- {case}: "WHEN %s THEN %s" per event (its id, its delivery); {ids}: the event ids.
-UPDATE webhook_events SET delivery_id = CASE id {case} END
+-- {case}: "WHEN id <= %s THEN %s" per delivery in id order (its last event id, the delivery);
+-- {ids}: the event ids.
+UPDATE webhook_events SET delivery_id = CASE {case} END
 WHERE id IN ({ids}) AND delivery_id IS NULL;
 
 -- name: webhook_delivery_payloads
@@ -1044,7 +1057,8 @@ WHERE id IN ({ids}) AND NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.deliv
 -- name: export_recipients_page
 -- One keyset page of a job's recipients for the CSV export: only the exported columns (never
 -- the variables, megabytes a job), in id order from %(after)s.
-SELECT id, to_email, name, status, attempts, error_code, error, sent_at, gmail_message_id
+SELECT id, to_email, name, status, attempts, error_code, error, sent_at, gmail_message_id,
+       locale, locale_used, metadata
 FROM job_recipients
 WHERE job_id = %(job_id)s AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -1090,3 +1104,71 @@ UPDATE jobs SET status = IF(started_at IS NULL, 'queued', 'running'), paused_by 
                 status_reason = NULL
 WHERE (sender_email = %(email)s OR SUBSTRING_INDEX(sender_email, '@', -1) = %(domain)s)
   AND status = 'paused' AND paused_by = 'sender_auth';
+
+-- ===== verified send-as addresses (issue 18) ================================================
+
+-- name: credentialed_senders
+-- Senders a Gmail call can be made for: an OAuth grant of their own or a delegated service-
+-- account key (their address's or their domain's), and not revoked. Bounce checks and send-as
+-- reads go over these.
+SELECT s.email FROM senders s
+WHERE s.auth_state <> 'auth_revoked'
+  AND (s.credentials IS NOT NULL OR EXISTS (
+         SELECT 1 FROM delegated_keys d
+         WHERE d.pattern IN (s.email, CONCAT('*@', SUBSTRING_INDEX(s.email, '@', -1)))))
+ORDER BY s.email;
+
+-- name: claim_send_as_check
+-- 1 row: this runner reads the sender's send-as list now; the next read is due in %s seconds.
+UPDATE senders SET send_as_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
+WHERE email = %s AND (send_as_due_at IS NULL OR send_as_due_at <= UTC_TIMESTAMP(6));
+
+-- name: delete_send_as
+DELETE FROM send_as_addresses WHERE account = %s;
+
+-- name: insert_send_as
+INSERT INTO send_as_addresses (account, address, is_primary, verification_status)
+VALUES (%s, %s, %s, %s);
+
+-- name: send_as_read
+UPDATE senders SET send_as_read_at = UTC_TIMESTAMP(6), send_as_error = NULL,
+                   send_as_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
+WHERE email = %s;
+
+-- name: send_as_failed
+-- The list stays as it was (or unknown); the next read is due in %s seconds.
+UPDATE senders SET send_as_error = %s, send_as_due_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND
+WHERE email = %s;
+
+-- name: send_as_for
+-- What a POST's sender_email is checked against: the rows of the lists that name it (as their
+-- account, or as an address), the credentials it has of its own (own: an OAuth grant or a
+-- delegated key), and whether any list is known at all. Args: the address, five times.
+SELECT 'list', a.account, a.address, a.is_primary, a.verification_status
+FROM send_as_addresses a JOIN senders s ON s.email = a.account
+WHERE s.send_as_read_at IS NOT NULL AND s.auth_state <> 'auth_revoked'
+  AND (a.account = %s OR a.address = %s)
+UNION ALL
+SELECT 'own', email, NULL, NULL, NULL FROM senders WHERE email = %s AND credentials IS NOT NULL
+UNION ALL
+SELECT 'own', pattern, NULL, NULL, NULL FROM delegated_keys
+WHERE pattern IN (%s, CONCAT('*@', SUBSTRING_INDEX(%s, '@', -1)))
+UNION ALL
+(SELECT 'known', email, NULL, NULL, NULL FROM senders
+ WHERE send_as_read_at IS NOT NULL AND auth_state <> 'auth_revoked' LIMIT 1);
+
+-- name: verified_send_as
+-- Every verified address of the known lists (for a 400's list of allowed ones), up to %s.
+SELECT DISTINCT a.address FROM send_as_addresses a JOIN senders s ON s.email = a.account
+WHERE s.send_as_read_at IS NOT NULL AND s.auth_state <> 'auth_revoked'
+  AND (a.is_primary = 1 OR a.verification_status = 'accepted')
+ORDER BY a.address LIMIT %s;
+
+-- name: send_as_account
+-- The account whose credentials send as an address that has none of its own: the account
+-- whose known list has it verified.
+SELECT a.account FROM send_as_addresses a JOIN senders s ON s.email = a.account
+WHERE a.address = %s AND a.account <> %s AND s.send_as_read_at IS NOT NULL
+  AND s.auth_state <> 'auth_revoked'
+  AND (a.is_primary = 1 OR a.verification_status = 'accepted')
+ORDER BY a.account LIMIT 1;

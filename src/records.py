@@ -78,6 +78,8 @@ class NewJob:
     expires_at: datetime | None = None
     unsubscribe_base_url: str | None = None   # List-Unsubscribe links to <this>/u/<token>
     metadata: dict[str, Any] | None = None    # the client's own, returned in webhook events
+    # The template's versions by language tag: {tag: {subject, html, text, from_name}}
+    template_variants: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class StoredTemplate:
     html: str | None
     text: str | None
     created_at: datetime
+    variants: dict[str, dict[str, Any]] | None = None   # by language tag, as NewJob's
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ class NewRecipient:
     to_email: str
     name: str | None
     variables: dict[str, Any] | None
+    locale: str | None = None        # the language asked for (its own, else the job's)
+    locale_used: str | None = None   # the template variant chosen for it; None: the default
+    metadata: dict[str, Any] | None = None     # the client's own, returned in listings and events
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,8 @@ class Job:
     expires_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
     unsubscribe_base_url: str | None = None
+    template_variants: dict[str, dict[str, Any]] | None = None   # NewJob's
+    metadata: dict[str, Any] | None = None    # the client's own (POST), read by job_by_id
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,9 @@ class Recipient:
     in_doubt: bool = False
     attempts_base: int = 0
     deferred_since: datetime | None = None   # refused before it left since then (MAX_DEFER)
+    locale: str | None = None        # NewRecipient's
+    locale_used: str | None = None
+    metadata: dict[str, Any] | None = None   # the client's own; read only for listings
 
 
 @dataclass(frozen=True)

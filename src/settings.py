@@ -157,6 +157,7 @@ class Settings:
     template_max_bytes: int = defaults.TEMPLATE_MAX_BYTES
     template_max_nodes: int = defaults.TEMPLATE_MAX_NODES
     template_max_depth: int = defaults.TEMPLATE_MAX_DEPTH
+    template_max_total_nodes: int = defaults.TEMPLATE_MAX_TOTAL_NODES
     render_timeout: float = defaults.RENDER_TIMEOUT
     render_max_bytes: int = defaults.RENDER_MAX_BYTES
     sender_rate_per_minute: int = defaults.SENDER_RATE_PER_MINUTE
@@ -186,6 +187,8 @@ class Settings:
     unsubscribe_base_url: str = defaults.UNSUBSCRIBE_BASE_URL
     unsubscribe_token_days: int = defaults.UNSUBSCRIBE_TOKEN_DAYS
     bounce_check_interval: int = defaults.BOUNCE_CHECK_INTERVAL
+    send_as_check_interval: int = defaults.SEND_AS_CHECK_INTERVAL
+    metadata_max_bytes: int = defaults.METADATA_MAX_BYTES
     feedback_loop_from: str = defaults.FEEDBACK_LOOP_FROM
     mailbox_max_message_bytes: int = defaults.MAILBOX_MAX_MESSAGE_BYTES
     retention_days: int = defaults.RETENTION_DAYS

@@ -351,7 +351,8 @@ def _count_tokens(env: SandboxedEnvironment, source: str, max_nodes: int) -> Non
                                  f"{max_nodes} elements (TEMPLATE_MAX_NODES)")
 
 
-def _check_tree(ast: nodes.Template, limits: TemplateLimits) -> None:
+def _check_tree(ast: nodes.Template, limits: TemplateLimits) -> int:
+    """Refuse a tree over TEMPLATE_MAX_NODES or TEMPLATE_MAX_DEPTH; returns its node count."""
     stack: list[tuple[nodes.Node, int]] = [(ast, 1)]
     count = 0
     while stack:
@@ -367,6 +368,7 @@ def _check_tree(ast: nodes.Template, limits: TemplateLimits) -> None:
             raise ValueError(f"line {node.lineno}: autoescape takes true or false, not an "
                              "expression")
         stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return count
 
 
 _FOLDABLE = {nodes.Mul: "*", nodes.Pow: "**", nodes.Add: "+", nodes.Mod: "%",
@@ -499,15 +501,15 @@ def _undeclared(env: SandboxedEnvironment, ast: nodes.Template) -> set[str]:
 
 
 def _parse(env: SandboxedEnvironment, part: str, source: str,
-           limits: TemplateLimits) -> tuple[Any, set[str]]:
+           limits: TemplateLimits) -> tuple[Any, set[str], int]:
     try:
         _count_tokens(env, source, limits.max_nodes)
         ast = env.parse(source)
-        _check_tree(ast, limits)
+        count = _check_tree(ast, limits)
         _check_constants(ast, limits)
         needed = _undeclared(env, ast)
         _instrument(ast)
-        return env.from_string(ast), needed
+        return env.from_string(ast), needed, count
     except TemplateSyntaxError as exc:
         raise TemplateCompileError(part, f"line {exc.lineno}: {exc.message}") from None
     except RecursionError:
@@ -525,6 +527,7 @@ class CompiledTemplates:
     text: Any | None
     required: frozenset[str]
     subject_required: frozenset[str] = frozenset()
+    nodes: int = 0   # elements of the three parts together (TEMPLATE_MAX_TOTAL_NODES)
 
     def render(self, context: dict[str, Any], limits: RenderLimits = RenderLimits()
                ) -> tuple[str, str | None, str | None]:
@@ -550,16 +553,18 @@ class CompiledTemplates:
 
 def compile_templates(subject: str, html: str | None, text: str | None,
                       limits: TemplateLimits = TemplateLimits()) -> CompiledTemplates:
-    subject_t, needed = _parse(_plain, "subject", subject, limits)
+    subject_t, needed, count = _parse(_plain, "subject", subject, limits)
     in_subject = frozenset(needed)
     html_t = text_t = None
     if html is not None:
-        html_t, more = _parse(_html, "html", html, limits)
+        html_t, more, n = _parse(_html, "html", html, limits)
         needed |= more
+        count += n
     if text is not None:
-        text_t, more = _parse(_plain, "text", text, limits)
+        text_t, more, n = _parse(_plain, "text", text, limits)
         needed |= more
-    return CompiledTemplates(subject_t, html_t, text_t, frozenset(needed), in_subject)
+        count += n
+    return CompiledTemplates(subject_t, html_t, text_t, frozenset(needed), in_subject, count)
 
 
 def recipient_context(job_variables: dict[str, Any], email: str, name: str | None,

@@ -26,7 +26,7 @@ TEST_DB = "mailjobs_test"
 TABLES = ["job_recipients", "jobs", "api_keys", "runners", "senders", "sender_hourly_sends", "templates",
           "smtp_slots", "suppressions", "bounce_messages", "dashboard_sessions", "learned_limits",
           "webhook_endpoints", "webhook_deliveries", "webhook_events",
-          "delegated_keys"]
+          "delegated_keys", "send_as_addresses"]
 
 
 @dataclass

@@ -46,7 +46,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 SCOPES = ["https://www.googleapis.com/auth/gmail.send",
-          "https://www.googleapis.com/auth/gmail.readonly"]
+          "https://www.googleapis.com/auth/gmail.readonly",
+          "https://www.googleapis.com/auth/gmail.settings.basic"]
+# scopes that may read users.settings.sendAs (any one of them)
+SETTINGS_READ_SCOPES = {"https://www.googleapis.com/auth/gmail.readonly",
+                        "https://www.googleapis.com/auth/gmail.settings.basic",
+                        "https://www.googleapis.com/auth/gmail.modify",
+                        "https://mail.google.com/"}
 STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
           404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE",
           503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -56,6 +62,7 @@ DEFAULT_ERROR = {400: ("invalidArgument", "Invalid To header"),
                  500: ("backendError", "Backend Error"),
                  503: ("backendError", "The service is currently unavailable.")}
 ROUTE = re.compile(r"/(upload/)?gmail/v1/users/([^/]+)/messages(?:/([^/]+))?\Z")
+SEND_AS_ROUTE = re.compile(r"/gmail/v1/users/([^/]+)/settings/sendAs\Z")
 
 
 def error_body(status: int, reason: str, message: str) -> dict:
@@ -140,6 +147,9 @@ class Account:
     refresh_token: str
     revoked: bool = False
     mailbox: list[Sent] = field(default_factory=list)
+    # "Send mail as" aliases: sendAsEmail -> verificationStatus ("accepted", "pending")
+    aliases: dict[str, str] = field(default_factory=dict)
+    scopes: list[str] = field(default_factory=lambda: list(SCOPES))   # granted at consent
 
 
 class _Server(ThreadingHTTPServer):
@@ -168,6 +178,8 @@ class FakeGmail:
         self._delegated: dict[str, DelegatedClient] = {}   # client_email -> its delegation
         self.jwt_grants: list[dict] = []                   # claims of accepted JWT assertions
         self._tokens: dict[str, str] = {}          # access token -> account email
+        self._token_scopes: dict[str, set[str]] = {}   # access token -> its scopes
+        self.send_as_reads: list[str] = []         # accounts whose sendAs list was read
         self._rules: list[Rule] = []
         self._storm: Storm | None = None
         self.send_latency = 0.0                    # seconds every send takes (before storing)
@@ -232,11 +244,19 @@ class FakeGmail:
             if account.split("@")[-1] in client.domains:
                 self.expire_tokens(account)
 
-    def issue_token(self, email_address: str) -> str:
+    def issue_token(self, email_address: str, scopes: list[str] | set[str] | None = None
+                    ) -> str:
         token = f"at-{secrets.token_hex(12)}"
+        account = self._accounts.get(email_address)
         with self._lock:
             self._tokens[token] = email_address
+            self._token_scopes[token] = set(scopes if scopes is not None else
+                                            account.scopes if account else SCOPES)
         return token
+
+    def add_alias(self, email_address: str, alias: str, status: str = "accepted") -> None:
+        """A "Send mail as" address of the account (Gmail settings), verified or not."""
+        self._accounts[email_address].aliases[alias] = status
 
     def authorized_user_info(self, email_address: str, *, token: bool = True) -> dict:
         """What an OAuth consent would have stored; `token=False` leaves no access token."""
@@ -523,6 +543,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._query = {k: v[0] for k, v in parse_qs(url.query).items()}
         if url.path == "/token" and self.command == "POST":
             return self._token()
+        send_as = SEND_AS_ROUTE.match(url.path)
+        if send_as is not None and self.command == "GET":
+            return self._send_as(send_as.group(1))
         route = ROUTE.match(url.path)
         if route is None:
             return self._error(404, "notFound", f"Not Found: {url.path}")
@@ -541,6 +564,28 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET" and tail and not upload:
             return self._get(account, tail)
         self._error(404, "notFound", "Requested entity was not found.")
+
+    def _send_as(self, user: str) -> None:
+        """users.settings.sendAs.list: the primary address and the aliases; needs one of
+        SETTINGS_READ_SCOPES (gmail.send alone is refused, as Gmail does)."""
+        token = self.headers.get("Authorization", "")[len("Bearer "):]
+        account = self.fake._tokens.get(token)
+        if account is None:
+            return self._error(401, "authError", "Invalid Credentials")
+        if user not in ("me", account):
+            return self._error(403, "forbidden", f"Delegation denied for {account}")
+        if not self.fake._token_scopes.get(token, set()) & SETTINGS_READ_SCOPES:
+            return self._error(403, "insufficientPermissions",
+                               "Request had insufficient authentication scopes.")
+        with self.fake._lock:
+            self.fake.send_as_reads.append(account)
+            aliases = dict(self.fake._accounts[account].aliases)
+        entries = [{"sendAsEmail": account, "displayName": "", "replyToAddress": "",
+                    "signature": "", "isPrimary": True, "isDefault": True}]
+        entries += [{"sendAsEmail": alias, "displayName": "", "replyToAddress": "",
+                     "signature": "", "isDefault": False, "treatAsAlias": True,
+                     "verificationStatus": status} for alias, status in aliases.items()]
+        self._reply(200, {"sendAs": entries})
 
     def _token(self) -> None:
         form = {k: v[0] for k, v in parse_qs(self._body.decode()).items()}
@@ -592,7 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
             return refuse(400, "invalid_grant", "Invalid email or User ID")
         with self.fake._lock:
             self.fake.jwt_grants.append(claims)
-        self._reply(200, {"access_token": self.fake.issue_token(sub),
+        self._reply(200, {"access_token": self.fake.issue_token(sub, scopes),
                           "expires_in": self.fake.token_lifetime, "token_type": "Bearer"})
 
     def _raw_message(self, upload: bool) -> bytes:

@@ -21,6 +21,7 @@ def fast(settings: Settings, **overrides) -> Settings:
                 record_flush_interval=0.05, retry_base_delay=0.05, retry_max_delay=0.2,
                 sender_rate_per_minute=0, sender_daily_cap=0, lease_seconds=30,
                 embedded_runner=False, bounce_check_interval=0,  # bounce tests turn it on
+                send_as_check_interval=0,                        # send-as tests this
                 purge_interval=0)                                 # and retention tests this
     base.update(overrides)
     return settings.with_overrides(**base)

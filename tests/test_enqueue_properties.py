@@ -68,12 +68,12 @@ def reference(job_id, rows, no_backslash):
             return "NULL"
         return "'" + (v.replace("'", "''") if no_backslash
                       else pymysql.converters.escape_string(v)) + "'"
-    return ",".join(f"({job_id},{literal(e)},{literal(n)},{literal(v)})" for e, n, v in rows)
+    return ",".join(f"({job_id}," + ",".join(literal(v) for v in row) + ")" for row in rows)
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.lists(st.tuples(st.text(min_size=1, max_size=30), values, values), min_size=1,
-                max_size=30),
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=30), values, values, values, values,
+                          values), min_size=1, max_size=30),
        st.booleans(), st.sampled_from([10**9, 200, 1]))
 def test_insert_values_are_escaped_as_pymysql_escapes_them(rows, no_backslash, max_bytes):
     parts = list(insert_values(42, rows, no_backslash, max_bytes))

@@ -63,7 +63,7 @@ def test_every_recipient_with_its_outcome_is_exported_with_a_header(client, key,
     assert rows[0] | {"recipient_id": "?"} == {
         "recipient_id": "?", "to_email": "user0@example.com", "name": "User 0", "status": "sent",
         "attempts": "1", "error_code": "", "error": "", "sent_at": "2026-12-04T10:11:12.500000Z",
-        "gmail_message_id": "18c0ffee"}
+        "gmail_message_id": "18c0ffee", "locale": "", "locale_used": "", "metadata": ""}
     assert (rows[1]["status"], rows[1]["attempts"], rows[1]["error_code"], rows[1]["error"]) == (
         "failed", "2", "gmail_400", "Gmail 400 invalidArgument: Invalid To header")
     assert (rows[2]["status"], rows[2]["sent_at"]) == ("queued", "")

@@ -134,3 +134,23 @@ def test_auth_refuses_what_is_not_a_service_account_key_or_a_sender(run, delegat
     for bad in ("*@", "example.com", "*@exa mple.com"):
         out = run("auth", bad, "--service-account", str(path))
         assert out.exit_code != 0 and "give an address or '*@domain'" in out.output, bad
+
+
+def test_bounces_are_read_for_a_sender_that_has_only_a_delegated_domain_key(
+        client, key, dao, fake, run, delegated):
+    """A domain key ('*@example.com') is all the sender has: the runner's bounce check reads
+    its mailbox through the delegation (the JWT's sub is the sender) and marks the recipient."""
+    from test_bounces import sample
+
+    settings, path = delegated
+    assert run("auth", "*@example.com", "--service-account", str(path)).exit_code == 0
+    job_id = post(client, key, body(2)).json["job_id"]
+    with running(settings, dao):
+        assert wait_job_done(dao, job_id) == "completed"
+    assert dao.sender_credentials(SENDER) is None
+    gone = next(r for r in recipients(dao, job_id) if r.to_email == "user0@example.com")
+    fake.deliver(SENDER, sample("gmail_hard_5xx.eml", gone.message_id, gone.to_email))
+    with running(settings.with_overrides(bounce_check_interval=1), dao):
+        wait_for(lambda: {r.id: r.status for r in recipients(dao, job_id)}[gone.id] == "bounced",
+                 message="the bounce read from the delegated sender's mailbox")
+    assert any(g["sub"] == SENDER and "gmail.readonly" in g["scope"] for g in fake.jwt_grants)

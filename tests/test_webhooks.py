@@ -6,6 +6,7 @@ killed between the outcome and the delivery. Every receiver is a real HTTP serve
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -121,7 +122,8 @@ def test_every_recipients_event_arrives_signed_and_verifies_with_standardwebhook
         assert e["data"] == {"job_id": job_id, "recipient_id": row.id, "to_email": row.to_email,
                              "status": "sent", "error_code": None, "error": None,
                              "attempts": row.attempts, "gmail_message_id": row.gmail_message_id,
-                             "message_id": row.message_id, "metadata": {"campaign": "c-7"}}
+                             "message_id": row.message_id, "metadata": {"campaign": "c-7"},
+                             "recipient_metadata": None, "test": False}
         assert e["timestamp"].endswith("Z")
     done = [e for e in events if e["type"] == "job.completed"]
     assert [d["data"]["counts"] for d in done] == [{"sent": 5}]
@@ -407,6 +409,73 @@ def test_metadata_of_a_job_must_be_an_object_of_at_most_4096_bytes(client, key, 
     assert count_rows(dao, "jobs") == 0
 
 
+def test_metadata_of_a_recipient_must_be_an_object_within_metadata_max_bytes(dao, key):
+    client = create_app(dao.settings.with_overrides(metadata_max_bytes=64), dao).test_client()
+    for bad in (["a"], "x", 3, {"x": "y" * 60}):
+        payload = body(3)
+        payload["recipients"][2]["metadata"] = bad
+        answer = post(client, key, payload)
+        assert answer.status_code == 400, answer.json
+        assert answer.json["field"] == "recipients[2].metadata", answer.json
+    answer = post(client, key, body(1, metadata={"x": "y" * 60}))   # the same budget for a job
+    assert answer.status_code == 400 and answer.json["field"] == "metadata"
+    assert count_rows(dao, "jobs") == 0 and count_rows(dao, "job_recipients") == 0
+
+
+def test_metadata_comes_back_in_the_job_the_listings_the_export_and_every_event(
+        hooks, hook_settings, dao, key, receiver):
+    import csv
+    import io
+
+    endpoint(hooks, key, receiver.url)
+    payload = body(2, metadata={"campaign": "c-7"})
+    payload["recipients"][0]["metadata"] = {"crm_id": 17, "tags": ["a", "=b"]}
+    answer = post(hooks, key, payload)
+    assert answer.status_code == 202, answer.json
+    job_id = answer.json["job_id"]
+    with running(hook_settings, dao):
+        wait_job_done(dao, job_id)
+        wait_for(lambda: len(receiver.events()) == 3, message="2 recipient events + job")
+    h = {"X-API-Key": key}
+    assert hooks.get(f"/api/jobs/{job_id}", headers=h).json["metadata"] == {"campaign": "c-7"}
+    listed = hooks.get(f"/api/jobs/{job_id}/recipients", headers=h).json["recipients"]
+    assert [r["metadata"] for r in listed] == [{"crm_id": 17, "tags": ["a", "=b"]}, None]
+    failed = hooks.get(f"/api/jobs/{job_id}/recipients?status=sent", headers=h).json
+    assert failed["recipients"][0]["metadata"] == {"crm_id": 17, "tags": ["a", "=b"]}
+    traced = hooks.get("/api/recipients?email=user0@example.com", headers=h).json
+    assert traced["recipients"][0]["metadata"] == {"crm_id": 17, "tags": ["a", "=b"]}
+    rows = list(csv.DictReader(io.StringIO(
+        hooks.get(f"/api/jobs/{job_id}/recipients.csv", headers=h).get_data(as_text=True))))
+    assert [json.loads(r["metadata"]) if r["metadata"] else None for r in rows] == [
+        {"crm_id": 17, "tags": ["a", "=b"]}, None]
+    by_recipient = {e["data"].get("to_email"): e["data"] for e in receiver.events()}
+    assert by_recipient["user0@example.com"]["recipient_metadata"] == {"crm_id": 17,
+                                                                       "tags": ["a", "=b"]}
+    assert by_recipient["user1@example.com"]["recipient_metadata"] is None
+    assert all(d["metadata"] == {"campaign": "c-7"} for d in by_recipient.values())
+
+
+def test_events_of_a_test_keys_job_say_test_true_and_a_real_keys_false(
+        hooks, hook_settings, dao, key, receiver, tmp_path):
+    from mailjobs import api_keys
+
+    tester = api_keys.create_key(dao, "ci", ["ops@example.com"], test_mode="null").key
+    endpoint(hooks, tester, receiver.url)
+    with Receiver() as real_receiver:
+        endpoint(hooks, key, real_receiver.url)
+        test_job = post(hooks, tester, body(2)).json["job_id"]
+        real_job = post(hooks, key, body(1)).json["job_id"]
+        with running(hook_settings, dao):
+            wait_job_done(dao, test_job)
+            wait_job_done(dao, real_job)
+            wait_for(lambda: len(receiver.events()) == 3 and len(real_receiver.events()) == 2,
+                     message="every event of both jobs")
+        assert {e["data"]["test"] for e in real_receiver.events()} == {False}
+    events = receiver.events()
+    assert {e["type"] for e in events} == {"recipient.sent", "job.completed"}
+    assert all(e["data"]["test"] is True for e in events)
+
+
 def test_the_cli_lists_endpoints_and_deliveries_and_retries_one(hooks, hook_settings, dao, key,
                                                                 receiver, run):
     import json
@@ -558,3 +627,33 @@ def test_https_receivers_are_reached_at_the_checked_address_under_their_own_name
     by_address = endpoint(hooks, key, tls_receiver.url.replace("localhost", "127.0.0.1"))
     tried = hooks.post(f"/api/webhooks/{by_address['id']}/test", headers={"X-API-Key": key}).json
     assert not tried["delivered"] and "doesn't match 'localhost'" in tried["error"]
+
+
+def test_a_failing_and_hanging_endpoint_never_holds_up_another_endpoints_events(
+        hooks, hook_settings, dao, key, make_key):
+    """Head-of-line blocking: one runner with one webhook slot (WEBHOOK_CONCURRENCY=1). Endpoint
+    A answered 500 once and now hangs (its retry is held for the whole WEBHOOK_TIMEOUT); while
+    that retry is in flight, endpoint B (another key's) still receives every event of its job."""
+    other = make_key(senders=["*@example.com"], name="other")
+    settings = hook_settings.with_overrides(webhook_concurrency=1, webhook_timeout=60.0,
+                                            webhook_lease_seconds=300,
+                                            webhook_retry_schedule="0.2,0.2,0.2")
+    with Receiver() as a, Receiver() as b:
+        a.respond = lambda n: (500, {})
+        endpoint(hooks, key, a.url)
+        endpoint(hooks, other, b.url)
+        first = post(hooks, key, body(1)).json["job_id"]
+        with running(settings, dao):
+            try:
+                wait_job_done(dao, first)
+                wait_for(lambda: len(a.requests) >= 1, message="A's first POST (500)")
+                a.hold.clear()                     # from now on A does not answer
+                wait_for(lambda: len(a.requests) >= 2, message="A's retry, held")
+                held = len(a.requests)
+                job = post(hooks, other, body(5)).json["job_id"]
+                wait_job_done(dao, job)
+                wait_for(lambda: len(b.events()) == 6, message="B's 5 recipient events + job")
+                assert len(a.requests) == held and not a.delivered()   # A is still hanging
+            finally:
+                a.hold.set()
+    assert {e["data"]["job_id"] for e in b.events()} == {job}

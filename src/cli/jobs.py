@@ -89,6 +89,13 @@ def errors_cmd(ctx: click.Context, job_id: int, as_json: bool) -> None:
         if es else click.echo(f"job {job_id} has no errors"))
 
 
+def _language(r: dict[str, Any]) -> str:
+    """The locale asked for and the template variant given: "zh-TW>zh-Hant", "de>default"."""
+    if not r.get("locale") and not r.get("locale_used"):
+        return ""
+    return f"{r.get('locale') or '-'}>{r.get('locale_used') or 'default'}"
+
+
 @commands.command("recipients")
 @click.argument("job_id", type=int)
 @click.option("--status", type=click.Choice(RECIPIENT_STATUSES))
@@ -102,9 +109,9 @@ def recipients_cmd(ctx: click.Context, job_id: int, status: str | None, limit: i
     page = run(ctx, lambda b: b.recipients(job_id, status, limit, after))
 
     def human(p: dict[str, Any]) -> None:
-        table(["ID", "EMAIL", "STATUS", "ATTEMPTS", "ERROR_CODE", "ERROR"],
-               [[r["id"], r["to_email"], r["status"], r["attempts"], r["error_code"],
-                 (r["error"] or "")[:80]] for r in p["recipients"]])
+        table(["ID", "EMAIL", "STATUS", "LANGUAGE", "ATTEMPTS", "ERROR_CODE", "ERROR"],
+               [[r["id"], r["to_email"], r["status"], _language(r), r["attempts"],
+                 r["error_code"], (r["error"] or "")[:80]] for r in p["recipients"]])
         if p["next_after"]:
             click.echo(f"more: --after {p['next_after']}")
     emit(page, as_json, human)

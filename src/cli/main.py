@@ -218,6 +218,8 @@ def api_key_revoke(ctx: click.Context, key_id: str) -> None:
 
 GMAIL_SEND_SCOPE = "https://www.googleapis.com/auth/gmail.send"
 GMAIL_READ_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
+# users.settings.sendAs.list: the verified addresses a sender may send as (send_as.py)
+GMAIL_SETTINGS_SCOPE = "https://www.googleapis.com/auth/gmail.settings.basic"
 
 
 @cli.command()
@@ -238,7 +240,8 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int,
     With --service-account KEY.json, store that key instead (encrypted the same way): SENDER
     (or each address of '*@domain') is then sent as through domain-wide delegation.
 
-    Asks for gmail.send, plus gmail.readonly when IN_DOUBT_POLICY is check or auto (to look
+    Asks for gmail.send and gmail.settings.basic (to read the verified send-as addresses,
+    read at once with the Gmail transport), plus gmail.readonly when IN_DOUBT_POLICY is check or auto (to look
     an interrupted send up by its Message-ID) or BOUNCE_CHECK_INTERVAL is not 0 (to read
     bounces).
     """
@@ -260,7 +263,7 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int,
                                        "(see README: Connecting a real Gmail account)")
         from google_auth_oauthlib.flow import InstalledAppFlow
 
-        scopes = [GMAIL_SEND_SCOPE]
+        scopes = [GMAIL_SEND_SCOPE, GMAIL_SETTINGS_SCOPE]
         if settings.in_doubt_policy in ("check", "auto") or settings.bounce_check_interval > 0:
             scopes.append(GMAIL_READ_SCOPE)   # also lets bounce checks read DSNs (bounces.py)
             click.echo(f"IN_DOUBT_POLICY={settings.in_doubt_policy}: also asking for gmail.readonly, "
@@ -277,6 +280,7 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int,
     resumed = CredentialStore(settings, dao).store_info(sender, info, resume=True)
     click.echo(f"stored Gmail credentials for {sender}"
                + (f"; {resumed} paused job(s) resumed" if resumed else ""))
+    _read_send_as(settings, dao, sender)
 
 
 SERVICE_ACCOUNT_FIELDS = ("type", "client_email", "private_key", "token_uri")
@@ -305,7 +309,7 @@ def _auth_service_account(settings: Settings, dao: Dao, pattern: str, key_file: 
                                    f"service_account with {', '.join(SERVICE_ACCOUNT_FIELDS)}); "
                                    "create one in the Cloud console: IAM > Service accounts > "
                                    "Keys > Add key > JSON")
-    scopes = [GMAIL_SEND_SCOPE]
+    scopes = [GMAIL_SEND_SCOPE, GMAIL_SETTINGS_SCOPE]
     if settings.in_doubt_policy in ("check", "auto") or settings.bounce_check_interval > 0:
         scopes.append(GMAIL_READ_SCOPE)
     resumed = CredentialStore(settings, dao).store_delegated(pattern, info, scopes)
@@ -315,6 +319,31 @@ def _auth_service_account(settings: Settings, dao: Dao, pattern: str, key_file: 
                f"Security > API controls > Domain-wide delegation > Add new, client ID "
                f"{info.get('client_id', '(the key file has no client_id)')}, OAuth scopes "
                f"{','.join(scopes)}", err=True)
+    if not pattern.startswith("*@"):
+        _read_send_as(settings, dao, pattern)
+
+
+def _read_send_as(settings: Settings, dao: Dao, sender: str) -> None:
+    """Read the sender's verified send-as addresses now (send_as.py); runners read them again
+    every SEND_AS_CHECK_INTERVAL. A failure is reported, never fatal: the credentials are
+    stored, and until a list is known a POST is not checked against it."""
+    from mailjobs.transports import send_as
+    from mailjobs.transports.base import SendError
+    from mailjobs.transports.factory import transport_factory
+
+    if settings.transport_name != "gmail":
+        click.echo(f"send-as addresses not read (MAIL_TRANSPORT is {settings.transport_name}); "
+                   "a runner with the Gmail transport reads them", err=True)
+        return
+    transport = transport_factory(settings, dao)()
+    try:
+        allowed = send_as.read(settings, dao, transport, sender)   # type: ignore[arg-type]
+    except SendError as exc:
+        click.echo(f"could not read the send-as addresses of {sender}: {exc}", err=True)
+        return
+    finally:
+        transport.close()
+    click.echo(f"{sender} may send as: {', '.join(allowed) or '(none verified)'}")
 
 
 @cli.group(invoke_without_command=True)

@@ -4,7 +4,7 @@ are about.
 
 Every BOUNCE_CHECK_INTERVAL seconds (0: never) a runner using the Gmail transport starts a
 check in a background thread, so its loop never waits for Gmail. For each sender with stored
-credentials, one runner at a time (`Dao.claim_bounce_check` moves the sender's next-due time
+credentials (its own OAuth grant, or a delegated service-account key of its address or domain), one runner at a time (`Dao.claim_bounce_check` moves the sender's next-due time
 forward; whoever moves it does the check):
 
 1. `users.messages.list(q="(from:mailer-daemon OR from:postmaster) after:<epoch>")`, where the

@@ -22,8 +22,24 @@ class DatabaseCredentials:
     def __init__(self, store: CredentialStore, token_uri: str | None) -> None:
         self.store = store
         self.token_uri = token_uri or None
+        self._accounts: dict[str, str] = {}   # a verified alias -> the account sending it
 
     def get(self, sender_email: str) -> Any:
+        """The sender's credentials (`own`); for an address with none of its own that is a
+        verified send-as alias of an account (send_as.py), that account's: Gmail sends
+        as the alias from the account."""
+        try:
+            return self.own(sender_email)
+        except SendError as exc:
+            if exc.error_code != "auth_missing":
+                raise
+            account = self.store.dao.send_as_account(sender_email.lower())
+            if account is None:
+                raise
+        self._accounts[sender_email] = account
+        return self.own(account)
+
+    def own(self, sender_email: str) -> Any:
         """A service-account key delegated for the address or its domain first (issue 18),
         else the sender's own OAuth grant."""
         from mailjobs.transports.gmail import credentials_from_info, delegated_credentials
@@ -42,7 +58,8 @@ class DatabaseCredentials:
 
         if is_delegated(creds):   # minted from the key whenever needed: nothing to keep
             return
-        self.store.store_info(sender_email, credentials_to_info(creds))
+        self.store.store_info(self._accounts.get(sender_email, sender_email),
+                              credentials_to_info(creds))
 
 
 def outbox_path(settings: Settings) -> Path:

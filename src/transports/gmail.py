@@ -391,6 +391,16 @@ class GmailTransport:
         raw = response.get("raw") or ""
         return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
 
+    # -- the addresses the account may send as (needs gmail.settings.basic) ---------------------
+    def send_as_list(self, sender_email: str) -> list[dict[str, Any]]:
+        """users.settings.sendAs.list of the sender's account: [{"sendAsEmail", "isPrimary",
+        "verificationStatus", ...}] (raises SendError, e.g. 403 without the scope)."""
+        session = self._session(sender_email)
+        response = self._call(
+            sender_email, lambda _messages: session.service.users().settings().sendAs().list(
+                userId="me"), "reading the send-as addresses", False)
+        return [entry for entry in response.get("sendAs") or [] if isinstance(entry, dict)]
+
     def close(self) -> None:
         for session in self._sessions.values():
             session.http.close()

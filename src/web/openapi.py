@@ -116,7 +116,7 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [job_id],
                 "responses": {"200": {"description": "recipient_id, to_email, name, status, "
                                                      "attempts, error_code, error, sent_at, "
-                                                     "gmail_message_id",
+                                                     "gmail_message_id, locale, locale_used",
                                       "content": {"text/csv": {"schema": {"type": "string"}}}},
                               **_errors(401, 404, 503)}}},
             "/api/recipients": {"get": {

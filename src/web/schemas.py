@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
+from mailjobs.locales import MAX_TAG_CHARS, MAX_VARIANTS, InvalidLocale, canonical
 from mailjobs.mail_message import header_text_problem
 from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES
 
@@ -62,6 +63,22 @@ Address = Annotated[str, Field(max_length=320), AfterValidator(_address)]
 Mailbox = Annotated[str, Field(max_length=320), AfterValidator(_address),
                     AfterValidator(_mailbox)]
 HeaderText = Annotated[str, Field(max_length=255), AfterValidator(_one_line)]
+
+
+def _locale(value: str) -> str:
+    try:
+        return canonical(value)
+    except InvalidLocale as exc:
+        raise ValueError(str(exc)) from None
+
+
+# A BCP 47 language tag, stored in canonical casing (zh_hant_tw -> zh-Hant-TW).
+LocaleTag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS,
+                                 description="a BCP 47 language tag: en, pt-BR, zh-TW, zh-Hant "
+                                             "(case-insensitive; _ or -)"),
+                      AfterValidator(_locale)]
+
+
 def _finite(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     if (info.context or {}).get("finite_checked_later"):   # the streaming enqueue's recipients:
         return value                                       # enqueue.check_recipient checks
@@ -105,7 +122,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class TemplateIn(Strict):
+class TemplatePartsIn(Strict):
+    """A subject with an html and/or text body: a template, or one language's variant of it."""
+
     subject: Annotated[str, Field(min_length=1, max_length=998), AfterValidator(_one_line)]
     html: str | None = Field(default=None, description="at most TEMPLATE_MAX_BYTES bytes "
                              "(UTF-8); larger is 413")
@@ -113,10 +132,47 @@ class TemplateIn(Strict):
                              "(UTF-8); larger is 413")
 
     @model_validator(mode="after")
-    def _has_body(self) -> TemplateIn:
+    def _has_body(self) -> TemplatePartsIn:
         if self.html is None and self.text is None:
             raise ValueError("give at least one of html and text")
         return self
+
+
+class TemplateVariantIn(TemplatePartsIn):
+    """One language's version of a template: complete on its own (nothing is taken from the
+    default, so a message is never half in another language)."""
+
+    from_name: HeaderText | None = Field(
+        default=None, description="the From name for this language (default: the job's "
+                                  "from_name)")
+
+
+class TemplateIn(TemplatePartsIn):
+    variants: dict[str, TemplateVariantIn] | None = Field(
+        default=None, description="versions by BCP 47 language tag ({\"zh-Hant\": {...}, \"pt\": "
+        "{...}}); each recipient gets the one its locale's fallback chain reaches first, else "
+        f"this template's own subject/html/text; at most {MAX_VARIANTS}")
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variant_keys(cls, value: Any) -> Any:
+        """Keys in canonical casing; refused: a key that is no language tag, two keys for one
+        tag (zh_TW and zh-tw), more than MAX_VARIANTS."""
+        if not isinstance(value, dict):
+            return value
+        if len(value) > MAX_VARIANTS:
+            raise ValueError(f"at most {MAX_VARIANTS} variants, got {len(value)}")
+        out: dict[str, Any] = {}
+        for key, variant in value.items():
+            try:
+                tag = canonical(key)
+            except InvalidLocale as exc:
+                raise ValueError(f"variant key {key!r}: {exc}") from None
+            if tag in out:
+                raise ValueError(f"two variants for {tag} (keys compare case-insensitively, _ "
+                                 "as -)")
+            out[tag] = variant
+        return out
 
 
 TemplateName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -128,12 +184,21 @@ class StoredTemplateIn(TemplateIn):
     name: TemplateName
 
 
+class TemplateVariantOut(BaseModel):
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    from_name: str | None = None
+
+
 class TemplateOut(BaseModel):
     name: str
     version: int
     subject: str
     html: str | None
     text: str | None
+    variants: dict[str, TemplateVariantOut] | None = Field(
+        default=None, description="versions by language tag (canonical casing)")
     created_at: datetime
 
 
@@ -146,10 +211,26 @@ class TemplateVersionsOut(BaseModel):
     versions: list[TemplateOut] = Field(description="newest first")
 
 
+def _metadata(value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+    """A client's metadata object: at most METADATA_MAX_BYTES as JSON (the request's
+    context carries the setting)."""
+    limit = (info.context or {}).get("metadata_max_bytes", METADATA_MAX_BYTES)
+    if value is not None and len(json.dumps(value).encode()) > limit:
+        raise ValueError(f"at most {limit} bytes as JSON (METADATA_MAX_BYTES)")
+    return value
+
+
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_metadata)]
+
+
 class RecipientIn(Strict):
     email: Mailbox
     name: HeaderText | None = None
     variables: Variables | None = None
+    locale: LocaleTag | None = Field(default=None, description="the recipient's language: "
+                                     "chooses the template's variant (default: the job's locale)")
+    metadata: Metadata = Field(default=None, description="a free JSON object (your own ids), "
+                               "returned in the recipient's listings, export and webhook events")
 
 
 # A chunk of recipients, validated on its own (the streaming enqueue: src/enqueue.py).
@@ -206,6 +287,8 @@ class SendTemplateEmailsIn(Strict):
     template_version: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="with template_name: this version (default: the newest)")
     variables: Variables = Field(default_factory=dict)
+    locale: LocaleTag | None = Field(default=None, description="the language of recipients "
+                                     "that give no locale of their own")
     recipients: list[RecipientIn]
     send_at: Annotated[AwareDatetime | None, AfterValidator(_utc_in_range)] = Field(
         default=None, description="ISO 8601 with an offset; the job waits as 'scheduled' until "
@@ -219,16 +302,10 @@ class SendTemplateEmailsIn(Strict):
         default=None, description="one-click unsubscribe (List-Unsubscribe, RFC 8058) in every "
                                   "message; default: on when the server has "
                                   "UNSUBSCRIBE_BASE_URL; true without it is refused")
-    metadata: dict[str, Any] | None = Field(
-        default=None, description="a free JSON object (your own ids), returned in every webhook "
-                                  f"event of the job; at most {METADATA_MAX_BYTES} bytes as JSON")
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > METADATA_MAX_BYTES:
-            raise ValueError(f"at most {METADATA_MAX_BYTES} bytes as JSON")
-        return value
+    metadata: Metadata = Field(
+        default=None, description="a free JSON object (your own ids), returned by GET "
+                                  "/api/jobs/{id} and in every webhook event of the job; at most "
+                                  "METADATA_MAX_BYTES bytes as JSON")
 
     max_duration: timedelta | None = Field(
         default=None, description="refuse the job (400 cannot_finish_in_time) when its estimate "
@@ -300,6 +377,8 @@ class ErrorOut(BaseModel):
     message: str = Field(description="one sentence for a person")
     field: str | None = Field(default=None, description="the first field at fault")
     errors: list[ErrorItem] | None = Field(default=None, description="up to 20 fields at fault")
+    allowed: list[str] | None = Field(default=None, description="sender_not_verified: the "
+                                      "verified send-as addresses this key may use")
 
 
 class EstimateOut(BaseModel):
@@ -363,6 +442,8 @@ class JobOut(BaseModel):
         default=None, description="when an unfinished job should finish (on single-job answers)")
     test: bool = Field(default=False, description="a test key's job: nothing reaches a real "
                                                   "transport")
+    metadata: dict[str, Any] | None = Field(default=None, description="the client's own, given "
+                                            "at POST (single-job answers)")
 
 
 class RetryOut(JobOut):
@@ -386,6 +467,12 @@ class RecipientOut(BaseModel):
     gmail_message_id: str | None
     sent_at: datetime | None
     next_attempt_at: datetime | None
+    locale: str | None = Field(default=None, description="the language asked for (the "
+                               "recipient's locale, else the job's), canonical casing")
+    locale_used: str | None = Field(default=None, description="the template variant it was "
+                                    "given; null: the template's default")
+    metadata: dict[str, Any] | None = Field(default=None, description="the client's own, "
+                                            "given at POST")
 
 
 class TracedRecipientOut(RecipientOut):

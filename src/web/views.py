@@ -16,6 +16,7 @@ from mailjobs.web.schemas import (
     RecipientOut,
     SuppressionOut,
     TemplateOut,
+    TemplateVariantOut,
     TracedRecipientOut,
     TracedSuppressionOut,
 )
@@ -57,12 +58,16 @@ def job_view(job: Job, errors: list[tuple[str, int, str]] | None = None,
         errors=None if errors is None else [
             ErrorSummary(error_code=c, count=n, example=e) for c, n, e in errors],
         estimate=EstimateOut(**estimate) if estimate is not None else None, test=test,
+        metadata=job.metadata,
     ).model_dump(mode="json")
 
 
 def template_view(t: StoredTemplate) -> dict[str, Any]:
     return TemplateOut(name=t.name, version=t.version, subject=t.subject, html=t.html,
-                       text=t.text, created_at=t.created_at).model_dump(mode="json")
+                       text=t.text, created_at=t.created_at,
+                       variants=None if t.variants is None else {
+                           tag: TemplateVariantOut(**v) for tag, v in t.variants.items()},
+                       ).model_dump(mode="json")
 
 
 def _recipient_fields(r: Recipient) -> dict[str, Any]:

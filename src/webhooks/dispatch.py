@@ -2,8 +2,11 @@
 
 Each runner runs one `Dispatcher` thread beside its sending loop, so a slow receiver never
 slows sending. It claims endpoints that have something due (SKIP LOCKED, under a lease of
-WEBHOOK_LEASE_SECONDS), at most WEBHOOK_CONCURRENCY at once, and delivers each one's POSTs one
-at a time, oldest first (so the events of one recipient arrive in order):
+WEBHOOK_LEASE_SECONDS) and delivers each one's POSTs one at a time, oldest first (so the events
+of one recipient arrive in order). Two lanes of WEBHOOK_CONCURRENCY endpoints each: one for
+endpoints whose last attempt succeeded, one for those failing (hanging up to WEBHOOK_TIMEOUT,
+answering 5xx), so failing receivers never hold up the others' events (no head-of-line
+blocking); an endpoint in backoff is not claimed at all until its next try is due:
 
   next delivery (its events batched now if it is new) -> POST, no connection held -> record
 
@@ -84,9 +87,10 @@ class Dispatcher:
         self.id = runner_id
         self.stop = stop
         self.signer = Signer(settings)
-        self.slots = max(1, settings.webhook_concurrency)
-        self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=f"{runner_id}-webhook")
-        self._in_flight: dict[Future[Any], int] = {}
+        self.slots = max(1, settings.webhook_concurrency)   # per lane
+        self._pool = ThreadPoolExecutor(2 * self.slots,
+                                        thread_name_prefix=f"{runner_id}-webhook")
+        self._in_flight: dict[Future[Any], bool] = {}   # -> whether its endpoint was failing
         self._thread = threading.Thread(target=self.run, name=f"{runner_id}-webhooks",
                                         daemon=True)
 
@@ -117,7 +121,7 @@ class Dispatcher:
                                   self.id, backoff)
                     self.stop.wait(backoff)
                     continue
-                if self._in_flight and (claimed == 0 or len(self._in_flight) >= self.slots):
+                if self._in_flight and (claimed == 0 or len(self._in_flight) >= 2 * self.slots):
                     wait(list(self._in_flight), timeout=self.settings.webhook_poll_interval,
                          return_when=FIRST_COMPLETED)
                 elif claimed == 0:
@@ -126,16 +130,20 @@ class Dispatcher:
             self._pool.shutdown(wait=True)   # each stops after its POST in hand
 
     def tick(self) -> int:
-        """Claim endpoints for the free slots and start delivering to them; how many."""
+        """Claim endpoints for the free slots of each lane and start delivering to them; how
+        many."""
         for future in [f for f in self._in_flight if f.done()]:
             self._in_flight.pop(future)
-        free = self.slots - len(self._in_flight)
-        if free <= 0:
+        failing = sum(self._in_flight.values())
+        healthy = len(self._in_flight) - failing
+        if healthy >= self.slots and failing >= self.slots:
             return 0
-        ids = self.dao.claim_webhook_endpoints(self.id, free, self.settings.webhook_lease_seconds)
-        for endpoint_id in ids:
-            self._in_flight[self._pool.submit(self._serve, endpoint_id)] = endpoint_id
-        return len(ids)
+        taken = self.dao.claim_webhook_endpoints(self.id, self.slots - healthy,
+                                                 self.slots - failing,
+                                                 self.settings.webhook_lease_seconds)
+        for endpoint_id, lane in taken:
+            self._in_flight[self._pool.submit(self._serve, endpoint_id)] = lane
+        return len(taken)
 
     def _serve(self, endpoint_id: int) -> None:
         """Deliver this endpoint's POSTs in order, a round of up to ROUND_EVENTS events at a
