@@ -99,6 +99,12 @@ recipient = st.fixed_dictionaries(
               "variables": st.one_of(st.none(), st.dictionaries(st.text(max_size=6), json_values,
                                                                 max_size=4),
                                      st.lists(st.integers(), max_size=2)),
+              "locale": st.one_of(st.none(), st.sampled_from(["en", "pt_br", "zh-TW", "x", "",
+                                                              "en-" + "a" * 40, "de-DE"]),
+                                  st.text(max_size=6), st.integers()),
+              "metadata": st.one_of(st.none(), st.dictionaries(st.text(max_size=5), json_values,
+                                                              max_size=3),
+                                    st.just({"big": "x" * 5000}), st.just([1])),
               "colour": st.just("red")})
 
 

@@ -243,9 +243,11 @@ class _PlainRecipient(msgspec.Struct, forbid_unknown_fields=True):
     email: str
     name: str | None = None
     variables: dict[str, Any] | None = None
+    locale: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
-_PLAIN_FIELDS = ("email", "name", "variables")
+_PLAIN_FIELDS = ("email", "name", "variables", "locale", "metadata")
 _PLAIN_DECODER = msgspec.json.Decoder(list[_PlainRecipient])
 
 
@@ -260,14 +262,20 @@ def validate_recipients(text: bytes, context: dict[str, Any]) -> list[RecipientI
         try:
             plain = _PLAIN_DECODER.decode(text)
             out = []
+            limit = context.get("metadata_max_bytes", METADATA_MAX_BYTES)
             for r in plain:
-                if len(r.email) > 320 or (r.name is not None and len(r.name) > 255):
+                if len(r.email) > 320 or (r.name is not None and len(r.name) > 255) or (
+                        r.locale is not None and not 1 <= len(r.locale) <= MAX_TAG_CHARS) or (
+                        r.metadata is not None
+                        and len(json.dumps(r.metadata).encode()) > limit):
                     break
                 out.append(RecipientIn.model_construct(
                     email=_mailbox(_address(r.email)),
                     name=_one_line(r.name),
                     variables=r.variables if r.variables is None
-                    or context.get("finite_checked_later") else _finite_dict(r.variables)))
+                    or context.get("finite_checked_later") else _finite_dict(r.variables),
+                    locale=None if r.locale is None else _locale(r.locale),
+                    metadata=r.metadata))
             else:
                 return out
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
