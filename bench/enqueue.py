@@ -172,7 +172,8 @@ def bare_insert(conn: pymysql.connections.Connection, dao: Dao, key_id: int,
     Dao.create_job stores them, timed; ms."""
     job_id = dao.create_job(NewJob(key_id, SENDER, "Bench", None, "s", "h", "t", {}, len(rows),
                                    0, None, None), [])
-    args = [(job_id, r["email"], r["name"], json.dumps(r["variables"]), None, None)
+    args = [(job_id, r["email"], r["name"], json.dumps(r["variables"]), None, None,
+             None)
             for r in rows]
     sql = dao.queries["insert_recipients"]
     batch = defaults.INSERT_BATCH
@@ -191,9 +192,10 @@ def server_version(conn: pymysql.connections.Connection) -> str:
 
 
 # --- server -----------------------------------------------------------------------------------
-def start_server(url: str, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(url: str, port: int, log_path: Path, large: int = 4) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(DATABASE_URL=url, PORT=str(port), HOST="127.0.0.1", LOG_LEVEL="WARNING",
+               LARGE_ENQUEUE_CONCURRENCY=str(max(1, large)),
                # measure the enqueue path only: no runner thread claiming the jobs we store
                EMBEDDED_RUNNER="0")
     log = open(log_path, "wb")
@@ -264,6 +266,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--strict", action="store_true",
                     help="exit with status 1 when a target is missed")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--concurrent", type=int, default=4,
+                    help="then this many POSTs of the largest size at once (the server's "
+                         "LARGE_ENQUEUE_CONCURRENCY set to it), their RSS growth (0: skip)")
     args = ap.parse_args(argv)
     args.sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     if args.repeats is None:
@@ -313,6 +318,36 @@ def run_size(size: int, repeats: int, warmup: int, session: requests.Session, ba
             result.bare_ms.append(ms)
     clear_rows(conn, key_id, private)
     return result
+
+
+def run_concurrent(n: int, size: int, base: str, key: str, conn, key_id: int, private: bool,
+                   sampler: RssSampler) -> tuple[int, int, int, int, float, list[int]]:
+    """n POSTs of `size` recipients at once (one connection each); RSS before and peak."""
+    body = body_for(recipients(size))
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    clear_rows(conn, key_id, private)
+    print(f"[{n} x {size:,}] concurrent POSTs", file=sys.stderr, flush=True)
+    time.sleep(1.0)
+    before = sampler.sample() or 0
+    sampler.mark()
+    answers: list[int] = []
+
+    def one() -> None:
+        with requests.Session() as s:
+            answers.append(s.post(f"{base}/api/jobs/send_template_emails", data=body,
+                                  headers=headers, timeout=600).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    time.sleep(0.5)
+    sampler.sample()
+    clear_rows(conn, key_id, private)
+    return n, size, before, sampler.window_peak(), seconds, answers
 
 
 def report(results: list[SizeResult], rss_before_kb: int, rss_after_kb: int, peak_kb: int,
@@ -385,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         version = server_version(conn)
 
         port = free_port()
-        proc = start_server(url, port, tmp / "server.log")
+        proc = start_server(url, port, tmp / "server.log", args.concurrent)
         pid = server_python_pid(proc)
         sampler = RssSampler(pid)
         sampler.start()
@@ -406,6 +441,14 @@ def main(argv: list[str] | None = None) -> int:
         client_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         ok = report(results, rss_before, rss_after, sampler.peak_kb, largest.rss_window_peak_kb,
                     largest.size, version, client_peak)
+        if args.concurrent > 0:
+            n, size, before_kb, peak_kb, seconds, answers = run_concurrent(
+                args.concurrent, max(args.sizes), base, issued.key, conn, issued.id, private,
+                sampler)
+            print(f"{n} concurrent POSTs of {size:,} recipients: answers {answers} in "
+                  f"{seconds:.1f} s; server RSS {mb(before_kb):.1f} MB before, peak "
+                  f"{mb(peak_kb):.1f} MB (growth {mb(peak_kb - before_kb):+.1f} MB)")
+            ok &= answers == [202] * n
         return 1 if (args.strict and not ok) else 0
     except Exception:
         if proc is not None:

@@ -20,9 +20,10 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 # Largest recipient list of one job; a bigger list is split by the client into several jobs.
 MAX_RECIPIENTS_PER_JOB = 100_000
 # Requests with a body over LARGE_BODY_BYTES are enqueued at most this many at a time per API
-# process (each 100,000-recipient request needs ~300 MB while it is validated); others wait
-# up to DB_POOL_TIMEOUT x 6 seconds, then get 503 with Retry-After.
-LARGE_ENQUEUE_CONCURRENCY = 2
+# process (a 100,000-recipient request holds its 10 MB body and two chunks of recipients, ~40-60
+# MB, while it is stored: 4 at once grew the server by ~160 MB in bench/enqueue.py; ~300 MB each
+# before issue 17); others wait up to DB_POOL_TIMEOUT x 6 seconds, then get 503 with Retry-After.
+LARGE_ENQUEUE_CONCURRENCY = 4
 LARGE_BODY_BYTES = 1024 * 1024
 # Default and largest page size of the list endpoints.
 PAGE_SIZE = 100
@@ -74,6 +75,10 @@ CONFLICT_RETRIES = 4
 # Rows per multi-row INSERT when storing recipients (each statement also stays under half of
 # max_allowed_packet): 10,000 recipients are one round trip.
 INSERT_BATCH = 10000
+# Recipients of a POST of more than INSERT_BATCH recipients are validated, checked and stored a
+# chunk at a time (src/enqueue.py): the server holds about two chunks of them as Python objects
+# at once. Smaller POSTs are checked whole, then stored in one statement.
+ENQUEUE_CHUNK = 5000
 
 # --- Local development database (used when DATABASE_URL is not set) ----------------------------
 LOCAL_DB_DIR = "var/mariadb"
@@ -329,7 +334,7 @@ _SHOWN = {
     "FEEDBACK_LOOP_FROM": "(unset: complaint reports are not read)",
 }
 _NOT_ENV = {"LOCAL_DB_DIR", "LOCAL_DB_NAME", "KEY_TOUCH_INTERVAL", "PAGE_SIZE", "MAX_PAGE_SIZE",
-            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "CONFLICT_RETRIES",
+            "DB_RETRY_BASE", "DB_RETRY_MAX", "INSERT_BATCH", "ENQUEUE_CHUNK", "CONFLICT_RETRIES",
             "DEAD_RUNNER_SECONDS", "EXPORT_PAGE_SIZE", "HTTP_OUTBUF_HIGH_WATERMARK"}
 
 

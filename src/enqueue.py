@@ -5,12 +5,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from mailjobs.dao_mysql import AttachmentGone, Dao, DuplicateKey
+import msgspec
+from pydantic import ValidationError
+
+from mailjobs import defaults
+from mailjobs.dao_mysql import AttachmentGone, Dao, DuplicateKey, RecipientRow
 from mailjobs.db import guard as db_guard
 from mailjobs.locales import VariantSelector
 from mailjobs.mail_message import header_text_problem
@@ -25,7 +31,14 @@ from mailjobs.templating import (
     template_limits,
 )
 from mailjobs.transports import send_as
-from mailjobs.web.schemas import RecipientIn, SendTemplateEmailsIn, TemplateIn, TemplatePartsIn
+from mailjobs.web.schemas import (
+    RecipientIn,
+    SendTemplateEmailsIn,
+    TemplateIn,
+    TemplatePartsIn,
+    all_finite,
+    validate_recipients,
+)
 
 if TYPE_CHECKING:
     from mailjobs.attachments.jobs import Prepared
@@ -56,6 +69,27 @@ class Enqueued:
     job: Job
     replayed: bool
     suppressed: int | None = None   # known when this request stored the job
+
+
+def split_body(body: bytes) -> tuple[bytes, list[msgspec.Raw]] | None:
+    """A send request's body as the JSON of its own fields (with `"recipients": []`) and its
+    recipients as raw JSON slices of the body (a few dozen bytes each; no Python object per
+    recipient's fields). None when the body is not an object with a `recipients` array of
+    objects, or not strict JSON (NaN, ...): validated whole then, so its answer names the
+    field as before."""
+    if b'"attachments"' in body:
+        # files are checked with every recipient at once (attachments.jobs.prepare: rendered
+        # filenames, each message's size); a false match only costs the whole-body path
+        return None
+    try:
+        fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+        if "recipients" not in fields:
+            return None
+        raws = msgspec.json.decode(fields.pop("recipients"), type=list[msgspec.Raw])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    head = b",".join(msgspec.json.encode(k) + b":" + bytes(v) for k, v in fields.items())
+    return b"{" + head + (b"," if head else b"") + b'"recipients":[]}', raws
 
 
 def request_hash(body: bytes) -> str:
@@ -174,24 +208,6 @@ def stored_size(text: str | None) -> int:
                                                             "\\'\"\0\n\r\x1a")
 
 
-def _check_stored_sizes(dao: Dao, req: SendTemplateEmailsIn, template: TemplateIn,
-                        body_size: int) -> None:
-    """No statement may pass the server's max_allowed_packet: it would drop the connection
-    (a 503 the client retries for ever). Checked only for bodies big enough to reach it."""
-    packet = dao.max_packet_bytes()
-    if 2 * body_size + 64 * 1024 < packet and not template.variants:
-        return
-    room = check_stored_row(dao, {"variables": stored_size(json.dumps(req.variables)),
-                                  **_template_sizes(template, "template.")})
-    for i, r in enumerate(req.recipients):
-        size = stored_size(json.dumps(r.variables)) if r.variables else 0
-        if size > room // 2:
-            raise RequestRejected(
-                413, "payload_too_large", f"recipients[{i}].variables take {size} bytes when "
-                f"stored, more than one recipient may ({room // 2}: half of max_allowed_packet "
-                f"{packet} less 64 KB)", [(f"recipients[{i}].variables", f"{size} bytes")])
-
-
 def _template_sizes(t: TemplateIn, prefix: str) -> dict[str, int]:
     sizes = {f"{prefix}{part}": stored_size(getattr(t, part))
              for part in ("subject", "html", "text")}
@@ -232,62 +248,8 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(v, f"{path}[{i}]")
 
 
-def _subject_variables(req: SendTemplateEmailsIn, used: frozenset[str]) -> None:
-    """A variable the subject uses must not put a line break or NUL in the Subject header: the
-    sender would refuse every such message (header_injection)."""
-    sources = [("variables", req.variables)] + [
-        (f"recipients[{i}].variables", r.variables or {}) for i, r in enumerate(req.recipients)]
-    errors: list[tuple[str | None, str]] = []
-    for prefix, variables in sources:
-        for name in used & variables.keys():
-            for path, text in _strings(variables[name], f"{prefix}.{name}"):
-                problem = header_text_problem(text)
-                if problem:
-                    errors.append((path, f"used in template.subject: {problem} (header "
-                                         "injection)"))
-                    break
-        if len(errors) >= MAX_LISTED_ERRORS:
-            break
-    if errors:
-        raise RequestRejected(400, "validation_error", f"{errors[0][0]}: {errors[0][1]}", errors)
-
-
-def _missing_variables(req: SendTemplateEmailsIn, required: frozenset[str],
-                       languages: Languages | None = None) -> None:
-    """Every recipient has every variable of the template (with languages: of the variant
-    chosen for it), from the job's variables or its own."""
-    needs = {None: required} if languages is None else \
-        {tag: need[0] for tag, need in languages.needs.items() if tag in languages.used}
-    lacking = {tag: (need - BUILTIN_VARIABLES - req.variables.keys(),
-                     "name" in need and "name" not in req.variables)
-               for tag, need in needs.items()}
-    if not any(needed or wants_name for needed, wants_name in lacking.values()):
-        return
-    errors: list[tuple[str | None, str]] = []
-    for i, r in enumerate(req.recipients):
-        tag = languages.chosen[i][1] if languages is not None else None
-        needed, wants_name = lacking[tag]
-        have = r.variables.keys() if r.variables else ()
-        missing = sorted(v for v in needed if v not in have)
-        if wants_name and r.name is None and "name" not in have:
-            missing.append("name")
-        if missing:
-            of = f" by template variant {tag}" if tag is not None else (
-                " by the template's default" if languages is not None and len(needs) > 1
-                else "")
-            errors.append((f"recipients[{i}].variables",
-                           f"template variable(s) not provided{of}: {', '.join(missing)}"))
-            if len(errors) >= MAX_LISTED_ERRORS:
-                break
-    if errors:
-        raise RequestRejected(400, "missing_variables",
-                              f"{errors[0][0]}: {errors[0][1]}", errors)
-
-
-def dedupe(req: SendTemplateEmailsIn, languages: Languages | None = None,
-           files: list[list[dict[str, Any]] | None] | None = None) -> list[NewRecipient]:
-    """First occurrence wins; addresses compare case-insensitively. `files`: each request
-    recipient's own attachments (attachments.jobs.prepare), by position."""
+def dedupe(req: SendTemplateEmailsIn, languages: Languages | None = None) -> list[NewRecipient]:
+    """First occurrence wins; addresses compare case-insensitively."""
     seen: set[str] = set()
     out: list[NewRecipient] = []
     for i, r in enumerate(req.recipients):
@@ -296,48 +258,257 @@ def dedupe(req: SendTemplateEmailsIn, languages: Languages | None = None,
             seen.add(folded)
             locale, used = languages.chosen[i] if languages is not None else (None, None)
             out.append(NewRecipient(r.email, r.name, r.variables, locale=locale,
-                                    locale_used=used, metadata=r.metadata,
-                                    attachments=files[i] if files is not None else None))
+                                    locale_used=used, metadata=r.metadata))
     return out
 
 
-def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None,
-                      required: frozenset[str]) -> str | None:
+def _unsubscribe_base(req: SendTemplateEmailsIn, base_url: str | None) -> str | None:
     """The job's one-click unsubscribe base URL (None: off). On by default when the server has
-    UNSUBSCRIBE_BASE_URL; `"unsubscribe": false` turns it off, `true` needs the setting. With it
-    off, a template's {{ unsubscribe_url }} must be provided as a variable (the client's own
-    link), or the request is refused: a mail must never say "unsubscribe: " and no link."""
+    UNSUBSCRIBE_BASE_URL; `"unsubscribe": false` turns it off, `true` needs the setting. (With
+    it off, a template's {{ unsubscribe_url }} must be given as a variable: _Checks.)"""
     base = None if req.unsubscribe is False else (base_url or "").rstrip("/") or None
     if req.unsubscribe and base is None:
         raise RequestRejected(400, "validation_error", "unsubscribe: true needs the server's "
                               "UNSUBSCRIBE_BASE_URL, which is not set",
                               [("unsubscribe", "UNSUBSCRIBE_BASE_URL is not set")])
-    if base is None and "unsubscribe_url" in required and "unsubscribe_url" not in req.variables \
-            and any("unsubscribe_url" not in (r.variables or {}) for r in req.recipients):
-        raise RequestRejected(
-            400, "missing_variables", "the template uses {{ unsubscribe_url }} but this job has "
-            "no one-click unsubscribe (UNSUBSCRIBE_BASE_URL unset or \"unsubscribe\": false); "
-            "turn it on, or give unsubscribe_url as a variable",
-            [("unsubscribe", "off, and unsubscribe_url is not provided")])
     return base
 
 
 def _files(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, template: TemplateIn,
-           settings: Settings) -> Prepared:
+           settings: Settings) -> Prepared | None:
     """The job's and each recipient's files, checked (a RequestRejected names the field) and
-    the small inline ones stored."""
-    from mailjobs.attachments.jobs import prepare  # it uses RequestRejected from here
+    the small inline ones stored; None when the request has none."""
+    from mailjobs.attachments.jobs import needs_files, prepare  # they use RequestRejected
     from mailjobs.attachments.store import MySQLStore
 
+    if not needs_files(req):
+        return None
     return prepare(dao, MySQLStore(dao, settings.attachment_chunk_bytes), key, req, template,
                    settings)
 
 
+# --- the recipients: a chunk at a time ----------------------------------------------------------
+# What goes wrong with recipients, in the order the answer reports it (the first kind found
+# anywhere in the list wins, as when the whole list was checked by each check in turn).
+SCHEMA, UNSUBSCRIBE, MISSING, SUBJECT, SIZE = range(5)
+
+
+@dataclass
+class _Errors:
+    """Faults found so far, by kind; up to MAX_LISTED_ERRORS of each."""
+
+    found: dict[int, list[tuple[str | None, str]]] = field(default_factory=dict)
+    message: dict[int, str] = field(default_factory=dict)
+
+    def add(self, kind: int, where: str | None, problem: str, message: str | None = None) -> None:
+        listed = self.found.setdefault(kind, [])
+        if len(listed) < MAX_LISTED_ERRORS:
+            listed.append((where, problem))
+            self.message.setdefault(kind, message or f"{where}: {problem}")
+
+    def schema_full(self) -> bool:
+        return len(self.found.get(SCHEMA, ())) >= MAX_LISTED_ERRORS
+
+    def raise_first(self) -> None:
+        if not self.found:
+            return
+        kind = min(self.found)
+        listed, message = self.found[kind], self.message[kind]
+        if kind in (UNSUBSCRIBE, MISSING):
+            raise RequestRejected(400, "missing_variables", message, listed)
+        if kind == SIZE:
+            raise RequestRejected(413, "payload_too_large", message, listed)
+        raise RequestRejected(400, "validation_error", message, listed)
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What every recipient is checked against, from the job's own fields: by template variant
+    (None: the template's default), the variables the job does not give."""
+
+    selector: VariantSelector
+    job_locale: str | None
+    lacking: dict[str | None, tuple[frozenset[str], bool]]   # (needed, wants {{ name }})
+    in_subject: dict[str | None, frozenset[str]]             # variables its subject uses
+    unsubscribe_url_needed: dict[str | None, bool]   # used, no one-click, no job default
+    several: bool                                    # the template has variants
+    room: int | None                 # max bytes of one statement, when a row may come near it
+    packet: int
+    # each request recipient's own files, checked (attachments.jobs.prepare), by position;
+    # None when no recipient has any (such bodies are validated whole: enqueue.split_body)
+    files: list[list[dict[str, Any]] | None] | None = None
+
+
+def stored_json(value: Any) -> str:
+    """JSON text of a value parsed from a request (msgspec: ~10 times json.dumps' speed;
+    compact, UTF-8), json.dumps for what msgspec does not encode (integers beyond 64 bits)."""
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, OverflowError, ValueError, msgspec.EncodeError):
+        return json.dumps(value)
+
+
+def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> RecipientRow:
+    """Every check of one recipient beyond its schema (RecipientIn), and its stored row: the
+    one place to extend when a recipient gets a new field."""
+    where = f"recipients[{i}]"
+    variables = r.variables or {}
+    locale, variant = recipient_variant(c.selector, r, c.job_locale)
+    if c.unsubscribe_url_needed[variant] and "unsubscribe_url" not in variables:
+        errors.add(UNSUBSCRIBE, "unsubscribe", "off, and unsubscribe_url is not provided",
+                   "the template uses {{ unsubscribe_url }} but this job has no one-click "
+                   "unsubscribe (UNSUBSCRIBE_BASE_URL unset or \"unsubscribe\": false); turn it "
+                   "on, or give unsubscribe_url as a variable")
+    needed, wants_name = c.lacking[variant]
+    if needed or wants_name:
+        missing = sorted(needed - variables.keys()) if needed else []
+        if wants_name and r.name is None and "name" not in variables:
+            missing.append("name")
+        if missing:
+            of = (f" by template variant {variant}" if variant is not None else
+                  " by the template's default" if c.several else "")
+            errors.add(MISSING, f"{where}.variables",
+                       f"template variable(s) not provided{of}: {', '.join(missing)}")
+    for name in c.in_subject[variant] & variables.keys():
+        for path, text in _strings(variables[name], f"{where}.variables.{name}"):
+            problem = header_text_problem(text)
+            if problem:
+                errors.add(SUBJECT, path, f"used in template.subject: {problem} (header "
+                                          "injection)")
+                break
+    stored = None
+    if r.variables is not None:
+        stored = stored_json(r.variables)
+        # NaN and Infinity become null when encoded; only then is the walk needed
+        if "null" in stored and not all_finite(r.variables):
+            errors.add(SCHEMA, f"{where}.variables", "numbers must be finite (no NaN or "
+                                                     "Infinity)")
+    if c.room is not None and stored:
+        size = stored_size(stored)
+        if size > c.room // 2:
+            errors.add(SIZE, f"{where}.variables", f"{size} bytes",
+                       f"{where}.variables take {size} bytes when stored, more than one "
+                       f"recipient may ({c.room // 2}: half of max_allowed_packet {c.packet} "
+                       "less 64 KB)")
+    metadata = stored_json(r.metadata) if r.metadata is not None else None
+    own = c.files[i] if c.files is not None else None
+    return r.email, r.name, stored, locale, variant, metadata, \
+        json.dumps(own) if own else None
+
+
+Chunk = tuple[int, list[RecipientIn] | ValidationError]
+ErrorsOf = Callable[[ValidationError], list[tuple[str | None, str]]]
+
+
+class RecipientSource:
+    """The request's recipients as chunks (index of the first, the validated recipients or the
+    chunk's ValidationError), ready to be read again from the start (a rerun transaction)."""
+
+    def __init__(self, count: int, chunks: Callable[[], Iterator[Chunk]],
+                 errors_of: ErrorsOf) -> None:
+        self.count = count
+        self.chunks = chunks
+        self.errors_of = errors_of
+
+    @classmethod
+    def parsed(cls, recipients: list[RecipientIn], errors_of: ErrorsOf) -> RecipientSource:
+        """Recipients validated already with the whole body (the path for bodies the splitter
+        does not take)."""
+        size = defaults.ENQUEUE_CHUNK
+        return cls(len(recipients), lambda: ((i, recipients[i:i + size])
+                                             for i in range(0, len(recipients), size)), errors_of)
+
+    @classmethod
+    def raw(cls, raws: list[msgspec.Raw], errors_of: ErrorsOf,
+            context: dict[str, Any]) -> RecipientSource:
+        """Recipients as raw JSON slices of the body, validated a chunk at a time."""
+        size = defaults.ENQUEUE_CHUNK
+        context = {**context, "finite_checked_later": True}
+
+        def chunks() -> Iterator[Chunk]:
+            for start in range(0, len(raws), size):
+                text = b"[" + b",".join(raws[start:start + size]) + b"]"
+                try:
+                    yield start, validate_recipients(text, context)
+                except ValidationError as exc:
+                    yield start, exc
+        return cls(len(raws), chunks, errors_of)
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _rows(source: RecipientSource, checks: _Checks, errors: _Errors, counts: list[int],
+          used: set[str | None]) -> Iterator[list[RecipientRow]]:
+    """The de-duplicated rows to store, a chunk at a time, while no fault is found; after the
+    first, the rest is still checked (the answer lists the first faults of the first kind) and
+    nothing more is given to store. counts: [stored, duplicates] when it is exhausted; used:
+    the template variants the recipients get."""
+    seen: set[str] = set()
+    stored = duplicates = 0
+    for start, chunk in source.chunks():
+        if isinstance(chunk, ValidationError):
+            for where, problem in source.errors_of(chunk):
+                if where is not None:   # "[k].email" within the chunk: its index in the list
+                    m = _INDEX.match(where)
+                    where = (f"recipients[{start + int(m[1])}]{where[m.end():]}" if m
+                             else f"recipients.{where}")
+                errors.add(SCHEMA, where, problem)
+            if errors.schema_full():
+                break
+            continue
+        rows = []
+        for k, r in enumerate(chunk):
+            row = check_recipient(r, start + k, checks, errors)
+            used.add(row[4])
+            folded = r.email.lower()      # first occurrence wins, case-insensitively
+            if folded in seen:
+                duplicates += 1
+                continue
+            seen.add(folded)
+            rows.append(row)
+        stored += len(rows)
+        if not errors.found:   # after a fault: checked (for the answer's list), not stored
+            yield rows
+    counts[:] = [stored, duplicates]
+
+
+_END = object()
+# Threads that check the next chunk of a request while its own thread stores the current one;
+# shared by the process's requests (a thread a request would leave each its own malloc arena).
+_CHECKERS = ThreadPoolExecutor(4, thread_name_prefix="enqueue-check")
+
+
+def _ahead(chunks: Iterator[list[RecipientRow]]) -> Iterator[list[RecipientRow]]:
+    """The next chunk is checked by a helper thread while the caller stores this one (the
+    database's work overlaps ours; one chunk ahead at most)."""
+    pending = _CHECKERS.submit(next, chunks, _END)
+    try:
+        while True:
+            chunk = pending.result()
+            if chunk is _END:
+                return
+            pending = _CHECKERS.submit(next, chunks, _END)
+            yield chunk   # type: ignore[misc]
+    finally:   # stopped early (a database error): never two threads in `chunks` at once
+        if not pending.cancel():
+            pending.exception()
+
+
 def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
             idempotency_key: str | None, unsubscribe_base_url: str | None = None,
-            settings: Settings | None = None, body_size: int = 0) -> Enqueued:
+            settings: Settings | None = None, body_size: int = 0,
+            recipients: RecipientSource | None = None,
+            check_total: Callable[[int], None] | None = None) -> Enqueued:
     """Validate what the schema cannot, then store the job in one transaction. Recipients on
-    the key's suppression list are stored as `suppressed` (Dao.create_job)."""
+    the key's suppression list are stored as `suppressed` (Dao.create_job). `recipients`: the
+    request's recipients in chunks (default: req.recipients, validated already); each chunk is
+    checked, de-duplicated and stored while the next is checked, all in one transaction that a
+    fault anywhere rolls back. `check_total(n)`: called with the de-duplicated count before the
+    commit (max_duration's estimate)."""
+    settings = settings or dao.settings
+    if recipients is None:
+        recipients = RecipientSource.parsed(req.recipients, lambda exc: [])
     if not key.may_send_as(req.sender_email):
         raise RequestRejected(403, "sender_not_allowed",
                               f"this API key may not send as {req.sender_email}",
@@ -348,29 +519,95 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                               f"{PRIORITY_NAMES[key.max_priority]})",
                               [("priority", "above the key's maximum priority")])
     template, version = resolve_template(dao, key, req)
-    (required, in_subject), variants = check_templates(template, settings or dao.settings)
-    languages = choose_languages(req, (required, in_subject), variants)
-    unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url, languages.union(0))
-    _missing_variables(req, required, languages)
-    _subject_variables(req, languages.union(1))
-    _check_stored_sizes(dao, req, template, body_size)
-    files = _files(dao, key, req, template, settings or dao.settings)
-    recipients = dedupe(req, languages, files.recipients)
-    new = NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
-                 template.html, template.text, req.variables, len(recipients),
-                 len(req.recipients) - len(recipients), idempotency_key, body_hash,
-                 req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None,
-                 req.template_name, version, PRIORITIES[req.priority], req.expires_at,
-                 unsubscribe_base_url=unsubscribe_base, metadata=req.metadata,
-                 template_variants=variants_json(template),
-                 attachments=files.job, attachment_ids=files.ids)
-    # The request's deadline bounds its database waits; the checks above are CPU work bounded by
-    # the body's size budgets (MAX_REQUEST_BYTES, MAX_RECIPIENTS_PER_JOB), which on a busy host
-    # took most of the 10 s of a 100,000-recipient POST before its one storing transaction
-    # began (a 503 for a job the database would have stored in a second). That transaction
-    # gets the whole deadline.
-    if db_guard.remaining() is not None:     # within a request (a deadline is running)
-        db_guard.start_deadline((settings or dao.settings).db_request_deadline)
+    (required, in_subject), variants = check_templates(template, settings)
+    needs: dict[str | None, Needs] = {None: (required, in_subject)}
+    needs.update(variants)
+    unsubscribe_base = _unsubscribe_base(req, unsubscribe_base_url)
+    room = packet = None
+    # No statement may pass the server's max_allowed_packet: it would drop the connection (a
+    # 503 the client retries for ever). Checked only for bodies big enough to reach it.
+    if 2 * body_size + 64 * 1024 >= dao.max_packet_bytes() or template.variants:
+        packet = dao.max_packet_bytes()
+        room = check_stored_row(dao, {"variables": stored_size(json.dumps(req.variables)),
+                                      **_template_sizes(template, "template.")})
+    # the job's and the recipients' files: a request with any is validated whole (split_body)
+    files = _files(dao, key, req, template, settings)
+    job_vars = req.variables.keys()
+    checks = _Checks(
+        selector=VariantSelector(variants), job_locale=req.locale,
+        lacking={tag: (frozenset(need - BUILTIN_VARIABLES - job_vars),
+                       "name" in need and "name" not in job_vars)
+                 for tag, (need, _) in needs.items()},
+        in_subject={tag: frozenset(subject) for tag, (_, subject) in needs.items()},
+        unsubscribe_url_needed={tag: unsubscribe_base is None and "unsubscribe_url" in need
+                                and "unsubscribe_url" not in job_vars
+                                for tag, (need, _) in needs.items()},
+        several=len(needs) > 1, room=room, packet=packet or 0,
+        files=files.recipients if files is not None else None)
+    send_at = req.send_at if req.send_at and req.send_at > datetime.now(UTC) else None
+
+    def new_job(total: int, duplicates: int) -> NewJob:
+        return NewJob(key.id, req.sender_email, req.from_name, req.reply_to, template.subject,
+                      template.html, template.text, req.variables, total, duplicates,
+                      idempotency_key, body_hash, send_at, req.template_name, version,
+                      PRIORITIES[req.priority], req.expires_at,
+                      unsubscribe_base_url=unsubscribe_base, metadata=req.metadata,
+                      template_variants=variants_json(template),
+                      attachments=files.job if files is not None else None,
+                      attachment_ids=files.ids if files is not None else ())
+
+    errors = _Errors()
+    counts: list[int] = []
+    used: set[str | None] = set()
+    rows = _rows(recipients, checks, errors, counts, used)
+
+    def finish() -> None:
+        """After the last recipient: the job's own variables against the subjects of the
+        variants in use (listed before the recipients'), then the first kind of fault."""
+        subject = frozenset().union(*(needs[v][1] for v in used))
+        found = []
+        for name in sorted(subject & job_vars):
+            for path, text in _strings(req.variables[name], f"variables.{name}"):
+                problem = header_text_problem(text)
+                if problem:
+                    found.append((path, f"used in template.subject: {problem} (header "
+                                        "injection)"))
+                    break
+        if found:
+            listed = (found + errors.found.get(SUBJECT, []))[:MAX_LISTED_ERRORS]
+            errors.found[SUBJECT] = listed
+            errors.message[SUBJECT] = f"{listed[0][0]}: {listed[0][1]}"
+        errors.raise_first()
+        if check_total is not None:
+            check_total(counts[0])
+
+    one_chunk: list[RecipientRow] | None = None
+    if recipients.count <= defaults.INSERT_BATCH:
+        # up to one INSERT's worth: checked whole before the transaction, so its totals are
+        # known (the fewest round trips: a far database pays each)
+        one_chunk = [row for c in rows for row in c]
+        finish()
+
+    def checked() -> Iterator[list[RecipientRow]]:
+        # stored INSERT_BATCH rows a statement (a row is a few strings; the recipients' objects
+        # are gone with their chunk): a far database pays a round trip a statement
+        batch: list[RecipientRow] = []
+        for chunk in _ahead(rows):
+            batch += chunk
+            if len(batch) >= defaults.INSERT_BATCH:
+                yield from deadline(batch)
+                batch = []
+        yield from deadline(batch)
+        finish()   # inside the transaction: a fault rolls it back
+
+    def deadline(batch: list[RecipientRow]) -> Iterator[list[RecipientRow]]:
+        # each statement gets the whole request deadline (as the one transaction of a smaller
+        # job does): the chunks' checks are CPU work bounded by the body's size budgets; a
+        # database that stops answering still fails within one deadline
+        if batch:
+            if db_guard.remaining() is not None:
+                db_guard.start_deadline(settings.db_request_deadline)
+            yield batch
 
     def check_sender(rows: list[Any]) -> None:
         """sender_email must be the account or a verified alias (send_as.py); read in the
@@ -384,8 +621,21 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                 [("sender_email", "not a verified send-as address of the account")],
                 {"allowed": allowed})
 
+    def store() -> tuple[Job, int]:
+        if one_chunk is not None:
+            return dao.create_job_read(new_job(*counts), one_chunk, check_sender)
+        return dao.create_job_chunks(new_job(0, 0), checked(), lambda: (counts[0], counts[1]),
+                                     check_sender)
+
+    # The request's deadline bounds its database waits; the checks above are CPU work bounded by
+    # the body's size budgets (MAX_REQUEST_BYTES, MAX_RECIPIENTS_PER_JOB), which on a busy host
+    # took most of the 10 s of a 100,000-recipient POST before its one storing transaction
+    # began (a 503 for a job the database would have stored in a second). That transaction
+    # gets the whole deadline.
+    if db_guard.remaining() is not None:     # within a request (a deadline is running)
+        db_guard.start_deadline(settings.db_request_deadline)
     try:
-        job, suppressed = dao.create_job_read(new, recipients, check_sender)
+        job, suppressed = store()
     except AttachmentGone as exc:
         raise RequestRejected(409, "attachment_deleted", f"an attachment was deleted while the "
                               f"job was being stored ({exc}); nothing was stored",

@@ -109,13 +109,15 @@ def for_job(dao: Any, settings: Any, job: Any, suppressed: int | None = None,
                 unlimited=unlimited)
 
 
-def check_max_duration(dao: Any, settings: Any, req: Any, unlimited: bool = False) -> None:
+def check_max_duration(dao: Any, settings: Any, req: Any, unlimited: bool = False,
+                       total: int | None = None) -> None:
     """Before anything is stored: refuse (400 cannot_finish_in_time, field max_duration) a
     request whose de-duplicated recipients cannot all be sent within `max_duration`. Suppressed
     addresses are only known when storing: they count here (the check errs on refusing)."""
     if req.max_duration is None:
         return
-    estimate = plan(dao, settings, req.sender_email, len(dedupe(req)), req.send_at,
+    estimate = plan(dao, settings, req.sender_email, len(dedupe(req)) if total is None else total,
+                    req.send_at,
                     unlimited=unlimited)
     allowed = req.max_duration.total_seconds()
     if estimate["seconds"] > allowed:

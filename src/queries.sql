@@ -41,6 +41,10 @@ INSERT INTO job_recipients (job_id, to_email, name, variables, locale, locale_us
                             attachments)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s);
 
+-- name: set_job_totals
+-- A job stored a chunk of recipients at a time learns its totals at the end (same transaction).
+UPDATE jobs SET total = %s, duplicates_removed = %s WHERE id = %s;
+
 -- name: job_by_id
 SELECT id, type, api_key_id, sender_email, from_name, reply_to, subject_template, html_template,
        text_template, variables, status, status_reason, total, duplicates_removed,
