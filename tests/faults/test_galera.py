@@ -110,6 +110,12 @@ class GaleraDb:
 def gdb(cluster) -> GaleraDb:
     db = GaleraDb(cluster, f"mj_galera_{next(_databases)}")
     apply_migrations(DatabaseParams.from_url(db.url(1)))
+    # Node 1 answers once it has run each migration's DDL; nodes 2 and 3 run it from their
+    # replication queues a moment later, and a write (wsrep_sync_wait=1 waits for reads only)
+    # through them could still find the old tables ("Unknown column 'test_mode'"). A causal
+    # read on each node returns once that node has applied all the cluster committed before.
+    for node in (2, 3):
+        assert db.count_on(node, "SELECT COUNT(*) FROM schema_migrations") > 0
     return db
 
 
