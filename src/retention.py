@@ -32,6 +32,7 @@ from typing import Any
 
 from mailjobs import defaults
 from mailjobs.dao_mysql import Dao, DaoError
+from mailjobs.periodic import Periodic
 from mailjobs.settings import Settings
 
 log = logging.getLogger("mailjobs.retention")
@@ -251,12 +252,14 @@ def purge(settings: Settings, dao: Dao, dry_run: bool = False,
     return result
 
 
-class Purger:
+class Purger(Periodic):
     """The runner's periodic purge: `tick()` from its loop is cheap and never waits on the
     database. At most once a minute (or PURGE_INTERVAL, if shorter) a thread asks the database
     whether a purge is due; the runner whose UPDATE of the maintenance_leases row succeeds runs it in a daemon
     thread, renewing its lease (LEASE_SECONDS) while it works, so only one runner over all
     hosts purges at a time and a purge happens once per PURGE_INTERVAL."""
+
+    name = "purge"
 
     def __init__(self, settings: Settings, dao: Dao, stop: threading.Event,
                  holder: str) -> None:
@@ -264,21 +267,11 @@ class Purger:
         self.dao = dao
         self.stop = stop
         self.holder = holder
-        self._thread: threading.Thread | None = None
-        self._last = float("-inf")
+        super().__init__()
         self._renewed = 0.0
 
-    def tick(self) -> None:
-        interval = self.settings.purge_interval
-        if interval <= 0 or (self._thread is not None and self._thread.is_alive()):
-            return
-        if time.monotonic() - self._last < min(interval, 60):
-            return
-        self._last = time.monotonic()
-        # the lease is asked for in the thread too: over a far database that question costs
-        # the loop a few round trips (0.7 s at 50 ms each way) it would not spend claiming
-        self._thread = threading.Thread(target=self._run, name="purge", daemon=True)
-        self._thread.start()
+    def interval(self) -> float:
+        return float(self.settings.purge_interval)
 
     def _renew(self) -> bool:
         lease = self.settings.lease_seconds
@@ -291,7 +284,9 @@ class Purger:
                     "stopping", self.holder)
         return False
 
-    def _run(self) -> None:
+    def round(self) -> None:
+        # the lease is asked for here, not in tick(): over a far database that question costs
+        # a few round trips (0.7 s at 50 ms each way) the runner's loop would not spend claiming
         try:
             if not self.dao.claim_lease(LEASE_NAME, self.holder, self.settings.purge_interval,
                                         self.settings.lease_seconds):
@@ -317,7 +312,3 @@ class Purger:
             except DaoError:
                 log.debug("could not record the end of the purge; its lease will expire",
                           exc_info=True)
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)

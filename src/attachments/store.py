@@ -139,20 +139,24 @@ class FileCache:
         self._loading: dict[int, threading.Lock] = {}
         self.hits = self.misses = 0
 
+    def _hit(self, key: int) -> bytes | None:
+        """The cached file, counted as a hit and made the most recent (under the lock)."""
+        data = self._files.get(key)
+        if data is not None:
+            self._files.move_to_end(key)
+            self.hits += 1
+        return data
+
     def get(self, key: int, load: Callable[[], bytes]) -> bytes:
         with self._lock:
-            data = self._files.get(key)
+            data = self._hit(key)
             if data is not None:
-                self._files.move_to_end(key)
-                self.hits += 1
                 return data
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:   # one thread reads a file; the others wait for it, then hit
             with self._lock:
-                data = self._files.get(key)
+                data = self._hit(key)
                 if data is not None:
-                    self._files.move_to_end(key)
-                    self.hits += 1
                     return data
                 self.misses += 1
             try:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -42,6 +41,7 @@ from typing import Any, Protocol
 from mailjobs import defaults, metrics
 from mailjobs.dao_mysql import Dao, DaoError
 from mailjobs.deliverability import dsn
+from mailjobs.periodic import GmailRound
 from mailjobs.settings import Settings
 from mailjobs.transports.base import SendError
 
@@ -175,37 +175,16 @@ def check_all(settings: Settings, dao: Dao, mailbox: Mailbox,
     return totals
 
 
-class BounceChecker:
+class BounceChecker(GmailRound):
     """The runner's periodic bounce check: `tick()` from its loop is cheap and never blocks;
     when BOUNCE_CHECK_INTERVAL has passed it starts one round in a daemon thread."""
 
-    def __init__(self, settings: Settings, dao: Dao, stop: threading.Event,
-                 mailbox_factory: Any = None) -> None:
-        self.settings = settings
-        self.dao = dao
-        self.stop = stop
-        self._factory = mailbox_factory or self._gmail
-        self._thread: threading.Thread | None = None
-        self._last = float("-inf")
+    name = "bounce-check"
 
-    def _gmail(self) -> Any:
-        from mailjobs.transports import factory as transports
+    def interval(self) -> float:
+        return float(self.settings.bounce_check_interval)
 
-        return transports.transport_factory(self.settings, self.dao)()
-
-    def tick(self) -> None:
-        interval = self.settings.bounce_check_interval
-        if interval <= 0 or (self._thread is not None and self._thread.is_alive()):
-            return
-        # Each runner asks the database at most once a minute; the database decides which
-        # runner checks which sender, so N runners do not check N times.
-        if time.monotonic() - self._last < min(interval, 60):
-            return
-        self._last = time.monotonic()
-        self._thread = threading.Thread(target=self._round, name="bounce-check", daemon=True)
-        self._thread.start()
-
-    def _round(self) -> None:
+    def round(self) -> None:
         mailbox = None
         try:
             mailbox = self._factory()
@@ -221,7 +200,3 @@ class BounceChecker:
             close = getattr(mailbox, "close", None)
             if close is not None:
                 close()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)

@@ -15,11 +15,10 @@ outbox transport, a missing scope, a domain key's new address), the POST is acce
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import Any, Protocol
 
 from mailjobs.dao_mysql import Dao, DaoError
+from mailjobs.periodic import GmailRound
 from mailjobs.settings import Settings
 from mailjobs.transports.base import SendError
 
@@ -84,36 +83,17 @@ def refusal(dao: Dao, sender: str, may_send_as: Any,
     return [a for a in dao.verified_send_as(1000) if may_send_as(a)][:LISTED]
 
 
-class SendAsChecker:
+class SendAsChecker(GmailRound):
     """The runner's daily read of every sender's send-as list: `tick()` from its loop is cheap
     and never blocks; at most once a minute it starts a round in a daemon thread, which reads
     the lists that are due (one runner per sender, the database decides)."""
 
-    def __init__(self, settings: Settings, dao: Dao, stop: threading.Event,
-                 reader_factory: Any = None) -> None:
-        self.settings = settings
-        self.dao = dao
-        self.stop = stop
-        self._factory = reader_factory or self._gmail
-        self._thread: threading.Thread | None = None
-        self._last = float("-inf")
+    name = "send-as-check"
 
-    def _gmail(self) -> Any:
-        from mailjobs.transports import factory as transports
+    def interval(self) -> float:
+        return float(self.settings.send_as_check_interval)
 
-        return transports.transport_factory(self.settings, self.dao)()
-
-    def tick(self) -> None:
-        interval = self.settings.send_as_check_interval
-        if interval <= 0 or (self._thread is not None and self._thread.is_alive()):
-            return
-        if time.monotonic() - self._last < min(interval, 60):
-            return
-        self._last = time.monotonic()
-        self._thread = threading.Thread(target=self._round, name="send-as-check", daemon=True)
-        self._thread.start()
-
-    def _round(self) -> None:
+    def round(self) -> None:
         reader = None
         try:
             for sender in self.dao.credentialed_senders():
@@ -137,7 +117,3 @@ class SendAsChecker:
             close = getattr(reader, "close", None)
             if close is not None:
                 close()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
