@@ -1067,9 +1067,9 @@ class Dao:
         with self.transaction() as cur:
             return self._run(cur, "renew_smtp_slot", (int(lease * 1_000_000), slot, holder)) > 0
 
-    def release_smtp_slot(self, slot: int, holder: str) -> None:
+    def release_smtp_slot(self, slot: int, holder: str, closed_by_us: bool = False) -> None:
         with self.transaction() as cur:
-            self._run(cur, "release_smtp_slot", (slot, holder))
+            self._run(cur, "release_smtp_slot", (1 if closed_by_us else 0, slot, holder))
 
     def smtp_slots(self) -> list[tuple[int, str | None, datetime | None]]:
         return [(int(s), h, e) for s, h, e in map(_utc, self._all("smtp_slots_all"))]
@@ -1080,7 +1080,8 @@ class Dao:
 
     def smtp_slots_connected_by_others(self, holder: str, before: datetime | None) -> int:
         """Established connections of other holders (live leases, every slot number counted,
-        also those above a lowered cap), established before `before` when it is given."""
+        also those above a lowered cap), established before `before` when it is given; and
+        connections closed within the last second (the server may still count them)."""
         limit = _naive_utc(before) if before is not None else None
         return int(self._one("smtp_slots_connected_by_others", (holder, limit, limit))[0])
 

@@ -492,7 +492,11 @@ UPDATE smtp_slots SET lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSEC
 WHERE slot = %s AND holder = %s;
 
 -- name: release_smtp_slot
-UPDATE smtp_slots SET holder = NULL, lease_expires_at = NULL, connected_at = NULL
+-- The first argument: 1 when its connection was closed with QUIT (released_at is then set, from
+-- connected_at's old value: assignments run left to right).
+UPDATE smtp_slots SET released_at = IF(%s = 1 AND connected_at IS NOT NULL, UTC_TIMESTAMP(6),
+                                       released_at),
+                      holder = NULL, lease_expires_at = NULL, connected_at = NULL
 WHERE slot = %s AND holder = %s;
 
 -- name: mark_smtp_slot_connected
@@ -503,9 +507,12 @@ UPDATE smtp_slots SET connected_at = %s WHERE slot = %s AND holder = %s;
 SELECT slot, holder, lease_expires_at FROM smtp_slots ORDER BY slot;
 
 -- name: smtp_slots_connected_by_others
+-- Also a slot whose connection was closed with QUIT within the last second (any holder's, this
+-- one's too): the server may not have processed that close yet, so it may still count it.
 SELECT COUNT(*) FROM smtp_slots
-WHERE holder IS NOT NULL AND holder <> %s AND lease_expires_at > UTC_TIMESTAMP(6)
-  AND connected_at IS NOT NULL AND (%s IS NULL OR connected_at < %s);
+WHERE (holder IS NOT NULL AND holder <> %s AND lease_expires_at > UTC_TIMESTAMP(6)
+       AND connected_at IS NOT NULL AND (%s IS NULL OR connected_at < %s))
+   OR released_at > UTC_TIMESTAMP(6) - INTERVAL 1 SECOND;
 
 -- ===== learned caps of the far side (learned_limits.py) =======================================
 

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -477,3 +478,24 @@ def test_provider_id_is_the_queue_id_else_the_message_id():
     assert transport_smtp.provider_id(b"OK id=1abcde-000123-AB", "<m@x>") == "1abcde-000123-AB"
     assert transport_smtp.provider_id(b"2.0.0 OK", "<m@x>") == "<m@x>"
     assert len(transport_smtp.provider_id(None, "<" + "x" * 100 + ">")) == 64
+
+
+def test_a_connection_closed_with_quit_a_moment_ago_still_counts_for_a_refusal(dao):
+    """A server counts a connection until it has processed its close, a moment after the client
+    let go of the slot: a connection refused in that moment counts the closing one (so the cap
+    is not lowered below the server's limit). One that broke (a server restart) does not count:
+    every reconnection is refused then, and that is no limit."""
+    slots = ConnectionSlots(dao, 3)
+    now = datetime.now(UTC)
+    quit_slot, broken_slot = slots.acquire("a"), slots.acquire("b")
+    for slot, holder in ((quit_slot, "a"), (broken_slot, "b")):
+        slots.mark_established(slot, holder, now - timedelta(seconds=5))
+    assert slots.established_by_others("c", now) == 2
+    slots.release(quit_slot, "a", closed_by_us=True)
+    slots.release(broken_slot, "b", closed_by_us=False)
+    assert slots.established_by_others("c", now) == 1      # the one closed with QUIT
+    assert set(slot_holders(dao)) == {None}
+    with dao.transaction() as cur:   # a second later the server has long processed the close
+        cur.execute("UPDATE smtp_slots SET released_at = released_at - INTERVAL 2 SECOND "
+                    "WHERE released_at IS NOT NULL")
+    assert slots.established_by_others("c", now) == 0

@@ -165,8 +165,12 @@ class ConnectionSlots:
     def renew(self, slot: int, holder: str) -> bool:
         return self.dao.renew_smtp_slot(slot, holder, self.lease)
 
-    def release(self, slot: int, holder: str) -> None:
-        self.dao.release_smtp_slot(slot, holder)
+    def release(self, slot: int, holder: str, closed_by_us: bool = False) -> None:
+        """Free the slot. `closed_by_us`: its connection was established and closed with QUIT
+        (idle, rotated): the server may count it for a moment more, so a refusal in the next
+        second counts it (smtp_slots_connected_by_others). A connection that broke is not:
+        after a server restart every reconnection is refused, and that is no limit."""
+        self.dao.release_smtp_slot(slot, holder, closed_by_us)
 
 
 def slots_for(settings: Settings, dao: Dao,
@@ -589,7 +593,7 @@ class SmtpTransport:
         slot, self._slot = self._slot, None
         if slot is not None and self.slots is not None:
             try:
-                self.slots.release(slot, self.holder)
+                self.slots.release(slot, self.holder, closed_by_us=quit)
             except DaoError as exc:
                 log.warning("could not free SMTP slot %d (%s); it expires with its lease",
                             slot, exc)
