@@ -1180,7 +1180,7 @@ class Dao:
         n = self._run(cur, "suppress_new_recipients", (api_key_id, job_id))
         if n:
             kind = "recipient.suppressed"
-            self._run(cur, "webhook_job_recipient_events", (kind, kind, job_id, "suppressed", kind))
+            self._job_recipient_events(cur, kind, job_id, ("suppressed",))
         if n and n == total:
             if self._run(cur, "complete_suppressed_job",
                          (f"nothing to send: all {n} recipient(s) are on the suppression list",
@@ -1508,9 +1508,19 @@ class Dao:
         INSERT ... SELECT for all the ids; nothing is read back."""
         if not ids:
             return 0
+        return self._events_of(cur, kind, "recipients_by_ids", json.dumps(list(ids)), statuses)
+
+    def _job_recipient_events(self, cur: Any, kind: str, job_id: int,
+                              statuses: Sequence[str]) -> int:
+        """The same for every recipient of one job in one of `statuses`."""
+        return self._events_of(cur, kind, "recipients_of_job", job_id, statuses)
+
+    def _events_of(self, cur: Any, kind: str, source: str, arg: Any,
+                   statuses: Sequence[str]) -> int:
+        """webhook_recipient_events over the recipients of `source` (its argument `arg`)."""
         sql = self.queries["webhook_recipient_events"].format(
-            statuses=_placeholders(len(statuses)))
-        written: int = cur.execute(sql, (kind, kind, json.dumps(list(ids)), *statuses, kind))
+            recipients=self.queries[source], statuses=_placeholders(len(statuses)))
+        written: int = cur.execute(sql, (kind, kind, arg, *statuses, kind))
         return written
 
     def _job_events(self, cur: Any, kind: str, job_ids: Sequence[int],

@@ -814,10 +814,11 @@ FROM maintenance_leases WHERE name = %s;
 -- (type, RFC 3339 timestamp, data) is built here as JSON from the rows just changed.
 
 -- name: webhook_recipient_events
--- Args: type, type, a JSON array of the recipients' ids, the statuses, then the type again.
--- Recipients of those ids in one of the statuses of the type (webhooks.RECIPIENT_EVENT_STATUSES:
--- {statuses}). The ids come in through a join (as in record_sent), so a batch of any size is one
--- statement: one round trip, and nothing to walk when no endpoint takes the events.
+-- Args: type, type, the recipients' source argument, their statuses, then the type again.
+-- {recipients} is one of the two sources below (recipients_by_ids: a JSON array of ids, joined as
+-- in record_sent, so a batch of any size is one statement; recipients_of_job: a job id); only
+-- those in one of {statuses} (webhooks.RECIPIENT_EVENT_STATUSES) get the event, one row per
+-- enabled endpoint of their job's key that takes the type.
 INSERT INTO webhook_events (endpoint_id, type, job_id, recipient_id, payload)
 SELECT w.id, %s, r.job_id, r.id,
        JSON_OBJECT('type', %s,
@@ -830,35 +831,21 @@ SELECT w.id, %s, r.job_id, r.id,
                        'metadata', JSON_EXTRACT(j.metadata, '$'),
                        'recipient_metadata', JSON_EXTRACT(r.metadata, '$'),
                        'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
-FROM JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS e
-STRAIGHT_JOIN job_recipients r ON r.id = e.id
+FROM {recipients}
 JOIN jobs j ON j.id = r.job_id
 JOIN api_keys k ON k.id = j.api_key_id
 JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
 WHERE r.status IN ({statuses}) AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
 ORDER BY r.id, w.id;
 
--- name: webhook_job_recipient_events
--- The same for every recipient of one job in a status (suppressed at enqueue). Args: type,
--- type, job id, status, type.
-INSERT INTO webhook_events (endpoint_id, type, job_id, recipient_id, payload)
-SELECT w.id, %s, r.job_id, r.id,
-       JSON_OBJECT('type', %s,
-                   'timestamp', DATE_FORMAT(UTC_TIMESTAMP(6), '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ'),
-                   'data', JSON_OBJECT(
-                       'job_id', r.job_id, 'recipient_id', r.id, 'to_email', r.to_email,
-                       'status', r.status, 'error_code', r.error_code, 'error', r.error,
-                       'attempts', r.attempts, 'gmail_message_id', r.gmail_message_id,
-                       'message_id', r.message_id,
-                       'metadata', JSON_EXTRACT(j.metadata, '$'),
-                       'recipient_metadata', JSON_EXTRACT(r.metadata, '$'),
-                       'test', JSON_EXTRACT(IF(k.test_mode IS NULL, 'false', 'true'), '$')))
-FROM job_recipients r
-JOIN jobs j ON j.id = r.job_id
-JOIN api_keys k ON k.id = j.api_key_id
-JOIN webhook_endpoints w ON w.api_key_id = j.api_key_id AND w.enabled = 1
-WHERE r.job_id = %s AND r.status = %s AND JSON_CONTAINS(w.events, JSON_QUOTE(%s))
-ORDER BY r.id, w.id;
+-- name: recipients_by_ids
+-- A source of webhook_recipient_events: the recipients of a JSON array of ids.
+JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS e
+STRAIGHT_JOIN job_recipients r ON r.id = e.id;
+
+-- name: recipients_of_job
+-- A source of webhook_recipient_events: every recipient of one job.
+(SELECT * FROM job_recipients WHERE job_id = %s) AS r;
 
 -- name: webhook_job_events
 -- job.completed / job.paused of the jobs {ids}. Args: type, type, counts (JSON text or NULL),
