@@ -14,36 +14,47 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.charset import Charset
 from email.header import Header
+from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr
-from typing import Any
+
+
+def _idna2003(domain: str) -> str:  # pragma: no cover - email-validator always brings idna
+    return domain.encode("idna").decode("ascii")
+
 
 try:  # IDNA 2008 / UTS 46, as email-validator (which normalised the addresses) uses
-    import idna as _idna
+    import idna
+
+    def _uts46(domain: str) -> str:
+        return idna.encode(domain, uts46=True).decode("ascii")
+
+    _to_ascii: Callable[[str], str] = _uts46
 except ImportError:  # pragma: no cover - email-validator always brings it
-    _idna = None
+    _to_ascii = _idna2003
 
 
 class _FastCompat32(Compat32):
     """compat32 whose folding skips the Header machinery (most of the build cost) for a value
     that needs none: ASCII, one line, short enough. The output is byte-identical."""
 
-    def fold_binary(self, name: str, value) -> bytes:
-        if (isinstance(value, str) and value.isascii() and "\r" not in value
-                and "\n" not in value and (len(name) + 2 + len(value) <= self.max_line_length
+    def fold_binary(self, name: str, value: str | Header) -> bytes:
+        limit = self.max_line_length
+        if (limit is not None and isinstance(value, str) and value.isascii() and "\r" not in value
+                and "\n" not in value and (len(name) + 2 + len(value) <= limit
                                            # one long word (a List-Unsubscribe <URL>): compat32
                                            # could only fold it after the colon; keep one line
                                            or (" " not in value and "\t" not in value
                                                and len(name) + 2 + len(value) <= 998))):
             return f"{name}: {value}{self.linesep}".encode("ascii")
-        return super().fold_binary(name, value)
+        return super().fold_binary(name, value)  # type: ignore[arg-type]  # compat32 folds a Header too
 
 
 _POLICY = _FastCompat32(linesep="\r\n")
@@ -76,6 +87,8 @@ def header_text_problem(value: str | None) -> str | None:
 
 
 def _check(field: str, value: str | None) -> None:
+    if value is None:
+        return
     problem = header_text_problem(value)
     if problem:
         raise HeaderInjection(f"{field} {problem}: {value[:80]!r}")
@@ -84,9 +97,7 @@ def _check(field: str, value: str | None) -> None:
 def _ascii_domain(domain: str) -> str:
     if domain.isascii():
         return domain
-    if _idna is not None:
-        return _idna.encode(domain, uts46=True).decode("ascii")
-    return domain.encode("idna").decode("ascii")  # pragma: no cover
+    return _to_ascii(domain)
 
 
 def _address(field: str, address: str) -> str:
@@ -113,6 +124,11 @@ def _mailbox(field: str, name: str | None, address: str) -> str:
 
 def _header_value(name: str, text: str) -> str | Header:
     return text if text.isascii() else Header(text, _UTF8, header_name=name)
+
+
+def _set_header(message: Message, name: str, value: str | Header) -> None:
+    # typeshed types a header value as str; compat32 stores a Header as given, folded when written
+    message[name] = value  # type: ignore[assignment]
 
 
 def _crlf(text: str) -> str:
@@ -172,7 +188,7 @@ def has_own_token(message_id: str | None) -> bool:
     """True for a Message-ID made by recipient_message_id (a per-recipient unguessable token);
     False for the older per-batch form and anything else."""
     match = _OWN_ID.match(message_id or "")
-    return bool(match) and len(match.group(1)) >= 2 * RECIPIENT_TOKEN_BYTES
+    return match is not None and len(match.group(1)) >= 2 * RECIPIENT_TOKEN_BYTES
 
 
 def new_message_id(domain: str) -> str:
@@ -248,19 +264,19 @@ def _file_part(f: MailFile, spliced: list[tuple[bytes, bytes]]) -> MIMENonMultip
     spliced.append((marker.encode("ascii"), f.data))
     # RFC 2231 for a non-ASCII name (filename*=utf-8''...); the name parameter of the
     # Content-Type is kept too, for old clients (RFC 2047-style, as most mailers do)
-    name: str | tuple[str, str, str] = f.filename if f.filename.isascii() else (
-        "utf-8", "", f.filename)
+    charset = None if f.filename.isascii() else "utf-8"
+    name: str | tuple[str, str, str] = f.filename if charset is None else (charset, "", f.filename)
     if f.cid is not None:
         _check("cid", f.cid)
         part["Content-ID"] = f"<{f.cid}>"
         part.add_header("Content-Disposition", "inline", filename=name)
     else:
         part.add_header("Content-Disposition", "attachment", filename=name)
-    part.set_param("name", name)
+    part.set_param("name", f.filename, charset=charset)   # with a charset: the same 3-tuple
     return part
 
 
-def _multipart(subtype: str, parts: list[Any]) -> MIMEMultipart:
+def _multipart(subtype: str, parts: Sequence[Message]) -> MIMEMultipart:
     container = MIMEMultipart(subtype, boundary="=_mj_" + secrets.token_hex(16))
     for part in parts:
         if "MIME-Version" in part:
@@ -276,9 +292,10 @@ def _with_files(body: MIMENonMultipart | MIMEMultipart, html: str | None,
     inline = [f for f in files if f.cid is not None and html is not None]
     attached = [f for f in files if f not in inline]
     if inline:
+        shown = body.get_content_type()
         body = _multipart("related", [body, *(_file_part(f, spliced) for f in inline)])
-        body.set_param("type", "multipart/alternative" if body.get_payload(0).get_content_type()
-                       == "multipart/alternative" else "text/html")
+        body.set_param("type", "multipart/alternative" if shown == "multipart/alternative"
+                       else "text/html")
     if attached:
         body = _multipart("mixed", [body, *(_file_part(f, spliced) for f in attached)])
     return body
@@ -307,14 +324,14 @@ def build_message(*, sender_email: str, from_name: str | None, reply_to: str | N
     message["To"] = _mailbox("To", to_name, to_email)
     if reply_to:
         message["Reply-To"] = _address("Reply-To", reply_to)
-    message["Subject"] = _header_value("Subject", subject)
+    _set_header(message, "Subject", _header_value("Subject", subject))
     message["Date"] = format_datetime(date or datetime.now(UTC))
     message["Message-ID"] = _message_id(message_id, sender_email)
     for name, value in (extra_headers or {}).items():
         if not _FIELD_NAME.match(name) or name.lower() in _OWN_HEADERS:
             raise ValueError(f"extra header name not allowed: {name!r}")
         _check(name, value)
-        message[name] = _header_value(name, value)
+        _set_header(message, name, _header_value(name, value))
     raw = message.as_bytes(policy=_POLICY)
     if not spliced:
         return raw

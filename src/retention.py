@@ -28,13 +28,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 from mailjobs import defaults
 from mailjobs.dao_mysql import Dao, DaoError
 from mailjobs.periodic import Periodic
 from mailjobs.settings import Settings
 
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 log = logging.getLogger("mailjobs.retention")
 
 LEASE_NAME = "purge"
@@ -129,7 +131,7 @@ class Purge:
         self.dao = dao
         self.stop = stop or threading.Event()
         self.on_batch = on_batch
-        self.result: PurgeResult | None = None
+        self.result: PurgeResult   # set by run(), which the batches below run under
 
     def run(self, dry_run: bool = False) -> PurgeResult:
         cut = Cutoffs.of(self.settings, self.dao.db_now())
@@ -162,7 +164,7 @@ class Purge:
         return result
 
     # --- one batch ------------------------------------------------------------------------
-    def _batch(self, call: Callable[..., Any], *args: Any, rows: Callable[[Any], int]) -> Any:
+    def _batch(self, call: Callable[[*Ts], T], *args: *Ts, rows: Callable[[T], int]) -> T:
         if self.stop.is_set():
             raise _Stopped()
         t0 = time.monotonic()

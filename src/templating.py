@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
@@ -176,7 +176,8 @@ def _check_brace_format(budget: RenderBudget, fmt: str) -> None:
 
 
 # --- string methods and filters that allocate from a number ---------------------------------
-def _check_str_method(budget: RenderBudget, s: str, name: str, args: tuple, kwargs: dict) -> None:
+def _check_str_method(budget: RenderBudget, s: str, name: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> None:
     first = args[0] if args else None
     if name in ("center", "ljust", "rjust", "zfill"):
         budget.need(_int(first if first is not None else kwargs.get("width")), f"str.{name}")
@@ -193,8 +194,8 @@ def _check_replace(budget: RenderBudget, s: Any, old: Any, new: Any) -> None:
         budget.need(len(s) + count * max(0, len(new) - len(old)), "replace")
 
 
-def _filter_precheck(budget: RenderBudget, name: str, value: Any, args: tuple,
-                     kwargs: dict) -> None:
+def _filter_precheck(budget: RenderBudget, name: str, value: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:
     def arg(i: int, key: str) -> Any:
         return args[i] if len(args) > i else kwargs.get(key)
 
@@ -215,7 +216,7 @@ def _filter_precheck(budget: RenderBudget, name: str, value: Any, args: tuple,
         _check_replace(budget, value, arg(0, "old"), arg(1, "new"))
 
 
-def _budgeted_filter(name: str, func: Callable) -> Callable:
+def _budgeted_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     offset = 1 if hasattr(func, "jinja_pass_arg") else 0   # eval_ctx / environment first
 
     @functools.wraps(func)
@@ -337,7 +338,9 @@ _html = BudgetedEnvironment(autoescape=True)
 
 # --- compile-time checks: bounded time and memory -------------------------------------------
 TOKENS_PER_NODE = 4   # "{{ a }}" is 3 tokens and 3 nodes (output, name, text around it)
-_BODIES = (nodes.For, nodes.Macro, nodes.CallBlock)   # bodies that run any number of times
+# bodies that run any number of times
+_BODIES: tuple[type[nodes.For | nodes.Macro | nodes.CallBlock], ...] = (
+    nodes.For, nodes.Macro, nodes.CallBlock)
 
 
 def _count_tokens(env: SandboxedEnvironment, source: str, max_nodes: int) -> None:
@@ -371,7 +374,7 @@ def _check_tree(ast: nodes.Template, limits: TemplateLimits) -> int:
     return count
 
 
-_FOLDABLE = {nodes.Mul: "*", nodes.Pow: "**", nodes.Add: "+", nodes.Mod: "%",
+_FOLDABLE: dict[type[nodes.BinExpr], str] = {nodes.Mul: "*", nodes.Pow: "**", nodes.Add: "+", nodes.Mod: "%",
              nodes.Sub: "-", nodes.Div: "/", nodes.FloorDiv: "//"}
 
 
@@ -389,7 +392,7 @@ def _length(value: Any) -> int | None:
     return len(value) if isinstance(value, (str, list, tuple)) else None
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -398,12 +401,13 @@ def _fold(budget: RenderBudget, op: str, left: Any, right: Any) -> Any:
     RenderBudgetExceeded); strings and lists as _Sized; None when not worth knowing."""
     if op == "*" and _is_int(left) and _length(right) is not None:
         left, right = right, left
-    if op == "*" and _length(left) is not None and _is_int(right):
-        budget.charge(_length(left) * max(0, right), "a * repetition")
-        return _Sized(_length(left) * max(0, right))
-    if op == "+" and _length(left) is not None and _length(right) is not None:
-        budget.charge(_length(left) + _length(right), "a + concatenation")
-        return _Sized(_length(left) + _length(right))
+    left_n, right_n = _length(left), _length(right)
+    if op == "*" and left_n is not None and _is_int(right):
+        budget.charge(left_n * max(0, right), "a * repetition")
+        return _Sized(left_n * max(0, right))
+    if op == "+" and left_n is not None and right_n is not None:
+        budget.charge(left_n + right_n, "a + concatenation")
+        return _Sized(left_n + right_n)
     if op == "%" and isinstance(left, str):
         _check_percent(budget, left)
         return None
@@ -424,7 +428,8 @@ def _check_constants(ast: nodes.Template, limits: TemplateLimits) -> None:
     """Refuse a constant expression (`"x" * 10**8`, `9**(9**7)`) that every render would find
     over budget. Worked out bottom-up with the render's own checks, strings by their length
     only, in bounded time and memory; nothing is folded into the code."""
-    order, stack = [], [ast]
+    order: list[nodes.Node] = []
+    stack: list[nodes.Node] = [ast]
     while stack:
         node = stack.pop()
         order.append(node)
@@ -437,7 +442,8 @@ def _check_constants(ast: nodes.Template, limits: TemplateLimits) -> None:
         elif isinstance(node, (nodes.List, nodes.Tuple)) and \
                 all(id(item) in known for item in node.items):
             known[id(node)] = _Sized(len(node.items))
-        elif type(node) in _FOLDABLE and known.get(id(node.left)) is not None and \
+        elif isinstance(node, nodes.BinExpr) and type(node) in _FOLDABLE and \
+                known.get(id(node.left)) is not None and \
                 known.get(id(node.right)) is not None:
             try:
                 value = _fold(budget, _FOLDABLE[type(node)], known[id(node.left)],
@@ -501,7 +507,7 @@ def _undeclared(env: SandboxedEnvironment, ast: nodes.Template) -> set[str]:
 
 
 def _parse(env: SandboxedEnvironment, part: str, source: str,
-           limits: TemplateLimits) -> tuple[Any, set[str], int]:
+           limits: TemplateLimits) -> tuple[Template, set[str], int]:
     try:
         _count_tokens(env, source, limits.max_nodes)
         ast = env.parse(source)
@@ -522,9 +528,9 @@ def _parse(env: SandboxedEnvironment, part: str, source: str,
 
 @dataclass
 class CompiledTemplates:
-    subject: Any
-    html: Any | None
-    text: Any | None
+    subject: Template
+    html: Template | None
+    text: Template | None
     required: frozenset[str]
     subject_required: frozenset[str] = frozenset()
     nodes: int = 0   # elements of the three parts together (TEMPLATE_MAX_TOTAL_NODES)
@@ -534,21 +540,25 @@ class CompiledTemplates:
         """Render the three parts within one budget; raises TemplateRenderError."""
         _local.budget = RenderBudget(limits)
         try:
-            out = []
-            for part, template in (("subject", self.subject), ("html", self.html),
-                                   ("text", self.text)):
-                try:
-                    out.append(template.render(context) if template is not None else None)
-                except Exception as exc:   # any error of the tenant's template is theirs
-                    raise TemplateRenderError(part, exc) from None
-            size = sum(len(p.encode("utf-8", "surrogatepass")) for p in out if p is not None)
+            subject = _render_part("subject", self.subject, context)
+            html = None if self.html is None else _render_part("html", self.html, context)
+            text = None if self.text is None else _render_part("text", self.text, context)
+            size = sum(len(p.encode("utf-8", "surrogatepass"))
+                       for p in (subject, html, text) if p is not None)
             if size > limits.max_bytes:
                 raise TemplateRenderError("message", RenderBudgetExceeded(
                     f"rendered to {size} bytes, more than RENDER_MAX_BYTES "
                     f"({limits.max_bytes})"))
-            return out[0], out[1], out[2]
+            return subject, html, text
         finally:
             _local.budget = None
+
+
+def _render_part(part: str, template: Template, context: dict[str, Any]) -> str:
+    try:
+        return template.render(context)
+    except Exception as exc:   # any error of the tenant's template is theirs
+        raise TemplateRenderError(part, exc) from None
 
 
 def compile_templates(subject: str, html: str | None, text: str | None,

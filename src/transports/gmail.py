@@ -75,10 +75,13 @@ def credentials_from_info(info: dict[str, Any], token_uri_override: str | None =
     scopes = info.get("scopes")
     if isinstance(scopes, str):
         scopes = scopes.split()
-    return Credentials(token=info.get("token"), refresh_token=info.get("refresh_token"),
-                       token_uri=token_uri_override or info.get("token_uri") or GOOGLE_TOKEN_URI,
-                       client_id=info.get("client_id"), client_secret=info.get("client_secret"),
-                       scopes=scopes, expiry=_utc_naive(info.get("expiry")))
+    # google-auth ships py.typed but leaves its functions unannotated: the calls below are
+    # untyped by the library, not by us
+    return Credentials(  # type: ignore[no-untyped-call]
+        token=info.get("token"), refresh_token=info.get("refresh_token"),
+        token_uri=token_uri_override or info.get("token_uri") or GOOGLE_TOKEN_URI,
+        client_id=info.get("client_id"), client_secret=info.get("client_secret"),
+        scopes=scopes, expiry=_utc_naive(info.get("expiry")))
 
 
 def credentials_to_info(creds: Credentials) -> dict[str, Any]:
@@ -96,7 +99,7 @@ def delegated_credentials(stored: dict[str, Any], sender: str,
     bearer grant, signed with the stored key, `sub` = sender, to GMAIL_TOKEN_URI when set."""
     from google.oauth2 import service_account
 
-    creds = service_account.Credentials.from_service_account_info(
+    creds = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
         stored["service_account"], scopes=stored["scopes"], subject=sender)
     return creds.with_token_uri(token_uri_override) if token_uri_override else creds
 
@@ -258,9 +261,14 @@ class SendOnceHttp(httplib2.Http):
     IN_DOUBT_POLICY decides. GET and HEAD keep httplib2's own retries.
     """
 
-    def _conn_request(self, conn, request_uri, method, body, headers):  # noqa: D401
+    def _conn_request(self, conn: http.client.HTTPConnection, request_uri: str, method: str,
+                      body: str | bytes | None, headers: dict[str, str]
+                      ) -> tuple[httplib2.Response, bytes]:  # noqa: D401
+        # httplib2 publishes no types: its answers are typed here
         if method in ("GET", "HEAD"):
-            return super()._conn_request(conn, request_uri, method, body, headers)
+            kept: tuple[httplib2.Response, bytes] = super()._conn_request(
+                conn, request_uri, method, body, headers)
+            return kept
         try:
             if conn.sock is None:
                 conn.connect()
@@ -274,8 +282,9 @@ class SendOnceHttp(httplib2.Http):
             conn.close()
             raise
         content = response.read()
-        response = httplib2.Response(response)
-        return response, httplib2._decompressContent(response, content, self.limit_kwargs)
+        answer = httplib2.Response(response)
+        decoded: bytes = httplib2._decompressContent(answer, content, self.limit_kwargs)
+        return answer, decoded
 
 
 # -- the transport -----------------------------------------------------------------------------
@@ -429,7 +438,7 @@ class GmailTransport:
         return session
 
     def _call(self, sender: str, make: Callable[[Any], Any], what: str,
-              sent_maybe: bool) -> dict:
+              sent_maybe: bool) -> dict[str, Any]:
         session = self._session(sender)
         token = session.creds.token
         try:
@@ -450,7 +459,8 @@ class GmailTransport:
         if creds.token and (creds.expiry is None or creds.expiry - now > REFRESH_MARGIN):
             return
         try:
-            creds.refresh(google_auth_httplib2.Request(session.http.http))
+            creds.refresh(  # type: ignore[no-untyped-call]  # google-auth: unannotated
+                google_auth_httplib2.Request(session.http.http))
         except RefreshError as exc:
             raise _refresh_error(sender, exc, session.creds) from exc
         except (TransportError, *_NETWORK_ERRORS) as exc:
@@ -459,11 +469,13 @@ class GmailTransport:
         log.debug("refreshed the access token of %s", sender)
 
     def _execute(self, sender: str, session: _Session, make: Callable[[Any], Any], what: str,
-                 sent_maybe: bool) -> dict:
+                 sent_maybe: bool) -> dict[str, Any]:
         try:
             request = make(session.messages)
             self._fix_upload_scheme(request)
-            return request.execute(http=session.http, num_retries=0)
+            # googleapiclient publishes no types: an API answer is a JSON object
+            response: dict[str, Any] = request.execute(http=session.http, num_retries=0)
+            return response
         except HttpError as exc:
             raise classify_http_error(exc) from exc
         except MediaUploadSizeError as exc:

@@ -36,12 +36,15 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mailjobs.dao_mysql import Dao, DaoError
 from mailjobs.settings import Settings
 from mailjobs.transports.base import OutgoingMessage, SendError, SendResult
 from mailjobs.transports.learned_limits import SMTP, LearnedLimits
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 log = logging.getLogger("mailjobs.transport.smtp")
 
@@ -71,32 +74,28 @@ def local_hostname() -> str:
     return _local_hostname
 
 
-class _Tracking:
+class _SMTP(smtplib.SMTP):
     """Remembers whether DATA was started, whether the server took it (354: from then on the
     message may have reached it) and the final reply."""
     data_started = False
     data_open = False
     data_reply: tuple[int, bytes] | None = None
 
-    def data(self, msg: Any) -> tuple[int, bytes]:
+    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
         self.data_started = True
-        reply = super().data(msg)  # type: ignore[misc]
+        reply = super().data(msg)
         self.data_reply = reply
         return reply
 
     def getreply(self) -> tuple[int, bytes]:
-        reply = super().getreply()  # type: ignore[misc]
+        reply = super().getreply()
         if self.data_started and reply[0] == 354:
             self.data_open = True
         return reply
 
 
-class _SMTP(_Tracking, smtplib.SMTP):
-    pass
-
-
-class _SMTP_SSL(_Tracking, smtplib.SMTP_SSL):
-    pass
+class _SMTP_SSL(_SMTP, smtplib.SMTP_SSL):
+    """The same tracking over TLS from the first byte."""
 
 
 # -- the shared connection cap -------------------------------------------------------------------
@@ -225,7 +224,7 @@ _reaper = _IdleReaper()
 
 
 # -- classifying errors --------------------------------------------------------------------------
-def _text(value: Any) -> str:
+def _text(value: bytes | str) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return " ".join(str(value).split())[:500]
@@ -356,7 +355,7 @@ class SmtpTransport:
             self.slots.limits.succeeded(SMTP, self.where)
         return SendResult(provider_id=provider_id(reply, msg.message_id))
 
-    def _answer(self, code: int, text: Any, what: str, five: str,
+    def _answer(self, code: int, text: bytes | str, what: str, five: str,
                 attempted: bool = True) -> SendError:
         """The SendError for an SMTP error reply; `five` is the kind of a 5xx. A 4xx before
         the server took the message (`attempted` False) is not an attempt: the recipient is
@@ -444,6 +443,8 @@ class SmtpTransport:
     def _noop_ok(self) -> bool:
         assert self._conn is not None
         try:
+            code: int | None
+            text: bytes | str
             code, text = self._conn.noop()
         except (smtplib.SMTPException, OSError) as exc:
             code, text = None, f"{type(exc).__name__}: {exc}"
