@@ -53,6 +53,45 @@ def test_an_installed_wheel_finds_its_migrations_queries_and_templates(wheel, tm
     assert queries == "True"
 
 
+def source_modules() -> list[str]:
+    """Every module of src/ by its dotted name under mailjobs."""
+    names = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        parts = path.relative_to(ROOT / "src").with_suffix("").parts
+        names.append(".".join(("mailjobs", *(parts[:-1] if parts[-1] == "__init__" else parts))))
+    return sorted(names)
+
+
+def test_the_wheel_holds_every_module_of_src(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "src").rglob("*.py"))
+               if f"mailjobs/{path.relative_to(ROOT / 'src').as_posix()}" not in names]
+    assert missing == []
+
+
+def test_an_installed_wheel_finds_every_module_and_runs_its_command_from_itself(wheel, tmp_path):
+    """Each module found in the wheel's copy, not elsewhere (the test environment's editable
+    install would otherwise answer for a sub-package the wheel lacks); found, not imported:
+    web.wsgi builds the app when imported."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True)
+    probe = ("import importlib.util, sys\n"
+             "for name in sys.argv[1:]:\n"
+             "    print(name, importlib.util.find_spec(name).origin)\n"
+             "from mailjobs.entry import main\n"
+             "main(['--help'])\n")
+    done = subprocess.run([sys.executable, "-c", probe, *source_modules()], cwd=tmp_path,
+                          capture_output=True, text=True,
+                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    found = dict(line.split(" ", 1) for line in done.stdout.splitlines()
+                 if line.startswith("mailjobs"))
+    assert sorted(found) == source_modules()
+    assert [name for name, where in found.items() if not where.startswith(str(target))] == []
+    assert "serve" in done.stdout and "worker" in done.stdout     # the command's own help
+
+
 def python_files():
     for tree in PYTHON_TREES:
         yield from (ROOT / tree).rglob("*.py")
