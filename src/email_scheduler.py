@@ -23,7 +23,7 @@ from mailjobs.dao_mysql import DaoError
 from mailjobs.mail_message import HeaderInjection, UnsupportedAddress, build_message
 from mailjobs.records import Job, Recipient
 from mailjobs.settings import Settings
-from mailjobs.states import SenderAction, SendResult
+from mailjobs.states import ErrorKind, SenderAction, SendResult
 from mailjobs.templating import (
     CompiledTemplates,
     TemplateCompileError,
@@ -262,22 +262,22 @@ class EmailScheduler:
     def classify(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
         s = self.settings
         kind, code, text = exc.kind, exc.error_code, str(exc)
-        if kind == "permanent":
+        if kind == ErrorKind.PERMANENT:
             return Outcome(r, job, SendResult.FAILED, error_code=code, error=text)
-        if kind == "daily_limit":
+        if kind == ErrorKind.DAILY_LIMIT:
             wait = exc.retry_after or s.daily_limit_pause
             return Outcome(r, job, SendResult.RETRY, error_code=code, error=text, delay=wait,
                            refund=True, sender_action=SenderAction.DEFER, sender_delay=wait)
-        if kind == "sender_auth":
+        if kind == ErrorKind.SENDER_AUTH:
             return Outcome(r, job, SendResult.RETRY, error_code=code, error=text, refund=True,
                            sender_action=SenderAction.PAUSE_AUTH)
-        if kind == "sender_config":
+        if kind == ErrorKind.SENDER_CONFIG:
             return Outcome(r, job, SendResult.RETRY, error_code=code, error=text, refund=True,
                            sender_action=SenderAction.PAUSE_CONFIG)
         if not exc.attempted:
             return self._deferred(exc, job, r)
         # transient, rate, in_doubt: retry with backoff until MAX_ATTEMPTS
-        return self._retry(exc, job, r, in_doubt=kind == "in_doubt")
+        return self._retry(exc, job, r, in_doubt=kind == ErrorKind.IN_DOUBT)
 
 
 TransportFactory = Callable[[], Transport]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from mailjobs.dao_mysql import Dao
-from mailjobs.states import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, JobAction, JobStatus
+from mailjobs.states import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, JobAction, JobStatus, PausedBy
 
 # What an action makes of a job: its new status, who paused it, the reason shown, and whether
 # its unsent recipients are cancelled.
@@ -40,7 +40,8 @@ def cancel(dao: Dao, job_id: int, who: str = "API") -> int:
     return dao.control_job(job_id, JobAction.CANCEL, decide)
 
 
-def pause(dao: Dao, job_id: int, paused_by: str = "operator", reason: str | None = None) -> None:
+def pause(dao: Dao, job_id: int, paused_by: str = PausedBy.OPERATOR,
+          reason: str | None = None) -> None:
     def decide(status: str, started: bool, future: bool, was_paused_by: str | None,
                sender: str) -> Decision:
         if status == JobStatus.PAUSED:

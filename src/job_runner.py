@@ -51,8 +51,10 @@ from mailjobs.states import (
     FINAL_STATUS_OF,
     Deferral,
     JobStatus,
+    PausedBy,
     RunnerState,
     SenderAction,
+    SenderAuthState,
     SendResult,
 )
 from mailjobs.transports import send_as, test_keys
@@ -612,8 +614,8 @@ class JobRunner:
             log.warning("sender %s deferred for %.0f s: %s", sender, o.sender_delay, o.error)
         else:
             by_auth = o.sender_action == SenderAction.PAUSE_AUTH
-            state = "auth_revoked" if by_auth else "config_error"
-            paused_by = "sender_auth" if by_auth else "sender_config"
+            state = SenderAuthState.AUTH_REVOKED if by_auth else SenderAuthState.CONFIG_ERROR
+            paused_by = PausedBy.SENDER_AUTH if by_auth else PausedBy.SENDER_CONFIG
             reason = f"sender {sender} {state}: {o.error}"
             n = self.dao.pause_sender(sender, state, reason, paused_by, o.started_at)
             if n is None:
@@ -629,7 +631,7 @@ class JobRunner:
         """Jobs whose error rate tripped in the sending threads: paused in the database, and
         their claims not started given back at the next pass."""
         for trip in self._errors.take_new():
-            if job_control.auto_pause(self.dao, trip.job_id, "error_rate", trip.reason):
+            if job_control.auto_pause(self.dao, trip.job_id, PausedBy.ERROR_RATE, trip.reason):
                 self._watch.saw({trip.job_id: JobStatus.PAUSED})
                 log.error("job=%d %s; fix the cause, then POST /api/jobs/%d/resume",
                           trip.job_id, trip.reason, trip.job_id)

@@ -56,6 +56,32 @@ class SenderAction(StrEnum):
     DEFER = "defer"               # its daily limit: no sends until later
 
 
+class ErrorKind(StrEnum):
+    """What a failed send means (transports.base.SendError.kind; email_scheduler.classify)."""
+    PERMANENT = "permanent"          # fail this recipient
+    TRANSIENT = "transient"          # retry later; certainly not sent
+    IN_DOUBT = "in_doubt"            # may have been sent: look it up before sending again
+    RATE = "rate"                    # a per-minute rate limit
+    DAILY_LIMIT = "daily_limit"      # the sender's daily limit: defer the sender
+    SENDER_AUTH = "sender_auth"      # the sender's grant is revoked or invalid: pause it
+    SENDER_CONFIG = "sender_config"  # the sender's account cannot send: pause it
+
+
+class PausedBy(StrEnum):
+    """Who paused a job (jobs.paused_by)."""
+    OPERATOR = "operator"
+    ERROR_RATE = "error_rate"        # the runner's auto-pause (error_rate.py)
+    SENDER_AUTH = "sender_auth"      # its sender's credentials were revoked
+    SENDER_CONFIG = "sender_config"  # its sender's account cannot send
+
+
+class SenderAuthState(StrEnum):
+    """A sender's credentials (senders.auth_state)."""
+    OK = "ok"
+    AUTH_REVOKED = "auth_revoked"
+    CONFIG_ERROR = "config_error"
+
+
 class JobAction(StrEnum):
     """What an operator (or the runner's auto-pause) may do to a job (job_control)."""
     CANCEL = "cancel"

@@ -63,6 +63,14 @@ def test_every_status_list_in_the_sql_is_one_of_the_python_sets():
         assert listed == {s.value for s in SQL_LISTS[where]}, where
 
 
+def test_the_sql_names_who_paused_and_sender_states_the_enums_have():
+    sql = QUERIES.read_text()
+    paused_by = set(re.findall(r"paused_by\s*=\s*'([a-z_]+)'", sql))
+    auth_states = set(re.findall(r"auth_state\s*(?:=|<>)\s*'([a-z_]+)'", sql))
+    assert paused_by and paused_by <= {p.value for p in states.PausedBy}
+    assert auth_states and auth_states <= {a.value for a in states.SenderAuthState}
+
+
 def test_final_and_open_split_the_statuses():
     assert states.FINAL_RECIPIENT_STATUSES | states.OPEN_RECIPIENT_STATUSES == set(R)
     assert not states.FINAL_RECIPIENT_STATUSES & states.OPEN_RECIPIENT_STATUSES
