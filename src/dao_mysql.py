@@ -14,7 +14,6 @@ manager layer over its connector).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,6 +41,7 @@ from mailjobs.db.connector import (
     fetch_value,
     load_queries,
     rerun_on_conflict,
+    rerun_on_conflict_as,
     translate,
 )
 from mailjobs.deliverability import bounce_rules
@@ -184,7 +184,7 @@ class Dao:
 
     @_rerun_on_conflict
     def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient | RecipientRow],
-                        check_sender: Callable[[list[tuple]], None] | None = None
+                        check_sender: Callable[[list[tuple[Any, ...]]], None] | None = None
                         ) -> tuple[Job, int]:
         """create_job, returning the stored job and how many of its recipients were
         suppressed, both read in its transaction (no round trips after the commit).
@@ -201,7 +201,7 @@ class Dao:
 
     def create_job_chunks(self, job: NewJob, chunks: Iterator[Sequence[RecipientRow]],
                           totals: Callable[[], tuple[int, int]],
-                          check_sender: Callable[[list[tuple]], None] | None = None
+                          check_sender: Callable[[list[tuple[Any, ...]]], None] | None = None
                           ) -> tuple[Job, int]:
         """create_job_read for a job whose recipients come a chunk at a time (each stored as
         it comes, all in one transaction: an exception from `chunks` rolls it all back);
@@ -219,7 +219,7 @@ class Dao:
             return _job(_found(fetch_one(cur))), suppressed
 
     def _check_sender(self, cur: Any, job: NewJob,
-                      check_sender: Callable[[list[tuple]], None] | None) -> None:
+                      check_sender: Callable[[list[tuple[Any, ...]]], None] | None) -> None:
         if check_sender is not None:
             self._run(cur, "send_as_for", (job.sender_email.lower(),) * 5)
             check_sender(_send_as_rows(cur.fetchall()))
@@ -421,7 +421,7 @@ class Dao:
         rows, reason, _ = self.claim_checked(job_id, sender, runner_id, wanted, lease, limits)
         return rows, reason
 
-    @functools.partial(_rerun_on_conflict, label="claim")
+    @rerun_on_conflict_as("claim")
     def claim_checked(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
                       limits: Limits, api_key_id: int | None = None, unlimited: bool = False
                       ) -> tuple[list[Recipient], str | None, dict[int, str]]:
@@ -577,7 +577,7 @@ class Dao:
         """When no recipient is left to send, set the job's final status; returns the job then."""
         with self.transaction() as cur:
             self._run(cur, "unfinished_count", (job_id,))
-            if int(cur.fetchone()[0]) > 0:
+            if int(fetch_value(cur)) > 0:
                 return None
             self._run(cur, "recipient_counts", (job_id,))
             counts = {s: int(n) for s, n in cur.fetchall()}
@@ -1071,7 +1071,8 @@ class Dao:
     # first; the rows are found without locking and changed by primary key (queries.sql).
     def db_now(self) -> datetime:
         """The database's clock (UTC): retention cut-offs are taken from it, not the host's."""
-        return _found(_aware(self.db.value("db_now")))
+        now: datetime = _found(_aware(self.db.value("db_now")))
+        return now
 
     def purge_counts(self, erase_cutoff: datetime | None, delete_cutoff: datetime | None,
                      bounce_cutoff: datetime | None,
@@ -1253,9 +1254,9 @@ class Dao:
                     counts: dict[str, int] | None = None) -> int:
         if not job_ids:
             return 0
-        sql = self.queries["webhook_job_events"].format(ids=_placeholders(len(job_ids)))
-        return cur.execute(sql, (kind, kind, json.dumps(counts) if counts is not None else None,
-                                 kind, *job_ids))
+        return self._run(cur, "webhook_job_events",
+                         (kind, kind, json.dumps(counts) if counts is not None else None,
+                          kind, *job_ids), ids=_placeholders(len(job_ids)))
 
     def create_webhook(self, api_key_id: int, url: str, description: str | None,
                        events: Sequence[str], batch_size: int, secret: bytes) -> int:
@@ -1623,12 +1624,17 @@ def _counts(rows: Iterable[Row]) -> dict[str, int]:
     return {r["status"]: int(r["n"]) for r in rows}
 
 
-@functools.cache
-def _fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+_FIELDS: dict[type[Any], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _fields(cls: type[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A records dataclass's field names, and those of them that hold a datetime."""
-    fields = dataclasses.fields(cls)
-    return (tuple(f.name for f in fields),
-            tuple(f.name for f in fields if "datetime" in str(f.type)))
+    plan = _FIELDS.get(cls)
+    if plan is None:
+        fields = dataclasses.fields(cls)
+        plan = _FIELDS[cls] = (tuple(f.name for f in fields),
+                               tuple(f.name for f in fields if "datetime" in str(f.type)))
+    return plan
 
 
 def _record(cls: type[R], row: Row, **converted: Any) -> R:
@@ -1748,10 +1754,11 @@ def _values_each(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
         yield ",".join(out)
 
 
-def _retry_chunks(retry: Sequence[tuple], max_bytes: int = 1 << 20) -> Iterator[list[tuple]]:
+def _retry_chunks(retry: Sequence[tuple[Any, ...]], max_bytes: int = 1 << 20
+                  ) -> Iterator[list[tuple[Any, ...]]]:
     """Retry outcomes in batches of one UPDATE each, under `max_bytes` of error text (an
     error may be up to 65,000 characters; max_allowed_packet is what bounds a statement)."""
-    out: list[tuple] = []
+    out: list[tuple[Any, ...]] = []
     size = 0
     for row in retry:
         bound = 4 * min(len(row[2]), ERROR_TEXT_MAX) + 256

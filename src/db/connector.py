@@ -138,6 +138,14 @@ def rerun_on_conflict(method: Callable[Concatenate[S, P], T], label: str | None 
     return rerun
 
 
+def rerun_on_conflict_as(label: str) -> Callable[[Callable[Concatenate[S, P], T]],
+                                                 Callable[Concatenate[S, P], T]]:
+    """rerun_on_conflict with its own label in logs and metrics (several methods, one name)."""
+    def wrap(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
+        return rerun_on_conflict(method, label)
+    return wrap
+
+
 def _retryable(exc: BaseException) -> bool:
     """Only a lost connection is worth another checkout at once: a timeout or a refusal opened
     the circuit, a full pool was waited for already, a spent deadline is spent."""
