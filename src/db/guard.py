@@ -1,5 +1,5 @@
 """Bounds on database time: the per-request deadline, the circuit breaker, and a pymysql
-connection that obeys both. dao_mysql uses them; nothing else speaks to pymysql.
+connection that obeys both. db/connector.py uses them; nothing else speaks to pymysql.
 
 Where time went before (a frozen or partitioned server accepts the connection, or the packets
 vanish, and nothing answers):
