@@ -12,13 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from mailjobs.records import FINAL_JOB_STATUSES
+from mailjobs.states import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, JobAction, JobStatus, PausedBy
 
 if TYPE_CHECKING:
     from mailjobs.dao_mysql import Dao
-
-ACTIVE = ("queued", "scheduled", "running")
-ACTIONS = ("cancel", "pause", "resume", "retry")
 
 
 @dataclass(frozen=True)
@@ -57,27 +54,29 @@ def _not_final(action: str, status: str) -> None:
         raise Conflict(f"job is {status}: it cannot be {action}")
 
 
-def _unpaused(started: bool, future_send_at: bool) -> str:
-    return "scheduled" if future_send_at else ("running" if started else "queued")
+def _unpaused(started: bool, future_send_at: bool) -> JobStatus:
+    if future_send_at:
+        return JobStatus.SCHEDULED
+    return JobStatus.RUNNING if started else JobStatus.QUEUED
 
 
 def decide_cancel(state: JobState, who: str = "API") -> Decision:
     _not_final("cancelled", state.status)
-    return Decision("cancelled", None, f"cancelled by {who}", True)
+    return Decision(JobStatus.CANCELLED, None, f"cancelled by {who}", True)
 
 
-def decide_pause(state: JobState, paused_by: str = "operator",
+def decide_pause(state: JobState, paused_by: str = PausedBy.OPERATOR,
                  reason: str | None = None) -> Decision:
-    if state.status == "paused":
+    if state.status == JobStatus.PAUSED:
         raise Conflict("job is paused already")
-    if state.status not in ACTIVE:
+    if state.status not in ACTIVE_JOB_STATUSES:
         raise Conflict(f"job is {state.status}: only queued, scheduled or running jobs can be "
                        "paused")
-    return Decision("paused", paused_by, reason or f"paused by {paused_by}", False)
+    return Decision(JobStatus.PAUSED, paused_by, reason or f"paused by {paused_by}", False)
 
 
 def decide_resume(state: JobState) -> Decision:
-    if state.status != "paused":
+    if state.status != JobStatus.PAUSED:
         raise Conflict(f"job is {state.status}: only paused jobs can be resumed")
     return Decision(_unpaused(state.started, state.future_send_at), None, None, False)
 
@@ -92,18 +91,20 @@ def decide_retry(state: JobState, statuses: Sequence[str], codes: Sequence[str])
         raise Conflict("no recipient of this job matches the filter "
                        f"(status in {list(statuses)}"
                        + (f", error_code in {list(codes)})" if codes else ")"))
-    if state.status == "paused":
-        return Decision("paused", state.paused_by, None, False)  # stays paused until resumed
+    if state.status == JobStatus.PAUSED:   # stays paused until resumed
+        return Decision(JobStatus.PAUSED, state.paused_by, None, False)
     return Decision(_unpaused(True, state.future_send_at), None, None, False)
 
 
 def cancel(dao: Dao, job_id: int, who: str = "API") -> int:
     """No further sends; unsent recipients become cancelled. Returns how many."""
-    return dao.control_job(job_id, "cancel", lambda state: decide_cancel(state, who))
+    return dao.control_job(job_id, JobAction.CANCEL, lambda state: decide_cancel(state, who))
 
 
-def pause(dao: Dao, job_id: int, paused_by: str = "operator", reason: str | None = None) -> None:
-    dao.control_job(job_id, "pause", lambda state: decide_pause(state, paused_by, reason))
+def pause(dao: Dao, job_id: int, paused_by: str = PausedBy.OPERATOR,
+          reason: str | None = None) -> None:
+    dao.control_job(job_id, JobAction.PAUSE,
+                    lambda state: decide_pause(state, paused_by, reason))
 
 
 def auto_pause(dao: Dao, job_id: int, paused_by: str, reason: str) -> bool:
@@ -116,10 +117,10 @@ def auto_pause(dao: Dao, job_id: int, paused_by: str, reason: str) -> bool:
 
 
 def resume(dao: Dao, job_id: int) -> None:
-    dao.control_job(job_id, "resume", decide_resume)
+    dao.control_job(job_id, JobAction.RESUME, decide_resume)
 
 
 def retry(dao: Dao, job_id: int, statuses: Sequence[str], codes: Sequence[str]) -> int:
     """Put matching recipients back to queued and the job back to work. Returns how many."""
-    return dao.control_job(job_id, "retry", lambda state: decide_retry(state, statuses, codes),
-                           statuses, codes)
+    return dao.control_job(job_id, JobAction.RETRY,
+                           lambda state: decide_retry(state, statuses, codes), statuses, codes)
