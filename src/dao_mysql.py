@@ -1,46 +1,61 @@
-"""All SQL of mailjobs and the connection pool. The only module that speaks to MySQL.
+"""All SQL access of mailjobs: one `Dao` method per operation (the store, procrastinate's
+manager layer over its connector).
 
-- Statements live in `queries.sql`, loaded by name (procrastinate's habit).
-- A DBUtils `PooledDB` over pymysql with connect/read/write timeouts, `ping` on checkout and
-  `reset` on return. DBUtils' own `blocking=True` waits forever for a free connection, so the pool
-  is non-blocking and a semaphore bounds the wait to `DB_POOL_TIMEOUT` seconds.
-- Obtaining a working connection is retried with bounded exponential backoff (tenacity), each
-  retry logged with its attempt and wait, only after a lost connection and only while the
-  request's deadline allows. A statement is never re-run blindly: a write whose connection broke
-  mid-way may have committed, so that error goes up to the caller.
-- Every wait is bounded by `db_guard`: the request's deadline (DB_REQUEST_DEADLINE, set by the
-  API per request), the handshake by DB_CONNECT_TIMEOUT, pings by DB_PING_TIMEOUT; and the
-  process's circuit breaker fails calls at once while the database is known to be unreachable.
-- pymysql errors are translated here, at one edge, into `DatabaseUnavailable` (server down, lost,
-  timed out, pool exhausted) and `DuplicateKey`; no other module sees pymysql's exceptions.
+- The connection pool, deadlines, the circuit breaker, error translation, transactions and
+  statements by name are the connector's (`db/connector.py`); its error types are importable
+  from here too (`DatabaseUnavailable`, `DuplicateKey`, ...), as every caller knows them.
+- Statements live in `queries.sql`, loaded by name; a method runs them through the connector and
+  maps their rows BY COLUMN NAME into the `records` dataclasses (a SELECT names its columns as
+  the dataclass's fields; the mapping takes what it selects).
+- What is decided rather than stored lives in small domain modules this one calls: the
+  sender's limits at a claim (`rate_limit`), a job control action's outcome (`job_control`),
+  what a read bounce does (`deliverability.bounce_rules`).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
-import random
-import re
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pymysql
 import pymysql.converters
-from dbutils.pooled_db import PooledDB, TooManyConnections
 from pymysql.constants import SERVER_STATUS
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
+from pymysql.cursors import Cursor
 
-from mailjobs import defaults, job_status, metrics
-from mailjobs.db import guard as db_guard
-from mailjobs.deliverability.addresses import address_key
-from mailjobs.mail_message import has_own_token, recipient_message_id
-from mailjobs.rate_limit import Limits, allowance
+from mailjobs import defaults, job_status
+from mailjobs.db.connector import (
+    QUERIES_FILE,
+    Args,
+    Connector,
+    DaoError,
+    DatabaseUnavailable,
+    DuplicateKey,
+    Row,
+    TransactionConflict,
+    fetch_all,
+    fetch_one,
+    fetch_value,
+    load_queries,
+    rerun_on_conflict,
+    rerun_on_conflict_as,
+    translate,
+)
+from mailjobs.deliverability import bounce_rules
+from mailjobs.deliverability.bounce_rules import BounceTarget, attributed
+from mailjobs.job_control import Decide, JobState
+from mailjobs.mail_message import recipient_message_id
+from mailjobs.rate_limit import (
+    DEFERRED,
+    Limits,
+    SenderState,
+    allowance,
+    claim_limits,
+    tokens_after_claim,
+)
 from mailjobs.records import (
     ERROR_TEXT_MAX,
     ApiKey,
@@ -55,14 +70,19 @@ from mailjobs.records import (
     RetryOutcome,
     SentOutcome,
     StoredTemplate,
+    Suppression,
     clip_error,
 )
 from mailjobs.scheduling import Claimable
 from mailjobs.settings import DatabaseParams, Settings
 from mailjobs.states import RecipientStatus
 
+__all__ = ["QUERIES_FILE", "AttachmentGone", "Dao", "DaoError", "DatabaseUnavailable",
+           "DuplicateKey", "RecipientRow", "TransactionConflict", "attributed", "insert_values",
+           "load_queries"]
+
 log = logging.getLogger("mailjobs.db")
-T = TypeVar("T")
+R = TypeVar("R")
 # One recipient as stored (insert_recipients' columns after job_id): address, name, variables as
 # JSON text, locale asked for, template variant used, metadata as JSON text (each but the
 # address may be None).
@@ -70,281 +90,51 @@ T = TypeVar("T")
 # locale, locale_used, metadata (JSON), attachments (JSON)
 RecipientRow = tuple[str, str | None, str | None, str | None, str | None, str | None, str | None]
 
-QUERIES_FILE = Path(__file__).with_name("queries.sql")
+
 # Ids per `WHERE id IN (...)` statement of a purge batch: under MariaDB's
 # in_predicate_conversion_threshold (1,000), so the list stays a primary-key range.
 PK_CHUNK = 500
-# Server-side errors that mean "not reachable now", not "your statement is wrong".
-_UNAVAILABLE_CODES = {1040, 1053, 2002, 2003, 2006, 2013, 2055}
-
-
-class DaoError(Exception):
-    """Base class of the errors this module raises."""
-
-
-class DatabaseUnavailable(DaoError):
-    """The database cannot be reached or did not answer in time. Retry later.
-
-    `kind`: timeout, refused, lost (a connection broke), pool (no free pooled connection),
-    deadline (the request's DB_REQUEST_DEADLINE is spent), circuit (failed at once: the circuit
-    breaker is open), conflict (TransactionConflict). `retry_after`: seconds a client should wait.
-    """
-
-    def __init__(self, message: str, kind: str = "lost", retry_after: float = 5.0) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-class TransactionConflict(DatabaseUnavailable):
-    """InnoDB chose this transaction as a deadlock victim (1213) or it waited too long for a
-    row lock (1205). The whole transaction was rolled back: re-running all of it is safe."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, kind="conflict", retry_after=1.0)
 
 
 class AttachmentGone(DaoError):
     """An attachment a job names was deleted while the job was being stored."""
 
 
-class DuplicateKey(DaoError):
-    """A unique key already holds this value."""
-
-
-def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
-    """Parse `-- name: x` blocks into {name: sql}."""
-    queries: dict[str, str] = {}
-    for block in re.split(r"^-- name: ", path.read_text(), flags=re.M)[1:]:
-        name, _, body = block.partition("\n")
-        lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
-        if name.strip() in queries:   # the later one would silently replace the first
-            raise ValueError(f"{path}: the statement name {name.strip()!r} is used twice")
-        queries[name.strip()] = "\n".join(lines).strip().rstrip(";")
-    return queries
-
-
-def _translate(exc: Exception) -> DaoError | None:
-    if isinstance(exc, TooManyConnections):
-        return DatabaseUnavailable("no free database connection in the pool", kind="pool")
-    if isinstance(exc, db_guard.CircuitOpen):
-        return DatabaseUnavailable(str(exc), kind="circuit", retry_after=exc.retry_after)
-    if isinstance(exc, pymysql.err.IntegrityError) and exc.args and exc.args[0] == 1062:
-        return DuplicateKey(str(exc.args[1]))
-    if isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)):
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-        if code in (1205, 1213):
-            return TransactionConflict(f"transaction conflict ({code}): {exc.args[-1]}")
-        if code is None or code in _UNAVAILABLE_CODES or isinstance(exc, pymysql.err.InterfaceError):
-            kind = db_guard.failure_kind(exc)
-            return DatabaseUnavailable(
-                f"database unavailable ({code}, {kind}): {exc.args[-1] if exc.args else exc}",
-                kind=kind)
-    return None
-
-
-def _rerun_on_conflict(method: Callable[..., T], label: str | None = None) -> Callable[..., T]:
-    """For a DAO method that is one transaction (plus idempotent steps before it): when InnoDB
-    rolls it back as a deadlock victim or after a lock wait timeout, run it again, up to
-    CONFLICT_RETRIES times after a short random pause, before the error goes up. The runners'
-    claims and writes collide with each other; a collision is not an outage."""
-    @functools.wraps(method)
-    def rerun(self: Dao, *args: Any, **kwargs: Any) -> T:
-        for attempt in range(1, defaults.CONFLICT_RETRIES + 1):
-            try:
-                return method(self, *args, **kwargs)
-            except TransactionConflict as exc:
-                if attempt == defaults.CONFLICT_RETRIES:
-                    raise
-                metrics.DB_CONFLICTS.labels(label or method.__name__).inc()
-                log.info("%s lost a lock conflict (%s); running it again (attempt %d)",
-                         label or method.__name__, exc, attempt + 1)
-                time.sleep(random.uniform(0.005, 0.05) * attempt)
-        raise AssertionError("unreachable")
-    return rerun
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Only a lost connection is worth another checkout at once: a timeout or a refusal opened
-    the circuit, a full pool was waited for already, a spent deadline is spent."""
-    return isinstance(exc, DatabaseUnavailable) and exc.kind == "lost"
-
-
-def _within_deadline(attempts: int) -> Callable[[RetryCallState], bool]:
-    def stop(state: RetryCallState) -> bool:
-        left = db_guard.remaining()
-        return state.attempt_number >= attempts or (left is not None and
-                                                    left <= defaults.DB_RETRY_MAX)
-    return stop
-
-
-def _log_retry(state: RetryCallState) -> None:
-    wait = state.next_action.sleep if state.next_action else 0
-    log.warning("database connection failed (attempt %d): %s; retrying in %.2fs",
-                state.attempt_number, state.outcome.exception() if state.outcome else "?", wait)
+_rerun_on_conflict = rerun_on_conflict
+_translate = translate
 
 
 class Dao:
-    """The data access object: one per process, shared by its threads."""
+    """All SQL access: one method per operation, over the connector (one per process, shared
+    by its threads); rows are mapped by column name into the records dataclasses."""
 
     def __init__(self, settings: Settings, params: DatabaseParams | None = None) -> None:
+        self.db = Connector(settings, params)
         self.settings = settings
-        self.params = params or settings.db
-        self.queries = load_queries()
-        self._slots = threading.BoundedSemaphore(settings.db_pool_size)
-        self._in_use = 0
-        self._in_use_lock = threading.Lock()
+        self.params = self.db.params
+        self.queries = self.db.queries
+        self.breaker = self.db.breaker
         self._known_senders: set[str] = set()
         self._max_packet: int | None = None
-        self.breaker = db_guard.Breaker(settings.db_breaker_interval)
-        self._health_lock = threading.Lock()
-        self._health_conn: Any = None
-        # reset=False: a connection going back is rolled back only when its transaction is
-        # still open (transaction() always commits or rolls back: one round trip saved).
-        self._pool = PooledDB(
-            creator=db_guard.connector(self.breaker, settings.db_ping_timeout), mincached=0,
-            maxcached=settings.db_pool_size, maxconnections=settings.db_pool_size,
-            blocking=False, ping=1, reset=False,
-            host=self.params.host, port=self.params.port, user=self.params.user,
-            password=self.params.password, database=self.params.database,
-            unix_socket=self.params.unix_socket, charset="utf8mb4",
-            connect_timeout=settings.db_connect_timeout, read_timeout=settings.db_read_timeout,
-            write_timeout=settings.db_write_timeout, autocommit=False,
-            init_command=self.params.init_command(),
-            hosts=db_guard.hosts_for(self.params.addresses, settings.db_failback_after),
-        )
 
     # --- connections ----------------------------------------------------------------------
     @property
     def connections_in_use(self) -> int:
-        return self._in_use
+        return self.db.connections_in_use
 
-    def _checkout(self, probe: bool = False) -> Any:
-        """A pooled connection with its transaction begun (no round trip: see
-        BoundedConnection.begin); a connection idle for a moment was pinged by DBUtils."""
-        left = db_guard.remaining()
-        if left is not None and left <= 0:
-            raise DatabaseUnavailable("the request's database deadline "
-                                      f"({self.settings.db_request_deadline:g} s) is spent",
-                                      kind="deadline")
-        started = time.monotonic()
-        wait = db_guard.bound(self.settings.db_pool_timeout)
-        acquired = self._slots.acquire(timeout=wait)
-        metrics.POOL_WAIT_SECONDS.observe(time.monotonic() - started)
-        if not acquired:
-            raise DatabaseUnavailable(
-                f"no free database connection within {wait:.1f}s "
-                f"(pool size {self.settings.db_pool_size})", kind="pool", retry_after=1.0)
-        conn = None
-        try:
-            conn = self._pool.connection()
-            if not db_guard.is_connected(conn):   # its ping and its reconnect failed
-                raise DatabaseUnavailable(
-                    "no working database connection (its ping and reconnect failed)",
-                    kind="circuit" if self.breaker.is_open else "lost")
-            # An explicit begin() tells DBUtils a transaction is open: without it, DBUtils
-            # answers a failed statement (a deadlock, 1213) by silently re-running just that
-            # statement in a new transaction, losing the ones before it.
-            conn.begin()
-            if probe:   # the breaker's probe: one real round trip, within the cap
-                cur = conn.cursor()
-                cur.execute(self.queries["ping"])
-                cur.fetchall()
-                cur.close()
-        except Exception as exc:
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:
-                    log.debug("closing a broken connection failed", exc_info=True)
-            self._slots.release()
-            if isinstance(exc, DaoError):
-                raise
-            raise (_translate(exc) or exc) from exc
-        with self._in_use_lock:
-            self._in_use += 1
-        metrics.POOL_IN_USE.inc()
-        return conn
-
-    def _release(self, conn: Any) -> None:
-        try:
-            conn.close()
-        except Exception:  # a broken connection is dropped by the pool; nothing to recover
-            log.debug("closing a pooled connection failed", exc_info=True)
-        finally:
-            with self._in_use_lock:
-                self._in_use -= 1
-            metrics.POOL_IN_USE.dec()
-            self._slots.release()
-
-    def _acquire(self) -> Any:
-        """A connection, through the circuit breaker: while it is open this fails at once,
-        unless this caller is the probe (its checkout then waits at most DB_PING_TIMEOUT)."""
-        try:
-            probe = self.breaker.before(self.settings.db_ping_timeout)
-        except db_guard.CircuitOpen as exc:
-            raise _translate(exc) from None
-        retrying = Retrying(
-            stop=_within_deadline(max(1, self.settings.db_retry_attempts)),
-            wait=wait_exponential_jitter(multiplier=defaults.DB_RETRY_BASE, max=defaults.DB_RETRY_MAX),
-            retry=retry_if_exception(_retryable), before_sleep=_log_retry, reraise=True)
-        try:
-            if not probe:
-                return retrying(self._checkout)
-            with db_guard.probing(), db_guard.cap(self.settings.db_ping_timeout):
-                conn = self._checkout(probe=True)
-            self.breaker.success()
-            return conn
-        except DatabaseUnavailable as exc:
-            self._failed(exc)
-            raise
-
-    def _failed(self, exc: DatabaseUnavailable) -> None:
-        self.breaker.failure(exc.kind, str(exc))
-        if self.breaker.is_open:
-            exc.retry_after = max(1.0, self.breaker.retry_after())
-
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self) -> AbstractContextManager[Cursor]:
         """A cursor in one transaction: committed on success, rolled back on error."""
-        conn = self._acquire()
-        try:
-            cur = conn.cursor()
-            try:
-                yield cur
-                conn.commit()
-            except BaseException:
-                try:
-                    conn.rollback()
-                except Exception:
-                    log.debug("rollback failed", exc_info=True)
-                raise
-            finally:
-                cur.close()
-        except DaoError:
-            raise
-        except Exception as exc:
-            translated = _translate(exc)
-            if translated is None:
-                raise
-            if isinstance(translated, DatabaseUnavailable):
-                self._failed(translated)
-            raise translated from exc
-        finally:
-            self._release(conn)
+        return self.db.transaction()
 
-    def _run(self, cur: Any, name: str, args: Any = None) -> int:
-        return cur.execute(self.queries[name], args)
+    def _run(self, cur: Cursor, name: str, args: Args = None, **parts: str) -> int:
+        """A named statement in the caller's transaction (Connector.run)."""
+        return self.db.run(cur, name, args, **parts)
 
-    def _one(self, name: str, args: Any = None) -> tuple | None:
-        with self.transaction() as cur:
-            self._run(cur, name, args)
-            return cur.fetchone()
+    def _one(self, name: str, args: Args = None) -> Row | None:
+        return self.db.one(name, args)
 
-    def _all(self, name: str, args: Any = None) -> list[tuple]:
-        with self.transaction() as cur:
-            self._run(cur, name, args)
-            return list(cur.fetchall())
+    def _all(self, name: str, args: Args = None) -> list[Row]:
+        return self.db.all(name, args)
 
     def ping(self) -> None:
         self._one("ping")
@@ -352,57 +142,17 @@ class Dao:
     def max_packet_bytes(self) -> int:
         """The server's max_allowed_packet: no one statement may be larger (read once)."""
         if self._max_packet is None:
-            row = self._one("max_allowed_packet")
-            self._max_packet = int(row[0]) if row else 16 * 1024 * 1024
+            value = self.db.value("max_allowed_packet")
+            self._max_packet = int(value) if value is not None else 16 * 1024 * 1024
         return self._max_packet
 
     def health(self, timeout: float, max_age: float) -> tuple[str, int | None, str]:
         """(database, live runners, detail) for /healthz, within `timeout` seconds whatever the
-        server does: "ok", "timeout" or "refused" (or "error"). Uses a connection of its own,
-        outside the pool, so it never waits behind stuck request threads; feeds the breaker."""
-        if not self._health_lock.acquire(timeout=timeout):
-            return "timeout", None, "another health check is still waiting for the database"
-        try:
-            with db_guard.deadline(timeout):
-                kept = self._health_conn is not None
-                try:
-                    live = self._health_query(max_age, timeout)
-                except pymysql.err.Error as exc:
-                    # a kept connection the server closed (a restart): once more, a new one
-                    if not kept or db_guard.failure_kind(exc) != "lost":
-                        raise
-                    self._drop_health_conn()
-                    live = self._health_query(max_age, timeout)
-            self.breaker.success()
-            return "ok", live, ""
-        except pymysql.err.Error as exc:
-            self._drop_health_conn()
-            kind = db_guard.failure_kind(exc)
-            self.breaker.failure(kind, f"health check: {exc.args[-1] if exc.args else exc}")
-            return (kind if kind in ("timeout", "refused") else "error"), None, str(exc)[:300]
-        finally:
-            self._health_lock.release()
-
-    def _health_query(self, max_age: float, timeout: float) -> int:
-        conn = self._health_conn
-        if conn is None:
-            conn = self._health_conn = db_guard.connect(
-                self.params, database=self.params.database, connect_timeout=timeout,
-                read_timeout=timeout, write_timeout=timeout, autocommit=True)
-        with conn.cursor() as cur:
-            cur.execute(self.queries["live_runners"], (int(max_age * 1_000_000),))
-            return len(cur.fetchall())
-
-    def _drop_health_conn(self) -> None:
-        conn, self._health_conn = self._health_conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:   # a broken connection: nothing to close cleanly
-                log.debug("closing the health connection failed", exc_info=True)
+        server does (Connector.health)."""
+        return self.db.health(timeout, max_age)
 
     def close(self) -> None:
-        self._pool.close()
+        self.db.close()
 
     # --- API keys -------------------------------------------------------------------------
     def insert_api_key(self, name: str, prefix: str, secret_hash: str,
@@ -439,7 +189,7 @@ class Dao:
 
     @_rerun_on_conflict
     def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient | RecipientRow],
-                        check_sender: Callable[[list[tuple]], None] | None = None
+                        check_sender: Callable[[list[tuple[Any, ...]]], None] | None = None
                         ) -> tuple[Job, int]:
         """create_job, returning the stored job and how many of its recipients were
         suppressed, both read in its transaction (no round trips after the commit).
@@ -452,11 +202,11 @@ class Dao:
             suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id,
                                                        len(recipients))
             self._run(cur, "job_by_id", (job_id,))
-            return _job(cur.fetchone()), suppressed
+            return _job(_found(fetch_one(cur))), suppressed
 
     def create_job_chunks(self, job: NewJob, chunks: Iterator[Sequence[RecipientRow]],
                           totals: Callable[[], tuple[int, int]],
-                          check_sender: Callable[[list[tuple]], None] | None = None
+                          check_sender: Callable[[list[tuple[Any, ...]]], None] | None = None
                           ) -> tuple[Job, int]:
         """create_job_read for a job whose recipients come a chunk at a time (each stored as
         it comes, all in one transaction: an exception from `chunks` rolls it all back);
@@ -471,10 +221,10 @@ class Dao:
             self._run(cur, "set_job_totals", (total, duplicates, job_id))
             suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id, total)
             self._run(cur, "job_by_id", (job_id,))
-            return _job(cur.fetchone()), suppressed
+            return _job(_found(fetch_one(cur))), suppressed
 
     def _check_sender(self, cur: Any, job: NewJob,
-                      check_sender: Callable[[list[tuple]], None] | None) -> None:
+                      check_sender: Callable[[list[tuple[Any, ...]]], None] | None) -> None:
         if check_sender is not None:
             self._run(cur, "send_as_for", (job.sender_email.lower(),) * 5)
             check_sender(_send_as_rows(cur.fetchall()))
@@ -539,31 +289,31 @@ class Dao:
         return [_job(row) for row in rows]
 
     def recipient_counts(self, job_id: int) -> dict[str, int]:
-        return {status: int(n) for status, n in self._all("recipient_counts", (job_id,))}
+        return _counts(self._all("recipient_counts", (job_id,)))
 
     def recipients_page(self, job_id: int, status: str | None, after: int,
                         limit: int) -> list[Recipient]:
         args = {"job_id": job_id, "status": status, "after": after, "limit": limit}
         name = "recipients_page_by_status" if status else "recipients_page"
-        return [_with_metadata(_recipient(row[:22]), row[22]) for row in self._all(name, args)]
+        return [_recipient(row) for row in self._all(name, args)]
 
-    def export_recipients_page(self, job_id: int, after: int, limit: int) -> list[tuple]:
+    def export_recipients_page(self, job_id: int, after: int, limit: int) -> list[tuple[Any, ...]]:
         """One page of the CSV export (export.py): (id, to_email, name, status, attempts,
         error_code, error, sent_at, gmail_message_id, locale, locale_used) rows with id >
-        `after`, in id order."""
+        `after`, in id order (the statement's columns, in its order)."""
         rows = self._all("export_recipients_page",
                          {"job_id": job_id, "after": after, "limit": limit})
-        return [_utc(row) for row in rows]
+        return [tuple(_utc(row).values()) for row in rows]
 
     def sender_plan(self, sender: str, exclude_job: int = 0
                     ) -> tuple[int | None, int | None, int, int]:
         """For estimates.py: the sender's own rate and daily cap (None where the settings
         apply), the unsent recipients of its active jobs (all but `exclude_job`), and its sends
         in the last 24 hours."""
-        rate, cap, backlog, sent = self._one("sender_plan",
-                                             {"sender": sender, "exclude": exclude_job})
+        row = _found(self._one("sender_plan", {"sender": sender, "exclude": exclude_job}))
+        rate, cap = row["rate_per_minute"], row["daily_cap"]
         return (None if rate is None else int(rate), None if cap is None else int(cap),
-                int(backlog), int(sent))
+                int(row["backlog"]), int(row["sent_24h"]))
 
     def save_delegated_key(self, pattern: str, client_email: str, blob: bytes) -> int:
         """Store a service-account key for an address or '*@domain' (encrypted), authorise its
@@ -578,7 +328,7 @@ class Dao:
     def delegated_key(self, sender: str) -> tuple[str, bytes] | None:
         """(pattern, encrypted key) a sender sends with: its address's, else its domain's."""
         row = self._one("delegated_key", {"email": sender})
-        return (row[0], bytes(row[1])) if row else None
+        return (row["pattern"], bytes(row["credentials"])) if row else None
 
     # --- stored templates -----------------------------------------------------------------
     def add_template_version(self, api_key_id: int, name: str, subject: str, html: str | None,
@@ -592,13 +342,13 @@ class Dao:
         """
         with self.transaction() as cur:
             self._run(cur, "template_latest_version", (api_key_id, name))
-            latest = int(cur.fetchone()[0])
+            latest = int(fetch_value(cur))
             if (latest > 0) != must_exist:
                 return None
             self._run(cur, "insert_template", (api_key_id, name, latest + 1, subject, html, text,
                                                json.dumps(variants) if variants else None))
             self._run(cur, "template_version", (api_key_id, name, latest + 1))
-            return _template(cur.fetchone())
+            return _template(_found(fetch_one(cur)))
 
     def template(self, api_key_id: int, name: str, version: int | None) -> StoredTemplate | None:
         row = (self._one("template_version", (api_key_id, name, version)) if version is not None
@@ -618,14 +368,13 @@ class Dao:
         learned caps."""
         with self.transaction() as cur:
             self._run(cur, "queue_depth")
-            depth = {status: int(n) for status, n in cur.fetchall()}
+            depth = _counts(fetch_all(cur))
             self._run(cur, "oldest_queued_age")
-            oldest = float(cur.fetchone()[0] or 0)
+            oldest = float(fetch_value(cur) or 0)
             self._run(cur, "runner_heartbeat_ages")
-            runners = [{"id": i, "kind": k, "state": st, "age": float(age)}
-                       for i, k, st, age in cur.fetchall()]
+            runners = [{**r, "age": float(r["age"])} for r in fetch_all(cur)]
             self._run(cur, "learned_caps_all")
-            caps = [_learned_cap(r) for r in cur.fetchall()]
+            caps = [_learned_cap(r) for r in fetch_all(cur)]
         return depth, oldest, runners, caps
 
     # --- runners --------------------------------------------------------------------------
@@ -648,24 +397,24 @@ class Dao:
             "email": email, "api_key_id": api_key_id, "limit": limit,
             "before": before if before is not None else 2**63 - 1})
         # the recipient's attachments: the job's (every recipient gets them), then its own
-        return [(dataclasses.replace(_with_metadata(_recipient(row[:22]), row[25]),
-                                     attachments=(_json(row[27]) or []) + (_json(row[26]) or [])),
-                 row[22], row[23], int(row[24])) for row in rows]
+        return [(dataclasses.replace(_recipient(row), attachments=(
+                    (_json(row["job_attachments"]) or []) + (_json(row["attachments"]) or []))),
+                 row["job_status"], row["sender_email"], int(row["api_key_id"])) for row in rows]
 
     # --- claiming -------------------------------------------------------------------------
     def claimable_jobs(self, limit: int) -> list[Claimable]:
-        return [Claimable(int(i), s, int(p), int(k))
-                for i, s, p, k in self._all("claimable_jobs", (limit,))]
+        return [Claimable(int(r["id"]), r["sender_email"], int(r["priority"]),
+                          int(r["api_key_id"])) for r in self._all("claimable_jobs", (limit,))]
 
     @_rerun_on_conflict
     def expire_due_jobs(self, limit: int = 20) -> list[int]:
         """Recipients of jobs past expires_at that were not sent end 'expired'; returns the
         jobs touched (the caller finishes them)."""
-        job_ids = [int(r[0]) for r in self._all("expired_jobs", (limit,))]
+        job_ids = [int(r["id"]) for r in self._all("expired_jobs", (limit,))]
         for job_id in job_ids:
             with self.transaction() as cur:
                 self._run(cur, "expiring_recipients", (job_id,))
-                ids = [int(r[0]) for r in cur.fetchall()]
+                ids = [int(r["id"]) for r in fetch_all(cur)]
                 self._run(cur, "expire_recipients",
                           ("not sent before the job's expires_at; never sent late", job_id))
                 self._recipient_events(cur, "recipient.failed", ids, ("expired",))
@@ -677,7 +426,7 @@ class Dao:
         rows, reason, _ = self.claim_checked(job_id, sender, runner_id, wanted, lease, limits)
         return rows, reason
 
-    @functools.partial(_rerun_on_conflict, label="claim")
+    @rerun_on_conflict_as("claim")
     def claim_checked(self, job_id: int, sender: str, runner_id: str, wanted: int, lease: int,
                       limits: Limits, api_key_id: int | None = None, unlimited: bool = False
                       ) -> tuple[list[Recipient], str | None, dict[int, str]]:
@@ -696,57 +445,53 @@ class Dao:
         self._ensure_sender(sender)
         with self.transaction() as cur:
             self._run(cur, "lock_sender", (sender,))
-            row = cur.fetchone()
+            row = fetch_one(cur)
             if row is None:  # deleted since this process created it
                 self._known_senders.discard(sender)
                 raise TransactionConflict(f"sender row {sender} missing; creating it again")
-            rate, cap, tokens, elapsed, deferred = row
-            if unlimited:   # a test key's job: its messages never reach the sender's account
-                rate, cap, deferred, limits = 0, 0, False, Limits(0, 0, limits.burst_seconds)
-            if deferred:
-                return [], "sender deferred", {}
-            limits = Limits(limits.rate_per_minute if rate is None else int(rate),
-                            limits.daily_cap if cap is None else int(cap), limits.burst_seconds)
+            state = SenderState(row["rate_per_minute"], row["daily_cap"], float(row["tokens"]),
+                                None if row["elapsed"] is None else float(row["elapsed"]),
+                                bool(row["deferred"]))
+            own = claim_limits(limits, state, unlimited)
+            if own is None:
+                return [], DEFERRED, {}
             sent_24h = 0
-            if limits.daily_cap > 0:
+            if own.daily_cap > 0:
                 self._run(cur, "sender_sends_24h", (sender,))
-                sent_24h = int(cur.fetchone()[0])
-            allowed = allowance(limits, wanted, float(tokens),
-                                float(elapsed) if elapsed is not None else None, sent_24h)
+                sent_24h = int(fetch_value(cur))
+            allowed = allowance(own, wanted, state.tokens, state.elapsed, sent_24h)
             ids: list[int] = []
             expired: list[int] = []
             if allowed.count > 0:
                 self._run(cur, "due_claimable",
                           {"job": job_id, "n": allowed.count, "runner": runner_id})
-                due = sorted(((int(kind), int(i)) for i, kind in cur.fetchall()),
-                             key=lambda row: row[0])   # stable: each part keeps its order
+                due = sorted(((int(r["kind"]), int(r["id"])) for r in fetch_all(cur)),
+                             key=lambda due: due[0])   # stable: each part keeps its order
                 ids = [i for _, i in due[:allowed.count]]
                 expired = [i for kind, i in due[:allowed.count] if kind == 1]
             if not ids:
-                if limits.rate_per_minute > 0:
-                    self._run(cur, "set_sender_tokens", (allowed.tokens_left + allowed.count,
-                                                         sender))
+                if own.rate_per_minute > 0:
+                    self._run(cur, "set_sender_tokens", (tokens_after_claim(allowed, 0), sender))
                 return [], allowed.reason, {}
-            marks = _placeholders(len(ids))
             if expired:  # their runner died mid-send: the mail may have gone out
-                cur.execute(self.queries["mark_in_doubt"].format(ids=_placeholders(len(expired))),
-                            expired)
+                self._run(cur, "mark_in_doubt", expired, ids=_placeholders(len(expired)))
             new_ids = json.dumps([(i, recipient_message_id(job_id, i, sender)) for i in ids])
             self._run(cur, "claim_recipients", (new_ids, runner_id, lease, lease))
             self._run(cur, "start_job", (job_id,))
             # api_key_id None (Dao.claim): no suppression read (no key matches id 0)
-            cur.execute(self.queries["claimed_rows"].format(ids=marks),
-                        (api_key_id if api_key_id is not None else 0, *ids, runner_id))
-            found = cur.fetchall()
+            self._run(cur, "claimed_rows",
+                      (api_key_id if api_key_id is not None else 0, *ids, runner_id),
+                      ids=_placeholders(len(ids)))
+            found = fetch_all(cur)
             # charged for what was taken (a row claimed elsewhere since it was found is not)
-            if limits.rate_per_minute > 0:
+            if own.rate_per_minute > 0:
                 self._run(cur, "set_sender_tokens",
-                          (allowed.tokens_left + (allowed.count - len(found)), sender))
-            if limits.daily_cap > 0 and found:
+                          (tokens_after_claim(allowed, len(found)), sender))
+            if own.daily_cap > 0 and found:
                 self._add_sender_sends(cur, {sender: len(found)})
-            rows = [_recipient(row[:-1]) for row in found]
-            suppressed = {int(row[0]): row[-1] for row in found
-                          if row[-1] is not None and api_key_id is not None}
+            rows = [_recipient(row) for row in found]
+            suppressed = {int(row["id"]): row["suppressed_reason"] for row in found
+                          if row["suppressed_reason"] is not None and api_key_id is not None}
             return rows, allowed.reason, suppressed
 
     def _add_sender_sends(self, cur: Any, sends: dict[str, int]) -> None:
@@ -764,12 +509,11 @@ class Dao:
             return set()
         marks = _placeholders(len(ids))
         with self.transaction() as cur:
-            renewed = cur.execute(self.queries["renew_leases"].format(ids=marks),
-                                  (lease, lease, runner_id, *ids))
+            renewed = self._run(cur, "renew_leases", (lease, lease, runner_id, *ids), ids=marks)
             if renewed == len(ids):   # the usual case: no second round trip
                 return set(ids)
-            cur.execute(self.queries["held_claims"].format(ids=marks), (runner_id, *ids))
-            return {int(row[0]) for row in cur.fetchall()}
+            self._run(cur, "held_claims", (runner_id, *ids), ids=marks)
+            return {int(row["id"]) for row in fetch_all(cur)}
 
     @_rerun_on_conflict
     def release(self, runner_id: str, back: GiveBack) -> int:
@@ -811,7 +555,7 @@ class Dao:
                      o.id, runner_id)
                     for o in failed])
             for chunk in _retry_chunks(retry):
-                columns = [[(o.id, o.error_code) for o in chunk],
+                columns: list[list[tuple[int, Any]]] = [[(o.id, o.error_code) for o in chunk],
                            [(o.id, clip_error(o.error)) for o in chunk],
                            [(o.id, int(o.delay * 1_000_000)) for o in chunk],
                            [(o.id, 1 if o.refund else 0) for o in chunk],
@@ -836,70 +580,66 @@ class Dao:
         """When no recipient is left to send, set the job's final status; returns the job then."""
         with self.transaction() as cur:
             self._run(cur, "unfinished_count", (job_id,))
-            if int(cur.fetchone()[0]) > 0:
+            if int(fetch_value(cur)) > 0:
                 return None
             self._run(cur, "recipient_counts", (job_id,))
-            counts = {s: int(n) for s, n in cur.fetchall()}
+            counts = _counts(fetch_all(cur))
             status, reason = job_status.final_status(counts)
             if self._run(cur, "finish_job", (status.value, reason, job_id)) == 0:
                 return None
             self._job_events(cur, "job.completed", [job_id], counts)
             self._run(cur, "job_by_id", (job_id,))   # as finished, in this round trip's company
-            row = cur.fetchone()
+            row = _found(fetch_one(cur))
         return _job(row, counts)
 
     def job_statuses(self, job_ids: Sequence[int]) -> dict[int, str]:
         if not job_ids:
             return {}
-        with self.transaction() as cur:
-            cur.execute(self.queries["job_statuses"].format(ids=_placeholders(len(job_ids))),
-                        list(job_ids))
-            return {int(i): st for i, st in cur.fetchall()}
+        rows = self.db.all("job_statuses", list(job_ids), ids=_placeholders(len(job_ids)))
+        return {int(r["id"]): r["status"] for r in rows}
 
     def error_summary(self, job_id: int) -> list[tuple[str, int, str]]:
-        return [(code, int(n), example) for code, n, example in
-                self._all("error_summary", (job_id,))]
+        return [(r["error_code"], int(r["n"]), r["example"])
+                for r in self._all("error_summary", (job_id,))]
 
     # --- job control ----------------------------------------------------------------------
     @_rerun_on_conflict
-    def control_job(self, job_id: int, action: str, decide: Any,
+    def control_job(self, job_id: int, action: str, decide: Decide,
                     statuses: Sequence[str] = (), codes: Sequence[str] = ()) -> int:
-        """Run one control action in a transaction with the job row locked.
-
-        `decide(status, started, future_send_at, paused_by, sender)` returns the new
-        (status, paused_by, reason, finished) or raises; for "retry" it is called after the
-        matching recipients were re-queued and receives their number as `matched=` and when
-        retention erased the recipients' variables as `erased_at=` (None: never).
-        Returns the recipients changed.
+        """Run one control action (job_control.ACTIONS) in a transaction with the job row
+        locked: `decide(JobState)` returns the job's `Decision` or raises (job_control's
+        decide_* functions). For "retry" the recipients matching `statuses` (and `codes`) are
+        re-queued first, and the state carries their number (`matched`) and when retention
+        erased the recipients' variables (`erased_at`); for "cancel" the unsent recipients are
+        cancelled after the decision. Returns the recipients changed.
         """
         with self.transaction() as cur:
             self._run(cur, "lock_job", (job_id,))
-            row = cur.fetchone()
+            row = fetch_one(cur)
             if row is None:
                 raise KeyError(job_id)
-            state = (row[0], bool(row[1]), bool(row[2]), row[3], row[4])
+            state = JobState(row["status"], bool(row["started"]), bool(row["future_send_at"]),
+                             row["paused_by"], row["sender_email"])
             changed = 0
-            if action == "cancel":
-                new = decide(*state)
-                changed = self._run(cur, "cancel_recipients", (job_id,))
-            elif action == "retry":
-                sql = self.queries["retry_recipients"].format(
-                    statuses=_placeholders(len(statuses)),
-                    code_filter=f"AND error_code IN ({_placeholders(len(codes))})" if codes else "")
-                changed = cur.execute(sql, (job_id, *statuses, *codes))
+            if action == "retry":
+                changed = self._run(cur, "retry_recipients", (job_id, *statuses, *codes),
+                                    statuses=_placeholders(len(statuses)),
+                                    code_filter=f"AND error_code IN ({_placeholders(len(codes))})"
+                                    if codes else "")
                 self._run(cur, "job_variables_erased_at", (job_id,))
-                erased_at = _utc(cur.fetchone())[0]   # retention erased what a resend needs
-                new = decide(*state, matched=changed, erased_at=erased_at)
-            else:
-                new = decide(*state)
-            status, paused_by, reason, finished = new
-            self._run(cur, "set_job_status", (status, paused_by, reason, finished, job_id))
-            if status == "paused" and row[0] != "paused":
+                # retention erased what a resend needs
+                erased_at = _aware(fetch_value(cur))
+                state = dataclasses.replace(state, matched=changed, erased_at=erased_at)
+            new = decide(state)
+            if action == "cancel":
+                changed = self._run(cur, "cancel_recipients", (job_id,))
+            self._run(cur, "set_job_status",
+                      (new.status, new.paused_by, new.reason, new.finished, job_id))
+            if new.status == "paused" and state.status != "paused":
                 self._job_events(cur, "job.paused", [job_id])
-            if finished:
+            if new.finished:
                 self._run(cur, "recipient_counts", (job_id,))
-                self._job_events(cur, "job.completed", [job_id],
-                                 {st: int(n) for st, n in cur.fetchall()})
+                self._job_events(cur, "job.completed", [job_id], _counts(fetch_all(cur)))
             return changed
 
     # --- senders --------------------------------------------------------------------------
@@ -934,13 +674,13 @@ class Dao:
         with self.transaction() as cur:
             if failed_at is not None:
                 self._run(cur, "sender_credentials_at", (sender,))
-                stored = cur.fetchone()[0]
+                stored = fetch_value(cur)
                 if stored is not None and stored >= failed_at.astimezone(
                         UTC).replace(tzinfo=None):
                     return None
             self._run(cur, "sender_auth_failed", (auth_state, reason, sender))
             self._run(cur, "active_sender_jobs", (sender,))
-            jobs = [int(r[0]) for r in cur.fetchall()]
+            jobs = [int(r["id"]) for r in fetch_all(cur)]
             n = self._run(cur, "pause_sender_jobs", (paused_by, reason[:1000], sender))
             self._job_events(cur, "job.paused", jobs)
             return n
@@ -955,17 +695,16 @@ class Dao:
             return 0
 
     def sender_credentials(self, sender: str) -> bytes | None:
-        row = self._one("sender_credentials", (sender,))
-        return bytes(row[0]) if row and row[0] is not None else None
+        blob = self.db.value("sender_credentials", (sender,))
+        return bytes(blob) if blob is not None else None
 
     def senders(self) -> list[dict[str, Any]]:
-        keys = ("email", "rate_per_minute", "daily_cap", "auth_state", "auth_error",
-                "paused_until", "paused_reason", "has_credentials")
-        return [dict(zip(keys, _utc(row), strict=True)) for row in self._all("senders_all")]
+        """email, rate_per_minute, daily_cap, auth_state, auth_error, paused_until,
+        paused_reason, has_credentials (queries.sql senders_all)."""
+        return [_utc(row) for row in self._all("senders_all")]
 
     def sender_sends_24h(self, sender: str) -> int:
-        row = self._one("sender_sends_24h", (sender,))
-        return int(row[0]) if row else 0
+        return int(self.db.value("sender_sends_24h", (sender,)) or 0)
 
     def set_sender_limits(self, sender: str, rate: int | None, cap: int | None) -> None:
         with self.transaction() as cur:
@@ -985,8 +724,8 @@ class Dao:
 
     def dashboard_session_key(self, token_hash: str) -> int | None:
         """The key id of a live dashboard session, None when it ended (logout) or expired."""
-        row = self._one("dashboard_session_key", (token_hash,))
-        return int(row[0]) if row else None
+        key_id = self.db.value("dashboard_session_key", (token_hash,))
+        return int(key_id) if key_id is not None else None
 
     @_rerun_on_conflict
     def end_dashboard_session(self, token_hash: str) -> None:
@@ -999,18 +738,15 @@ class Dao:
         if not job_ids:
             return {}
         out: dict[int, dict[str, int]] = {int(i): {} for i in job_ids}
-        with self.transaction() as cur:
-            cur.execute(self.queries["job_counts"].format(ids=_placeholders(len(job_ids))),
-                        list(job_ids))
-            for job_id, status, n in cur.fetchall():
-                out[int(job_id)][status] = int(n)
+        for r in self.db.all("job_counts", list(job_ids), ids=_placeholders(len(job_ids))):
+            out[int(r["job_id"])][r["status"]] = int(r["n"])
         return out
 
     def send_rate(self, job_id: int) -> list[tuple[datetime, int]]:
         """Recipients of a job sent per minute (UTC), oldest first; minutes without sends are
         absent."""
-        return [(datetime.strptime(minute, "%Y-%m-%d %H:%M").replace(tzinfo=UTC),
-                 int(n)) for minute, n in self._all("send_rate", (job_id,))]
+        return [(datetime.strptime(r["minute"], "%Y-%m-%d %H:%M").replace(tzinfo=UTC),
+                 int(r["n"])) for r in self._all("send_rate", (job_id,))]
 
 
     # --- SMTP connection slots (SMTP_MAX_CONNECTIONS shared by every runner) ---------------
@@ -1031,16 +767,16 @@ class Dao:
             return self._take_capped_smtp_slot(holder, size, lease)
         with self.transaction() as cur:
             self._run(cur, "free_smtp_slot", (size,))
-            row = cur.fetchone()
-            if row is None:
+            slot = fetch_value(cur)
+            if slot is None:
                 return None
-            self._run(cur, "take_smtp_slot", (holder, int(lease * 1_000_000), row[0]))
-            return int(row[0])
+            self._run(cur, "take_smtp_slot", (holder, int(lease * 1_000_000), slot))
+            return int(slot)
 
     def _take_capped_smtp_slot(self, holder: str, size: int, lease: float) -> int | None:
         with self.transaction() as cur:   # every row locked: the held ones counted exactly
             self._run(cur, "smtp_slots_for_capped_take")
-            rows = [(int(slot), bool(held)) for slot, held in cur.fetchall()]
+            rows = [(int(r["slot"]), bool(r["held"])) for r in fetch_all(cur)]
             if sum(held for _, held in rows) >= size:
                 return None
             free = next((slot for slot, held in rows if not held and slot <= size), None)
@@ -1053,7 +789,7 @@ class Dao:
         """Create missing rows 1..size; True when some were missing."""
         with self.transaction() as cur:
             self._run(cur, "smtp_slot_count", (size,))
-            if int(cur.fetchone()[0]) >= size:
+            if int(fetch_value(cur)) >= size:
                 return False
             cur.executemany(self.queries["insert_smtp_slot"], [(n,) for n in range(1, size + 1)])
             return True
@@ -1068,7 +804,8 @@ class Dao:
             self._run(cur, "release_smtp_slot", (1 if closed_by_us else 0, slot, holder))
 
     def smtp_slots(self) -> list[tuple[int, str | None, datetime | None]]:
-        return [(int(s), h, e) for s, h, e in map(_utc, self._all("smtp_slots_all"))]
+        return [(int(r["slot"]), r["holder"], r["lease_expires_at"])
+                for r in map(_utc, self._all("smtp_slots_all"))]
 
     def mark_smtp_slot_connected(self, slot: int, holder: str, when: datetime) -> None:
         with self.transaction() as cur:
@@ -1079,7 +816,7 @@ class Dao:
         also those above a lowered cap), established before `before` when it is given; and
         connections closed within the last second (the server may still count them)."""
         limit = _naive_utc(before) if before is not None else None
-        return int(self._one("smtp_slots_connected_by_others", (holder, limit, limit))[0])
+        return int(self.db.value("smtp_slots_connected_by_others", (holder, limit, limit)))
 
     # --- learned caps of the far side (learned_limits.py) ----------------------------------
     def learned_caps(self) -> list[LearnedCap]:
@@ -1094,7 +831,7 @@ class Dao:
         with self.transaction() as cur:
             self._run(cur, "learned_cap_insert", (kind, target, configured, configured, reason))
             self._run(cur, "learned_cap_for_update", (kind, target))
-            old = min(int(cur.fetchone()[0]), configured)
+            old = min(int(_found(fetch_one(cur))["cap"]), configured)
             new = max(1, min(old, observed))
             hold_us = int(hold * 1_000_000)
             if new < old:
@@ -1111,10 +848,10 @@ class Dao:
         by one up to `configured`. Returns (old, new) when it was raised."""
         with self.transaction() as cur:
             self._run(cur, "learned_cap_for_update", (kind, target))
-            row = cur.fetchone()
+            row = fetch_one(cur)
             if row is None:
                 return None
-            cap, successes, held = int(row[0]), int(row[1]) + n, bool(row[2])
+            cap, successes, held = int(row["cap"]), int(row["successes"]) + n, bool(row["held"])
             if not held and cap < configured and successes >= max(1, raise_after):
                 self._run(cur, "learned_cap_set", (cap + 1, 0, configured, kind, target))
                 return cap, cap + 1
@@ -1128,13 +865,8 @@ class Dao:
 
     # --- deliverability: suppression list, unsubscribe, bounces ----------------------------
     @staticmethod
-    def _suppression(row: tuple) -> Any:
-        from mailjobs.records import Suppression
-
-        row = _utc(row)
-        return Suppression(int(row[0]), int(row[1]), row[2], row[3],
-                           int(row[4]) if row[4] is not None else None,
-                           int(row[5]) if row[5] is not None else None, row[6], row[7])
+    def _suppression(row: Row) -> Suppression:
+        return _record(Suppression, row)
 
     @_rerun_on_conflict
     def add_suppression(self, api_key_id: int, email: str, reason: str,
@@ -1152,7 +884,7 @@ class Dao:
                 self._recipient_events(cur, "recipient.unsubscribed", [event_of],
                                        _EVENT_STATUSES["recipient.unsubscribed"])
             self._run(cur, "suppression_by_email", (api_key_id, email))
-            return self._suppression(cur.fetchone()), added == 1
+            return self._suppression(_found(fetch_one(cur))), added == 1
 
     def suppressions_page(self, api_key_id: int, after: int, limit: int,
                           reason: str | None = None) -> list[Any]:
@@ -1185,24 +917,22 @@ class Dao:
         return n
 
     def suppressed_count(self, job_id: int) -> int:
-        return int(self._one("suppressed_count", (job_id,))[0])
+        return int(self.db.value("suppressed_count", (job_id,)))
 
     def suppressed_claims(self, api_key_id: int, ids: Sequence[int]) -> dict[int, str]:
         """Of these claimed recipients, those whose address the key has suppressed since the
         job was stored: {recipient id: reason}."""
         if not ids:
             return {}
-        with self.transaction() as cur:
-            cur.execute(self.queries["suppressed_claims"].format(ids=_placeholders(len(ids))),
-                        (api_key_id, *ids))
-            return {int(i): reason for i, reason in cur.fetchall()}
+        rows = self.db.all("suppressed_claims", (api_key_id, *ids), ids=_placeholders(len(ids)))
+        return {int(r["id"]): r["reason"] for r in rows}
 
     def unsubscribe_target(self, recipient_id: int, api_key_id: int) -> tuple[str, int] | None:
         """(address, job id) of a recipient of that key's jobs; None when there is none."""
         row = self._one("unsubscribe_target", (recipient_id,))
-        if row is None or int(row[3]) != api_key_id:
+        if row is None or int(row["api_key_id"]) != api_key_id:
             return None
-        return row[2], int(row[1])
+        return row["to_email"], int(row["job_id"])
 
     def unsubscribe(self, recipient_id: int, api_key_id: int) -> tuple[str, bool] | None:
         """One-click unsubscribe of a recipient: its address goes on its job's key's list.
@@ -1218,11 +948,11 @@ class Dao:
     def bounce_senders(self) -> list[str]:
         """Senders whose mailbox a bounce check can read: an OAuth grant of their own or a
         delegated service-account key (their address's or their domain's)."""
-        return [row[0] for row in self._all("credentialed_senders")]
+        return [row["email"] for row in self._all("credentialed_senders")]
 
     # --- verified send-as addresses (issue 18) -----------------------------------------------
     def credentialed_senders(self) -> list[str]:
-        return [row[0] for row in self._all("credentialed_senders")]
+        return [row["email"] for row in self._all("credentialed_senders")]
 
     def claim_send_as_check(self, sender: str, interval: int) -> bool:
         """Whether this process reads `sender`'s send-as list now (one runner per interval)."""
@@ -1248,14 +978,15 @@ class Dao:
         """(kind, account, address, is_primary, verificationStatus) rows about `address`:
         kind 'list' (a known list names it), 'own' (its own credentials), 'known' (some list
         is known)."""
-        return _send_as_rows(self._all("send_as_for", (address,) * 5))
+        return [(r["kind"], r["account"], r["address"], bool(r["is_primary"]),
+                 r["verification_status"]) for r in self._all("send_as_for", (address,) * 5)]
 
     def verified_send_as(self, limit: int) -> list[str]:
-        return [row[0] for row in self._all("verified_send_as", (limit,))]
+        return [row["address"] for row in self._all("verified_send_as", (limit,))]
 
     def send_as_account(self, address: str) -> str | None:
-        row = self._one("send_as_account", (address, address))
-        return str(row[0]) if row else None
+        account = self.db.value("send_as_account", (address, address))
+        return str(account) if account is not None else None
 
     def claim_bounce_check(self, sender: str, interval: int) -> tuple[bool, datetime | None]:
         """Whether this process checks `sender`'s mailbox now (at most one runner per
@@ -1264,8 +995,8 @@ class Dao:
             if self._run(cur, "claim_bounce_check", (interval, sender)) == 0:
                 return False, None
             self._run(cur, "bounces_checked_at", (sender,))
-            row = cur.fetchone()
-        return True, _utc(row)[0] if row else None
+            checked = _aware(fetch_value(cur))
+        return True, checked
 
     def set_bounces_checked(self, sender: str, until: datetime) -> None:
         when = _naive_utc(until)
@@ -1277,9 +1008,9 @@ class Dao:
         for start in range(0, len(gmail_ids), 500):
             chunk = list(gmail_ids[start:start + 500])
             with self.transaction() as cur:
-                cur.execute(self.queries["known_bounce_messages"].format(
-                    ids=_placeholders(len(chunk))), (sender, *chunk))
-                known.update(row[0] for row in cur.fetchall())
+                self._run(cur, "known_bounce_messages", (sender, *chunk),
+                          ids=_placeholders(len(chunk)))
+                known.update(row["gmail_id"] for row in fetch_all(cur))
         return known
 
     @_rerun_on_conflict
@@ -1296,44 +1027,39 @@ class Dao:
         Attribution (`attributed`): the Message-ID must be the recipient's own, and when the
         report names recipients (`named`) the recipient's address must be one of them; outcome
         `mismatched` otherwise. Kind "unreadable" is recorded as such and acts on nobody.
+        What a report does is bounce_rules.decide's; this writes it.
         """
         with self.transaction() as cur:
-            target = None
-            if kind and kind != "unreadable" and message_id:
+            found = None
+            if bounce_rules.looks_up(kind, message_id):
                 self._run(cur, "bounce_recipient", (message_id, sender))
-                target = cur.fetchone()
-            outcome = "not_a_bounce" if not kind else (kind if target else "unmatched")
-            if kind == "unreadable":
-                outcome = "unreadable"
-            elif target is not None and not attributed(target[4], target[2], named, guess):
-                target, outcome = None, "mismatched"
-            try:
-                self._run(cur, "insert_bounce_message",
-                          (sender, gmail_id, outcome, int(target[0]) if target else None))
-            except pymysql.err.IntegrityError as exc:
-                if exc.args and exc.args[0] == 1062:   # another runner read it first
-                    return None
-                raise
-            result: dict[str, Any] = {"outcome": outcome, "recipient_id": None,
+                row = fetch_one(cur)
+                found = _record(BounceTarget, row) if row is not None else None
+            decision = bounce_rules.decide(kind, found, named, guess)
+            target = decision.target
+            if not self.db.insert_unique(cur, "insert_bounce_message", (
+                    sender, gmail_id, decision.outcome,
+                    target.recipient_id if target is not None else None)):
+                return None   # another runner read it first
+            result: dict[str, Any] = {"outcome": decision.outcome, "recipient_id": None,
                                       "marked": False, "suppressed": False}
             if target is None:
                 return result
-            rid, job_id, email, key_id = int(target[0]), int(target[1]), target[2], int(target[3])
-            result.update(recipient_id=rid, job_id=job_id, email=email)
-            if kind == "complaint":
+            rid = target.recipient_id
+            result.update(recipient_id=rid, job_id=target.job_id, email=target.to_email)
+            if decision.mark == "complained":
                 result["marked"] = self._run(cur, "mark_complained",
                                              (clip_error(error), rid)) > 0
-                event = "recipient.complained"
             else:
                 result["marked"] = self._run(cur, "mark_bounced",
                                              (error_code, clip_error(error), rid)) > 0
-                event = "recipient.bounced"
-            if result["marked"]:
-                self._recipient_events(cur, event, [rid], _EVENT_STATUSES[event])
-            if kind in ("hard", "complaint"):
-                reason = "complaint" if kind == "complaint" else "hard_bounce"
+            if result["marked"] and decision.event is not None:
+                self._recipient_events(cur, decision.event, [rid],
+                                       _EVENT_STATUSES[decision.event])
+            if decision.suppress is not None:
                 result["suppressed"] = self._run(cur, "insert_suppression", (
-                    key_id, email, reason, job_id, rid, clip_error(error))) == 1
+                    target.api_key_id, target.to_email, decision.suppress, target.job_id, rid,
+                    clip_error(error))) == 1
             return result
 
     # --- data retention (retention.py) ----------------------------------------------------
@@ -1341,7 +1067,8 @@ class Dao:
     # first; the rows are found without locking and changed by primary key (queries.sql).
     def db_now(self) -> datetime:
         """The database's clock (UTC): retention cut-offs are taken from it, not the host's."""
-        return _utc(self._one("db_now"))[0]
+        now: datetime = _found(_aware(self.db.value("db_now")))
+        return now
 
     def purge_counts(self, erase_cutoff: datetime | None, delete_cutoff: datetime | None,
                      bounce_cutoff: datetime | None,
@@ -1353,28 +1080,30 @@ class Dao:
         with self.transaction() as cur:
             if delete_cutoff is not None:
                 self._run(cur, "purge_count_delete", (_naive_utc(delete_cutoff),))
-                out["jobs_deleted"], out["recipients_deleted"] = map(int, cur.fetchone())
+                row = _found(fetch_one(cur))
+                out["jobs_deleted"], out["recipients_deleted"] = int(row["jobs"]), int(row["recipients"])
             if erase_cutoff is not None:
                 self._run(cur, "purge_count_erase", {"cutoff": _naive_utc(erase_cutoff),
                                                      "delete_cutoff": _naive_utc(delete_cutoff)})
-                out["jobs_erased"], out["recipients_erased"] = map(int, cur.fetchone())
+                row = _found(fetch_one(cur))
+                out["jobs_erased"], out["recipients_erased"] = int(row["jobs"]), int(row["recipients"])
             if bounce_cutoff is not None:
                 self._run(cur, "purge_count_bounce_messages", (_naive_utc(bounce_cutoff),))
-                out["bounce_messages_deleted"] = int(cur.fetchone()[0])
+                out["bounce_messages_deleted"] = int(fetch_value(cur))
                 self._run(cur, "purge_count_webhook_events", (_naive_utc(bounce_cutoff),))
-                out["webhook_events_deleted"] = int(cur.fetchone()[0])
+                out["webhook_events_deleted"] = int(fetch_value(cur))
             self._run(cur, "purge_count_runners", (_naive_utc(runner_cutoff),))
-            out["runners_deleted"] = int(cur.fetchone()[0])
+            out["runners_deleted"] = int(fetch_value(cur))
         return out
 
     def purge_candidates(self, kind: str, cutoff: datetime, limit: int) -> list[int]:
         """Finished jobs, oldest first, to delete whole (kind "delete") or whose recipients'
         variables to erase ("erase")."""
         name = "purge_jobs_to_delete" if kind == "delete" else "purge_jobs_to_erase"
-        return [int(r[0]) for r in self._all(name, (_naive_utc(cutoff), limit))]
+        return [int(r["id"]) for r in self._all(name, (_naive_utc(cutoff), limit))]
 
     def job_recipient_statuses(self, job_id: int) -> list[str]:
-        return sorted(r[0] for r in self._all("purge_job_statuses", (job_id,)))
+        return sorted(r["status"] for r in self._all("purge_job_statuses", (job_id,)))
 
     @_rerun_on_conflict
     def erase_variables_batch(self, job_id: int, cutoff: datetime, status: str | None,
@@ -1391,7 +1120,7 @@ class Dao:
                 self._run(cur, "purge_recipient_ids_with_variables", (job_id, limit))
             else:
                 self._run(cur, "purge_recipient_ids", (job_id, status, after, limit))
-            ids = [int(r[0]) for r in cur.fetchall()]
+            ids = [int(r["id"]) for r in fetch_all(cur)]
             if not ids:
                 return 0, 0, after
             self._run(cur, "set_variables_erasing", (job_id,))
@@ -1404,8 +1133,7 @@ class Dao:
         changed = 0
         for start in range(0, len(ids), PK_CHUNK):
             chunk = ids[start:start + PK_CHUNK]
-            changed += cur.execute(self.queries[name].format(ids=_placeholders(len(chunk))),
-                                   chunk)
+            changed += self._run(cur, name, chunk, ids=_placeholders(len(chunk)))
         return changed
 
     @_rerun_on_conflict
@@ -1427,7 +1155,7 @@ class Dao:
             if cur.fetchone() is None:
                 return None
             self._run(cur, "purge_any_recipient_ids", (job_id, limit))
-            ids = [int(r[0]) for r in cur.fetchall()]
+            ids = [int(r["id"]) for r in fetch_all(cur)]
             deleted = 0
             if ids:
                 deleted = self._by_ids(cur, "delete_recipients", ids)
@@ -1448,7 +1176,7 @@ class Dao:
         once none of their events is left; returns the events deleted."""
         with self.transaction() as cur:
             self._run(cur, "purge_delivered_webhook_events", (_naive_utc(cutoff), limit))
-            rows = [(int(e), int(d)) for e, d in cur.fetchall()]
+            rows = [(int(r["id"]), int(r["delivery_id"])) for r in fetch_all(cur)]
             if not rows:
                 return 0
             deleted = self._by_ids(cur, "delete_webhook_events_by_id", [e for e, _ in rows])
@@ -1491,10 +1219,9 @@ class Dao:
             self._run(cur, "finish_lease", (result[:1000], name, holder))
 
     def lease(self, name: str) -> dict[str, Any] | None:
+        """name, due_at, holder, lease_expires_at, started_at, finished_at, last_result."""
         row = self._one("lease_row", (name,))
-        keys = ("name", "due_at", "holder", "lease_expires_at", "started_at", "finished_at",
-                "last_result")
-        return dict(zip(keys, _utc(row), strict=True)) if row else None
+        return _utc(row) if row else None
 
     # --- webhooks: the events outbox and its deliveries (webhooks.py, webhook_dispatch.py) ---
     def _recipient_events(self, cur: Any, kind: str, ids: Sequence[int],
@@ -1523,9 +1250,9 @@ class Dao:
                     counts: dict[str, int] | None = None) -> int:
         if not job_ids:
             return 0
-        sql = self.queries["webhook_job_events"].format(ids=_placeholders(len(job_ids)))
-        return cur.execute(sql, (kind, kind, json.dumps(counts) if counts is not None else None,
-                                 kind, *job_ids))
+        return self._run(cur, "webhook_job_events",
+                         (kind, kind, json.dumps(counts) if counts is not None else None,
+                          kind, *job_ids), ids=_placeholders(len(job_ids)))
 
     def create_webhook(self, api_key_id: int, url: str, description: str | None,
                        events: Sequence[str], batch_size: int, secret: bytes) -> int:
@@ -1568,15 +1295,15 @@ class Dao:
             self._run(cur, "webhook_due_endpoints", (healthy + failing,))
             taken: list[tuple[int, bool]] = []
             room = {False: healthy, True: failing}
-            for row in cur.fetchall():
-                lane = bool(row[1])
+            for row in fetch_all(cur):
+                lane = bool(row["failing"])
                 if room[lane] > 0:
                     room[lane] -= 1
-                    taken.append((int(row[0]), lane))
+                    taken.append((int(row["id"]), lane))
             ids = [i for i, _ in taken]
             if ids:
-                cur.execute(self.queries["claim_webhook_endpoints"].format(
-                    ids=_placeholders(len(ids))), (runner_id, int(lease * 1_000_000), *ids))
+                self._run(cur, "claim_webhook_endpoints", (runner_id, int(lease * 1_000_000), *ids),
+                          ids=_placeholders(len(ids)))
             return taken
 
     def release_webhook_endpoint(self, endpoint_id: int, runner_id: str) -> None:
@@ -1600,23 +1327,23 @@ class Dao:
         try:
             with self.transaction() as cur:
                 self._run(cur, "webhook_endpoint", (endpoint_id,))
-                row = cur.fetchone()
+                row = fetch_one(cur)
                 if row is None:
                     return None
                 endpoint = _webhook(row)
                 limit = max(1, events // endpoint["batch_size"])
                 self._run(cur, "webhook_pending_deliveries", (endpoint_id, limit))
-                heads = [(int(i), m, int(a)) for i, m, a in cur.fetchall()]
+                heads = [(int(r["id"]), r["msg_id"], int(r["attempts"])) for r in fetch_all(cur)]
                 if len(heads) < limit:
                     heads += self._new_webhook_deliveries(cur, endpoint, new_msg_id,
                                                           limit - len(heads))
                 out: list[dict[str, Any]] = []
                 if heads:
-                    cur.execute(self.queries["webhook_delivery_payloads"].format(
-                        ids=_placeholders(len(heads))), [h[0] for h in heads])
+                    self._run(cur, "webhook_delivery_payloads", [h[0] for h in heads],
+                              ids=_placeholders(len(heads)))
                     payloads: dict[int, list[str]] = {}
-                    for delivery_id, payload in cur.fetchall():
-                        payloads.setdefault(int(delivery_id), []).append(payload)
+                    for r in fetch_all(cur):
+                        payloads.setdefault(int(r["delivery_id"]), []).append(r["payload"])
                     out = [{"delivery_id": i, "msg_id": m, "attempts": a,
                             "payloads": payloads.get(i, [])} for i, m, a in heads]
                 if self._run(cur, "renew_webhook_lease",
@@ -1631,7 +1358,7 @@ class Dao:
                                 count: int) -> list[tuple[int, str, int]]:
         size = endpoint["batch_size"]
         self._run(cur, "webhook_unbatched_events", (endpoint["id"], count * size))
-        events = [int(r[0]) for r in cur.fetchall()]
+        events = [int(r["id"]) for r in fetch_all(cur)]
         if not events:
             return []
         events.sort()
@@ -1640,9 +1367,8 @@ class Dao:
         cur.executemany(self.queries["insert_webhook_delivery"],
                         [(endpoint["id"], m, len(c)) for m, c in zip(msg_ids, chunks,
                                                                      strict=True)])
-        cur.execute(self.queries["webhook_deliveries_by_msg_id"].format(
-            ids=_placeholders(len(msg_ids))), msg_ids)
-        ids = {m: int(i) for i, m in cur.fetchall()}
+        self._run(cur, "webhook_deliveries_by_msg_id", msg_ids, ids=_placeholders(len(msg_ids)))
+        ids = {r["msg_id"]: int(r["id"]) for r in fetch_all(cur)}
         # chunks are consecutive runs of the sorted ids: one WHEN per delivery (its last id),
         # not one per event (a CASE of n WHENs costs the database n comparisons a row)
         pairs = [(c[-1], ids[m]) for m, c in zip(msg_ids, chunks, strict=True)]
@@ -1692,15 +1418,15 @@ class Dao:
         with self.transaction() as cur:
             if self._run(cur, "retry_webhook_delivery", (delivery_id, endpoint_id)) == 0:
                 self._run(cur, "webhook_delivery", (delivery_id,))
-                row = cur.fetchone()
-                if row is None or int(row[1]) != endpoint_id:
+                row = fetch_one(cur)
+                if row is None or int(row["endpoint_id"]) != endpoint_id:
                     return False
             self._run(cur, "webhook_endpoint_due_now", (endpoint_id,))
             return True
 
     def oldest_undelivered_event_age(self) -> float:
-        row = self._one("oldest_undelivered_event_age")
-        return float(row[0]) if row and row[0] is not None else 0.0
+        age = self.db.value("oldest_undelivered_event_age")
+        return float(age) if age is not None else 0.0
 
 
     # --- attachments (attachments/store.py) --------------------------------------------------
@@ -1710,14 +1436,14 @@ class Dao:
         a DELETE waits and then sees the job), the job's uses of them, their last use."""
         unique = sorted(set(ids))
         marks = _placeholders(len(unique))
-        cur.execute(self.queries["lock_attachments"].format(ids=marks), unique)
-        found = {int(row[0]) for row in cur.fetchall()}
+        self._run(cur, "lock_attachments", unique, ids=marks)
+        found = {int(row["id"]) for row in fetch_all(cur)}
         if len(found) != len(unique):
             raise AttachmentGone(f"attachment(s) {sorted(set(unique) - found)} were deleted")
         if job_list:
             self._run(cur, "set_job_attachments", (json.dumps(job_list), job_id))
         cur.executemany(self.queries["insert_job_attachment"], [(job_id, i) for i in unique])
-        cur.execute(self.queries["touch_attachments"].format(ids=marks), unique)
+        self._run(cur, "touch_attachments", unique, ids=marks)
 
     def start_attachment(self, public_id: str, api_key_id: int, content_type: str,
                          filename: str | None) -> int:
@@ -1737,7 +1463,7 @@ class Dao:
             with self.transaction() as cur:
                 self._run(cur, "finish_attachment", (sha256, size, chunks, attachment_id))
                 self._run(cur, "attachment_row", (attachment_id,))
-                return _attachment(cur.fetchone())
+                return _attachment(_found(fetch_one(cur)))
         except DuplicateKey:
             pass
         self.drop_attachment(attachment_id)
@@ -1745,7 +1471,7 @@ class Dao:
         if existing is None:    # deleted in between: a very unlikely race; say so
             raise AttachmentGone("the identical attachment was deleted during the upload")
         with self.transaction() as cur:
-            cur.execute(self.queries["touch_attachments"].format(ids="%s"), (existing[0],))
+            self._run(cur, "touch_attachments", (existing["id"],), ids="%s")
         return _attachment(existing)
 
     def attachment_by_sha(self, api_key_id: int, sha256: bytes) -> Attachment | None:
@@ -1766,28 +1492,28 @@ class Dao:
             return {}
         unique = sorted(set(public_ids))
         with self.transaction() as cur:
-            cur.execute(self.queries["attachments_by_public_ids"].format(
-                ids=_placeholders(len(unique))), (api_key_id, *unique))
-            return {a.public_id: a for a in map(_attachment, cur.fetchall())}
+            self._run(cur, "attachments_by_public_ids", (api_key_id, *unique),
+                      ids=_placeholders(len(unique)))
+            return {a.public_id: a for a in map(_attachment, fetch_all(cur))}
 
     def attachment_bytes(self, attachment_id: int) -> bytes:
         """The whole file (the caller bounds how many it holds)."""
         with self.transaction() as cur:
             self._run(cur, "attachment_chunks", (attachment_id,))
-            return b"".join(bytes(row[0]) for row in cur.fetchall())
+            return b"".join(bytes(row["data"]) for row in fetch_all(cur))
 
     def delete_attachment(self, api_key_id: int, public_id: str) -> tuple[bool, int | None]:
         """(found, the id of an unfinished job that uses it). Deleted when found and unused."""
         with self.transaction() as cur:
             self._run(cur, "attachment_for_update", (public_id, api_key_id))
-            row = cur.fetchone()
-            if row is None:
+            attachment_id = fetch_value(cur)
+            if attachment_id is None:
                 return False, None
-            self._run(cur, "attachment_used_by", (row[0],))
-            used = cur.fetchone()
+            self._run(cur, "attachment_used_by", (attachment_id,))
+            used = fetch_value(cur)
             if used is not None:
-                return True, int(used[0])
-            self._drop_attachment(cur, int(row[0]))
+                return True, int(used)
+            self._drop_attachment(cur, int(attachment_id))
             return True, None
 
     def drop_attachment(self, attachment_id: int) -> None:
@@ -1801,7 +1527,7 @@ class Dao:
 
     def job_attachment_list(self, job_id: int) -> list[dict[str, Any]]:
         row = self._one("job_attachment_list", (job_id,))
-        return (_json(row[0]) or []) if row else []
+        return (_json(row["attachments"]) or []) if row else []
 
     def unused_attachment_count(self, cutoff: datetime) -> int:
         stale = self.db_now() - timedelta(days=1)
@@ -1816,7 +1542,7 @@ class Dao:
         with self.transaction() as cur:
             self._run(cur, "unused_attachments", {"cutoff": _naive_utc(cutoff),
                                                   "stale": _naive_utc(stale), "limit": limit})
-            ids = [int(row[0]) for row in cur.fetchall()]
+            ids = [int(row["id"]) for row in fetch_all(cur)]
         for attachment_id in ids:   # one short transaction each (a file may be many chunks)
             with self.transaction() as cur:
                 self._run(cur, "attachment_used_by", (attachment_id,))
@@ -1824,27 +1550,6 @@ class Dao:
                     self._drop_attachment(cur, attachment_id)
         return len(ids)
 
-def attributed(stored_message_id: str | None, to_email: str, named: Sequence[str],
-               guess: str | None) -> bool:
-    """Whether a report whose Message-ID is this recipient's own counts for it. A report that
-    names its recipients (Final-Recipient, Original-Recipient, Original-Rcpt-To) must name this
-    one. A Message-ID of the older per-batch form (guessable by another recipient of the batch)
-    counts only when the report names the recipient, in its fields or, for a text bounce, as
-    the address it quotes (`guess`)."""
-    mine = address_key(to_email)
-    if named:
-        return any(address_key(a) == mine for a in named)
-    if has_own_token(stored_message_id):
-        return True
-    return guess is not None and address_key(guess) == mine
-
-
-_WEBHOOK_KEYS = ("id", "api_key_id", "url", "description", "events", "batch_size", "enabled",
-                 "disabled_reason", "disabled_at", "failing_since", "next_attempt_at",
-                 "created_at", "previous_secret_until", "secret", "previous_secret")
-_DELIVERY_KEYS = ("id", "endpoint_id", "msg_id", "status", "events", "attempts",
-                  "last_attempt_at", "last_status_code", "last_error", "next_attempt_at",
-                  "delivered_at", "created_at")
 # The recipient statuses of each recipient event (webhooks.EVENT_TYPES), and the event an
 # outcome's final status writes.
 _EVENT_STATUSES = {"recipient.sent": ("sent",), "recipient.failed": ("failed", "expired"),
@@ -1857,8 +1562,11 @@ _RECIPIENT_EVENT_OF = {"failed": "recipient.failed", "expired": "recipient.faile
                        "suppressed": "recipient.suppressed"}
 
 
-def _webhook(row: tuple) -> dict[str, Any]:
-    out = dict(zip(_WEBHOOK_KEYS, _utc(row), strict=True))
+def _webhook(row: Row) -> dict[str, Any]:
+    """An endpoint (queries.sql webhook_endpoint: id, api_key_id, url, description, events,
+    batch_size, enabled, disabled_reason, disabled_at, failing_since, next_attempt_at,
+    created_at, previous_secret_until, secret, previous_secret)."""
+    out = _utc(row)
     out.update(id=int(out["id"]), api_key_id=int(out["api_key_id"]),
                events=_json(out["events"]) or [], batch_size=int(out["batch_size"]),
                enabled=bool(out["enabled"]))
@@ -1868,85 +1576,121 @@ def _webhook(row: tuple) -> dict[str, Any]:
     return out
 
 
-def _delivery(row: tuple) -> dict[str, Any]:
-    out = dict(zip(_DELIVERY_KEYS, _utc(row), strict=True))
+def _delivery(row: Row) -> dict[str, Any]:
+    """A webhook POST (queries.sql webhook_delivery: id, endpoint_id, msg_id, status, events,
+    attempts, last_attempt_at, last_status_code, last_error, next_attempt_at, delivered_at,
+    created_at)."""
+    out = _utc(row)
     out.update(id=int(out["id"]), endpoint_id=int(out["endpoint_id"]),
                events=int(out["events"]), attempts=int(out["attempts"]))
     return out
 
 
-def _attachment(row: tuple) -> Attachment:
-    row = _utc(row)
-    return Attachment(int(row[0]), row[1], int(row[2]), bytes(row[3] or b""), int(row[4]),
-                      row[5], row[6], int(row[7]), row[8], row[9])
+def _attachment(row: Row) -> Attachment:
+    return _record(Attachment, row, sha256=bytes(row["sha256"] or b""))
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
 
 
-def _utc(row: tuple) -> tuple:
+def _aware(value: Any) -> Any:
     """MySQL DATETIMEs are stored in UTC (session time_zone +00:00); make that explicit."""
-    return tuple(v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row)
+    return value.replace(tzinfo=UTC) if isinstance(value, datetime) else value
+
+
+def _utc(row: Row) -> Row:
+    """The row with its DATETIMEs UTC-aware (_aware)."""
+    return {k: v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _found(row: R | None) -> R:
+    """The row of a statement that always returns one."""
+    if row is None:
+        raise DaoError("a statement that always returns a row returned none")
+    return row
 
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def _api_key(row: tuple) -> ApiKey:
-    row = _utc(row)
-    return ApiKey(int(row[0]), row[1], row[2], row[3], _json(row[4]) or [], bool(row[5]),
-                  row[6], row[7], row[8], int(row[9]), row[10] if len(row) > 10 else None)
+def _counts(rows: Iterable[Row]) -> dict[str, int]:
+    """{status: n} of a `SELECT status, COUNT(*) AS n ... GROUP BY status`."""
+    return {r["status"]: int(r["n"]) for r in rows}
 
 
-def _job(row: tuple, counts: dict[str, int] | None = None) -> Job:
-    row = _utc(row)
-    return Job(int(row[0]), row[1], int(row[2]), row[3], row[4], row[5], row[6], row[7], row[8],
-               _json(row[9]) or {}, row[10], row[11], int(row[12]), int(row[13]), row[14],
-               row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22],
-               row[23], int(row[24]), row[25], counts or {},
-               unsubscribe_base_url=row[26] if len(row) > 26 else None,
-               template_variants=_json(row[27]) if len(row) > 27 else None,
-               metadata=_json(row[28]) if len(row) > 28 else None,
-               attachments=(_json(row[29]) or []) if len(row) > 29 else None)
+_FIELDS: dict[type[Any], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _fields(cls: type[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A records dataclass's field names, and those of them that hold a datetime."""
+    plan = _FIELDS.get(cls)
+    if plan is None:
+        fields = dataclasses.fields(cls)
+        plan = _FIELDS[cls] = (tuple(f.name for f in fields),
+                               tuple(f.name for f in fields if "datetime" in str(f.type)))
+    return plan
+
+
+def _record(cls: type[R], row: Row, **converted: Any) -> R:
+    """A records dataclass from a row BY COLUMN NAME: the row's columns named as the class's
+    fields (DATETIMEs UTC-aware), with `converted` values over them; a field the statement
+    does not select keeps its default."""
+    names, times = _fields(cls)
+    values = {k: row[k] for k in names if k in row}
+    for k in times:
+        v = values.get(k)
+        if v is not None:
+            values[k] = v.replace(tzinfo=UTC)
+    values.update(converted)
+    return cls(**values)
+
+
+def _api_key(row: Row) -> ApiKey:
+    return _record(ApiKey, row, allowed_senders=_json(row["allowed_senders"]) or [],
+                   is_operator=bool(row["is_operator"]))
+
+
+def _job(row: Row, counts: dict[str, int] | None = None) -> Job:
+    """A job; `attachments` None when the statement does not read them."""
+    return _record(Job, row, variables=_json(row["variables"]) or {}, counts=counts or {},
+                   template_variants=_json(row.get("template_variants")),
+                   metadata=_json(row.get("metadata")),
+                   attachments=(_json(row["attachments"]) or []) if "attachments" in row
+                   else None)
 
 
 class _LeaseLost(Exception):
     """A webhook round found its endpoint's lease gone at commit: roll the round back."""
 
 
-def _send_as_rows(rows: Sequence[tuple]) -> list[tuple[str, str, str | None, bool, str | None]]:
+def _send_as_rows(rows: Sequence[tuple[Any, ...]]
+                  ) -> list[tuple[str, str, str | None, bool, str | None]]:
+    """send_as_for's rows as check_sender gets them: (kind, account, address, is_primary,
+    verification_status), in the statement's order."""
     return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
 
 
-def _with_metadata(r: Recipient, metadata: Any) -> Recipient:
-    """A listed recipient with the client's metadata (read only where it is shown)."""
-    return dataclasses.replace(r, metadata=_json(metadata))
+def _template(row: Row) -> StoredTemplate:
+    return _record(StoredTemplate, row, variants=_json(row.get("variants")))
 
 
-def _template(row: tuple) -> StoredTemplate:
-    row = _utc(row)
-    return StoredTemplate(row[0], int(row[1]), row[2], row[3], row[4], row[5],
-                          _json(row[6]) if len(row) > 6 else None)
+def _runner(row: Row) -> dict[str, Any]:
+    """id, host, pid, kind, state, current_job_id, sent_count, failed_count, started_at,
+    heartbeat_at (queries.sql all_runners)."""
+    return _utc(row)
 
 
-def _runner(row: tuple) -> dict[str, Any]:
-    keys = ("id", "host", "pid", "kind", "state", "current_job_id", "sent_count", "failed_count",
-            "started_at", "heartbeat_at")
-    return dict(zip(keys, _utc(row), strict=True))
+def _learned_cap(row: Row) -> LearnedCap:
+    return _record(LearnedCap, row)
 
 
-def _learned_cap(row: tuple) -> LearnedCap:
-    r = _utc(row)
-    return LearnedCap(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5], r[6], int(r[7]), r[8])
-
-
-def _recipient(row: tuple) -> Recipient:
-    row = _utc(row)
-    return Recipient(int(row[0]), int(row[1]), row[2], row[3], _json(row[4]), row[5], int(row[6]),
-                     *row[7:17], bool(row[17]), int(row[18]), *row[19:22],
-                     attachments=_json(row[22]) if len(row) > 22 else None)
+def _recipient(row: Row) -> Recipient:
+    """A recipient; `metadata` and `attachments` None when the statement does not read them."""
+    return _record(Recipient, row, variables=_json(row["variables"]),
+                   in_doubt=bool(row["in_doubt"]), metadata=_json(row.get("metadata")),
+                   attachments=_json(row.get("attachments")))
 
 
 # What pymysql's escape_string does (a backslash before each of these), as str.replace passes:

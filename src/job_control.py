@@ -1,19 +1,48 @@
 """What an operator (or the runner's auto-pause) may do to a job, and what it becomes.
 
-Each action runs in one transaction with the job row locked (`Dao.control_job`); an action not
-allowed in the job's current status raises `Conflict` (the API's 409) and changes nothing.
+Each action runs in one transaction with the job row locked (`Dao.control_job`, which reads the
+job's `JobState` and writes the `Decision`); the decisions themselves are the pure functions
+below. An action not allowed in the job's current status raises `Conflict` (the API's 409) and
+changes nothing.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from mailjobs.dao_mysql import Dao
 from mailjobs.states import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, JobAction, JobStatus, PausedBy
 
-# What an action makes of a job: its new status, who paused it, the reason shown, and whether
-# its unsent recipients are cancelled.
-Decision = tuple[str, str | None, str | None, bool]
+if TYPE_CHECKING:
+    from mailjobs.dao_mysql import Dao
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The locked job as an action sees it (queries.sql lock_job)."""
+    status: str
+    started: bool            # it has sent (started_at is set)
+    future_send_at: bool     # its send_at is still ahead
+    paused_by: str | None
+    sender: str
+    # retry only: the recipients the filter re-queued, and when retention erased the
+    # recipients' variables (None: never)
+    matched: int = 0
+    erased_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an action makes of a job."""
+    status: str
+    paused_by: str | None    # who paused it (paused jobs only)
+    reason: str | None       # the status reason shown
+    finished: bool           # it is final now: finished_at set, job.completed written
+
+
+# A decision of one action over the locked job's state
+Decide = Callable[[JobState], Decision]
 
 
 class Conflict(Exception):
@@ -31,25 +60,51 @@ def _unpaused(started: bool, future_send_at: bool) -> JobStatus:
     return JobStatus.RUNNING if started else JobStatus.QUEUED
 
 
+def decide_cancel(state: JobState, who: str = "API") -> Decision:
+    _not_final("cancelled", state.status)
+    return Decision(JobStatus.CANCELLED, None, f"cancelled by {who}", True)
+
+
+def decide_pause(state: JobState, paused_by: str = PausedBy.OPERATOR,
+                 reason: str | None = None) -> Decision:
+    if state.status == JobStatus.PAUSED:
+        raise Conflict("job is paused already")
+    if state.status not in ACTIVE_JOB_STATUSES:
+        raise Conflict(f"job is {state.status}: only queued, scheduled or running jobs can be "
+                       "paused")
+    return Decision(JobStatus.PAUSED, paused_by, reason or f"paused by {paused_by}", False)
+
+
+def decide_resume(state: JobState) -> Decision:
+    if state.status != JobStatus.PAUSED:
+        raise Conflict(f"job is {state.status}: only paused jobs can be resumed")
+    return Decision(_unpaused(state.started, state.future_send_at), None, None, False)
+
+
+def decide_retry(state: JobState, statuses: Sequence[str], codes: Sequence[str]) -> Decision:
+    """After the matching recipients were re-queued (`state.matched` of them)."""
+    if state.erased_at is not None:
+        raise Conflict(f"job is {state.status} and its recipients' variables were erased on "
+                       f"{state.erased_at:%Y-%m-%d} (RETENTION_DAYS): it cannot be retried; "
+                       "post a new job")
+    if state.matched == 0:
+        raise Conflict("no recipient of this job matches the filter "
+                       f"(status in {list(statuses)}"
+                       + (f", error_code in {list(codes)})" if codes else ")"))
+    if state.status == JobStatus.PAUSED:   # stays paused until resumed
+        return Decision(JobStatus.PAUSED, state.paused_by, None, False)
+    return Decision(_unpaused(True, state.future_send_at), None, None, False)
+
+
 def cancel(dao: Dao, job_id: int, who: str = "API") -> int:
     """No further sends; unsent recipients become cancelled. Returns how many."""
-    def decide(status: str, started: bool, future: bool, paused_by: str | None,
-               sender: str) -> Decision:
-        _not_final("cancelled", status)
-        return JobStatus.CANCELLED, None, f"cancelled by {who}", True
-    return dao.control_job(job_id, JobAction.CANCEL, decide)
+    return dao.control_job(job_id, JobAction.CANCEL, lambda state: decide_cancel(state, who))
 
 
 def pause(dao: Dao, job_id: int, paused_by: str = PausedBy.OPERATOR,
           reason: str | None = None) -> None:
-    def decide(status: str, started: bool, future: bool, was_paused_by: str | None,
-               sender: str) -> Decision:
-        if status == JobStatus.PAUSED:
-            raise Conflict("job is paused already")
-        if status not in ACTIVE_JOB_STATUSES:
-            raise Conflict(f"job is {status}: only queued, scheduled or running jobs can be paused")
-        return JobStatus.PAUSED, paused_by, reason or f"paused by {paused_by}", False
-    dao.control_job(job_id, JobAction.PAUSE, decide)
+    dao.control_job(job_id, JobAction.PAUSE,
+                    lambda state: decide_pause(state, paused_by, reason))
 
 
 def auto_pause(dao: Dao, job_id: int, paused_by: str, reason: str) -> bool:
@@ -62,27 +117,10 @@ def auto_pause(dao: Dao, job_id: int, paused_by: str, reason: str) -> bool:
 
 
 def resume(dao: Dao, job_id: int) -> None:
-    def decide(status: str, started: bool, future: bool, paused_by: str | None,
-               sender: str) -> Decision:
-        if status != JobStatus.PAUSED:
-            raise Conflict(f"job is {status}: only paused jobs can be resumed")
-        return _unpaused(started, future), None, None, False
-    dao.control_job(job_id, JobAction.RESUME, decide)
+    dao.control_job(job_id, JobAction.RESUME, decide_resume)
 
 
 def retry(dao: Dao, job_id: int, statuses: Sequence[str], codes: Sequence[str]) -> int:
     """Put matching recipients back to queued and the job back to work. Returns how many."""
-    def decide(status: str, started: bool, future: bool, paused_by: str | None, sender: str,
-               matched: int, erased_at: datetime | None = None) -> Decision:
-        if erased_at is not None:
-            raise Conflict(f"job is {status} and its recipients' variables were erased on "
-                           f"{erased_at:%Y-%m-%d} (RETENTION_DAYS): it cannot be retried; post "
-                           "a new job")
-        if matched == 0:
-            raise Conflict("no recipient of this job matches the filter "
-                           f"(status in {list(statuses)}"
-                           + (f", error_code in {list(codes)})" if codes else ")"))
-        if status == JobStatus.PAUSED:
-            return JobStatus.PAUSED, paused_by, None, False  # stays paused until resumed
-        return _unpaused(True, future), None, None, False
-    return dao.control_job(job_id, JobAction.RETRY, decide, statuses, codes)
+    return dao.control_job(job_id, JobAction.RETRY,
+                           lambda state: decide_retry(state, statuses, codes), statuses, codes)

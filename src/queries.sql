@@ -65,11 +65,12 @@ FROM jobs WHERE api_key_id = %s AND idempotency_key = %s;
 -- Newest first, keyset paged by id; %(api_key_id)s NULL lists every key's jobs (operators).
 -- A list needs no template bodies nor variables (megabytes a job): NULL in their places, and the
 -- subject's first 200 characters (the dashboard shows 60).
-SELECT id, type, api_key_id, sender_email, from_name, reply_to, LEFT(subject_template, 200),
-       NULL, NULL, NULL, status, status_reason, total, duplicates_removed,
+SELECT id, type, api_key_id, sender_email, from_name, reply_to,
+       LEFT(subject_template, 200) AS subject_template, NULL AS html_template,
+       NULL AS text_template, NULL AS variables, status, status_reason, total, duplicates_removed,
        idempotency_key, request_hash, created_at, started_at, finished_at, updated_at,
        send_at, paused_by, template_name, template_version, priority, expires_at,
-       unsubscribe_base_url, NULL
+       unsubscribe_base_url
 FROM jobs
 WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
   AND (%(status)s IS NULL OR status = %(status)s)
@@ -77,7 +78,7 @@ WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s)
 ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: recipient_counts
-SELECT status, COUNT(*) FROM job_recipients WHERE job_id = %s GROUP BY status;
+SELECT status, COUNT(*) AS n FROM job_recipients WHERE job_id = %s GROUP BY status;
 
 -- name: recipients_page
 SELECT id, job_id, to_email, name, variables, status, attempts, next_attempt_at, claimed_by,
@@ -101,8 +102,8 @@ ORDER BY id LIMIT %(limit)s;
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts, r.next_attempt_at,
        r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id, r.error_code, r.error,
        r.sent_at, r.created_at, r.updated_at, r.in_doubt, r.attempts_base, r.deferred_since,
-       r.locale, r.locale_used, j.status, j.sender_email, j.api_key_id,
-       r.metadata, r.attachments, j.attachments
+       r.locale, r.locale_used, j.status AS job_status, j.sender_email, j.api_key_id,
+       r.metadata, r.attachments, j.attachments AS job_attachments
 FROM job_recipients r JOIN jobs j ON j.id = r.job_id
 WHERE r.to_email = %(email)s AND r.id < %(before)s
   AND (%(api_key_id)s IS NULL OR j.api_key_id = %(api_key_id)s)
@@ -177,8 +178,8 @@ VALUES (%s, 0, UTC_TIMESTAMP(6) - INTERVAL 1 DAY);
 
 -- name: lock_sender
 SELECT rate_per_minute, daily_cap, tokens,
-       TIMESTAMPDIFF(MICROSECOND, tokens_at, UTC_TIMESTAMP(6)) / 1e6,
-       paused_until > UTC_TIMESTAMP(6)
+       TIMESTAMPDIFF(MICROSECOND, tokens_at, UTC_TIMESTAMP(6)) / 1e6 AS elapsed,
+       paused_until > UTC_TIMESTAMP(6) AS deferred
 FROM senders WHERE email = %s FOR UPDATE;
 
 -- name: sender_sends_24h
@@ -243,8 +244,8 @@ WHERE r.status IN ('queued', 'retrying', 'sending') AND r.next_attempt_at <= UTC
 -- stored (the key's suppression of the address is unique: one row at most), else NULL.
 SELECT r.id, r.job_id, r.to_email, r.name, r.variables, r.status, r.attempts,
        r.next_attempt_at, r.claimed_by, r.lease_expires_at, r.message_id, r.gmail_message_id,
-       r.error_code, r.error, r.sent_at, NULL, NULL, r.in_doubt, r.attempts_base,
-       r.deferred_since, r.locale, r.locale_used, r.attachments, s.reason
+       r.error_code, r.error, r.sent_at, r.in_doubt, r.attempts_base,
+       r.deferred_since, r.locale, r.locale_used, r.attachments, s.reason AS suppressed_reason
 FROM job_recipients r
 LEFT JOIN suppressions s ON s.api_key_id = %s AND s.email = LOWER(r.to_email) COLLATE utf8mb4_bin
 WHERE r.id IN ({ids}) AND r.claimed_by = %s AND r.status = 'sending' ORDER BY r.id;
@@ -328,7 +329,8 @@ SELECT id, status FROM jobs WHERE id IN ({ids});
 -- ===== job control ============================================================================
 
 -- name: lock_job
-SELECT status, started_at IS NOT NULL, send_at > UTC_TIMESTAMP(6), paused_by, sender_email
+SELECT status, started_at IS NOT NULL AS started, send_at > UTC_TIMESTAMP(6) AS future_send_at,
+       paused_by, sender_email
 FROM jobs WHERE id = %s FOR UPDATE;
 
 -- name: set_job_status
@@ -351,7 +353,7 @@ SET next_attempt_at = UTC_TIMESTAMP(6), attempts_base = attempts,
 WHERE job_id = %s AND status IN ({statuses}) {code_filter};
 
 -- name: error_summary
-SELECT error_code, COUNT(*), MIN(error) FROM job_recipients
+SELECT error_code, COUNT(*) AS n, MIN(error) AS example FROM job_recipients
 WHERE job_id = %s AND error_code IS NOT NULL
   AND status IN ('failed', 'retrying', 'in_doubt', 'bounced', 'expired')
 GROUP BY error_code ORDER BY COUNT(*) DESC;
@@ -400,6 +402,7 @@ SELECT email, rate_per_minute, daily_cap, auth_state, auth_error, paused_until, 
        credentials IS NOT NULL OR EXISTS (
          SELECT 1 FROM delegated_keys d
          WHERE d.pattern IN (email, CONCAT('*@', SUBSTRING_INDEX(email, '@', -1))))
+         AS has_credentials
 FROM senders ORDER BY email;
 
 -- name: set_sender_limits
@@ -445,7 +448,7 @@ UPDATE jobs SET template_variants = %s WHERE id = %s;
 -- ===== metrics ================================================================================
 
 -- name: queue_depth
-SELECT r.status, COUNT(*) FROM jobs j
+SELECT r.status, COUNT(*) AS n FROM jobs j
 JOIN job_recipients r ON r.job_id = j.id
   AND r.status IN ('queued', 'retrying', 'sending', 'in_doubt')
 WHERE j.status IN ('queued', 'scheduled', 'running', 'paused')
@@ -457,7 +460,7 @@ FROM jobs j JOIN job_recipients r ON r.job_id = j.id AND r.status = 'queued'
 WHERE j.status IN ('queued', 'running') AND r.next_attempt_at <= UTC_TIMESTAMP(6);
 
 -- name: runner_heartbeat_ages
-SELECT id, kind, state, TIMESTAMPDIFF(MICROSECOND, heartbeat_at, UTC_TIMESTAMP(6)) / 1e6
+SELECT id, kind, state, TIMESTAMPDIFF(MICROSECOND, heartbeat_at, UTC_TIMESTAMP(6)) / 1e6 AS age
 FROM runners WHERE state <> 'stopped' AND heartbeat_at > UTC_TIMESTAMP(6) - INTERVAL 1 DAY;
 
 -- ===== SMTP connection slots (SMTP_MAX_CONNECTIONS over all runners) ==========================
@@ -478,7 +481,7 @@ ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED;
 -- name: smtp_slots_for_capped_take
 -- Under a learned cap below SMTP_MAX_CONNECTIONS: every row locked, so the live ones are counted
 -- exactly, those above the cap included (connections opened before it was lowered).
-SELECT slot, holder IS NOT NULL AND lease_expires_at > UTC_TIMESTAMP(6) FROM smtp_slots
+SELECT slot, holder IS NOT NULL AND lease_expires_at > UTC_TIMESTAMP(6) AS held FROM smtp_slots
 ORDER BY slot FOR UPDATE;
 
 -- name: take_smtp_slot
@@ -527,7 +530,7 @@ INSERT IGNORE INTO learned_limits (kind, target, cap, configured, reason, lowere
 VALUES (%s, %s, %s, %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6));
 
 -- name: learned_cap_for_update
-SELECT cap, successes, hold_until > UTC_TIMESTAMP(6) FROM learned_limits
+SELECT cap, successes, hold_until > UTC_TIMESTAMP(6) AS held FROM learned_limits
 WHERE kind = %s AND target = %s FOR UPDATE;
 
 -- name: learned_cap_lower
@@ -560,12 +563,12 @@ FROM api_keys WHERE id = %s;
 
 -- name: job_counts
 -- Recipient counts by status of several jobs (the jobs list); {ids} is a placeholder list.
-SELECT job_id, status, COUNT(*) FROM job_recipients WHERE job_id IN ({ids})
+SELECT job_id, status, COUNT(*) AS n FROM job_recipients WHERE job_id IN ({ids})
 GROUP BY job_id, status;
 
 -- name: send_rate
 -- Sends of one job per minute (UTC), for the dashboard's chart. %% is a literal % here.
-SELECT DATE_FORMAT(sent_at, '%%Y-%%m-%%d %%H:%%i') AS minute, COUNT(*)
+SELECT DATE_FORMAT(sent_at, '%%Y-%%m-%%d %%H:%%i') AS minute, COUNT(*) AS n
 FROM job_recipients
 WHERE job_id = %s AND status = 'sent' AND sent_at IS NOT NULL
 GROUP BY minute ORDER BY minute;
@@ -654,7 +657,8 @@ INSERT INTO bounce_messages (sender_email, gmail_id, outcome, recipient_id) VALU
 
 -- name: bounce_recipient
 -- The recipient a DSN is about, by the Message-ID mailjobs fixed before sending it.
-SELECT r.id, r.job_id, r.to_email, j.api_key_id, r.message_id FROM job_recipients r
+SELECT r.id AS recipient_id, r.job_id, r.to_email, j.api_key_id, r.message_id
+FROM job_recipients r
 JOIN jobs j ON j.id = r.job_id
 WHERE r.message_id = %s AND j.sender_email = %s
 ORDER BY r.id LIMIT 1;
@@ -696,14 +700,14 @@ SELECT UTC_TIMESTAMP(6);
 
 -- name: purge_count_delete
 -- Finished jobs deleted whole, with their recipients (JOB_RETENTION_DAYS).
-SELECT COUNT(DISTINCT j.id), COUNT(r.id) FROM jobs j
+SELECT COUNT(DISTINCT j.id) AS jobs, COUNT(r.id) AS recipients FROM jobs j
 LEFT JOIN job_recipients r ON r.job_id = j.id
 WHERE j.finished_at < %s
   AND j.status IN ('completed', 'completed_with_errors', 'failed', 'cancelled');
 
 -- name: purge_count_erase
 -- Recipients whose variables would be erased (RETENTION_DAYS), in jobs not deleted whole.
-SELECT COUNT(DISTINCT j.id), COUNT(r.id) FROM jobs j
+SELECT COUNT(DISTINCT j.id) AS jobs, COUNT(r.id) AS recipients FROM jobs j
 JOIN job_recipients r ON r.job_id = j.id AND r.variables IS NOT NULL
 WHERE j.variables_erased = 0 AND j.finished_at < %(cutoff)s
   AND (%(delete_cutoff)s IS NULL OR j.finished_at >= %(delete_cutoff)s)
@@ -881,14 +885,14 @@ VALUES (%s, %s, %s, %s, %s, %s);
 -- name: webhook_endpoint
 SELECT id, api_key_id, url, description, events, batch_size, enabled, disabled_reason,
        disabled_at, failing_since, next_attempt_at, created_at, previous_secret_until,
-       secret, IF(previous_secret_until > UTC_TIMESTAMP(6), previous_secret, NULL)
+       secret, IF(previous_secret_until > UTC_TIMESTAMP(6), previous_secret, NULL) AS previous_secret
 FROM webhook_endpoints WHERE id = %s;
 
 -- name: webhook_endpoints_page
 -- A key's endpoints (%(api_key_id)s NULL: every key's, for operators), in id order.
 SELECT id, api_key_id, url, description, events, batch_size, enabled, disabled_reason,
        disabled_at, failing_since, next_attempt_at, created_at, previous_secret_until,
-       NULL, NULL
+       NULL AS secret, NULL AS previous_secret
 FROM webhook_endpoints
 WHERE (%(api_key_id)s IS NULL OR api_key_id = %(api_key_id)s) AND id > %(after)s
 ORDER BY id LIMIT %(limit)s;
@@ -913,7 +917,7 @@ DELETE FROM webhook_endpoints WHERE id = %s;
 -- first (a failing one is served in a lane of its own: it never holds up the others), with
 -- whether each is failing. The subqueries take no locks; only the endpoint rows are locked
 -- (and skipped when another runner has them).
-SELECT e.id, e.failing_since IS NOT NULL FROM webhook_endpoints e
+SELECT e.id, e.failing_since IS NOT NULL AS failing FROM webhook_endpoints e
 WHERE e.enabled = 1 AND e.next_attempt_at <= UTC_TIMESTAMP(6)
   AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= UTC_TIMESTAMP(6))
   AND (EXISTS (SELECT 1 FROM webhook_events v WHERE v.endpoint_id = e.id AND v.delivery_id IS NULL)
@@ -1065,13 +1069,14 @@ ORDER BY id LIMIT %(limit)s;
 -- own limits (`mailjobs senders set`; NULL, or no row: the settings'), the unsent recipients of
 -- its active jobs but one (%(exclude)s: 0 excludes none; paused jobs are not counted until they
 -- are resumed), and its sends in the last 24 hours.
-SELECT (SELECT rate_per_minute FROM senders WHERE email = %(sender)s),
-       (SELECT daily_cap FROM senders WHERE email = %(sender)s),
+SELECT (SELECT rate_per_minute FROM senders WHERE email = %(sender)s) AS rate_per_minute,
+       (SELECT daily_cap FROM senders WHERE email = %(sender)s) AS daily_cap,
        (SELECT COUNT(*) FROM jobs j JOIN job_recipients r ON r.job_id = j.id
         WHERE j.sender_email = %(sender)s AND j.status IN ('queued', 'scheduled', 'running')
-          AND j.id <> %(exclude)s AND r.status IN ('queued', 'retrying', 'sending')),
+          AND j.id <> %(exclude)s AND r.status IN ('queued', 'retrying', 'sending')) AS backlog,
        (SELECT COALESCE(SUM(sends), 0) FROM sender_hourly_sends
-        WHERE sender_email = %(sender)s AND hour_start > UTC_TIMESTAMP() - INTERVAL 24 HOUR);
+        WHERE sender_email = %(sender)s AND hour_start > UTC_TIMESTAMP() - INTERVAL 24 HOUR)
+         AS sent_24h;
 
 -- ===== service accounts with domain-wide delegation (issue 18) ================================
 
@@ -1139,7 +1144,7 @@ WHERE email = %s;
 -- What a POST's sender_email is checked against: the rows of the lists that name it (as their
 -- account, or as an address), the credentials it has of its own (own: an OAuth grant or a
 -- delegated key), and whether any list is known at all. Args: the address, five times.
-SELECT 'list', a.account, a.address, a.is_primary, a.verification_status
+SELECT 'list' AS kind, a.account, a.address, a.is_primary, a.verification_status
 FROM send_as_addresses a JOIN senders s ON s.email = a.account
 WHERE s.send_as_read_at IS NOT NULL AND s.auth_state <> 'auth_revoked'
   AND (a.account = %s OR a.address = %s)

@@ -38,3 +38,38 @@ def allowance(limits: Limits, wanted: int, tokens: float, elapsed: float | None,
     if limits.rate_per_minute > 0:
         left -= count
     return Allowance(max(0, count), left, reason)
+
+
+# Why a claim of a deferred sender's job took nothing (the reason a claim returns)
+DEFERRED = "sender deferred"
+
+
+@dataclass(frozen=True)
+class SenderState:
+    """The sender's row as a claim locks it (queries.sql lock_sender)."""
+    rate_per_minute: int | None   # its own rate; None: the settings'
+    daily_cap: int | None         # its own cap; None: the settings'
+    tokens: float                 # the bucket when it was last counted
+    elapsed: float | None         # seconds since then (None: never counted)
+    deferred: bool                # paused_until is still ahead (a refusal deferred it)
+
+
+def claim_limits(limits: Limits, sender: SenderState, unlimited: bool = False) -> Limits | None:
+    """The limits one claim works under: the sender's own rate and cap where it has them, else
+    `limits` (the settings'); None while the sender is deferred (nothing may be claimed).
+    `unlimited` (a test key's job: its messages never reach the sender's account): no limit and
+    no deferral."""
+    if unlimited:
+        return Limits(0, 0, limits.burst_seconds)
+    if sender.deferred:
+        return None
+    return Limits(limits.rate_per_minute if sender.rate_per_minute is None
+                  else int(sender.rate_per_minute),
+                  limits.daily_cap if sender.daily_cap is None else int(sender.daily_cap),
+                  limits.burst_seconds)
+
+
+def tokens_after_claim(allowed: Allowance, taken: int) -> float:
+    """The bucket to store after a claim that took `taken` of the `allowed.count` it was
+    allowed: the ones it did not take (claimed elsewhere meanwhile, or none due) go back."""
+    return allowed.tokens_left + (allowed.count - taken)

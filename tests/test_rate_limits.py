@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from mailjobs.rate_limit import Limits, allowance
+from mailjobs.rate_limit import Limits, SenderState, allowance, claim_limits, tokens_after_claim
 from mailjobs.transports.base import SendResult
 from runner_helpers import fast, recipients, running, wait_for
 from test_api_enqueue import body, post
@@ -89,3 +89,26 @@ def test_a_per_sender_override_wins_over_the_default(client, key, dao):
         time.sleep(0.3)
     assert dao.recipient_counts(job_id) == {"sent": 2, "queued": 2}
     assert {r.attempts for r in recipients(dao, job_id) if r.status == "queued"} == {0}
+
+
+def test_a_claim_works_under_the_senders_own_limits_where_it_has_them():
+    defaults = Limits(rate_per_minute=60, daily_cap=1000, burst_seconds=5)
+    own = SenderState(rate_per_minute=10, daily_cap=None, tokens=1.0, elapsed=2.0,
+                      deferred=False)
+    assert claim_limits(defaults, own) == Limits(10, 1000, 5)
+    none_own = SenderState(None, 0, 1.0, None, False)
+    assert claim_limits(defaults, none_own) == Limits(60, 0, 5)
+
+
+def test_a_deferred_sender_gets_nothing_unless_the_job_is_a_test_keys():
+    deferred = SenderState(10, 100, 5.0, 1.0, deferred=True)
+    assert claim_limits(Limits(60, 0, 5), deferred) is None
+    assert claim_limits(Limits(60, 0, 5), deferred, unlimited=True) == Limits(0, 0, 5)
+
+
+def test_a_claim_gives_back_the_tokens_of_what_it_did_not_take():
+    allowed = allowance(Limits(60, 0, 5), wanted=4, tokens=5.0, elapsed=0.0, sent_last_24h=0)
+    assert (allowed.count, allowed.tokens_left) == (4, 1.0)
+    assert tokens_after_claim(allowed, 4) == 1.0
+    assert tokens_after_claim(allowed, 1) == 4.0   # 3 were claimed elsewhere meanwhile
+    assert tokens_after_claim(allowed, 0) == 5.0

@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from mailjobs.api_server import create_app
+from mailjobs.job_control import Decision
 from runner_helpers import count_rows, fast, recipients, running, wait_for, wait_job_done
 from test_api_enqueue import body, post
 from webhook_receiver import Receiver
@@ -568,7 +569,7 @@ def test_a_sender_whose_grant_is_revoked_pauses_its_jobs_with_a_job_paused_event
     endpoint(hooks, key, receiver.url, events=["job.paused"])
     jobs = [post(hooks, key, body(2)).json["job_id"] for _ in range(2)]
     done = post(hooks, key, body(1)).json["job_id"]
-    dao.control_job(done, "cancel", lambda *state: ("cancelled", None, "test", True))
+    dao.control_job(done, "cancel", lambda state: Decision("cancelled", None, "test", True))
     paused = dao.pause_sender("ops@example.com", "auth_revoked", "invalid_grant", "sender_auth")
     assert paused == 2
     events = [e["data"] for e in outbox(dao) if e["type"] == "job.paused"]

@@ -1,5 +1,5 @@
 """Bounds on database time: the per-request deadline, the circuit breaker, and a pymysql
-connection that obeys both. dao_mysql uses them; nothing else speaks to pymysql.
+connection that obeys both. db/connector.py uses them; nothing else speaks to pymysql.
 
 Where time went before (a frozen or partitioned server accepts the connection, or the packets
 vanish, and nothing answers):
@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -161,7 +162,7 @@ class Breaker:
     def before(self, probe_seconds: float) -> bool:
         """Called before a database call. Returns True when this caller is the probe; raises
         CircuitOpen while the circuit is open and another caller probes (or it is too early)."""
-        if not self._open:
+        if not self.is_open:   # without the lock: the usual case
             return False
         with self._lock:
             if not self._open:
@@ -174,7 +175,7 @@ class Breaker:
             raise CircuitOpen(max(self.retry_after(), 0.5), self._cause)
 
     def success(self) -> None:
-        if not self._open:
+        if not self.is_open:   # without the lock: the usual case
             return
         with self._lock:
             if not self._open:
@@ -273,6 +274,9 @@ class BoundedConnection(Connection):
 
     breaker: Breaker | None = None
     ping_timeout: float = 2.0
+    # pymysql's own, which its type stubs do not declare
+    _sock: socket.socket | None
+    _force_close: Callable[[], None]
 
     def __init__(self, *args: Any, hosts: Hosts | None = None, **kwargs: Any) -> None:
         self._configured = (kwargs.get("connect_timeout") or 10, kwargs.get("read_timeout"),
@@ -324,14 +328,16 @@ class BoundedConnection(Connection):
         self._write_timeout = bound(self._configured[2])
         ROUND_TRIPS.commands += 1
         self._last_io = time.monotonic()
-        super()._execute_command(command, sql)
+        Connection._execute_command(self, command, sql)  # type: ignore[attr-defined]
 
     def begin(self) -> None:
         """No BEGIN round trip: autocommit is off, so the first statement opens the transaction
         (InnoDB takes the snapshot at the first read either way), and the previous one always
         ended with COMMIT or ROLLBACK. DBUtils' begin() still marks the transaction open."""
 
-    def ping(self, reconnect: bool = False) -> bool:
+    def ping(self, reconnect: bool = False) -> bool:  # type: ignore[override]
+        """True when it answers (DBUtils reads the answer); a ping within PING_IDLE of the
+        last answer is skipped."""
         if self._sock is not None and time.monotonic() - self._last_io < PING_IDLE and \
                 not select.select([self._sock], [], [], 0)[0]:
             # it answered a moment ago and nothing is waiting on its socket (a server that
@@ -339,7 +345,7 @@ class BoundedConnection(Connection):
             return True
         try:
             with cap(self.ping_timeout):
-                super().ping(reconnect)
+                super().ping(True) if reconnect else super().ping(False)
             return True
         except pymysql.err.Error as exc:
             if self.breaker is not None:
@@ -389,7 +395,7 @@ def is_connected(pooled: Any) -> bool:
     con = pooled
     while not isinstance(con, Connection) and getattr(con, "_con", None) is not None:
         con = con._con
-    return isinstance(con, Connection) and con._sock is not None
+    return isinstance(con, Connection) and getattr(con, "_sock", None) is not None
 
 
 @contextmanager
