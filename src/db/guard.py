@@ -278,6 +278,7 @@ class BoundedConnection(Connection):
         self._configured = (kwargs.get("connect_timeout") or 10, kwargs.get("read_timeout"),
                             kwargs.get("write_timeout"))
         self._last_io = 0.0
+        self._ended_by_commit = False
         self._hosts = hosts if hosts is not None and len(hosts.addresses) > 1 else None
         super().__init__(*args, **kwargs)
 
@@ -324,7 +325,21 @@ class BoundedConnection(Connection):
         self._write_timeout = bound(self._configured[2])
         ROUND_TRIPS.commands += 1
         self._last_io = time.monotonic()
+        self._ended_by_commit = False
         super()._execute_command(command, sql)
+
+    def ended_by_commit(self) -> None:
+        """The statements just sent (several in one packet: CLIENT.MULTI_STATEMENTS) ended with
+        a COMMIT, and every result was read: the next commit() costs no round trip. (Not the
+        server's SERVER_STATUS_IN_TRANS: after a plain SELECT it is clear while the read view
+        of REPEATABLE READ is still open.)"""
+        self._ended_by_commit = self._result is None or not self._result.has_next
+
+    def commit(self) -> None:
+        if self._ended_by_commit:
+            self._ended_by_commit = False
+            return
+        super().commit()
 
     def begin(self) -> None:
         """No BEGIN round trip: autocommit is off, so the first statement opens the transaction
