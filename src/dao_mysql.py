@@ -90,6 +90,8 @@ class StoredJob:
     suppressed: int
     plan: tuple[int | None, int | None, int, int] | None = None
     live_runners: int | None = None
+
+
 # Ids per `WHERE id IN (...)` statement of a purge batch: under MariaDB's
 # in_predicate_conversion_threshold (1,000), so the list stays a primary-key range.
 PK_CHUNK = 500
@@ -2109,10 +2111,11 @@ def _values_each(job_id: int | str, rows: Sequence[RecipientRow], no_backslash: 
             return "NULL"
         return "'" + (value.replace("'", "''") if no_backslash
                       else pymysql.converters.escape_string(value)) + "'"
+    job = JOB_ID if job_id == JOB_ID else int(job_id)
     out: list[str] = []
     size = 0
     for row in rows:
-        text = f"({JOB_ID if job_id == JOB_ID else int(job_id)}," + ",".join(literal(v) for v in row) + ")"
+        text = f"({job}," + ",".join(literal(v) for v in row) + ")"
         if out and size + 4 * len(text) > max_bytes:
             yield ",".join(out)
             out, size = [], 0
