@@ -173,7 +173,7 @@ def bare_insert(conn: pymysql.connections.Connection, dao: Dao, key_id: int,
     job_id = dao.create_job(NewJob(key_id, SENDER, "Bench", None, "s", "h", "t", {}, len(rows),
                                    0, None, None), [])
     args = [(job_id, r["email"], r["name"], json.dumps(r["variables"]), None, None,
-             None)
+             None, None)   # locale, locale_used, metadata, attachments
             for r in rows]
     sql = dao.queries["insert_recipients"]
     batch = defaults.INSERT_BATCH

@@ -26,7 +26,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from mailjobs import defaults, estimates, export, job_control, metrics
 from mailjobs.api_keys import KeyVerifier
-from mailjobs.dao_mysql import Dao, DatabaseUnavailable
+from mailjobs.dao_mysql import Also, Dao, DatabaseUnavailable
 from mailjobs.db import guard as db_guard
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.enqueue import (
@@ -317,11 +317,14 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             result = enqueue(dao, g.api_key, req, body_hash, idem,
                              unsubscribe_base_url=settings.unsubscribe_base_url,
                              settings=settings, body_size=len(body), recipients=recipients,
-                             check_total=check_total if req.max_duration is not None else None)
+                             check_total=check_total if req.max_duration is not None else None,
+                             also=Also(plan=not g.api_key.is_test, live_runners_age=None
+                                       if _runners_seen() else settings.runner_stale_after))
         if not result.replayed:
             metrics.ENQUEUED_RECIPIENTS.inc(result.job.total)
             _work_added()
-        return _enqueued(result.job, replayed=result.replayed, suppressed=result.suppressed)
+        return _enqueued(result.job, replayed=result.replayed, suppressed=result.suppressed,
+                         plan=result.plan, live=result.live_runners)
 
     def _work_added() -> None:
         if on_enqueue is not None:
@@ -329,17 +332,23 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
 
     live_seen = [float("-inf")]   # when live runners were last seen (monotonic)
 
-    def _live_runners() -> int:
+    def _runners_seen() -> bool:
+        return time.monotonic() - live_seen[0] < settings.heartbeat_interval
+
+    def _live_runners(known: int | None = None) -> int:
         """Live runners, for the answer's warning: once some were seen, not read again for a
-        HEARTBEAT_INTERVAL (a runner stays live for 3 of them; a round trip saved per POST)."""
-        if time.monotonic() - live_seen[0] < settings.heartbeat_interval:
+        HEARTBEAT_INTERVAL (a runner stays live for 3 of them; a round trip saved per POST).
+        `known`: read already (in the transaction that stored the job)."""
+        if _runners_seen():
             return 1
-        n = len(dao.live_runners(settings.runner_stale_after))
+        n = len(dao.live_runners(settings.runner_stale_after)) if known is None else known
         if n:
             live_seen[0] = time.monotonic()
         return n
 
-    def _enqueued(job: Job, replayed: bool, suppressed: int | None = None) -> Response:
+    def _enqueued(job: Job, replayed: bool, suppressed: int | None = None,
+                  plan: tuple[int | None, int | None, int, int] | None = None,
+                  live: int | None = None) -> Response:
         warnings = []
         if g.api_key.is_test:
             warnings.append("test key: this job runs without sender limits and sends no mail ("
@@ -350,14 +359,14 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             warnings.append(f"MAIL_TRANSPORT is {settings.transport_name}: this server's runner "
                             "sends no mail" + (f" (messages are written to {settings.outbox_dir})"
                                                if settings.transport_name == "outbox" else ""))
-        if _live_runners() == 0:
+        if _live_runners(live) == 0:
             warnings.append("no live runner: the job is stored and will wait until a runner "
                             "(embedded, or `mailjobs worker`) is running")
         if suppressed is None:   # a replay: read it
             suppressed = dao.suppressed_count(job.id)
         first_status = ("completed" if suppressed == job.total  # nothing to send (Dao.create_job)
                         else "scheduled" if job.send_at is not None else "queued")
-        estimate = _stored_job_estimate(job, suppressed, replayed, warnings)
+        estimate = _stored_job_estimate(job, suppressed, replayed, warnings, plan)
         body = EnqueueOut(job_id=job.id, status=first_status, recipients=job.total,
                           duplicates_removed=job.duplicates_removed, suppressed=suppressed,
                           status_url=f"/api/jobs/{job.id}", warnings=warnings,
@@ -369,8 +378,9 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             response.headers["Idempotent-Replayed"] = "true"
         return response
 
-    def _stored_job_estimate(job: Job, suppressed: int, replayed: bool,
-                             warnings: list[str]) -> dict[str, Any] | None:
+    def _stored_job_estimate(job: Job, suppressed: int, replayed: bool, warnings: list[str],
+                             plan: tuple[int | None, int | None, int, int] | None = None
+                             ) -> dict[str, Any] | None:
         """The estimate of a job just stored (or replayed), under a deadline of its own: the
         job is committed, so a slow database costs the estimate (a warning says so), never
         the 202 (a client seeing 503 would post the job again)."""
@@ -380,7 +390,7 @@ def create_app(settings: Settings | None = None, dao: Dao | None = None,
             estimate = (estimates.for_job(dao, settings, dao.job(job.id, with_counts=True) or job,
                                           unlimited=test)
                         if replayed else estimates.for_job(dao, settings, job, suppressed,
-                                                           unlimited=test))
+                                                           unlimited=test, known=plan))
         except DatabaseUnavailable as exc:
             log.warning("job=%d stored; no estimate: %s", job.id, exc)
             warnings.append("no estimate: the database did not answer in time; see GET "

@@ -90,6 +90,31 @@ R = TypeVar("R")
 # locale, locale_used, metadata (JSON), attachments (JSON)
 RecipientRow = tuple[str, str | None, str | None, str | None, str | None, str | None, str | None]
 
+# The job being stored, in the storing transaction's packet of statements (Dao._store): the
+# session variable's name in SQL text, and the marker that stands for it among a statement's
+# values (Dao._render; an object, so no value a client sends can be taken for it).
+JOB_ID = "@job_id"
+JOB = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Also:
+    """What the transaction storing a job reads besides (no round trip of its own): the
+    sender's plan for the estimate (Dao.sender_plan, the job itself excluded), the runners
+    live within `live_runners_age` seconds (None: not read)."""
+    plan: bool = False
+    live_runners_age: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredJob:
+    """A job as its storing transaction read it back: the job, its suppressed recipients, and
+    what Also asked (None where not asked)."""
+    job: Job
+    suppressed: int
+    plan: tuple[int | None, int | None, int, int] | None = None
+    live_runners: int | None = None
+
 
 # Ids per `WHERE id IN (...)` statement of a purge batch: under MariaDB's
 # in_predicate_conversion_threshold (1,000), so the list stays a primary-key range.
@@ -165,15 +190,18 @@ class Dao:
             return int(cur.lastrowid)
 
     def api_key_by_prefix(self, prefix: str) -> ApiKey | None:
-        row = self._one("api_key_by_prefix", (prefix,))
-        return _api_key(row) if row else None
+        # the read and its COMMIT in one packet: one round trip (a far database pays each)
+        with self.transaction() as cur:
+            row = self._script(cur, [self._render(cur, "api_key_by_prefix", (prefix,))],
+                               commit=True)[0][1]
+        return _api_key(row[0]) if row else None
 
     def api_keys(self) -> list[ApiKey]:
         return [_api_key(row) for row in self._all("api_keys_all")]
 
     def touch_api_key(self, key_id: int) -> None:
         with self.transaction() as cur:
-            self._run(cur, "touch_api_key", (key_id,))
+            self._script(cur, [self._render(cur, "touch_api_key", (key_id,))], commit=True)
 
     def revoke_api_key(self, id_or_prefix: str) -> bool:
         with self.transaction() as cur:
@@ -185,92 +213,180 @@ class Dao:
 
         Raises DuplicateKey when the (api key, idempotency key) pair exists already.
         """
-        return self.create_job_read(job, recipients)[0].id
+        return self.create_job_read(job, recipients).job.id
 
     @_rerun_on_conflict
     def create_job_read(self, job: NewJob, recipients: Sequence[NewRecipient | RecipientRow],
-                        check_sender: Callable[[list[tuple[Any, ...]]], None] | None = None
-                        ) -> tuple[Job, int]:
+                        check_sender: Callable[[list[tuple[Any, ...]]], None] | None = None,
+                        also: Also | None = None) -> StoredJob:
         """create_job, returning the stored job and how many of its recipients were
         suppressed, both read in its transaction (no round trips after the commit).
-        `check_sender` gets the sender's send-as rows (send_as_for) first, in the same
-        transaction (one round trip, no commit of its own), and may raise to store nothing."""
+        `check_sender` gets the sender's send-as rows (send_as_for), read in the same
+        transaction, and may raise to store nothing. `also`: what else to read in it (the
+        estimate's sender plan, the live runners). The statements go in one packet (one round
+        trip where max_allowed_packet allows), then the COMMIT: bench/README.md."""
+        rows = [r if isinstance(r, tuple) else _recipient_row(r) for r in recipients]
         with self.transaction() as cur:
-            self._check_sender(cur, job, check_sender)
-            job_id = self._insert_job(cur, job)
-            self._insert_recipients(cur, job_id, recipients)
-            suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id,
-                                                       len(recipients))
-            self._run(cur, "job_by_id", (job_id,))
-            return _job(_found(fetch_one(cur))), suppressed
+            return self._store(cur, job, rows, check_sender, None, also)
 
     def create_job_chunks(self, job: NewJob, chunks: Iterator[Sequence[RecipientRow]],
                           totals: Callable[[], tuple[int, int]],
-                          check_sender: Callable[[list[tuple[Any, ...]]], None] | None = None
-                          ) -> tuple[Job, int]:
+                          check_sender: Callable[[list[tuple[Any, ...]]], None] | None = None,
+                          also: Also | None = None) -> StoredJob:
         """create_job_read for a job whose recipients come a chunk at a time (each stored as
         it comes, all in one transaction: an exception from `chunks` rolls it all back);
         totals() gives (recipients, duplicates removed) once `chunks` is exhausted. Not rerun
-        on a lock conflict: the chunks cannot be read twice (only new rows are written)."""
+        on a lock conflict: the chunks cannot be read twice (only new rows are written). Round
+        trips: the first chunk goes with the job's row, one per further chunk, the totals
+        with the read back, the COMMIT."""
         with self.transaction() as cur:
-            self._check_sender(cur, job, check_sender)
-            job_id = self._insert_job(cur, job)
+            return self._store(cur, job, next(chunks, []), check_sender, (chunks, totals), also)
+
+    def _store(self, cur: Any, job: NewJob, first: Sequence[RecipientRow],
+               check_sender: Callable[[list[tuple[Any, ...]]], None] | None,
+               rest: tuple[Iterator[Sequence[RecipientRow]], Callable[[], tuple[int, int]]] | None,
+               also: Also | None) -> StoredJob:
+        """The storing transaction's statements (the job's id in the session variable @job_id),
+        as few packets as max_allowed_packet allows: [the send-as read], the job, its first
+        recipients; [each further chunk; the totals]; the suppressed, the job read back, what
+        `also` asks."""
+        head = [self._render(cur, "send_as_for", (job.sender_email.lower(),) * 5)] \
+            if check_sender is not None else []
+        head += self._job_statements(cur, job)
+        sent: list[tuple[int, list[Row]]] = []
+        if job.attachment_ids:   # checked and locked before the recipients (AttachmentGone)
+            sent = self._script(cur, [*head, f"SELECT {JOB_ID} AS job_id"])
+            self._use_attachments(cur, int(sent[-1][1][0]["job_id"]), job.attachment_ids,
+                                  job.attachments)
+            head = []
+        head += self._recipient_statements(cur, first)
+        tail: list[str] = []
+        if rest is None:
+            total = len(first)
+        else:   # the job and its first chunk now, then a statement a chunk
+            sent += self._script(cur, head)
+            head = []
+            if check_sender is not None:
+                check_sender(_send_as_rows(sent[0][1]))
+                check_sender = None
+            chunks, totals = rest
             for chunk in chunks:
-                self._insert_recipients(cur, job_id, chunk)
+                self._script(cur, self._recipient_statements(cur, chunk))
             total, duplicates = totals()
-            self._run(cur, "set_job_totals", (total, duplicates, job_id))
-            suppressed = self._suppress_new_recipients(cur, job_id, job.api_key_id, total)
-            self._run(cur, "job_by_id", (job_id,))
-            return _job(_found(fetch_one(cur))), suppressed
-
-    def _check_sender(self, cur: Any, job: NewJob,
-                      check_sender: Callable[[list[tuple[Any, ...]]], None] | None) -> None:
+            tail.append(self._render(cur, "set_job_totals", (total, duplicates, JOB)))
+        tail += [self._render(cur, "suppress_new_recipients", (job.api_key_id, JOB)),
+                 self._render(cur, "job_by_id", (JOB,))]
+        if also is not None and also.plan:
+            tail.append(self._render(cur, "sender_plan",
+                                     {"sender": job.sender_email, "exclude": JOB}))
+        if also is not None and also.live_runners_age is not None:
+            tail.append(self._render(cur, "live_runners",
+                                     (int(also.live_runners_age * 1_000_000),)))
+        results = self._script(cur, head + tail)
         if check_sender is not None:
-            self._run(cur, "send_as_for", (job.sender_email.lower(),) * 5)
-            check_sender(_send_as_rows(cur.fetchall()))
+            check_sender(_send_as_rows((sent or results)[0][1]))
+        read = iter(results[len(results) - len(tail) + (rest is not None):])
+        suppressed = next(read)[0]
+        job_row = next(read)[1][0]
+        plan = live = None
+        if also is not None and also.plan:
+            plan = _plan(next(read)[1][0])
+        if also is not None and also.live_runners_age is not None:
+            live = len(next(read)[1])
+        if suppressed:
+            job_id = int(job_row["id"])
+            self._after_suppressed(cur, job_id, suppressed, total)
+            if suppressed == total:   # completed at once: read again
+                self._run(cur, "job_by_id", (job_id,))
+                job_row = _found(fetch_one(cur))
+        return StoredJob(_job(job_row), suppressed, plan, live)
 
-    def _insert_recipients(self, cur: Any, job_id: int,
-                           recipients: Sequence[NewRecipient | RecipientRow]) -> None:
-        # The statement's text is built here rather than by executemany: pymysql escapes each
-        # value through four layers of calls, ~40 µs a recipient (4 s of CPU for a 100,000-
-        # recipient job, more than the database takes to store it); insert_values escapes a chunk's
-        # values in a few passes over one string (~1 µs a recipient). bench/README.md.
-        head = self.queries["insert_recipients"].rpartition("VALUES")[0] + "VALUES "
-        no_backslash = bool(cur.connection.server_status
-                            & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
-        rows = [r if isinstance(r, tuple) else
-                (r.to_email, r.name, json.dumps(r.variables) if r.variables is not None else None,
-                 r.locale, r.locale_used,
-                 json.dumps(r.metadata) if r.metadata is not None else None,
-                 json.dumps(r.attachments) if r.attachments else None)
-                for r in recipients]
-        limit = self.max_packet_bytes() // 2
-        for start in range(0, len(rows), defaults.INSERT_BATCH):
-            for values in insert_values(job_id, rows[start:start + defaults.INSERT_BATCH],
-                                  no_backslash, limit):
-                cur.execute(head + values)
-
-    def _insert_job(self, cur: Any, job: NewJob) -> int:
-        self._run(cur, "insert_job", (
+    def _job_statements(self, cur: Any, job: NewJob) -> list[str]:
+        """The job's row, its id in @job_id, the columns set when given."""
+        out = [self._render(cur, "insert_job", (
             job.api_key_id, job.sender_email, job.from_name, job.reply_to,
             job.subject_template, job.html_template, job.text_template,
             json.dumps(job.variables),
             "scheduled" if job.send_at is not None else "queued", job.total,
             job.duplicates_removed, job.idempotency_key, job.request_hash,
-            _naive_utc(job.send_at), job.priority, _naive_utc(job.expires_at)))
-        job_id = int(cur.lastrowid)
+            _naive_utc(job.send_at), job.priority, _naive_utc(job.expires_at))),
+            f"SET {JOB_ID} = LAST_INSERT_ID()"]
         if job.template_name is not None:
-            self._run(cur, "set_job_template", (job.template_name, job.template_version,
-                                                job_id))
+            out.append(self._render(cur, "set_job_template",
+                                    (job.template_name, job.template_version, JOB)))
         if job.unsubscribe_base_url:
-            self._run(cur, "set_job_unsubscribe", (job.unsubscribe_base_url, job_id))
+            out.append(self._render(cur, "set_job_unsubscribe",
+                                    (job.unsubscribe_base_url, JOB)))
         if job.metadata is not None:
-            self._run(cur, "set_job_metadata", (json.dumps(job.metadata), job_id))
+            out.append(self._render(cur, "set_job_metadata", (json.dumps(job.metadata), JOB)))
         if job.template_variants:
-            self._run(cur, "set_job_variants", (json.dumps(job.template_variants), job_id))
-        if job.attachment_ids:
-            self._use_attachments(cur, job_id, job.attachment_ids, job.attachments)
-        return job_id
+            out.append(self._render(cur, "set_job_variants",
+                                    (json.dumps(job.template_variants), JOB)))
+        return out
+
+    def _recipient_statements(self, cur: Any, rows: Sequence[RecipientRow]) -> list[str]:
+        # The statement's text is built here rather than by executemany: pymysql escapes each
+        # value through four layers of calls, ~40 µs a recipient (4 s of CPU for a 100,000-
+        # recipient job, more than the database takes to store it); insert_values escapes a
+        # chunk's values in a few passes over one string (~1 µs a recipient). bench/README.md.
+        head = self.queries["insert_recipients"].rpartition("VALUES")[0] + "VALUES "
+        no_backslash = bool(cur.connection.server_status
+                            & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
+        limit = self.max_packet_bytes() // 2
+        return [head + values
+                for start in range(0, len(rows), defaults.INSERT_BATCH)
+                for values in insert_values(JOB_ID, rows[start:start + defaults.INSERT_BATCH],
+                                            no_backslash, limit)]
+
+    def _after_suppressed(self, cur: Any, job_id: int, n: int, total: int) -> None:
+        """After suppress_new_recipients marked `n` of the job's `total` recipients: their
+        events; when that is all of them, the job is `completed` at once."""
+        self._job_recipient_events(cur, "recipient.suppressed", job_id, ("suppressed",))
+        if n == total:
+            if self._run(cur, "complete_suppressed_job",
+                         (f"nothing to send: all {n} recipient(s) are on the suppression list",
+                          job_id)):
+                self._job_events(cur, "job.completed", [job_id], {"suppressed": n})
+
+    def _render(self, cur: Any, name: str, args: tuple[Any, ...] | dict[str, Any]) -> str:
+        """A named statement with its values in, escaped by the connection (as execute() does);
+        JOB stands for the session variable of the job being stored."""
+        literal = cur.connection.escape
+
+        def lit(value: Any) -> Any:
+            return JOB_ID if value is JOB else literal(value)
+        if isinstance(args, dict):
+            return self.queries[name] % {k: lit(v) for k, v in args.items()}
+        return self.queries[name] % tuple(lit(v) for v in args)
+
+    def _script(self, cur: Any, statements: Sequence[str],
+                commit: bool = False) -> list[tuple[int, list[Row]]]:
+        """Statements (their values in) sent several to a packet (CLIENT.MULTI_STATEMENTS), as
+        few packets as max_allowed_packet allows: a far database pays a round trip a packet,
+        not a statement. (rows affected or read, rows read) of each. The server stops at the
+        first failing statement (its error is raised here; the transaction is rolled back by
+        the caller). commit: a COMMIT ends the last packet, and the transaction's own commit
+        then costs no round trip."""
+        room = self.max_packet_bytes() - 64 * 1024
+        packets: list[list[str]] = []
+        size = room
+        for text in [*statements, "COMMIT"] if commit else statements:
+            n = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            if size + n + 3 > room:
+                packets.append([])
+                size = 0
+            packets[-1].append(text)
+            size += n + 3
+        out: list[tuple[int, list[Row]]] = []
+        for packet in packets:
+            cur.execute("\n;\n".join(packet))
+            while True:
+                out.append((cur.rowcount, fetch_all(cur) if cur.description else []))
+                if not cur.nextset():
+                    break
+        if commit:
+            cur.connection.ended_by_commit()
+        return out
 
     def job(self, job_id: int, with_counts: bool = False) -> Job | None:
         row = self._one("job_by_id", (job_id,))
@@ -310,10 +426,7 @@ class Dao:
         """For estimates.py: the sender's own rate and daily cap (None where the settings
         apply), the unsent recipients of its active jobs (all but `exclude_job`), and its sends
         in the last 24 hours."""
-        row = _found(self._one("sender_plan", {"sender": sender, "exclude": exclude_job}))
-        rate, cap = row["rate_per_minute"], row["daily_cap"]
-        return (None if rate is None else int(rate), None if cap is None else int(cap),
-                int(row["backlog"]), int(row["sent_24h"]))
+        return _plan(_found(self._one("sender_plan", {"sender": sender, "exclude": exclude_job})))
 
     def save_delegated_key(self, pattern: str, client_email: str, blob: bytes) -> int:
         """Store a service-account key for an address or '*@domain' (encrypted), authorise its
@@ -901,21 +1014,6 @@ class Dao:
         with self.transaction() as cur:
             return self._run(cur, "delete_suppression", (api_key_id, email)) > 0
 
-    def _suppress_new_recipients(self, cur: Any, job_id: int, api_key_id: int,
-                                 total: int) -> int:
-        """In create_job's transaction: recipients whose address the key suppressed become
-        `suppressed`; when that is all of them, the job is `completed` at once."""
-        n = self._run(cur, "suppress_new_recipients", (api_key_id, job_id))
-        if n:
-            kind = "recipient.suppressed"
-            self._job_recipient_events(cur, kind, job_id, ("suppressed",))
-        if n and n == total:
-            if self._run(cur, "complete_suppressed_job",
-                         (f"nothing to send: all {n} recipient(s) are on the suppression list",
-                          job_id)):
-                self._job_events(cur, "job.completed", [job_id], {"suppressed": n})
-        return n
-
     def suppressed_count(self, job_id: int) -> int:
         return int(self.db.value("suppressed_count", (job_id,)))
 
@@ -978,8 +1076,7 @@ class Dao:
         """(kind, account, address, is_primary, verificationStatus) rows about `address`:
         kind 'list' (a known list names it), 'own' (its own credentials), 'known' (some list
         is known)."""
-        return [(r["kind"], r["account"], r["address"], bool(r["is_primary"]),
-                 r["verification_status"]) for r in self._all("send_as_for", (address,) * 5)]
+        return _send_as_rows(self._all("send_as_for", (address,) * 5))
 
     def verified_send_as(self, limit: int) -> list[str]:
         return [row["address"] for row in self._all("verified_send_as", (limit,))]
@@ -1665,11 +1762,25 @@ class _LeaseLost(Exception):
     """A webhook round found its endpoint's lease gone at commit: roll the round back."""
 
 
-def _send_as_rows(rows: Sequence[tuple[Any, ...]]
-                  ) -> list[tuple[str, str, str | None, bool, str | None]]:
+def _recipient_row(r: NewRecipient) -> RecipientRow:
+    return (r.to_email, r.name, json.dumps(r.variables) if r.variables is not None else None,
+            r.locale, r.locale_used, json.dumps(r.metadata) if r.metadata is not None else None,
+            json.dumps(r.attachments) if r.attachments else None)
+
+
+def _send_as_rows(rows: Sequence[Row]) -> list[tuple[str, str, str | None, bool, str | None]]:
     """send_as_for's rows as check_sender gets them: (kind, account, address, is_primary,
     verification_status), in the statement's order."""
-    return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+    return [(r["kind"], r["account"], r["address"], bool(r["is_primary"]),
+             r["verification_status"]) for r in rows]
+
+
+def _plan(row: Row) -> tuple[int | None, int | None, int, int]:
+    """sender_plan's row: the sender's rate and daily cap (None: the settings'), its backlog
+    and its sends in the last 24 hours."""
+    rate, cap = row["rate_per_minute"], row["daily_cap"]
+    return (None if rate is None else int(rate), None if cap is None else int(cap),
+            int(row["backlog"]), int(row["sent_24h"]))
 
 
 def _template(row: Row) -> StoredTemplate:
@@ -1700,16 +1811,18 @@ _ESCAPES = (("\\", "\\\\"), ("'", "\\'"), ('"', '\\"'), ("\0", "\\0"), ("\n", "\
 _FIELD, _ROW, _NULL = "\x01", "\x02", "\x03"   # markers, used only when no value holds one
 
 
-def insert_values(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
+def insert_values(job_id: int | str, rows: Sequence[RecipientRow], no_backslash: bool,
                   max_bytes: int) -> Iterator[str]:
     """The VALUES lists of multi-row INSERTs of `rows` (RecipientRow), each under `max_bytes`
     by an upper bound of its size (4 bytes a character), so no statement passes
     max_allowed_packet (the server drops the connection then: a 503 for a too-large
     request). Escaped as pymysql's escape() does, with NO_BACKSLASH_ESCAPES or without: the
     values are joined with marker characters, escaped in one pass per special character, and
-    the markers then become the quotes, commas and NULLs between them."""
+    the markers then become the quotes, commas and NULLs between them. job_id: a number, or
+    JOB_ID (the session variable of the job being stored)."""
     if not rows:
         return
+    job = JOB_ID if job_id == JOB_ID else int(job_id)
     width = len(rows[0])
     nulls = sum(v is None for row in rows for v in row)
     flat = _ROW.join([_FIELD.join([_NULL if v is None else v for v in row]) for row in rows])
@@ -1725,11 +1838,11 @@ def insert_values(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
     for special, escaped in (_ESCAPES[1:2] if no_backslash else _ESCAPES):
         if special in flat:
             flat = flat.replace(special, "''" if no_backslash else escaped)
-    values = flat.replace(_FIELD, "','").replace(_ROW, f"'),({int(job_id)},'")
-    yield f"({int(job_id)},'{values}')".replace(f"'{_NULL}'", "NULL")
+    values = flat.replace(_FIELD, "','").replace(_ROW, f"'),({job},'")
+    yield f"({job},'{values}')".replace(f"'{_NULL}'", "NULL")
 
 
-def _values_each(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
+def _values_each(job_id: int | str, rows: Sequence[RecipientRow], no_backslash: bool,
                  max_bytes: int) -> Iterator[str]:
     """insert_values, each value escaped on its own (as pymysql does)."""
     def literal(value: str | None) -> str:
@@ -1737,10 +1850,11 @@ def _values_each(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
             return "NULL"
         return "'" + (value.replace("'", "''") if no_backslash
                       else pymysql.converters.escape_string(value)) + "'"
+    job = JOB_ID if job_id == JOB_ID else int(job_id)
     out: list[str] = []
     size = 0
     for row in rows:
-        text = f"({int(job_id)}," + ",".join(literal(v) for v in row) + ")"
+        text = f"({job}," + ",".join(literal(v) for v in row) + ")"
         if out and size + 4 * len(text) > max_bytes:
             yield ",".join(out)
             out, size = [], 0

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +16,7 @@ import msgspec
 from pydantic import ValidationError
 
 from mailjobs import defaults
-from mailjobs.dao_mysql import AttachmentGone, Dao, DuplicateKey, RecipientRow
+from mailjobs.dao_mysql import Also, AttachmentGone, Dao, DuplicateKey, RecipientRow, StoredJob
 from mailjobs.db import guard as db_guard
 from mailjobs.locales import VariantSelector
 from mailjobs.mail_message import header_text_problem
@@ -32,6 +32,7 @@ from mailjobs.templating import (
 )
 from mailjobs.transports import send_as
 from mailjobs.web.schemas import (
+    Recipient,
     RecipientIn,
     SendTemplateEmailsIn,
     TemplateIn,
@@ -69,6 +70,10 @@ class Enqueued:
     job: Job
     replayed: bool
     suppressed: int | None = None   # known when this request stored the job
+    # read in the storing transaction when asked (Also): the sender's plan for the estimate
+    # (Dao.sender_plan), the live runners
+    plan: tuple[int | None, int | None, int, int] | None = None
+    live_runners: int | None = None
 
 
 def split_body(body: bytes) -> tuple[bytes, list[msgspec.Raw]] | None:
@@ -181,7 +186,7 @@ class Languages:
         return frozenset().union(*(self.needs[v][which] for v in self.used))
 
 
-def recipient_variant(selector: VariantSelector, r: RecipientIn,
+def recipient_variant(selector: VariantSelector, r: Recipient,
                       job_locale: str | None) -> tuple[str | None, str | None]:
     """(the locale asked for, the variant it gets) of one recipient: its own locale, else the
     job's; the variant by the locale's fallback chain (locales.py), None for the default."""
@@ -348,7 +353,7 @@ def stored_json(value: Any) -> str:
         return json.dumps(value)
 
 
-def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> RecipientRow:
+def check_recipient(r: Recipient, i: int, c: _Checks, errors: _Errors) -> RecipientRow:
     """Every check of one recipient beyond its schema (RecipientIn), and its stored row: the
     one place to extend when a recipient gets a new field."""
     where = f"recipients[{i}]"
@@ -396,7 +401,7 @@ def check_recipient(r: RecipientIn, i: int, c: _Checks, errors: _Errors) -> Reci
         json.dumps(own) if own else None
 
 
-Chunk = tuple[int, list[RecipientIn] | ValidationError]
+Chunk = tuple[int, Sequence[Recipient] | ValidationError]
 ErrorsOf = Callable[[ValidationError], list[tuple[str | None, str]]]
 
 
@@ -499,13 +504,15 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
             idempotency_key: str | None, unsubscribe_base_url: str | None = None,
             settings: Settings | None = None, body_size: int = 0,
             recipients: RecipientSource | None = None,
-            check_total: Callable[[int], None] | None = None) -> Enqueued:
+            check_total: Callable[[int], None] | None = None,
+            also: Also | None = None) -> Enqueued:
     """Validate what the schema cannot, then store the job in one transaction. Recipients on
     the key's suppression list are stored as `suppressed` (Dao.create_job). `recipients`: the
     request's recipients in chunks (default: req.recipients, validated already); each chunk is
     checked, de-duplicated and stored while the next is checked, all in one transaction that a
     fault anywhere rolls back. `check_total(n)`: called with the de-duplicated count before the
-    commit (max_duration's estimate)."""
+    commit (max_duration's estimate). `also`: what the storing transaction reads besides
+    (the answer's estimate and warning), in Enqueued."""
     settings = settings or dao.settings
     if recipients is None:
         recipients = RecipientSource.parsed(req.recipients, lambda exc: [])
@@ -621,11 +628,11 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
                 [("sender_email", "not a verified send-as address of the account")],
                 {"allowed": allowed})
 
-    def store() -> tuple[Job, int]:
+    def store() -> StoredJob:
         if one_chunk is not None:
-            return dao.create_job_read(new_job(*counts), one_chunk, check_sender)
+            return dao.create_job_read(new_job(*counts), one_chunk, check_sender, also)
         return dao.create_job_chunks(new_job(0, 0), checked(), lambda: (counts[0], counts[1]),
-                                     check_sender)
+                                     check_sender, also)
 
     # The request's deadline bounds its database waits; the checks above are CPU work bounded by
     # the body's size budgets (MAX_REQUEST_BYTES, MAX_RECIPIENTS_PER_JOB), which on a busy host
@@ -635,7 +642,7 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
     if db_guard.remaining() is not None:     # within a request (a deadline is running)
         db_guard.start_deadline(settings.db_request_deadline)
     try:
-        job, suppressed = store()
+        stored = store()
     except AttachmentGone as exc:
         raise RequestRejected(409, "attachment_deleted", f"an attachment was deleted while the "
                               f"job was being stored ({exc}); nothing was stored",
@@ -646,7 +653,8 @@ def enqueue(dao: Dao, key: ApiKey, req: SendTemplateEmailsIn, body_hash: str,
         if replay is None:
             raise
         return replay
-    return Enqueued(job, replayed=False, suppressed=suppressed)
+    return Enqueued(stored.job, replayed=False, suppressed=stored.suppressed, plan=stored.plan,
+                    live_runners=stored.live_runners)
 
 
 def variants_json(t: TemplateIn) -> dict[str, dict[str, Any]] | None:

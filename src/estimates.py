@@ -54,16 +54,18 @@ def sender_limits(settings: Any, rate: int | None, cap: int | None) -> Limits:
 
 
 def plan(dao: Any, settings: Any, sender: str, recipients: int, send_at: datetime | None,
-         exclude_job: int | None = None, unlimited: bool = False) -> dict[str, Any]:
+         exclude_job: int | None = None, unlimited: bool = False,
+         known: tuple[int | None, int | None, int, int] | None = None) -> dict[str, Any]:
     """The `estimate` object of the API: `recipients` more sends of `sender`, after the unsent
     recipients of its other active jobs (all but `exclude_job`), from `send_at` or now.
-    `unlimited`: no limits apply (a test key's job)."""
+    `unlimited`: no limits apply (a test key's job). `known`: Dao.sender_plan's answer, read
+    already (in the transaction that stored the job)."""
     now = datetime.now(UTC)
     starts_at = max(now, send_at) if send_at is not None else now
     if unlimited:
         limits, ahead, sent_24h = Limits(0, 0, 0.0), 0, 0
     else:
-        rate, cap, ahead, sent_24h = dao.sender_plan(sender, exclude_job or 0)
+        rate, cap, ahead, sent_24h = known or dao.sender_plan(sender, exclude_job or 0)
         limits = sender_limits(settings, rate, cap)
     est = duration(ahead + recipients, limits, sent_24h)
     return {
@@ -95,7 +97,8 @@ def warning(estimate: dict[str, Any], sender: str, warn_days: float) -> str | No
 
 
 def for_job(dao: Any, settings: Any, job: Any, suppressed: int | None = None,
-            unlimited: bool = False) -> dict[str, Any] | None:
+            unlimited: bool = False,
+            known: tuple[int | None, int | None, int, int] | None = None) -> dict[str, Any] | None:
     """The estimate of a stored job (None once it is finished): its unsent recipients (from
     its counts; right after storing, its total less the `suppressed` ones)."""
     if job.status in FINAL_JOB_STATUSES:
@@ -105,7 +108,7 @@ def for_job(dao: Any, settings: Any, job: Any, suppressed: int | None = None,
     else:
         left = sum(job.counts.get(s, 0) for s in OPEN_RECIPIENT_STATUSES)
     return plan(dao, settings, job.sender_email, left, job.send_at, exclude_job=job.id,
-                unlimited=unlimited)
+                unlimited=unlimited, known=known)
 
 
 def check_max_duration(dao: Any, settings: Any, req: Any, unlimited: bool = False,

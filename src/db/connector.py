@@ -33,6 +33,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pymysql
 from dbutils.pooled_db import PooledDB, TooManyConnections
+from pymysql.constants import CLIENT
 from pymysql.cursors import Cursor
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
@@ -191,6 +192,8 @@ class Connector:
             connect_timeout=settings.db_connect_timeout, read_timeout=settings.db_read_timeout,
             write_timeout=settings.db_write_timeout, autocommit=False,
             init_command=self.params.init_command(),
+            # several statements in one packet (Dao._script): one round trip for a job's store
+            client_flag=CLIENT.MULTI_STATEMENTS,
             hosts=db_guard.hosts_for(self.params.addresses, settings.db_failback_after),
         )
 

@@ -277,11 +277,13 @@ class BoundedConnection(Connection):
     # pymysql's own, which its type stubs do not declare
     _sock: socket.socket | None
     _force_close: Callable[[], None]
+    _result: Any   # pymysql's MySQLResult of the last statement (has_next: more results follow)
 
     def __init__(self, *args: Any, hosts: Hosts | None = None, **kwargs: Any) -> None:
         self._configured = (kwargs.get("connect_timeout") or 10, kwargs.get("read_timeout"),
                             kwargs.get("write_timeout"))
         self._last_io = 0.0
+        self._ended_by_commit = False
         self._hosts = hosts if hosts is not None and len(hosts.addresses) > 1 else None
         super().__init__(*args, **kwargs)
 
@@ -328,7 +330,21 @@ class BoundedConnection(Connection):
         self._write_timeout = bound(self._configured[2])
         ROUND_TRIPS.commands += 1
         self._last_io = time.monotonic()
+        self._ended_by_commit = False
         Connection._execute_command(self, command, sql)  # type: ignore[attr-defined]
+
+    def ended_by_commit(self) -> None:
+        """The statements just sent (several in one packet: CLIENT.MULTI_STATEMENTS) ended with
+        a COMMIT, and every result was read: the next commit() costs no round trip. (Not the
+        server's SERVER_STATUS_IN_TRANS: after a plain SELECT it is clear while the read view
+        of REPEATABLE READ is still open.)"""
+        self._ended_by_commit = self._result is None or not self._result.has_next
+
+    def commit(self) -> None:
+        if self._ended_by_commit:
+            self._ended_by_commit = False
+            return
+        super().commit()
 
     def begin(self) -> None:
         """No BEGIN round trip: autocommit is off, so the first statement opens the transaction
