@@ -130,6 +130,7 @@ class Bench:
         from mailjobs.dao_mysql import Dao
         from mailjobs.db.guard import ROUND_TRIPS
         from mailjobs.rate_limit import Limits
+        from mailjobs.records import RetryOutcome, SentOutcome
 
         dao = Dao(self.base)
         rows = []
@@ -153,11 +154,11 @@ class Bench:
         rows.append(("claim (100 recipients, one job, no limits)", n, "Dao.claim"))
         n, _ = measure(lambda: dao.renew_leases("bench-rt", ids, 60))
         rows.append(("renew leases (100)", n, "Dao.renew_leases"))
-        n, _ = measure(lambda: dao.record_outcomes("bench-rt", [(i, None) for i in ids], [], []))
+        n, _ = measure(lambda: dao.record_outcomes("bench-rt", [SentOutcome(i, None) for i in ids], [], []))
         rows.append(("record 100 sent outcomes", n, "Dao.record_outcomes"))
         claimed, _ = dao.claim(job_id, SENDER, "bench-rt", 100, 60, limits)
         n, _ = measure(lambda: dao.record_outcomes(
-            "bench-rt", [], [], [(x.id, "gmail_5xx", "boom", 1.0, False, False, 0) for x in claimed]))
+            "bench-rt", [], [], [RetryOutcome(x.id, "gmail_5xx", "boom", 1.0) for x in claimed]))
         rows.append(("record 100 retry outcomes", n, "Dao.record_outcomes"))
         for size in (1, 10_000):
             n, r = measure(lambda: client.post("/api/jobs/send_template_emails",

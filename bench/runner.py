@@ -499,6 +499,7 @@ def cached_gmail_resource():
 # --- row 4: the floor --------------------------------------------------------------------------
 def row_floor(ctx: Ctx) -> None:
     from mailjobs.rate_limit import Limits
+    from mailjobs.records import SentOutcome
 
     n = ctx.sizes["floor"]
     limits = Limits(0, 0, ctx.settings.sender_burst_seconds)
@@ -514,7 +515,8 @@ def row_floor(ctx: Ctx) -> None:
                                     ctx.settings.lease_seconds, limits)
             if not rows:
                 break
-            ctx.dao.record_outcomes(runner_id, [(r.id, f"null-{r.id}") for r in rows], [], [])
+            ctx.dao.record_outcomes(runner_id, [SentOutcome(r.id, f"null-{r.id}") for r in rows], [],
+                                   [])
             done += len(rows)
         elapsed = time.perf_counter() - t0
         ctx.dao.finish_job_if_done(job_id)

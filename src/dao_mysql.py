@@ -24,7 +24,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ from dbutils.pooled_db import PooledDB, TooManyConnections
 from pymysql.constants import SERVER_STATUS
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-from mailjobs import defaults, metrics
+from mailjobs import defaults, job_status, metrics
 from mailjobs.db import guard as db_guard
 from mailjobs.deliverability.addresses import address_key
 from mailjobs.mail_message import has_own_token, recipient_message_id
@@ -45,16 +45,21 @@ from mailjobs.records import (
     ERROR_TEXT_MAX,
     ApiKey,
     Attachment,
+    FinalOutcome,
+    GiveBack,
     Job,
     LearnedCap,
     NewJob,
     NewRecipient,
     Recipient,
+    RetryOutcome,
+    SentOutcome,
     StoredTemplate,
     clip_error,
 )
 from mailjobs.scheduling import Claimable
 from mailjobs.settings import DatabaseParams, Settings
+from mailjobs.states import RecipientStatus
 
 log = logging.getLogger("mailjobs.db")
 T = TypeVar("T")
@@ -767,10 +772,10 @@ class Dao:
             return {int(row[0]) for row in cur.fetchall()}
 
     @_rerun_on_conflict
-    def release(self, runner_id: str, sender_refunds: dict[str, int], ids: Sequence[int],
-                delay: float = 0.0, cancelled: Sequence[int] = ()) -> int:
+    def release(self, runner_id: str, back: GiveBack) -> int:
         """Give unsent claims back (attempt refunded, daily reservation refunded); those of
-        cancelled jobs (`cancelled`) become `cancelled`."""
+        cancelled jobs (`back.cancelled`) become `cancelled`."""
+        ids, cancelled = back.released, back.cancelled
         if not ids and not cancelled:
             return 0
         n = 0
@@ -778,53 +783,51 @@ class Dao:
             if ids:
                 n += cur.execute(
                     self.queries["release_claims"].format(ids=_placeholders(len(ids))),
-                    (int(delay * 1_000_000), runner_id, *ids))
+                    (int(back.delay * 1_000_000), runner_id, *ids))
             if cancelled:
                 n += cur.execute(
                     self.queries["cancel_claims"].format(ids=_placeholders(len(cancelled))),
                     (runner_id, *cancelled))
-            self._add_sender_sends(cur, {s: -count for s, count in sender_refunds.items()})
+            self._add_sender_sends(cur, {s: -count for s, count in back.refunds.items()})
             return n
 
     # --- outcomes -------------------------------------------------------------------------
     @_rerun_on_conflict
-    def record_outcomes(self, runner_id: str, sent: Sequence[tuple[int, str | None]],
-                        failed: Sequence[tuple[int, str, str, str, bool]],
-                        retry: Sequence[tuple[int, str, str, float, bool, bool, int]],
-                        sender_refunds: dict[str, int] | None = None) -> None:
+    def record_outcomes(self, runner_id: str, sent: Sequence[SentOutcome],
+                        failed: Sequence[FinalOutcome], retry: Sequence[RetryOutcome],
+                        sender_refunds: Mapping[str, int] | None = None) -> None:
         """Write a batch of outcomes in one transaction: one UPDATE for all sent rows.
 
-        sent: (id, provider id); failed: (id, final status, error_code, error, refund the
-        attempt); retry: (id, error_code, error, delay seconds, refund the attempt, in doubt,
-        deferral: 2 refused before it left, 1 not tried, 0 an attempt; see record_retry);
         sender_refunds: {sender: sends} charged at claim that did not go out.
         """
         with self.transaction() as cur:
             if sent:
-                self._run(cur, "record_sent", (json.dumps(list(sent)), runner_id))
+                self._run(cur, "record_sent", (json.dumps([(o.id, o.provider_id) for o in sent]),
+                                               runner_id))
             if failed:
                 cur.executemany(self.queries["record_failed"], [
-                    (status, code, clip_error(err), 1 if status == "in_doubt" else 0,
-                     1 if refund else 0, rid, runner_id)
-                    for rid, status, code, err, refund in failed])
+                    (o.status.value, o.error_code, clip_error(o.error),
+                     1 if o.status == RecipientStatus.IN_DOUBT else 0, 1 if o.refund else 0,
+                     o.id, runner_id)
+                    for o in failed])
             for chunk in _retry_chunks(retry):
-                columns = [[(rid, code) for rid, code, *_ in chunk],
-                           [(rid, clip_error(err)) for rid, _, err, *_ in chunk],
-                           [(rid, int(delay * 1_000_000)) for rid, _, _, delay, *_ in chunk],
-                           [(rid, 1 if refund else 0) for rid, _, _, _, refund, *_ in chunk],
-                           [(rid, 1 if doubt else 0) for rid, *_, doubt, _ in chunk],
-                           [(rid, deferral) for rid, *_, deferral in chunk]]
+                columns = [[(o.id, o.error_code) for o in chunk],
+                           [(o.id, clip_error(o.error)) for o in chunk],
+                           [(o.id, int(o.delay * 1_000_000)) for o in chunk],
+                           [(o.id, 1 if o.refund else 0) for o in chunk],
+                           [(o.id, 1 if o.in_doubt else 0) for o in chunk],
+                           [(o.id, int(o.deferral)) for o in chunk]]
                 sql = self.queries["record_retry"].format(
                     case=" ".join(["WHEN %s THEN %s"] * len(chunk)),
                     ids=_placeholders(len(chunk)))
                 args = [v for column in columns for pair in column for v in pair]
-                cur.execute(sql, (*args, runner_id, *[row[0] for row in chunk]))
+                cur.execute(sql, (*args, runner_id, *[o.id for o in chunk]))
             self._add_sender_sends(cur, {s: -count for s, count in (sender_refunds or {}).items()})
-            final: dict[str, list[int]] = {"recipient.sent": [rid for rid, _ in sent]}
-            for rid, status, *_ in failed:
-                kind = _RECIPIENT_EVENT_OF.get(status)
+            final: dict[str, list[int]] = {"recipient.sent": [o.id for o in sent]}
+            for o in failed:
+                kind = _RECIPIENT_EVENT_OF.get(o.status)
                 if kind is not None:
-                    final.setdefault(kind, []).append(rid)
+                    final.setdefault(kind, []).append(o.id)
             for kind, ids in final.items():
                 self._recipient_events(cur, kind, ids, _EVENT_STATUSES[kind])
 
@@ -837,15 +840,8 @@ class Dao:
                 return None
             self._run(cur, "recipient_counts", (job_id,))
             counts = {s: int(n) for s, n in cur.fetchall()}
-            sent = counts.get("sent", 0) + counts.get("bounced", 0)  # bounced: Gmail took it
-            failed = counts.get("failed", 0) + counts.get("in_doubt", 0) + counts.get("expired", 0)
-            status = "completed" if failed == 0 else ("failed" if sent == 0 else
-                                                      "completed_with_errors")
-            reason = None if failed == 0 else (
-                f"{failed} of {sent + failed} recipients not sent"
-                + "".join(f", {counts[k]} {k.replace('_', ' ')}" for k in ("in_doubt", "expired")
-                          if counts.get(k)))
-            if self._run(cur, "finish_job", (status, reason, job_id)) == 0:
+            status, reason = job_status.final_status(counts)
+            if self._run(cur, "finish_job", (status.value, reason, job_id)) == 0:
                 return None
             self._job_events(cur, "job.completed", [job_id], counts)
             self._run(cur, "job_by_id", (job_id,))   # as finished, in this round trip's company
@@ -2010,13 +2006,14 @@ def _values_each(job_id: int, rows: Sequence[RecipientRow], no_backslash: bool,
         yield ",".join(out)
 
 
-def _retry_chunks(retry: Sequence[tuple], max_bytes: int = 1 << 20) -> Iterator[list[tuple]]:
+def _retry_chunks(retry: Sequence[RetryOutcome],
+                  max_bytes: int = 1 << 20) -> Iterator[list[RetryOutcome]]:
     """Retry outcomes in batches of one UPDATE each, under `max_bytes` of error text (an
     error may be up to 65,000 characters; max_allowed_packet is what bounds a statement)."""
-    out: list[tuple] = []
+    out: list[RetryOutcome] = []
     size = 0
     for row in retry:
-        bound = 4 * min(len(row[2]), ERROR_TEXT_MAX) + 256
+        bound = 4 * min(len(row.error), ERROR_TEXT_MAX) + 256
         if out and size + bound > max_bytes:
             yield out
             out, size = [], 0

@@ -23,6 +23,7 @@ from mailjobs.dao_mysql import DaoError
 from mailjobs.mail_message import HeaderInjection, UnsupportedAddress, build_message
 from mailjobs.records import Job, Recipient
 from mailjobs.settings import Settings
+from mailjobs.states import ErrorKind, SenderAction, SendResult
 from mailjobs.templating import (
     CompiledTemplates,
     TemplateCompileError,
@@ -36,17 +37,13 @@ from mailjobs.transports.base import OutgoingMessage, SendError, Transport
 
 log = logging.getLogger("mailjobs.scheduler")
 
-# What the runner does with a recipient after one send attempt.
-SENT, FAILED, RETRY, HOLD, EXPIRED = "sent", "failed", "retry", "hold", "expired"
-# Not sent: the address was suppressed after the job was stored (the runner decides, at claim).
-SUPPRESSED = "suppressed"
 
 
 @dataclass(frozen=True)
 class Outcome:
     recipient: Recipient
     job: Job
-    result: str                    # sent, failed, retry, hold (status in_doubt), expired
+    result: SendResult
     provider_id: str | None = None
     error_code: str | None = None
     error: str | None = None
@@ -54,7 +51,7 @@ class Outcome:
     refund: bool = False           # the attempt does not count (not the recipient's fault)
     deferred: bool = False         # refused before it left: counts towards MAX_DEFER instead
     not_sent: bool = False         # nothing reached the transport: the daily count is given back
-    sender_action: str | None = None  # pause_auth, pause_config, defer
+    sender_action: SenderAction | None = None
     sender_delay: float = 0.0
     in_doubt: bool = False         # the attempt may have reached Gmail
     recovered: bool = False        # found already sent by an in-doubt check
@@ -140,7 +137,7 @@ class EmailScheduler:
 
     def _send(self, transport: Transport, job: Job, r: Recipient) -> Outcome:
         if job.expires_at is not None and datetime.now(UTC) >= job.expires_at:
-            return Outcome(r, job, EXPIRED, error_code="expired", refund=True,
+            return Outcome(r, job, SendResult.EXPIRED, error_code="expired", refund=True,
                            error=f"not sent before the job's expires_at "
                                  f"({job.expires_at.isoformat(timespec='seconds')}); "
                                  "never sent late")
@@ -151,22 +148,22 @@ class EmailScheduler:
         try:
             message = self.render(job, r)
         except HeaderInjection as exc:
-            return Outcome(r, job, FAILED, error_code="header_injection", not_sent=True,
+            return Outcome(r, job, SendResult.FAILED, error_code="header_injection", not_sent=True,
                            error=f"refused to send: a rendered header contains a line break "
                                  f"or NUL ({exc})")
         except UnsupportedAddress as exc:
-            return Outcome(r, job, FAILED, error_code="invalid_address", not_sent=True,
+            return Outcome(r, job, SendResult.FAILED, error_code="invalid_address", not_sent=True,
                            error=f"address cannot be put in a message header: {exc}")
         except AttachmentUnavailable as exc:
-            return Outcome(r, job, FAILED, error_code=exc.code, not_sent=True,
+            return Outcome(r, job, SendResult.FAILED, error_code=exc.code, not_sent=True,
                            error=f"refused to send: {exc}")
         except DaoError as exc:   # a file could not be read: not the recipient's fault
             return self.internal_error(exc, job, r, attempted=False)
         except TemplateRenderError as exc:   # anything the tenant's template raised
-            return Outcome(r, job, FAILED, error_code="template_error", not_sent=True,
+            return Outcome(r, job, SendResult.FAILED, error_code="template_error", not_sent=True,
                            error=f"template could not be rendered: {exc}")
         except (TemplateError, TemplateCompileError, TypeError, ValueError) as exc:
-            return Outcome(r, job, FAILED, error_code="template_error", not_sent=True,
+            return Outcome(r, job, SendResult.FAILED, error_code="template_error", not_sent=True,
                            error=f"template could not be rendered: {type(exc).__name__}: {exc}")
         started = time.monotonic()
         try:
@@ -178,7 +175,7 @@ class EmailScheduler:
         finally:
             metrics.SEND_SECONDS.labels(getattr(transport, "name", "?")).observe(
                 time.monotonic() - started)
-        return Outcome(r, job, SENT, provider_id=result.provider_id)
+        return Outcome(r, job, SendResult.SENT, provider_id=result.provider_id)
 
     def resolve_in_doubt(self, transport: Transport, job: Job, r: Recipient) -> Outcome | None:
         """Decide about a recipient whose last send may have gone out, before sending again.
@@ -188,7 +185,8 @@ class EmailScheduler:
         if policy == "resend":
             return None
         if policy == "hold":
-            return Outcome(r, job, HOLD, error_code=r.error_code or "in_doubt", in_doubt=True,
+            return Outcome(r, job, SendResult.HOLD, error_code=r.error_code or "in_doubt",
+                           in_doubt=True,
                            error=f"held (IN_DOUBT_POLICY=hold): the last attempt may have been "
                                  f"sent ({r.error or 'its runner stopped mid-send'}); retry or "
                                  "cancel it")
@@ -203,12 +201,12 @@ class EmailScheduler:
             if no_scope:
                 hint = ("authorise the gmail.readonly scope (mailjobs auth), or "
                         if exc.error_code != "unsupported" else "")
-                return Outcome(r, job, HOLD, error_code="in_doubt", in_doubt=True,
+                return Outcome(r, job, SendResult.HOLD, error_code="in_doubt", in_doubt=True,
                                error=f"in doubt and cannot be checked with this transport: "
                                      f"{exc}; {hint}retry or cancel it")
             return self._retry(exc, job, r, in_doubt=True)
         if found:
-            return Outcome(r, job, SENT, provider_id=found, recovered=True)
+            return Outcome(r, job, SendResult.SENT, provider_id=found, recovered=True)
         return None
 
     def internal_error(self, exc: Exception, job: Job, r: Recipient,
@@ -226,9 +224,10 @@ class EmailScheduler:
             log.error("job=%d recipient=%d attempt=%d: unexpected error while sending again: %s",
                       job.id, r.id, r.attempts, text)
         if n >= s.max_attempts:
-            return Outcome(r, job, FAILED, error_code="internal_error", not_sent=not attempted,
-                           in_doubt=attempted, error=f"gave up after {n} attempts: {text}")
-        return Outcome(r, job, RETRY, error_code="internal_error", error=text,
+            return Outcome(r, job, SendResult.FAILED, error_code="internal_error",
+                           not_sent=not attempted, in_doubt=attempted,
+                           error=f"gave up after {n} attempts: {text}")
+        return Outcome(r, job, SendResult.RETRY, error_code="internal_error", error=text,
                        not_sent=not attempted, in_doubt=attempted,
                        delay=backoff(n, s.retry_base_delay, s.retry_max_delay))
 
@@ -236,11 +235,11 @@ class EmailScheduler:
         s = self.settings
         text = str(exc)
         if r.attempts - r.attempts_base >= s.max_attempts:
-            return Outcome(r, job, FAILED, error_code=exc.error_code, in_doubt=in_doubt,
+            return Outcome(r, job, SendResult.FAILED, error_code=exc.error_code, in_doubt=in_doubt,
                            error=f"gave up after {r.attempts - r.attempts_base} attempts: {text}")
         delay = backoff(r.attempts - r.attempts_base, s.retry_base_delay, s.retry_max_delay,
                         exc.retry_after)
-        return Outcome(r, job, RETRY, error_code=exc.error_code, error=text, delay=delay,
+        return Outcome(r, job, SendResult.RETRY, error_code=exc.error_code, error=text, delay=delay,
                        in_doubt=in_doubt)
 
     def _deferred(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
@@ -253,32 +252,32 @@ class EmailScheduler:
         since = r.deferred_since
         waited = 0.0 if since is None else (datetime.now(UTC) - since).total_seconds()
         if since is not None and s.max_defer > 0 and waited >= s.max_defer:
-            return Outcome(r, job, FAILED, error_code=exc.error_code, refund=True,
+            return Outcome(r, job, SendResult.FAILED, error_code=exc.error_code, refund=True,
                            error=f"refused before it was sent for {waited / 3600:.1f} h "
                                  f"(MAX_DEFER {s.max_defer:g} s), never attempted since: {exc}")
-        return Outcome(r, job, RETRY, error_code=exc.error_code, error=str(exc), refund=True,
-                       deferred=True, delay=defer_delay(waited, s.retry_base_delay,
+        return Outcome(r, job, SendResult.RETRY, error_code=exc.error_code, error=str(exc),
+                       refund=True, deferred=True, delay=defer_delay(waited, s.retry_base_delay,
                                                         s.retry_max_delay, exc.retry_after))
 
     def classify(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
         s = self.settings
         kind, code, text = exc.kind, exc.error_code, str(exc)
-        if kind == "permanent":
-            return Outcome(r, job, FAILED, error_code=code, error=text)
-        if kind == "daily_limit":
+        if kind == ErrorKind.PERMANENT:
+            return Outcome(r, job, SendResult.FAILED, error_code=code, error=text)
+        if kind == ErrorKind.DAILY_LIMIT:
             wait = exc.retry_after or s.daily_limit_pause
-            return Outcome(r, job, RETRY, error_code=code, error=text, delay=wait, refund=True,
-                           sender_action="defer", sender_delay=wait)
-        if kind == "sender_auth":
-            return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
-                           sender_action="pause_auth")
-        if kind == "sender_config":
-            return Outcome(r, job, RETRY, error_code=code, error=text, refund=True,
-                           sender_action="pause_config")
+            return Outcome(r, job, SendResult.RETRY, error_code=code, error=text, delay=wait,
+                           refund=True, sender_action=SenderAction.DEFER, sender_delay=wait)
+        if kind == ErrorKind.SENDER_AUTH:
+            return Outcome(r, job, SendResult.RETRY, error_code=code, error=text, refund=True,
+                           sender_action=SenderAction.PAUSE_AUTH)
+        if kind == ErrorKind.SENDER_CONFIG:
+            return Outcome(r, job, SendResult.RETRY, error_code=code, error=text, refund=True,
+                           sender_action=SenderAction.PAUSE_CONFIG)
         if not exc.attempted:
             return self._deferred(exc, job, r)
         # transient, rate, in_doubt: retry with backoff until MAX_ATTEMPTS
-        return self._retry(exc, job, r, in_doubt=kind == "in_doubt")
+        return self._retry(exc, job, r, in_doubt=kind == ErrorKind.IN_DOUBT)
 
 
 TransportFactory = Callable[[], Transport]

@@ -11,7 +11,8 @@ import threading
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from mailjobs.email_scheduler import FAILED, SENT, Outcome
+from mailjobs.email_scheduler import Outcome
+from mailjobs.states import SendResult
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ErrorWindows:
 
     def count(self, o: Outcome) -> None:
         """A send ended (in its sending thread)."""
-        if o.result not in (SENT, FAILED) or self.size <= 0:
+        if o.result not in (SendResult.SENT, SendResult.FAILED) or self.size <= 0:
             return
         job_id = o.job.id
         with self._lock:
@@ -41,7 +42,7 @@ class ErrorWindows:
             window.append(o)
             if len(window) < self.size:
                 return
-            failures = [w for w in window if w.result == FAILED]
+            failures = [w for w in window if w.result == SendResult.FAILED]
             if len(failures) / len(window) <= self.max_rate:
                 return
             code, n = Counter(w.error_code for w in failures).most_common(1)[0]

@@ -17,10 +17,9 @@ from typing import Any
 
 from mailjobs.enqueue import RequestRejected, dedupe
 from mailjobs.rate_limit import Limits
-from mailjobs.records import FINAL_JOB_STATUSES
+from mailjobs.states import FINAL_JOB_STATUSES, OPEN_RECIPIENT_STATUSES
 
 DAY = 86_400.0
-UNSENT_STATUSES = ("queued", "retrying", "sending")
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def for_job(dao: Any, settings: Any, job: Any, suppressed: int | None = None,
     if suppressed is not None:
         left = job.total - suppressed
     else:
-        left = sum(job.counts.get(s, 0) for s in UNSENT_STATUSES)
+        left = sum(job.counts.get(s, 0) for s in OPEN_RECIPIENT_STATUSES)
     return plan(dao, settings, job.sender_email, left, job.send_at, exclude_job=job.id,
                 unlimited=unlimited)
 

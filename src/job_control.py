@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from mailjobs.dao_mysql import Dao
-from mailjobs.records import FINAL_JOB_STATUSES
+from mailjobs.states import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, JobAction, JobStatus, PausedBy
 
-ACTIVE = ("queued", "scheduled", "running")
 # What an action makes of a job: its new status, who paused it, the reason shown, and whether
 # its unsent recipients are cancelled.
 Decision = tuple[str, str | None, str | None, bool]
@@ -26,8 +25,10 @@ def _not_final(action: str, status: str) -> None:
         raise Conflict(f"job is {status}: it cannot be {action}")
 
 
-def _unpaused(started: bool, future_send_at: bool) -> str:
-    return "scheduled" if future_send_at else ("running" if started else "queued")
+def _unpaused(started: bool, future_send_at: bool) -> JobStatus:
+    if future_send_at:
+        return JobStatus.SCHEDULED
+    return JobStatus.RUNNING if started else JobStatus.QUEUED
 
 
 def cancel(dao: Dao, job_id: int, who: str = "API") -> int:
@@ -35,19 +36,20 @@ def cancel(dao: Dao, job_id: int, who: str = "API") -> int:
     def decide(status: str, started: bool, future: bool, paused_by: str | None,
                sender: str) -> Decision:
         _not_final("cancelled", status)
-        return "cancelled", None, f"cancelled by {who}", True
-    return dao.control_job(job_id, "cancel", decide)
+        return JobStatus.CANCELLED, None, f"cancelled by {who}", True
+    return dao.control_job(job_id, JobAction.CANCEL, decide)
 
 
-def pause(dao: Dao, job_id: int, paused_by: str = "operator", reason: str | None = None) -> None:
+def pause(dao: Dao, job_id: int, paused_by: str = PausedBy.OPERATOR,
+          reason: str | None = None) -> None:
     def decide(status: str, started: bool, future: bool, was_paused_by: str | None,
                sender: str) -> Decision:
-        if status == "paused":
+        if status == JobStatus.PAUSED:
             raise Conflict("job is paused already")
-        if status not in ACTIVE:
+        if status not in ACTIVE_JOB_STATUSES:
             raise Conflict(f"job is {status}: only queued, scheduled or running jobs can be paused")
-        return "paused", paused_by, reason or f"paused by {paused_by}", False
-    dao.control_job(job_id, "pause", decide)
+        return JobStatus.PAUSED, paused_by, reason or f"paused by {paused_by}", False
+    dao.control_job(job_id, JobAction.PAUSE, decide)
 
 
 def auto_pause(dao: Dao, job_id: int, paused_by: str, reason: str) -> bool:
@@ -62,10 +64,10 @@ def auto_pause(dao: Dao, job_id: int, paused_by: str, reason: str) -> bool:
 def resume(dao: Dao, job_id: int) -> None:
     def decide(status: str, started: bool, future: bool, paused_by: str | None,
                sender: str) -> Decision:
-        if status != "paused":
+        if status != JobStatus.PAUSED:
             raise Conflict(f"job is {status}: only paused jobs can be resumed")
         return _unpaused(started, future), None, None, False
-    dao.control_job(job_id, "resume", decide)
+    dao.control_job(job_id, JobAction.RESUME, decide)
 
 
 def retry(dao: Dao, job_id: int, statuses: Sequence[str], codes: Sequence[str]) -> int:
@@ -80,7 +82,7 @@ def retry(dao: Dao, job_id: int, statuses: Sequence[str], codes: Sequence[str]) 
             raise Conflict("no recipient of this job matches the filter "
                            f"(status in {list(statuses)}"
                            + (f", error_code in {list(codes)})" if codes else ")"))
-        if status == "paused":
-            return "paused", paused_by, None, False  # stays paused until resumed
+        if status == JobStatus.PAUSED:
+            return JobStatus.PAUSED, paused_by, None, False  # stays paused until resumed
         return _unpaused(True, future), None, None, False
-    return dao.control_job(job_id, "retry", decide, statuses, codes)
+    return dao.control_job(job_id, JobAction.RETRY, decide, statuses, codes)

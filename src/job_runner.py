@@ -20,6 +20,7 @@ if __name__ == "__main__":   # `python -m job_runner`: stop signals handled befo
 
     entry.install()
 
+import functools
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -36,23 +38,25 @@ from mailjobs.attachments.jobs import RecipientFiles
 from mailjobs.dao_mysql import Dao, DatabaseUnavailable
 from mailjobs.db import guard as db_guard
 from mailjobs.deliverability import bounces
-from mailjobs.email_scheduler import (
-    EXPIRED,
-    FAILED,
-    HOLD,
-    RETRY,
-    SENT,
-    SUPPRESSED,
-    EmailScheduler,
-    Outcome,
-    TransportFactory,
-)
+from mailjobs.email_scheduler import EmailScheduler, Outcome, TransportFactory
 from mailjobs.error_rate import ErrorWindows
 from mailjobs.job_watch import JobWatch
+from mailjobs.periodic import Every, Periodic
 from mailjobs.rate_limit import Limits
-from mailjobs.records import Job, Recipient
+from mailjobs.records import FinalOutcome, GiveBack, Job, Recipient, RetryOutcome, SentOutcome
 from mailjobs.send_pool import FairPool
 from mailjobs.settings import Settings
+from mailjobs.states import (
+    FINAL_JOB_STATUSES,
+    FINAL_STATUS_OF,
+    Deferral,
+    JobStatus,
+    PausedBy,
+    RunnerState,
+    SenderAction,
+    SenderAuthState,
+    SendResult,
+)
 from mailjobs.transports import send_as, test_keys
 from mailjobs.transports.base import Transport
 from mailjobs.webhooks import dispatch as webhook_dispatch
@@ -89,7 +93,7 @@ class Stats:
 @dataclass
 class InHand:
     """What this runner holds: futures of claimed recipients, by recipient id."""
-    futures: dict[int, Future] = field(default_factory=dict)
+    futures: dict[int, Future[Outcome]] = field(default_factory=dict)
     recipients: dict[int, Recipient] = field(default_factory=dict)
     jobs_of: dict[int, int] = field(default_factory=dict)  # recipient id -> job id
     # recipient id -> when its lease was last confirmed (monotonic; see LEASE_GUARD)
@@ -103,6 +107,21 @@ class InHand:
         self.recipients.pop(rid, None)
         self.jobs_of.pop(rid, None)
         self.lease_from.pop(rid, None)
+
+
+class _SendingThread(threading.local):
+    """What each sending thread keeps: its transport, and its test keys' transports."""
+
+    def __init__(self) -> None:
+        self.transport: Transport | None = None
+        self.test_transports: dict[str, Transport] = {}
+
+
+def _deferral(o: Outcome) -> Deferral:
+    """How a retry counts towards MAX_DEFER: refused before it left, not tried, or an attempt."""
+    if o.deferred:
+        return Deferral.REFUSED
+    return Deferral.NOT_TRIED if o.refund else Deferral.ATTEMPT
 
 
 class JobRunner:
@@ -120,25 +139,30 @@ class JobRunner:
         self._factory = transport_factory
         # the far side's learned caps (learned_limits.py), when the transport has any
         self._learned = getattr(transport_factory, "limits", None)
-        self._local = threading.local()
+        self._local = _SendingThread()
         self._transports: list[Transport] = []
         self._test_keys = test_keys.TestKeys(dao)   # test keys' jobs: never the real transport
         self._transports_lock = threading.Lock()
         self.stats = Stats()
-        self.state = "starting"
+        self.state = RunnerState.STARTING
         self._hand = InHand()
+        # the jobs this runner claimed from, and their sends counted so far (for the logs):
+        # dropped once the job is final and nothing of it is in hand (_evict_final)
         self._jobs: dict[int, Job] = {}
         self._progress: dict[int, int] = {}
+        self._final: set[int] = set()   # jobs seen final, evicted once nothing of them is held
         self._outcomes: list[Outcome] = []
         # finished sends, (recipient id, future), put by the futures' callbacks
-        self._done: queue.SimpleQueue[tuple[int, Future]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[int, Future[Outcome]]] = queue.SimpleQueue()
         # the recorder: one outcome write in flight at a time, off the loop (see _flush)
         self._recorder = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-recorder")
-        self._writing: tuple[Future, list[Outcome]] | None = None
-        self._last_flush = time.monotonic()
-        self._last_heartbeat = 0.0
-        self._last_log = time.monotonic()
-        self._last_renew = time.monotonic()
+        self._writing: tuple[Future[None], list[Outcome]] | None = None
+        # what the loop itself does at intervals (its background rounds: self._rounds)
+        self._flushes = Every(settings.record_flush_interval)
+        self._heartbeats = Every(settings.heartbeat_interval, due_now=True)
+        self._heartbeat_logs = Every(settings.heartbeat_log_interval)
+        self._renewals = Every(settings.lease_seconds / 3)
+        self._idle_claims = Every(settings.poll_interval, due_now=True)
         self._guard_tripped = False
         send_timeout = {"gmail": settings.gmail_timeout,
                         "smtp": settings.smtp_timeout}.get(settings.transport_name, 0.0)
@@ -152,7 +176,6 @@ class JobRunner:
         self._pool: FairPool | None = None
         self._iteration_started = time.monotonic()
         self._pass_seconds = 0.0   # how long a loop pass with a claim takes (moving average)
-        self._last_idle_claim = 0.0
         # auto-pause by error rate, counted in the sending threads (error_rate.py)
         self._errors = ErrorWindows(settings.error_window, settings.max_error_rate)
         self._limits = Limits(settings.sender_rate_per_minute, settings.sender_daily_cap,
@@ -169,6 +192,9 @@ class JobRunner:
         self._watch = JobWatch(settings, dao, self.stop_event, self.id)
         # the events outbox, delivered by a thread of its own (webhook_dispatch.py)
         self._webhooks = webhook_dispatch.Dispatcher(settings, dao, self.id, self.stop_event)
+        # the background rounds, each started by tick() from the loop when due; never waited on
+        self._rounds: list[Periodic] = [r for r in (self._bounces, self._send_as, self._purger)
+                                        if r is not None]
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -187,12 +213,12 @@ class JobRunner:
                 self.wakeup.clear()   # a wake() from here on ends this pass's idle wait
                 try:
                     busy = self._iteration(pool)
-                    if self.state == "db_backoff":
+                    if self.state == RunnerState.DB_BACKOFF:
                         log.info("runner %s: database reachable again, resuming", self.id)
                     backoff = s.poll_interval
                 except DatabaseUnavailable as exc:
                     backoff = min(max(backoff * 2, 1.0), s.db_backoff_max)
-                    self.state = "db_backoff"
+                    self.state = RunnerState.DB_BACKOFF
                     log.warning("runner %s: database unavailable (%s); next try in %.1f s",
                                 self.id, exc, backoff)
                     self.stop_event.wait(backoff)
@@ -222,26 +248,27 @@ class JobRunner:
     def _iteration(self, pool: FairPool) -> bool:
         """One pass; True when there is work in hand (so no idle wait is needed)."""
         self._iteration_started = time.monotonic()
-        self._heartbeat_if_due()
+        if self._heartbeats.due():
+            self._heartbeat()
+        if self._heartbeat_logs.due():
+            self._log_heartbeat()
         self._collect(timeout=0.0)
         self._flush_if_due()
-        self._renew_if_due()
+        if self._renewals.due():
+            self._renew()
         self._act_on_watch()
         if self._learned is not None:
             self._learned.refresh()   # at most every learned_limits.REFRESH seconds
-        if self._bounces is not None:
-            self._bounces.tick()   # starts a background check when one is due; never waits
-        if self._send_as is not None:
-            self._send_as.tick()   # the same for the send-as lists
-        self._purger.tick()        # the same for the purge, when this runner's turn is due
+        for background in self._rounds:
+            background.tick()   # starts a round when one is due; never waits
         claimed = self._claim(pool)
         if self._hand.futures:
-            self.state = "busy"
+            self.state = RunnerState.BUSY
             self._collect(timeout=self.settings.record_flush_interval)
             self._flush_if_due()
             return True
         self._flush(wait=True)
-        self.state = "idle"
+        self.state = RunnerState.IDLE
         return claimed > 0
 
     # --- claiming -------------------------------------------------------------------------
@@ -304,9 +331,8 @@ class JobRunner:
             # The hand is full of some keys' work (slow renders or sends hold it): a key with
             # nothing in hand still gets a thread's worth, once a poll, so its small job does
             # not wait behind that backlog (send_pool gives it a free thread).
-            if time.monotonic() - self._last_idle_claim < self.settings.poll_interval:
+            if not self._idle_claims.take():
                 return 0
-            self._last_idle_claim = time.monotonic()
             room = self.settings.runner_concurrency
             busy_keys = {self._jobs[j].api_key_id for j in self._hand.job_ids() if j in self._jobs}
         claimed = self._claim_pass(pool, room, idle_keys_only, busy_keys)
@@ -324,26 +350,41 @@ class JobRunner:
         limited: set[str] = set()  # senders at their limit: skip their other jobs this pass
         for tier in scheduling.tiers(jobs, self._rotation):  # highest priority first
             each = scheduling.share(room, len(tier), self.settings.runner_concurrency)
-            for c in tier:
-                if room <= 0:
-                    return claimed
-                if c.sender in limited:
-                    continue
-                if idle_keys_only:
-                    if c.api_key_id in busy_keys:
+            # A tier's claims reach the sending threads together, so that jobs of one priority
+            # start together: handed over one by one, the first job's claim would be sending
+            # while the next one's claim is still on its way to the database (a head start of
+            # one claim's round trips, found under load by test_scheduling). Handed over at the
+            # latest when as many jobs wait as there are threads: the pool shares those fairly,
+            # and a job claimed later is preferred by the pool until it catches up.
+            # (Handed over also when a claim fails: what was claimed before it is in hand.)
+            waiting: list[tuple[Job, list[Recipient]]] = []
+            try:
+                for c in tier:
+                    if room <= 0:
+                        break
+                    if c.sender in limited:
                         continue
-                    busy_keys.add(c.api_key_id)
-                n, reason = self._claim_job(pool, c, min(room, each, limit))
-                if reason:
-                    limited.add(c.sender)
-                claimed += n
-                room -= n
+                    if idle_keys_only:
+                        if c.api_key_id in busy_keys:
+                            continue
+                        busy_keys.add(c.api_key_id)
+                    n, reason = self._claim_job(c, min(room, each, limit), waiting)
+                    if reason:
+                        limited.add(c.sender)
+                    claimed += n
+                    room -= n
+                    if len(waiting) > self.settings.runner_concurrency:
+                        self._hand_over(pool, waiting)
+            finally:
+                self._hand_over(pool, waiting)
+            if room <= 0:
+                break
         return claimed
 
-    def _claim_job(self, pool: FairPool, c: scheduling.Claimable,
-                   wanted: int) -> tuple[int, str | None]:
-        """Claim up to `wanted` of one job; returns how many, and why fewer if the sender's
-        limits held it back."""
+    def _claim_job(self, c: scheduling.Claimable, wanted: int,
+                   waiting: list[tuple[Job, list[Recipient]]]) -> tuple[int, str | None]:
+        """Claim up to `wanted` of one job, its sendable recipients added to `waiting`;
+        returns how many were claimed, and why fewer if the sender's limits held it back."""
         claimed_at = time.monotonic()
         rows, reason, suppressed = self.dao.claim_checked(
             c.job_id, c.sender, self.id, wanted, self.settings.lease_seconds, self._limits,
@@ -356,21 +397,35 @@ class JobRunner:
         self._errors.claimed_again(c.job_id)
         log.info("job=%d claimed %d recipient(s) (runner %s)%s", c.job_id, len(rows), self.id,
                  f"; limited by {reason}" if reason else "")
+        sendable: list[Recipient] = []
         # Addresses suppressed since the job was stored (unsubscribed, bounced): never sent.
         for r in rows:
             if r.id in suppressed:
                 self._outcomes.append(Outcome(
-                    r, job, SUPPRESSED, error_code="suppressed", refund=True,
+                    r, job, SendResult.SUPPRESSED, error_code="suppressed", refund=True,
                     error=f"not sent: the address is on the suppression list "
                           f"({suppressed[r.id]})"))
                 continue
             self._hand.recipients[r.id] = r
             self._hand.jobs_of[r.id] = c.job_id
             self._hand.lease_from[r.id] = claimed_at
-            future = pool.submit(job.api_key_id, job.id, self._send_one, job, r)
-            self._hand.futures[r.id] = future
-            future.add_done_callback(lambda f, rid=r.id: self._done.put((rid, f)))
+            sendable.append(r)
+        if sendable:
+            waiting.append((job, sendable))
         return len(rows), reason
+
+    def _hand_over(self, pool: FairPool, waiting: list[tuple[Job, list[Recipient]]]) -> None:
+        """Claimed recipients to the sending threads; empties `waiting`."""
+        for job, rows in waiting:
+            for r in rows:
+                future = pool.submit(job.api_key_id, job.id, self._send_one, job, r)
+                self._hand.futures[r.id] = future
+                future.add_done_callback(functools.partial(self._finished, r.id))
+        waiting.clear()
+
+    def _finished(self, rid: int, future: Future[Outcome]) -> None:
+        """A send ended (called in its sending thread, or by whoever cancelled it)."""
+        self._done.put((rid, future))
 
     def _job(self, job_id: int) -> Job:
         job = self._jobs.get(job_id)
@@ -383,10 +438,9 @@ class JobRunner:
 
     # --- sending (in the pool's threads) -------------------------------------------------
     def _transport(self) -> Transport:
-        transport = getattr(self._local, "transport", None)
+        transport = self._local.transport
         if transport is None:
-            transport = self._factory()
-            self._local.transport = transport
+            transport = self._local.transport = self._factory()
             with self._transports_lock:
                 self._transports.append(transport)
         return transport
@@ -396,9 +450,7 @@ class JobRunner:
         mode = self._test_keys.mode(job.api_key_id)
         if mode is None:
             return self._transport()
-        kept = getattr(self._local, "test_transports", None)
-        if kept is None:
-            kept = self._local.test_transports = {}
+        kept = self._local.test_transports
         if mode not in kept:
             kept[mode] = test_keys.test_transport(mode, self.settings)
             with self._transports_lock:
@@ -409,8 +461,8 @@ class JobRunner:
         """In a sending thread: one claimed recipient, unless its job's error rate tripped
         (then it goes back unsent) or its lease may run out before the send ends."""
         if self._errors.tripped(job.id):
-            return Outcome(r, job, RETRY, error_code="job_paused", refund=True, not_sent=True,
-                           error="not sent: the job was auto-paused (too many of its sends "
+            return Outcome(r, job, SendResult.RETRY, error_code="job_paused", refund=True,
+                           not_sent=True, error="not sent: the job was auto-paused (too many of its sends "
                                  "failed); it is sent once the job is resumed")
         held = self._lease_lost(job, r)
         if held is not None:
@@ -436,7 +488,7 @@ class JobRunner:
         if age < self._lease_guard:
             return None
         if confirmed is None:   # a renewal found it in another runner's hands
-            return Outcome(r, job, RETRY, error_code="lease_expired", refund=True,
+            return Outcome(r, job, SendResult.RETRY, error_code="lease_expired", refund=True,
                            error="not sent: another runner took the claim over while its lease "
                                  "could not be renewed")
         if not self._guard_tripped:
@@ -444,7 +496,7 @@ class JobRunner:
             log.warning("runner %s: leases not confirmed for %.1f s (LEASE_SECONDS %d): not "
                         "starting sends of claims another runner may take over", self.id, age,
                         self.settings.lease_seconds)
-        return Outcome(r, job, RETRY, error_code="lease_expired", refund=True,
+        return Outcome(r, job, SendResult.RETRY, error_code="lease_expired", refund=True,
                        error=f"not sent: its lease was not renewed for {age:.1f} s (the "
                              "database was unreachable), so another runner may own it")
 
@@ -454,7 +506,7 @@ class JobRunner:
         reads as sends finished, whatever the size of the hand."""
         if not self._hand.futures:
             return
-        finished: list[tuple[int, Future]] = []
+        finished: list[tuple[int, Future[Outcome]]] = []
         try:
             finished.append(self._done.get(timeout=timeout) if timeout > 0
                             else self._done.get_nowait())
@@ -474,9 +526,7 @@ class JobRunner:
         self._pause_tripped()
 
     def _flush_if_due(self) -> None:
-        s = self.settings
-        if len(self._outcomes) >= s.record_flush_rows or \
-                time.monotonic() - self._last_flush >= s.record_flush_interval:
+        if len(self._outcomes) >= self.settings.record_flush_rows or self._flushes.due():
             self._flush()
 
     def _flush(self, wait: bool = False) -> None:
@@ -487,7 +537,7 @@ class JobRunner:
         self._settle(block=wait)
         if self._writing is not None:
             return
-        self._last_flush = time.monotonic()
+        self._flushes.mark()
         if not self._outcomes:
             return
         outcomes, self._outcomes = self._outcomes, []
@@ -513,14 +563,14 @@ class JobRunner:
 
     def _write(self, outcomes: list[Outcome]) -> None:
         """In the recorder thread: one batch of outcomes, one transaction."""
-        sent = [(o.recipient.id, o.provider_id) for o in outcomes if o.result == SENT]
-        final_status = {FAILED: "failed", HOLD: "in_doubt", EXPIRED: "expired",
-                        SUPPRESSED: "suppressed"}
-        failed = [(o.recipient.id, final_status[o.result], o.error_code or "error",
-                   o.error or "", o.refund) for o in outcomes if o.result in final_status]
-        retry = [(o.recipient.id, o.error_code or "error", o.error or "", o.delay, o.refund,
-                  o.in_doubt, 2 if o.deferred else 1 if o.refund else 0)
-                 for o in outcomes if o.result == RETRY]
+        sent = [SentOutcome(o.recipient.id, o.provider_id)
+                for o in outcomes if o.result == SendResult.SENT]
+        failed = [FinalOutcome(o.recipient.id, FINAL_STATUS_OF[o.result], o.error_code or "error",
+                               o.error or "", o.refund)
+                  for o in outcomes if o.result in FINAL_STATUS_OF]
+        retry = [RetryOutcome(o.recipient.id, o.error_code or "error", o.error or "", o.delay,
+                              o.refund, o.in_doubt, _deferral(o))
+                 for o in outcomes if o.result == SendResult.RETRY]
         not_sent: dict[str, int] = {}   # charged to the sender's daily count at claim
         for o in outcomes:
             if o.refund or o.not_sent:
@@ -535,22 +585,23 @@ class JobRunner:
         for o in outcomes:
             if o.sender_action:
                 self._sender_action(o)
-        waiting = self._hand.job_ids() | {o.job.id for o in self._outcomes}
+        waiting = self._waiting_jobs()
         for job_id in {o.job.id for o in outcomes} - waiting:
             self._finish_if_done(job_id)
+        self._evict_final()
 
     def _log_outcome(self, o: Outcome) -> None:
         job_id, r = o.job.id, o.recipient
-        metrics.SENDS.labels(metrics.sender_label(o.job.sender_email), "recovered" if o.recovered else o.result,
-                             o.error_code or "").inc()
-        if o.result in (SENT, FAILED, EXPIRED):
+        metrics.SENDS.labels(metrics.sender_label(o.job.sender_email),
+                             "recovered" if o.recovered else o.result, o.error_code or "").inc()
+        if o.result in (SendResult.SENT, SendResult.FAILED, SendResult.EXPIRED):
             self._progress[job_id] = self._progress.get(job_id, 0) + 1
         where = f"job={job_id} [{self._progress.get(job_id, 0)}/{o.job.total}]"
         # the same facts as fields, for LOG_FORMAT=json (the text format shows the message only)
         extra = {"job_id": job_id, "recipient_id": r.id, "to_email": r.to_email,
                  "outcome": "recovered" if o.recovered else o.result,
                  "error_code": o.error_code, "attempt": r.attempts, "runner": self.id}
-        if o.result == SENT:
+        if o.result == SendResult.SENT:
             self.stats.sent += 1
             self.stats.since_log_sent += 1
             if o.recovered:
@@ -560,18 +611,18 @@ class JobRunner:
                 return
             log.info("%s sent to %s provider_id=%s recipient=%d attempt=%d", where, r.to_email,
                      o.provider_id, r.id, r.attempts, extra=extra)
-        elif o.result == EXPIRED:
+        elif o.result == SendResult.EXPIRED:
             log.warning("%s expired %s: %s recipient=%d", where, r.to_email, o.error, r.id,
                         extra=extra)
-        elif o.result == SUPPRESSED:
+        elif o.result == SendResult.SUPPRESSED:
             log.info("%s suppressed %s: %s recipient=%d", where, r.to_email, o.error, r.id,
                      extra=extra)
-        elif o.result == HOLD:
+        elif o.result == SendResult.HOLD:
             self.stats.failed += 1
             self.stats.since_log_failed += 1
             log.warning("%s held in doubt %s: %s recipient=%d", where, r.to_email, o.error,
                         r.id, extra=extra)
-        elif o.result == FAILED:
+        elif o.result == SendResult.FAILED:
             self.stats.failed += 1
             self.stats.since_log_failed += 1
             log.warning("%s failed %s: %s [%s] recipient=%d attempt=%d", where, r.to_email,
@@ -583,12 +634,13 @@ class JobRunner:
 
     def _sender_action(self, o: Outcome) -> None:
         sender = o.job.sender_email
-        if o.sender_action == "defer":
+        if o.sender_action == SenderAction.DEFER:
             self.dao.defer_sender(sender, o.sender_delay, o.error or "daily limit")
             log.warning("sender %s deferred for %.0f s: %s", sender, o.sender_delay, o.error)
         else:
-            state = "auth_revoked" if o.sender_action == "pause_auth" else "config_error"
-            paused_by = "sender_auth" if o.sender_action == "pause_auth" else "sender_config"
+            by_auth = o.sender_action == SenderAction.PAUSE_AUTH
+            state = SenderAuthState.AUTH_REVOKED if by_auth else SenderAuthState.CONFIG_ERROR
+            paused_by = PausedBy.SENDER_AUTH if by_auth else PausedBy.SENDER_CONFIG
             reason = f"sender {sender} {state}: {o.error}"
             n = self.dao.pause_sender(sender, state, reason, paused_by, o.started_at)
             if n is None:
@@ -597,15 +649,15 @@ class JobRunner:
                 return
             log.error("%s; %d job(s) paused until an operator fixes it (mailjobs auth %s)",
                       reason, n, sender)
-            self._watch.saw({j: "paused" for j in self._hand.job_ids()
+            self._watch.saw({j: JobStatus.PAUSED for j in self._hand.job_ids()
                              if j in self._jobs and self._jobs[j].sender_email == sender})
 
     def _pause_tripped(self) -> None:
         """Jobs whose error rate tripped in the sending threads: paused in the database, and
         their claims not started given back at the next pass."""
         for trip in self._errors.take_new():
-            if job_control.auto_pause(self.dao, trip.job_id, "error_rate", trip.reason):
-                self._watch.saw({trip.job_id: "paused"})
+            if job_control.auto_pause(self.dao, trip.job_id, PausedBy.ERROR_RATE, trip.reason):
+                self._watch.saw({trip.job_id: JobStatus.PAUSED})
                 log.error("job=%d %s; fix the cause, then POST /api/jobs/%d/resume",
                           trip.job_id, trip.reason, trip.job_id)
 
@@ -614,6 +666,7 @@ class JobRunner:
         "expired"), and held jobs paused or cancelled: within a poll interval or so of a pause
         or cancel, give back what has not started."""
         stopped, expired = self._watch.take()
+        self._final.update(j for j, st in stopped.items() if st in FINAL_JOB_STATUSES)
         for i, job_id in enumerate(expired):
             log.warning("job=%d reached its expires_at: unsent recipients expired", job_id)
             if job_id not in self._hand.job_ids():
@@ -623,43 +676,66 @@ class JobRunner:
                     self._watch.expired_again(expired[i:])   # finished once the database answers
                     raise
         jobs = self._hand.job_ids()
-        self._watch.watch(jobs)
+        # the jobs it holds claims of, and those it keeps (until it sees them final)
+        self._watch.watch(jobs | self._jobs.keys())
         stopped = {j: st for j, st in stopped.items() if j in jobs}
-        if not stopped:
-            return
+        if stopped:
+            self._give_back(stopped)
+        self._evict_final()
+
+    def _give_back(self, stopped: dict[int, str]) -> None:
+        """Claims not started of the jobs paused or cancelled meanwhile: given back."""
         release: list[int] = []
         cancel: list[int] = []
         refunds: dict[str, int] = {}
         for rid, future in list(self._hand.futures.items()):
             job_id = self._hand.jobs_of[rid]
             if job_id in stopped and future.cancel():
-                (cancel if stopped[job_id] == "cancelled" else release).append(rid)
+                (cancel if stopped[job_id] == JobStatus.CANCELLED else release).append(rid)
                 sender = self._jobs[job_id].sender_email
                 refunds[sender] = refunds.get(sender, 0) + 1
                 self._hand.drop(rid)
         if release or cancel:
-            self.dao.release(self.id, refunds, release, cancelled=cancel)
+            self.dao.release(self.id, GiveBack(tuple(release), tuple(cancel), refunds))
             for job_id, status in stopped.items():
                 log.info("job=%d is %s: gave back its unsent claims (%d released, %d cancelled)",
                          job_id, status, len(release), len(cancel))
+
+    def _waiting_jobs(self) -> set[int]:
+        """Jobs with claims in hand or outcomes not yet written."""
+        jobs = self._hand.job_ids() | {o.job.id for o in self._outcomes}
+        if self._writing is not None:
+            jobs |= {o.job.id for o in self._writing[1]}
+        return jobs
+
+    def _evict_final(self) -> None:
+        """The one rule for what the runner keeps of a job (its row, its progress, its error
+        window): dropped once the job is final (finished here, or seen final by the job watch:
+        finished by another runner, cancelled) and nothing of it is in hand or to be written."""
+        if not self._final:
+            return
+        for job_id in self._final - self._waiting_jobs():
+            self._jobs.pop(job_id, None)
+            self._progress.pop(job_id, None)
+            self._errors.forget(job_id)
+            self._final.discard(job_id)
 
     def _finish_if_done(self, job_id: int) -> None:
         job = self.dao.finish_job_if_done(job_id)
         if job is None:
             return
-        self._jobs.pop(job_id, None)
-        self._progress.pop(job_id, None)
-        self._errors.forget(job_id)
+        self._final.add(job_id)
+        self._evict_final()
+        assert job.finished_at is not None   # finished just now
         elapsed = (job.finished_at - job.started_at).total_seconds() if job.started_at else 0.0
         log.info("job=%d %s: %s in %.1f s", job_id, job.status,
                  ", ".join(f"{k}={v}" for k, v in sorted(job.counts.items())), elapsed)
 
     # --- leases and heartbeats ------------------------------------------------------------
-    def _renew_if_due(self) -> None:
+    def _renew(self) -> None:
+        """Every third of LEASE_SECONDS: the leases of the claims in hand."""
         lease = self.settings.lease_seconds
-        if time.monotonic() - self._last_renew < lease / 3:
-            return
-        started = self._last_renew = time.monotonic()
+        started = self._renewals.mark()
         ids = list(self._hand.futures)
         if ids:
             held = self.dao.renew_leases(self.id, ids, lease)
@@ -678,30 +754,32 @@ class JobRunner:
                 self._guard_tripped = False
                 log.info("runner %s: leases renewed again; sending resumes", self.id)
 
-    def _heartbeat_if_due(self, force: bool = False) -> None:
-        now = time.monotonic()
-        s = self.settings
-        if force or now - self._last_heartbeat >= s.heartbeat_interval:
-            jobs = self._hand.job_ids()
-            self.dao.runner_heartbeat({
-                "id": self.id, "host": socket.gethostname()[:255], "pid": os.getpid(),
-                "kind": self.kind, "state": self.state, "job": min(jobs) if jobs else None,
-                "sent": self.stats.sent, "failed": self.stats.failed})
-            self._last_heartbeat = now
-        if force or now - self._last_log >= s.heartbeat_log_interval:
-            elapsed = max(1e-6, now - self._last_log)
-            log.info("runner %s heartbeat: state=%s jobs_in_hand=%s in_flight=%d sent=%d "
-                     "failed=%d rate=%.1f/s db_conns_in_use=%d", self.id, self.state,
-                     sorted(self._hand.job_ids()) or "-", len(self._hand.futures),
-                     self.stats.since_log_sent, self.stats.since_log_failed,
-                     self.stats.since_log_sent / elapsed, self.dao.connections_in_use)
-            self.stats.since_log_sent = self.stats.since_log_failed = 0
-            self._last_log = now
+    def _heartbeat(self) -> None:
+        """Every HEARTBEAT_INTERVAL: this runner's row in `runners` (due again at once when
+        the database did not take it)."""
+        started = time.monotonic()
+        jobs = self._hand.job_ids()
+        self.dao.runner_heartbeat({
+            "id": self.id, "host": socket.gethostname()[:255], "pid": os.getpid(),
+            "kind": self.kind, "state": self.state.value, "job": min(jobs) if jobs else None,
+            "sent": self.stats.sent, "failed": self.stats.failed})
+        self._heartbeats.mark(started)
+
+    def _log_heartbeat(self) -> None:
+        """Every HEARTBEAT_LOG_INTERVAL: a log line with what the runner did since the last."""
+        elapsed = max(1e-6, self._heartbeat_logs.since())
+        log.info("runner %s heartbeat: state=%s jobs_in_hand=%s in_flight=%d sent=%d "
+                 "failed=%d rate=%.1f/s db_conns_in_use=%d", self.id, self.state,
+                 sorted(self._hand.job_ids()) or "-", len(self._hand.futures),
+                 self.stats.since_log_sent, self.stats.since_log_failed,
+                 self.stats.since_log_sent / elapsed, self.dao.connections_in_use)
+        self.stats.since_log_sent = self.stats.since_log_failed = 0
+        self._heartbeat_logs.mark()
 
     # --- stopping -------------------------------------------------------------------------
     def _shutdown(self, pool: FairPool) -> None:
         """Let sends in progress finish, record them, give back what was never started."""
-        self.state = "stopping"
+        self.state = RunnerState.STOPPING
         not_started = [rid for rid, f in self._hand.futures.items() if f.cancel()]
         refunds: dict[str, int] = {}
         for rid in not_started:
@@ -715,10 +793,11 @@ class JobRunner:
                     self._outcomes.append(future.result())
             self._flush(wait=True)
             if not_started:
-                n = self.dao.release(self.id, refunds, not_started)
+                n = self.dao.release(self.id, GiveBack(tuple(not_started), refunds=refunds))
                 log.info("runner %s released %d unsent claim(s)", self.id, n)
-            self.state = "stopped"
-            self._heartbeat_if_due(force=True)
+            self.state = RunnerState.STOPPED
+            self._heartbeat()
+            self._log_heartbeat()
         except DatabaseUnavailable as exc:
             log.error("runner %s could not record its last outcomes (%s); their leases will "
                       "expire and another runner will take them over", self.id, exc)
@@ -742,7 +821,8 @@ class EmbeddedRunner:
     """Keeps a JobRunner thread alive inside the API process: if the thread ever exits
     unexpectedly, logs ERROR and starts a new one."""
 
-    def __init__(self, make_runner, check_interval: float = 1.0) -> None:
+    def __init__(self, make_runner: Callable[[], JobRunner],
+                 check_interval: float = 1.0) -> None:
         self._make_runner = make_runner
         self._check_interval = check_interval
         self._stop = threading.Event()

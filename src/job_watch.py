@@ -12,10 +12,9 @@ from collections.abc import Iterable
 
 from mailjobs.dao_mysql import Dao, DaoError
 from mailjobs.settings import Settings
+from mailjobs.states import ACTIVE_JOB_STATUSES
 
 log = logging.getLogger("mailjobs.runner")
-
-RUNNABLE = ("queued", "scheduled", "running")
 
 
 class JobWatch:
@@ -68,7 +67,7 @@ class JobWatch:
         with self._lock:
             jobs = self._jobs
         statuses = self.dao.job_statuses(sorted(jobs)) if jobs else {}
-        stopped = {job: status for job, status in statuses.items() if status not in RUNNABLE}
+        stopped = {job: status for job, status in statuses.items() if status not in ACTIVE_JOB_STATUSES}
         with self._lock:
             self._expired.extend(expired)
             self._stopped.update(stopped)

@@ -26,6 +26,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from mailjobs.states import QUEUED_RECIPIENT_STATUSES, in_order
+
 log = logging.getLogger("mailjobs.metrics")
 
 # METRICS_SENDER_LABELS: whether the sender label carries each address (per-tenant detail) or
@@ -97,7 +99,7 @@ class DatabaseCollector:
         yield up
         queue = GaugeMetricFamily("mailjobs_queue_depth",
                                   "Recipients of active jobs by status", labels=["status"])
-        for status in ("queued", "retrying", "sending", "in_doubt"):
+        for status in in_order(QUEUED_RECIPIENT_STATUSES):
             queue.add_metric([status], depth.get(status, 0))
         yield queue
         age = GaugeMetricFamily("mailjobs_oldest_queued_seconds",

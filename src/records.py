@@ -1,18 +1,19 @@
 """Rows that cross layers (DAO -> API/runner), as dataclasses rather than bare tuples."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-JOB_STATUSES = ("queued", "scheduled", "running", "paused", "completed", "completed_with_errors",
-                "failed", "cancelled")
-FINAL_JOB_STATUSES = ("completed", "completed_with_errors", "failed", "cancelled")
-RECIPIENT_STATUSES = ("queued", "sending", "retrying", "sent", "failed", "in_doubt", "cancelled",
-                      "expired", "bounced", "suppressed")
-# Recipients no runner will send to again on its own (in_doubt waits for an operator's retry)
-FINAL_RECIPIENT_STATUSES = ("sent", "failed", "in_doubt", "cancelled", "expired", "bounced",
-                            "suppressed")
+from mailjobs.states import FINAL_JOB_STATUSES as FINAL_JOB_STATUSES  # re-exported
+from mailjobs.states import FINAL_RECIPIENT_STATUSES as FINAL_RECIPIENT_STATUSES
+from mailjobs.states import Deferral, JobStatus, RecipientStatus
+
+# Every status, as plain strings in their order (choices, documentation); the sets are in
+# states.py
+JOB_STATUSES = tuple(s.value for s in JobStatus)
+RECIPIENT_STATUSES = tuple(s.value for s in RecipientStatus)
 # Why an address is on an API key's suppression list.
 SUPPRESSION_REASONS = ("unsubscribed", "hard_bounce", "complaint", "manual")
 # Characters of an error message (or a bounce's detail) kept in its TEXT column (64 KiB)
@@ -214,3 +215,44 @@ class Attachment:
     chunks: int
     created_at: datetime
     last_used_at: datetime
+
+
+# --- what the runner hands the store to write (Dao.record_outcomes, Dao.release) ---------------
+@dataclass(frozen=True)
+class SentOutcome:
+    """A recipient sent: its provider's id for the message."""
+    id: int
+    provider_id: str | None
+
+
+@dataclass(frozen=True)
+class FinalOutcome:
+    """A recipient that ended unsent (failed, in_doubt, expired, suppressed)."""
+    id: int
+    status: RecipientStatus
+    error_code: str
+    error: str
+    refund: bool = False      # the attempt does not count
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    """A recipient to try again after `delay` seconds."""
+    id: int
+    error_code: str
+    error: str
+    delay: float
+    refund: bool = False      # the attempt does not count
+    in_doubt: bool = False    # the attempt may have reached the far side
+    deferral: Deferral = Deferral.ATTEMPT
+
+
+@dataclass(frozen=True)
+class GiveBack:
+    """Claims given back unsent: `released` go back to the queue (attempt refunded) after
+    `delay` seconds, `cancelled` (of cancelled jobs) become cancelled; `refunds` are the sends
+    charged to each sender's daily count at claim."""
+    released: tuple[int, ...] = ()
+    cancelled: tuple[int, ...] = ()
+    refunds: Mapping[str, int] = field(default_factory=dict)
+    delay: float = 0.0

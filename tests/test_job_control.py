@@ -106,6 +106,33 @@ def test_a_running_job_gives_back_unstarted_claims_within_a_poll(client, key, da
     assert all(r.attempts == 0 for r in recipients(dao, job_id) if r.status == leftover)
 
 
+def test_a_runner_forgets_a_job_cancelled_while_it_held_claims(client, key, dao, outbox):
+    """The runner's caches of a job (its row, progress, error window) go once the job is final,
+    also when it was not this runner's finish that ended it: here an operator's cancel."""
+    GatedTransport.gate.clear()
+    GatedTransport.started.clear()
+    GatedTransport.sent = []
+    job_id = post(client, key, body(5)).json["job_id"]
+    runner = JobRunner(outbox.with_overrides(runner_concurrency=1), dao, GatedTransport)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        assert GatedTransport.started.wait(10)
+        assert job_id in runner._jobs   # what the runner keeps is the point here
+        assert act(client, key, job_id, "cancel").status_code == 200
+        wait_for(lambda: dao.recipient_counts(job_id).get("sending", 0) == 1, 5,
+                 message="unstarted claims given back")
+        GatedTransport.gate.set()   # the send in hand ends and is recorded
+        wait_for(lambda: dao.recipient_counts(job_id).get("sent") == 1, 5, message="one sent")
+        wait_for(lambda: job_id not in runner._jobs and job_id not in runner._progress, 5,
+                 message="the cancelled job dropped from the runner's caches")
+    finally:
+        GatedTransport.gate.set()
+        runner.stop()
+        thread.join(20)
+    assert dao.recipient_counts(job_id) == {"sent": 1, "cancelled": 4}
+
+
 def test_another_keys_job_cannot_be_controlled(client, key, make_key):
     job_id = post(client, key, body(1)).json["job_id"]
     other = make_key(senders=["*"])

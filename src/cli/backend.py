@@ -10,6 +10,7 @@ from mailjobs import export, job_control
 from mailjobs.dao_mysql import Dao
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.settings import Settings
+from mailjobs.states import JobAction, PausedBy
 from mailjobs.transports.test_keys import TestKeys
 from mailjobs.web.views import (
     job_view,
@@ -71,10 +72,10 @@ class LocalBackend:
     def control(self, job_id: int, action: str) -> dict[str, Any]:
         self.job(job_id)
         try:
-            if action == "cancel":
+            if action == JobAction.CANCEL:
                 job_control.cancel(self.dao, job_id, "the mailjobs CLI")
-            elif action == "pause":
-                job_control.pause(self.dao, job_id, "operator", "paused from the mailjobs CLI")
+            elif action == JobAction.PAUSE:
+                job_control.pause(self.dao, job_id, PausedBy.OPERATOR, "paused from the mailjobs CLI")
             else:
                 job_control.resume(self.dao, job_id)
         except job_control.Conflict as exc:

@@ -14,11 +14,13 @@ import click
 
 from mailjobs.cli.backend import Backend, BackendError
 from mailjobs.cli.common import emit, json_option, run, table
-from mailjobs.records import (
+from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES
+from mailjobs.states import (
+    DEFAULT_RETRY_STATUSES,
     FINAL_JOB_STATUSES,
     FINAL_RECIPIENT_STATUSES,
-    JOB_STATUSES,
-    RECIPIENT_STATUSES,
+    RETRYABLE_RECIPIENT_STATUSES,
+    JobAction,
 )
 
 commands = click.Group("jobs")   # registered on the `mailjobs` group by cli.main
@@ -165,7 +167,7 @@ def export_cmd(ctx: click.Context, job_id: int, as_csv: bool, output: str | None
         raise click.ClickException(str(exc)) from None
 
 
-def _control(action: str, help_text: str) -> None:
+def _control(action: JobAction, help_text: str) -> None:
     @commands.command(action, help=help_text)
     @click.argument("job_id", type=int)
     @json_option
@@ -175,15 +177,15 @@ def _control(action: str, help_text: str) -> None:
         emit(job, as_json, lambda j: click.echo(f"job {job_id} is {j['status']}"))
 
 
-_control("cancel", "No further sends; unsent recipients become cancelled.")
-_control("pause", "Runners stop claiming the job within a poll interval.")
-_control("resume", "A paused job goes back to work.")
+_control(JobAction.CANCEL, "No further sends; unsent recipients become cancelled.")
+_control(JobAction.PAUSE, "Runners stop claiming the job within a poll interval.")
+_control(JobAction.RESUME, "A paused job goes back to work.")
 
 
 @commands.command("retry")
 @click.argument("job_id", type=int)
 @click.option("--status", "statuses", multiple=True,
-              type=click.Choice(["failed", "in_doubt", "cancelled"]),
+              type=click.Choice([s.value for s in RETRYABLE_RECIPIENT_STATUSES]),
               help="recipient status to retry (repeatable; default failed and in_doubt)")
 @click.option("--error-code", "codes", multiple=True, help="only these error codes (repeatable)")
 @json_option
@@ -191,7 +193,7 @@ _control("resume", "A paused job goes back to work.")
 def retry_cmd(ctx: click.Context, job_id: int, statuses: tuple[str, ...], codes: tuple[str, ...],
               as_json: bool) -> None:
     """Send again to the recipients that failed (optionally by error code)."""
-    job = run(ctx, lambda b: b.retry(job_id, list(statuses) or ["failed", "in_doubt"],
+    job = run(ctx, lambda b: b.retry(job_id, list(statuses) or [s.value for s in DEFAULT_RETRY_STATUSES],
                                       list(codes)))
     emit(job, as_json, lambda j: click.echo(
         f"job {job_id} is {j['status']}: {j['counts'].get('queued', 0)} recipient(s) queued"))

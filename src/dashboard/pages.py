@@ -47,6 +47,7 @@ from mailjobs.dao_mysql import DatabaseUnavailable
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES, ApiKey
 from mailjobs.settings import PROJECT_ROOT, Settings
+from mailjobs.states import ACTIVE_JOB_STATUSES
 from mailjobs.web.state import app_state, get_settings, get_store
 from mailjobs.web.views import keyset_page, learned_caps_view, runner_view, sender_view
 
@@ -392,7 +393,7 @@ def job(job_id: int) -> str:
         statuses=RECIPIENT_STATUSES, errors=dao.error_summary(job_id),
         chart=send_rate_chart(dao.send_rate(job_id)), failed=failed, failed_after=after,
         next_failed=next_failed, test=app_state()["test_keys"].mode(found.api_key_id),
-        active=found.status in ("queued", "running", "scheduled"))
+        active=found.status in ACTIVE_JOB_STATUSES)
 
 
 @bp.get("/jobs/<int:job_id>/recipients.csv")

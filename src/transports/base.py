@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-KINDS = frozenset({"permanent", "transient", "in_doubt", "rate", "daily_limit", "sender_auth",
-                   "sender_config"})
+from mailjobs.states import ErrorKind
+
+KINDS = frozenset(ErrorKind)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class SendError(Exception):
         if kind not in KINDS:
             raise ValueError(f"unknown SendError kind {kind!r}")
         super().__init__(message)
-        self.kind = kind
+        self.kind = ErrorKind(kind)
         self.error_code = error_code
         self.message = message
         self.retry_after = retry_after
@@ -61,7 +62,7 @@ class SendError(Exception):
                  "attempted": self.attempted})
 
     def __repr__(self) -> str:
-        return (f"SendError({self.kind!r}, {self.error_code!r}, {self.message!r}, "
+        return (f"SendError({self.kind.value!r}, {self.error_code!r}, {self.message!r}, "
                 f"retry_after={self.retry_after!r}, status={self.status!r}, "
                 f"attempted={self.attempted!r})")
 

@@ -16,6 +16,7 @@ import threading
 from faults_tools import post_job
 
 from mailjobs.dao_mysql import DaoError
+from mailjobs.records import RetryOutcome, SentOutcome
 from runner_helpers import innodb_deadlocks, lock_waits, raw_connection, wait_for
 
 RUNNER = "r-deadlock-test"
@@ -41,8 +42,8 @@ def test_a_deadlock_mid_record_outcomes_is_run_again_whole(client, key, dao, cap
 
     def record() -> None:   # the runner's flush: one sent, one retry, in one transaction
         try:
-            dao.record_outcomes(RUNNER, [(sent_row, "gmail-1")], [],
-                                [(retry_row, "gmail_429", "Gmail 429", 1.0, False, False, 0)])
+            dao.record_outcomes(RUNNER, [SentOutcome(sent_row, "gmail-1")], [],
+                                [RetryOutcome(retry_row, "gmail_429", "Gmail 429", 1.0)])
             outcome["returned"] = True
         except DaoError as exc:
             outcome["raised"] = exc
