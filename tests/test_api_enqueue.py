@@ -291,20 +291,21 @@ def test_large_requests_beyond_the_concurrency_limit_wait_then_get_503(dao, monk
 
     from mailjobs import api_server
     from mailjobs.api_keys import create_key
+    from mailjobs.web import send
 
     s = dao.settings.with_overrides(large_enqueue_concurrency=1, large_body_bytes=100,
                                     db_pool_timeout=0.0)
     app = api_server.create_app(s, dao)
     key = create_key(dao, "t", ["*"]).key
     entered, release = threading.Event(), threading.Event()
-    real = api_server.enqueue
+    real = send.enqueue
 
     def held_enqueue(*args, **kwargs):  # keeps the first request inside its slot
         entered.set()
         release.wait(10)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api_server, "enqueue", held_enqueue)
+    monkeypatch.setattr(send, "enqueue", held_enqueue)
     first = {}
     t = threading.Thread(target=lambda: first.setdefault("r", post(app.test_client(), key,
                                                                    body(3))))

@@ -22,7 +22,7 @@ import math
 import os
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import (
@@ -37,18 +37,18 @@ from flask import (
     session,
     url_for,
 )
+from flask.blueprints import BlueprintSetupState
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from mailjobs import export
-from mailjobs.api_keys import KeyVerifier
-from mailjobs.dao_mysql import Dao, DatabaseUnavailable
+from mailjobs.dao_mysql import DatabaseUnavailable
 from mailjobs.deliverability.addresses import InvalidAddress, normalize_address
 from mailjobs.records import JOB_STATUSES, RECIPIENT_STATUSES, ApiKey
 from mailjobs.settings import PROJECT_ROOT, Settings
 from mailjobs.states import ACTIVE_JOB_STATUSES
-from mailjobs.transports.test_keys import TestKeys
+from mailjobs.web.state import app_state, get_settings, get_store
 from mailjobs.web.views import keyset_page, learned_caps_view, runner_view, sender_view
 
 log = logging.getLogger("mailjobs.dashboard")
@@ -109,16 +109,6 @@ class _SessionInterface(SecureCookieSessionInterface):
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def register_dashboard(app: Flask, dao: Dao, settings: Settings) -> None:
-    """Mount the dashboard on `app` under /dashboard."""
-    app.secret_key = secret_key(settings)
-    app.session_interface = _SessionInterface()
-    app.config.update(SESSION_COOKIE_NAME="mailjobs_dashboard", SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_PATH="/dashboard",
-                      PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME)
-    app.register_blueprint(_blueprint(dao, settings))
 
 
 # --- formatting helpers (Jinja filters) -----------------------------------------------------
@@ -266,208 +256,241 @@ def _int_arg(name: str, default: int) -> int:
 
 
 # --- the blueprint ---------------------------------------------------------------------------
-def _blueprint(dao: Dao, settings: Settings) -> Blueprint:
-    bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
-    verifier = KeyVerifier(dao)
-    test_keys = TestKeys(dao)   # test keys' jobs are marked: they send nothing
-    for name, func in (("utc", fmt_utc), ("age", fmt_age), ("since", fmt_since),
-                       ("num", fmt_num), ("filesize", fmt_size)):
-        bp.add_app_template_filter(func, name)
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
 
-    def _session_key() -> ApiKey | None:
-        token = session.get("sid")
-        if not isinstance(token, str):
-            return None
-        key_id = dao.dashboard_session_key(_token_hash(token))
-        if key_id is None:                 # logged out or expired: the cookie is worth nothing
-            session.clear()
-            return None
-        key = dao.api_key_by_id(key_id)
-        if key is None or key.revoked_at is not None or not key.is_operator:
-            session.clear()
-            return None
-        return key
 
-    @bp.before_request
-    def _require_operator() -> ResponseReturnValue | None:
-        if request.endpoint == "dashboard.login":
-            return None
-        key = _session_key()
-        if key is None:
-            here = request.path + (f"?{request.query_string.decode('latin-1')}"
-                                   if request.query_string else "")
-            return redirect(url_for("dashboard.login", next=here))
-        g.operator = key
+@bp.record_once
+def _per_app(setup: BlueprintSetupState) -> None:
+    """The signed session cookie of the app the dashboard is mounted on."""
+    app = cast(Flask, setup.app)   # a sans-IO App in Flask's annotation; a Flask here
+    app.secret_key = secret_key(app_state(app)["settings"])
+    app.session_interface = _SessionInterface()
+    app.config.update(SESSION_COOKIE_NAME="mailjobs_dashboard", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_PATH="/dashboard",
+                      PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME)
+
+
+for name, func in (("utc", fmt_utc), ("age", fmt_age), ("since", fmt_since),
+                   ("num", fmt_num), ("filesize", fmt_size)):
+    bp.add_app_template_filter(func, name)
+
+
+def _session_key() -> ApiKey | None:
+    token = session.get("sid")
+    if not isinstance(token, str):
         return None
-
-    @bp.after_request
-    def _headers(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
-
-    @bp.context_processor
-    def _context() -> dict[str, Any]:
-        return {"operator": g.get("operator"), "now": datetime.now(UTC)}
-
-    @bp.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> tuple[str, int]:
-        return render_template("dashboard/error.html", code=exc.code, title=exc.name,
-                               message=exc.description), exc.code or 500
-
-    @bp.errorhandler(DatabaseUnavailable)
-    def _db_down(exc: DatabaseUnavailable) -> tuple[str, int, dict[str, str]]:
-        log.error("database unavailable while serving %s: %s", request.path, exc)
-        return (render_template("dashboard/error.html", code=503, title="Database unavailable",
-                                message="The database did not answer; this page refreshes "
-                                        "in a few seconds.", refresh=5),
-                503, {"Retry-After": "5"})
-
-    @bp.route("/login", methods=["GET", "POST"])
-    def login() -> Any:
-        next_url = _safe_next(request.values.get("next"))
-        if request.method == "GET":
-            return render_template("dashboard/login.html", next_url=next_url,
-                                   logged_out="logged_out" in request.args)
-        key = verifier.verify(request.form.get("api_key", ""))
-        if key is None or not key.is_operator:
-            error, status = (("That key is unknown or revoked.", 401) if key is None else
-                             ("That key is not an operator key; the dashboard needs one.", 403))
-            log.warning("dashboard login refused from %s: %s", request.remote_addr, error)
-            return render_template("dashboard/login.html", next_url=next_url,
-                                   error=error), status
+    dao = get_store()
+    key_id = dao.dashboard_session_key(_token_hash(token))
+    if key_id is None:                 # logged out or expired: the cookie is worth nothing
         session.clear()
-        token = secrets.token_urlsafe(32)
-        dao.create_dashboard_session(_token_hash(token), key.id,
-                                     int(SESSION_LIFETIME.total_seconds()))
-        session["sid"] = token
-        log.info("dashboard login with operator key %d (%s)", key.id, key.name)
-        return redirect(next_url)
-
-    @bp.post("/logout")
-    def logout() -> ResponseReturnValue:
-        token = session.get("sid")
-        if isinstance(token, str):
-            dao.end_dashboard_session(_token_hash(token))
+        return None
+    key = dao.api_key_by_id(key_id)
+    if key is None or key.revoked_at is not None or not key.is_operator:
         session.clear()
-        return redirect(url_for("dashboard.login", logged_out=1))
+        return None
+    return key
 
-    @bp.get("/")
-    def jobs() -> str:
-        status = request.args.get("status") or None
-        if status is not None and status not in JOB_STATUSES:
-            abort(400, f"status must be one of {', '.join(JOB_STATUSES)}")
-        before = _int_arg("before", 0) or None
-        page, next_before = keyset_page(dao.jobs_page(None, before, JOBS_PER_PAGE + 1, status),
-                                        JOBS_PER_PAGE)
-        counts = dao.job_counts([j.id for j in page])
-        rows = [{"job": j, "progress": progress(counts.get(j.id, {}), j.total),
-                 "test": test_keys.mode(j.api_key_id)} for j in page]
-        return render_template("dashboard/jobs.html", rows=rows, status=status,
-                               statuses=JOB_STATUSES, first_page=before is None,
-                               next_before=next_before)
 
-    @bp.get("/jobs/<int:job_id>")
-    def job(job_id: int) -> str:
-        found = dao.job(job_id, with_counts=True)
-        if found is None:
-            abort(404, f"There is no job {job_id}.")
-        after = _int_arg("failed_after", 0)
-        failed, next_failed = keyset_page(
-            dao.recipients_page(job_id, "failed", after, FAILED_PER_PAGE + 1), FAILED_PER_PAGE)
-        return render_template(
-            "dashboard/job.html", job=found, progress=progress(found.counts, found.total),
-            statuses=RECIPIENT_STATUSES, errors=dao.error_summary(job_id),
-            chart=send_rate_chart(dao.send_rate(job_id)), failed=failed, failed_after=after,
-            next_failed=next_failed, test=test_keys.mode(found.api_key_id),
-            active=found.status in ACTIVE_JOB_STATUSES)
+@bp.before_request
+def _require_operator() -> ResponseReturnValue | None:
+    if request.endpoint == "dashboard.login":
+        return None
+    key = _session_key()
+    if key is None:
+        here = request.path + (f"?{request.query_string.decode('latin-1')}"
+                               if request.query_string else "")
+        return redirect(url_for("dashboard.login", next=here))
+    g.operator = key
+    return None
 
-    @bp.get("/jobs/<int:job_id>/recipients.csv")
-    def job_csv(job_id: int) -> Response:
-        """The job's recipients as CSV: the same export as the API's recipients.csv."""
-        if dao.job(job_id) is None:
-            abort(404, f"There is no job {job_id}.")
-        response: Response = export.csv_response(dao, job_id, settings.db_request_deadline)
-        return response
 
-    @bp.get("/recipients")
-    def trace() -> ResponseReturnValue:
-        """One address across every key's jobs: the operators' "did ann@ get it?" page."""
-        raw = (request.args.get("email") or "").strip()
-        if not raw:
-            return render_template("dashboard/trace.html", email="", rows=None, error=None)
-        try:
-            email = normalize_address(raw)
-        except InvalidAddress as exc:
-            return render_template("dashboard/trace.html", email=raw, rows=None,
-                                   error=f"That is not an email address: {exc}"), 400
-        before = _int_arg("before", 0) or None
-        rows, next_before = keyset_page(
-            dao.recipients_by_email(email, None, before, TRACE_PER_PAGE + 1), TRACE_PER_PAGE,
-            lambda row: row[0].id)
-        return render_template("dashboard/trace.html", email=email, rows=rows, error=None,
-                               suppressions=dao.suppressions_of_email(email, None),
-                               next_before=next_before)
+@bp.after_request
+def _headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
-    @bp.get("/runners")
-    def runners() -> str:
-        stale_after = settings.runner_stale_after
-        rows = []
-        for row in dao.runners(100):
-            view = runner_view(row, stale_after)
-            view["stale"] = not view["alive"] and row["state"] != "stopped"
-            rows.append(view)
-        return render_template("dashboard/runners.html", rows=rows, stale_after=stale_after,
-                               alive=sum(r["alive"] for r in rows),
-                               stale=sum(r["stale"] for r in rows))
 
-    @bp.get("/senders")
-    def senders() -> str:
-        limits = (settings.sender_rate_per_minute, settings.sender_daily_cap)
-        now = datetime.now(UTC)
-        rows = []
-        for row in dao.senders():
-            view = sender_view(row, dao.sender_sends_24h(row["email"]), limits)
-            cap = view["daily_cap"]
-            view["quota_pct"] = min(100.0, round(100 * view["sent_24h"] / cap, 1)) if cap else None
-            view["deferred"] = row["paused_until"] is not None and row["paused_until"] > now
-            view["blocked"] = view["auth_state"] in ("auth_revoked", "config_error")
-            rows.append(view)
-        local = settings.transport_name if settings.transport_name in ("outbox", "null") else None
-        caps = learned_caps_view(dao.learned_caps())
-        return render_template("dashboard/senders.html", rows=rows, local_transport=local,
-                               caps=caps)
+@bp.context_processor
+def _context() -> dict[str, Any]:
+    return {"operator": g.get("operator"), "now": datetime.now(UTC)}
 
-    @bp.get("/webhooks")
-    def webhooks() -> str:
-        from mailjobs.webhooks.routes import webhook_view  # the API's shape of an endpoint
 
-        after = _int_arg("after", 0)
-        rows, next_after = keyset_page(dao.webhooks_page(None, after, 101), 100,
-                                       cursor=lambda w: w["id"])
-        return render_template("dashboard/webhooks.html", rows=[webhook_view(w) for w in rows],
-                               next_after=next_after,
-                               oldest=dao.oldest_undelivered_event_age())
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[str, int]:
+    return render_template("dashboard/error.html", code=exc.code, title=exc.name,
+                           message=exc.description), exc.code or 500
 
-    @bp.get("/webhooks/<int:webhook_id>")
-    def webhook(webhook_id: int) -> str:
-        from mailjobs.webhooks.routes import delivery_view, webhook_view
 
-        w = dao.webhook(webhook_id)
-        if w is None:
-            abort(404)
-        before = _int_arg("before", 0) or None
-        rows, next_before = keyset_page(dao.webhook_deliveries(webhook_id, before, 101), 100,
-                                        cursor=lambda d: d["id"])
-        return render_template("dashboard/webhook.html", w=webhook_view(w),
-                               rows=[delivery_view(d) for d in rows], next_before=next_before)
+@bp.errorhandler(DatabaseUnavailable)
+def _db_down(exc: DatabaseUnavailable) -> tuple[str, int, dict[str, str]]:
+    log.error("database unavailable while serving %s: %s", request.path, exc)
+    return (render_template("dashboard/error.html", code=503, title="Database unavailable",
+                            message="The database did not answer; this page refreshes "
+                                    "in a few seconds.", refresh=5),
+            503, {"Retry-After": "5"})
 
-    @bp.post("/webhooks/<int:webhook_id>/deliveries/<int:delivery_id>/retry")
-    def retry_delivery(webhook_id: int, delivery_id: int) -> Response:
-        if not dao.retry_webhook_delivery(webhook_id, delivery_id):
-            abort(404)
-        log.info("webhook endpoint=%d delivery=%d retried from the dashboard by API key %d",
-                 webhook_id, delivery_id, g.operator.id)
-        return redirect(url_for("dashboard.webhook", webhook_id=webhook_id))  # type: ignore[return-value]
 
-    return bp
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    next_url = _safe_next(request.values.get("next"))
+    if request.method == "GET":
+        return render_template("dashboard/login.html", next_url=next_url,
+                               logged_out="logged_out" in request.args)
+    key = app_state()["verifier"].verify(request.form.get("api_key", ""))
+    if key is None or not key.is_operator:
+        error, status = (("That key is unknown or revoked.", 401) if key is None else
+                         ("That key is not an operator key; the dashboard needs one.", 403))
+        log.warning("dashboard login refused from %s: %s", request.remote_addr, error)
+        return render_template("dashboard/login.html", next_url=next_url,
+                               error=error), status
+    session.clear()
+    token = secrets.token_urlsafe(32)
+    get_store().create_dashboard_session(_token_hash(token), key.id,
+                                         int(SESSION_LIFETIME.total_seconds()))
+    session["sid"] = token
+    log.info("dashboard login with operator key %d (%s)", key.id, key.name)
+    return redirect(next_url)
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    token = session.get("sid")
+    if isinstance(token, str):
+        get_store().end_dashboard_session(_token_hash(token))
+    session.clear()
+    return redirect(url_for("dashboard.login", logged_out=1))
+
+
+@bp.get("/")
+def jobs() -> str:
+    status = request.args.get("status") or None
+    if status is not None and status not in JOB_STATUSES:
+        abort(400, f"status must be one of {', '.join(JOB_STATUSES)}")
+    dao, test_keys = get_store(), app_state()["test_keys"]
+    before = _int_arg("before", 0) or None
+    page, next_before = keyset_page(dao.jobs_page(None, before, JOBS_PER_PAGE + 1, status),
+                                    JOBS_PER_PAGE)
+    counts = dao.job_counts([j.id for j in page])
+    rows = [{"job": j, "progress": progress(counts.get(j.id, {}), j.total),
+             "test": test_keys.mode(j.api_key_id)} for j in page]
+    return render_template("dashboard/jobs.html", rows=rows, status=status,
+                           statuses=JOB_STATUSES, first_page=before is None,
+                           next_before=next_before)
+
+
+@bp.get("/jobs/<int:job_id>")
+def job(job_id: int) -> str:
+    dao = get_store()
+    found = dao.job(job_id, with_counts=True)
+    if found is None:
+        abort(404, f"There is no job {job_id}.")
+    after = _int_arg("failed_after", 0)
+    failed, next_failed = keyset_page(
+        dao.recipients_page(job_id, "failed", after, FAILED_PER_PAGE + 1), FAILED_PER_PAGE)
+    return render_template(
+        "dashboard/job.html", job=found, progress=progress(found.counts, found.total),
+        statuses=RECIPIENT_STATUSES, errors=dao.error_summary(job_id),
+        chart=send_rate_chart(dao.send_rate(job_id)), failed=failed, failed_after=after,
+        next_failed=next_failed, test=app_state()["test_keys"].mode(found.api_key_id),
+        active=found.status in ACTIVE_JOB_STATUSES)
+
+
+@bp.get("/jobs/<int:job_id>/recipients.csv")
+def job_csv(job_id: int) -> Response:
+    """The job's recipients as CSV: the same export as the API's recipients.csv."""
+    dao = get_store()
+    if dao.job(job_id) is None:
+        abort(404, f"There is no job {job_id}.")
+    response: Response = export.csv_response(dao, job_id, get_settings().db_request_deadline)
+    return response
+
+
+@bp.get("/recipients")
+def trace() -> ResponseReturnValue:
+    """One address across every key's jobs: the operators' "did ann@ get it?" page."""
+    raw = (request.args.get("email") or "").strip()
+    if not raw:
+        return render_template("dashboard/trace.html", email="", rows=None, error=None)
+    try:
+        email = normalize_address(raw)
+    except InvalidAddress as exc:
+        return render_template("dashboard/trace.html", email=raw, rows=None,
+                               error=f"That is not an email address: {exc}"), 400
+    dao = get_store()
+    before = _int_arg("before", 0) or None
+    rows, next_before = keyset_page(
+        dao.recipients_by_email(email, None, before, TRACE_PER_PAGE + 1), TRACE_PER_PAGE,
+        lambda row: row[0].id)
+    return render_template("dashboard/trace.html", email=email, rows=rows, error=None,
+                           suppressions=dao.suppressions_of_email(email, None),
+                           next_before=next_before)
+
+
+@bp.get("/runners")
+def runners() -> str:
+    stale_after = get_settings().runner_stale_after
+    rows = []
+    for row in get_store().runners(100):
+        view = runner_view(row, stale_after)
+        view["stale"] = not view["alive"] and row["state"] != "stopped"
+        rows.append(view)
+    return render_template("dashboard/runners.html", rows=rows, stale_after=stale_after,
+                           alive=sum(r["alive"] for r in rows),
+                           stale=sum(r["stale"] for r in rows))
+
+
+@bp.get("/senders")
+def senders() -> str:
+    dao, settings = get_store(), get_settings()
+    limits = (settings.sender_rate_per_minute, settings.sender_daily_cap)
+    now = datetime.now(UTC)
+    rows = []
+    for row in dao.senders():
+        view = sender_view(row, dao.sender_sends_24h(row["email"]), limits)
+        cap = view["daily_cap"]
+        view["quota_pct"] = min(100.0, round(100 * view["sent_24h"] / cap, 1)) if cap else None
+        view["deferred"] = row["paused_until"] is not None and row["paused_until"] > now
+        view["blocked"] = view["auth_state"] in ("auth_revoked", "config_error")
+        rows.append(view)
+    local = settings.transport_name if settings.transport_name in ("outbox", "null") else None
+    caps = learned_caps_view(dao.learned_caps())
+    return render_template("dashboard/senders.html", rows=rows, local_transport=local,
+                           caps=caps)
+
+
+@bp.get("/webhooks")
+def webhooks() -> str:
+    from mailjobs.webhooks.routes import webhook_view  # the API's shape of an endpoint
+
+    dao = get_store()
+    after = _int_arg("after", 0)
+    rows, next_after = keyset_page(dao.webhooks_page(None, after, 101), 100,
+                                   cursor=lambda w: w["id"])
+    return render_template("dashboard/webhooks.html", rows=[webhook_view(w) for w in rows],
+                           next_after=next_after, oldest=dao.oldest_undelivered_event_age())
+
+
+@bp.get("/webhooks/<int:webhook_id>")
+def webhook(webhook_id: int) -> str:
+    from mailjobs.webhooks.routes import delivery_view, webhook_view
+
+    dao = get_store()
+    w = dao.webhook(webhook_id)
+    if w is None:
+        abort(404)
+    before = _int_arg("before", 0) or None
+    rows, next_before = keyset_page(dao.webhook_deliveries(webhook_id, before, 101), 100,
+                                    cursor=lambda d: d["id"])
+    return render_template("dashboard/webhook.html", w=webhook_view(w),
+                           rows=[delivery_view(d) for d in rows], next_before=next_before)
+
+
+@bp.post("/webhooks/<int:webhook_id>/deliveries/<int:delivery_id>/retry")
+def retry_delivery(webhook_id: int, delivery_id: int) -> Response:
+    if not get_store().retry_webhook_delivery(webhook_id, delivery_id):
+        abort(404)
+    log.info("webhook endpoint=%d delivery=%d retried from the dashboard by API key %d",
+             webhook_id, delivery_id, g.operator.id)
+    return redirect(url_for("dashboard.webhook", webhook_id=webhook_id))  # type: ignore[return-value]
+

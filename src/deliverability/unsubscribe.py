@@ -13,7 +13,8 @@ UNSUBSCRIBE_TOKEN_DAYS. A mailbox provider POSTs to the URL (`POST /u/TOKEN`, bo
 `unsubscribed`) and the answer is a short 200 page. `GET /u/TOKEN` (a person who clicked the
 link, or a link scanner) changes nothing: it shows a page with a button that POSTs.
 
-The routes need no API key and are not in /openapi.json: they are for mail recipients.
+The routes (the blueprint `bp`) need no API key and are not in /openapi.json: they are for
+mail recipients.
 """
 from __future__ import annotations
 
@@ -21,14 +22,18 @@ import hashlib
 import logging
 from functools import lru_cache
 
-from flask import Flask, Response, render_template_string, request
+from flask import Blueprint, Response, current_app, render_template_string, request
+from flask.blueprints import BlueprintSetupState
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from itsdangerous.timed import TimestampSigner
 
-from mailjobs.dao_mysql import Dao, DatabaseUnavailable
+from mailjobs.dao_mysql import DatabaseUnavailable
 from mailjobs.settings import Settings
+from mailjobs.web.state import app_state, get_settings, get_store
 
 log = logging.getLogger("mailjobs.unsubscribe")
+bp = Blueprint("unsubscribe", __name__)
+EXTENSION = "mailjobs.unsubscribe"
 
 SALT = "mailjobs.unsubscribe.v1"
 PAGE_HEADERS = {
@@ -141,59 +146,64 @@ def _page(status: int, title: str, message: str, email: str | None = None,
     return response
 
 
-def register_unsubscribe(app: Flask, dao: Dao, settings: Settings) -> None:
-    """Mount GET and POST /u/<token> on `app` (public, no API key)."""
-    tokens = Tokens.for_settings(settings)
+@bp.record_once
+def _per_app(setup: BlueprintSetupState) -> None:
+    setup.app.extensions[EXTENSION] = Tokens.for_settings(app_state(setup.app)["settings"])
 
-    def _checked(token: str) -> tuple[int, int] | Response:
-        try:
-            return tokens.check(token)
-        except SignatureExpired:
-            return _page(400, "This link has expired",
-                         f"Unsubscribe links work for {settings.unsubscribe_token_days} days. "
-                         "Use the link in a more recent message, or reply to the sender.")
-        except BadSignature:
-            return _page(400, "This link is not valid",
-                         "The unsubscribe link is incomplete or was changed. Copy the whole "
-                         "link from the message.")
 
-    def _unknown() -> Response:
+def _checked(token: str) -> tuple[int, int] | Response:
+    tokens: Tokens = current_app.extensions[EXTENSION]
+    try:
+        return tokens.check(token)
+    except SignatureExpired:
+        return _page(400, "This link has expired",
+                     f"Unsubscribe links work for {get_settings().unsubscribe_token_days} days. "
+                     "Use the link in a more recent message, or reply to the sender.")
+    except BadSignature:
         return _page(400, "This link is not valid",
-                     "We could not find the message this link belongs to.")
+                     "The unsubscribe link is incomplete or was changed. Copy the whole "
+                     "link from the message.")
 
-    @app.get("/u/<token>")
-    def unsubscribe_page(token: str) -> Response:
-        checked = _checked(token)
-        if isinstance(checked, Response):
-            return checked
-        try:
-            target = dao.unsubscribe_target(*checked)
-        except DatabaseUnavailable:
-            target = ("", 0)     # the button still works once the database is back
-        if target is None:
-            return _unknown()
-        return _page(200, "Unsubscribe?", "Press the button to stop these emails to",
-                     email=target[0] or "this address", form=True)
 
-    @app.post("/u/<token>")
-    def unsubscribe_now(token: str) -> Response:
-        checked = _checked(token)
-        if isinstance(checked, Response):
-            log.warning("unsubscribe refused from %s: %s", request.remote_addr, checked.status)
-            return checked
-        recipient_id, api_key_id = checked
-        try:
-            done = dao.unsubscribe(recipient_id, api_key_id)
-        except DatabaseUnavailable as exc:
-            log.error("unsubscribe of recipient=%d failed: %s", recipient_id, exc)
-            page = _page(503, "Please try again", "We could not record your request just now. "
-                         "Please try again in a minute.")
-            page.headers["Retry-After"] = "60"
-            return page
-        if done is None:
-            return _unknown()
-        email, added = done
-        log.info("unsubscribed %s (recipient=%d, API key %d)%s", email, recipient_id,
-                 api_key_id, "" if added else ": was on the suppression list already")
-        return _page(200, "You are unsubscribed", "No more of these emails will be sent to",
-                     email=email)
+def _unknown() -> Response:
+    return _page(400, "This link is not valid",
+                 "We could not find the message this link belongs to.")
+
+
+@bp.get("/u/<token>")
+def unsubscribe_page(token: str) -> Response:
+    checked = _checked(token)
+    if isinstance(checked, Response):
+        return checked
+    try:
+        target = get_store().unsubscribe_target(*checked)
+    except DatabaseUnavailable:
+        target = ("", 0)     # the button still works once the database is back
+    if target is None:
+        return _unknown()
+    return _page(200, "Unsubscribe?", "Press the button to stop these emails to",
+                 email=target[0] or "this address", form=True)
+
+
+@bp.post("/u/<token>")
+def unsubscribe_now(token: str) -> Response:
+    checked = _checked(token)
+    if isinstance(checked, Response):
+        log.warning("unsubscribe refused from %s: %s", request.remote_addr, checked.status)
+        return checked
+    recipient_id, api_key_id = checked
+    try:
+        done = get_store().unsubscribe(recipient_id, api_key_id)
+    except DatabaseUnavailable as exc:
+        log.error("unsubscribe of recipient=%d failed: %s", recipient_id, exc)
+        page = _page(503, "Please try again", "We could not record your request just now. "
+                     "Please try again in a minute.")
+        page.headers["Retry-After"] = "60"
+        return page
+    if done is None:
+        return _unknown()
+    email, added = done
+    log.info("unsubscribed %s (recipient=%d, API key %d)%s", email, recipient_id,
+             api_key_id, "" if added else ": was on the suppression list already")
+    return _page(200, "You are unsubscribed", "No more of these emails will be sent to",
+                 email=email)
