@@ -151,6 +151,10 @@ class JobRunner:
         self._jobs: dict[int, Job] = {}
         self._progress: dict[int, int] = {}
         self._final: set[int] = set()   # jobs seen final, evicted once nothing of them is held
+        # Jobs a claim of which failed on the database (timeout, lost connection): its COMMIT may
+        # have reached the server all the same, leaving rows `sending` under this runner's name
+        # that it does not hold; swept at the next claim pass (_sweep_claims_in_doubt).
+        self._claims_in_doubt: dict[int, str] = {}   # job -> its sender
         self._outcomes: list[Outcome] = []
         # finished sends, (recipient id, future), put by the futures' callbacks
         self._done: queue.SimpleQueue[tuple[int, Future[Outcome]]] = queue.SimpleQueue()
@@ -343,6 +347,7 @@ class JobRunner:
                     busy_keys: set[int]) -> int:
         limit = self._claim_limit()
         jobs = self.dao.claimable_jobs(limit=200)
+        self._sweep_claims_in_doubt()
         if not jobs:
             return 0
         self._rotation += 1
@@ -386,9 +391,13 @@ class JobRunner:
         """Claim up to `wanted` of one job, its sendable recipients added to `waiting`;
         returns how many were claimed, and why fewer if the sender's limits held it back."""
         claimed_at = time.monotonic()
-        rows, reason, suppressed = self.dao.claim_checked(
-            c.job_id, c.sender, self.id, wanted, self.settings.lease_seconds, self._limits,
-            api_key_id=c.api_key_id, unlimited=self._test_keys.mode(c.api_key_id) is not None)
+        try:
+            rows, reason, suppressed = self.dao.claim_checked(
+                c.job_id, c.sender, self.id, wanted, self.settings.lease_seconds, self._limits,
+                api_key_id=c.api_key_id, unlimited=self._test_keys.mode(c.api_key_id) is not None)
+        except DatabaseUnavailable:
+            self._claims_in_doubt[c.job_id] = c.sender
+            raise
         if not rows:
             if reason:
                 log.debug("job=%d: nothing claimed (%s)", c.job_id, reason)
@@ -413,6 +422,24 @@ class JobRunner:
         if sendable:
             waiting.append((job, sendable))
         return len(rows), reason
+
+    def _sweep_claims_in_doubt(self) -> None:
+        """Claims whose transaction failed on the client's side (the answer to its COMMIT
+        lost: the server froze, the link dropped) but committed on the server's: rows `sending`
+        under this runner's name that it neither holds nor has outcomes of. No other runner
+        takes them (due_claimable leaves a runner's own claims to it) and this one would never
+        send them: given back, attempt and daily reservation refunded."""
+        while self._claims_in_doubt:
+            job_id, sender = next(iter(self._claims_in_doubt.items()))
+            known = set(self._hand.recipients) | {o.recipient.id for o in self._outcomes}
+            if self._writing is not None:
+                known |= {o.recipient.id for o in self._writing[1]}
+            orphans = [rid for rid in self.dao.claims_of(self.id, job_id) if rid not in known]
+            if orphans:
+                self.dao.release(self.id, GiveBack(tuple(orphans), (), {sender: len(orphans)}))
+                log.warning("job=%d: %d claim(s) committed while their answer was lost (the "
+                            "database did not answer); given back", job_id, len(orphans))
+            del self._claims_in_doubt[job_id]
 
     def _hand_over(self, pool: FairPool, waiting: list[tuple[Job, list[Recipient]]]) -> None:
         """Claimed recipients to the sending threads; empties `waiting`."""

@@ -300,6 +300,10 @@ SET error_code = CASE id {case} END, error = CASE id {case} END,
     status = 'retrying', claimed_by = NULL, lease_expires_at = NULL
 WHERE claimed_by = %s AND status = 'sending' AND id IN ({ids});
 
+-- name: claims_of
+-- A runner's claims of one job (after a claim whose answer was lost: job_runner's sweep).
+SELECT id FROM job_recipients WHERE job_id = %s AND claimed_by = %s AND status = 'sending';
+
 -- name: release_claims
 -- Unsent claims go back, the attempt they were charged refunded.
 UPDATE job_recipients

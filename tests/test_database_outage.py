@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from mailjobs.dao_mysql import Dao, DatabaseUnavailable
+from runner_helpers import fast, running, wait_job_done
 from test_api_enqueue import body, post
 
 
@@ -91,3 +93,35 @@ def test_healthz_after_a_restart_it_did_not_see(client, dao, stoppable):
     stoppable.start()
     r = client.get("/healthz")
     assert r.json["database"] == "ok", r.json
+
+
+class _ClaimAnswerLost(Dao):
+    """The database commits a claim and its answer never reaches the runner, once: what a link
+    that drops (or a server that freezes) right after the COMMIT went out looks like from the
+    client. The fault is at the client's edge; the database is the real one."""
+    lost = 1
+
+    def claim_checked(self, *args, **kwargs):
+        result = super().claim_checked(*args, **kwargs)
+        if self.lost and result[0]:
+            self.lost -= 1
+            raise DatabaseUnavailable("lost the answer to the claim's COMMIT", kind="timeout")
+        return result
+
+
+def test_a_claim_committed_whose_answer_was_lost_is_given_back_and_sent_once(client, key, dao):
+    job_id = post(client, key, body(30)).json["job_id"]
+    lossy = _ClaimAnswerLost(dao.settings)
+    try:
+        with running(fast(dao.settings, claim_batch=10), lossy):
+            # before: the lost claim's rows stayed `sending` under the runner's name for good
+            # (no other runner takes a live runner's claims, and it did not know it held them)
+            assert wait_job_done(dao, job_id, 30) == "completed"
+    finally:
+        lossy.close()
+    assert lossy.lost == 0   # the fault did happen
+    with dao.transaction() as cur:
+        cur.execute("SELECT status, attempts, COUNT(*) FROM job_recipients WHERE job_id = %s "
+                    "GROUP BY status, attempts", (job_id,))
+        rows = [tuple(r) for r in cur.fetchall()]
+    assert rows == [("sent", 1, 30)]   # each sent once, the lost claim's attempt refunded
