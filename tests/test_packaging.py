@@ -36,10 +36,16 @@ def test_the_wheel_installs_only_the_package_mailjobs_with_its_sql_and_templates
     assert "mailjobs = mailjobs.entry:main" in entry_points
 
 
-def test_an_installed_wheel_finds_its_migrations_queries_and_templates(wheel, tmp_path):
+def _install(wheel, tmp_path):
+    """The wheel installed into a directory of its own (no dependencies); its path."""
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), str(wheel)], check=True, capture_output=True)
+    return target
+
+
+def test_an_installed_wheel_finds_its_migrations_queries_and_templates(wheel, tmp_path):
+    target = _install(wheel, tmp_path)
     probe = ("import mailjobs, mailjobs.dao_mysql as d, mailjobs.dashboard.pages as p\n"
              "from mailjobs.db.migrations import discover\n"
              "print(mailjobs.__file__); print(len(discover()))\n"
@@ -73,9 +79,7 @@ def test_an_installed_wheel_finds_every_module_and_runs_its_command_from_itself(
     """Each module found in the wheel's copy, not elsewhere (the test environment's editable
     install would otherwise answer for a sub-package the wheel lacks); found, not imported:
     web.wsgi builds the app when imported."""
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                    str(target), str(wheel)], check=True, capture_output=True)
+    target = _install(wheel, tmp_path)
     probe = ("import importlib.util, sys\n"
              "for name in sys.argv[1:]:\n"
              "    print(name, importlib.util.find_spec(name).origin)\n"
