@@ -429,11 +429,13 @@ class JobRunner:
         under this runner's name that it neither holds nor has outcomes of. No other runner
         takes them (due_claimable leaves a runner's own claims to it) and this one would never
         send them: given back, attempt and daily reservation refunded."""
+        if not self._claims_in_doubt:
+            return
+        known = set(self._hand.recipients) | {o.recipient.id for o in self._outcomes}
+        if self._writing is not None:
+            known |= {o.recipient.id for o in self._writing[1]}
         while self._claims_in_doubt:
             job_id, sender = next(iter(self._claims_in_doubt.items()))
-            known = set(self._hand.recipients) | {o.recipient.id for o in self._outcomes}
-            if self._writing is not None:
-                known |= {o.recipient.id for o in self._writing[1]}
             orphans = [rid for rid in self.dao.claims_of(self.id, job_id) if rid not in known]
             if orphans:
                 self.dao.release(self.id, GiveBack(tuple(orphans), (), {sender: len(orphans)}))
