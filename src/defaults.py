@@ -136,6 +136,11 @@ DB_BACKOFF_MAX = 30.0
 # scope), resend (at-least-once), hold (status in_doubt, an operator decides), or auto (check
 # where the token's scope allows it, else resend).
 IN_DOUBT_POLICY = "auto"
+# Seconds an in-doubt recipient waits before it is looked up (check, auto), whatever its backoff
+# drew: Gmail may still be finishing a send we stopped waiting for (GMAIL_TIMEOUT), and its
+# search finds a message a moment after it was sent. Looked up sooner, it is not found yet and is
+# sent twice. 0 leaves the backoff alone.
+IN_DOUBT_CHECK_DELAY = 30.0
 # Auto-pause: a job is paused when more than MAX_ERROR_RATE of its last ERROR_WINDOW final
 # outcomes (as seen by one runner) failed, so a broken template or account stops early.
 ERROR_WINDOW = 50

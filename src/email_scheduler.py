@@ -229,7 +229,7 @@ class EmailScheduler:
                            error=f"gave up after {n} attempts: {text}")
         return Outcome(r, job, SendResult.RETRY, error_code="internal_error", error=text,
                        not_sent=not attempted, in_doubt=attempted,
-                       delay=backoff(n, s.retry_base_delay, s.retry_max_delay))
+                       delay=self._retry_delay(n, None, in_doubt=attempted))
 
     def _retry(self, exc: SendError, job: Job, r: Recipient, in_doubt: bool) -> Outcome:
         s = self.settings
@@ -237,10 +237,19 @@ class EmailScheduler:
         if r.attempts - r.attempts_base >= s.max_attempts:
             return Outcome(r, job, SendResult.FAILED, error_code=exc.error_code, in_doubt=in_doubt,
                            error=f"gave up after {r.attempts - r.attempts_base} attempts: {text}")
-        delay = backoff(r.attempts - r.attempts_base, s.retry_base_delay, s.retry_max_delay,
-                        exc.retry_after)
+        delay = self._retry_delay(r.attempts - r.attempts_base, exc.retry_after, in_doubt)
         return Outcome(r, job, SendResult.RETRY, error_code=exc.error_code, error=text, delay=delay,
                        in_doubt=in_doubt)
+
+    def _retry_delay(self, attempt: int, retry_after: float | None, in_doubt: bool) -> float:
+        """The backoff; for a send that may have gone out and is to be looked up, at least
+        IN_DOUBT_CHECK_DELAY, so that the lookup does not run before Gmail has finished (and
+        indexed) a send we stopped waiting for."""
+        s = self.settings
+        delay = backoff(attempt, s.retry_base_delay, s.retry_max_delay, retry_after)
+        if in_doubt and s.in_doubt_policy in ("check", "auto"):
+            delay = max(delay, s.in_doubt_check_delay)
+        return delay
 
     def _deferred(self, exc: SendError, job: Job, r: Recipient) -> Outcome:
         """Refused before the message left (a refused connection, a 4xx before DATA, no free

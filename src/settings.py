@@ -152,6 +152,7 @@ class Settings:
     record_flush_interval: float = defaults.RECORD_FLUSH_INTERVAL
     db_backoff_max: float = defaults.DB_BACKOFF_MAX
     in_doubt_policy: str = defaults.IN_DOUBT_POLICY
+    in_doubt_check_delay: float = defaults.IN_DOUBT_CHECK_DELAY
     error_window: int = defaults.ERROR_WINDOW
     max_error_rate: float = defaults.MAX_ERROR_RATE
     template_max_bytes: int = defaults.TEMPLATE_MAX_BYTES
@@ -244,7 +245,8 @@ class Settings:
         if self.database_url:
             DatabaseParams.from_url(self.database_url)   # a bad URL is one sentence at start
         for name in ("retention_days", "job_retention_days", "purge_interval", "purge_pause",
-                     "attachment_retention_days", "attachment_cache_bytes"):
+                     "attachment_retention_days", "attachment_cache_bytes",
+                     "in_doubt_check_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must be 0 or more, got {getattr(self, name)}")
         for name in ("attachment_max_bytes", "attachment_chunk_bytes"):

@@ -20,6 +20,7 @@ def fast(settings: Settings, **overrides) -> Settings:
     base = dict(poll_interval=0.05, heartbeat_interval=0.5, heartbeat_log_interval=0.5,
                 record_flush_interval=0.05, retry_base_delay=0.05, retry_max_delay=0.2,
                 sender_rate_per_minute=0, sender_daily_cap=0, lease_seconds=30,
+                in_doubt_check_delay=0,                          # the in-doubt tests set it
                 embedded_runner=False, bounce_check_interval=0,  # bounce tests turn it on
                 send_as_check_interval=0,                        # send-as tests this
                 purge_interval=0)                                 # and retention tests this
