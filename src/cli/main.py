@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mailjobs import api_keys, bootstrap, defaults, entry, metrics
+from mailjobs import api_keys, bootstrap, defaults, entry, memory, metrics
 from mailjobs.cli import jobs as cli_jobs
 from mailjobs.cli import retention as cli_retention
 from mailjobs.cli import suppressions as cli_suppressions
@@ -75,6 +75,7 @@ def serve(ctx: click.Context) -> None:
     from mailjobs.web import lanes as http_lanes
 
     _refuse_weak_secrets(ctx)
+    memory.fix_mmap_threshold()
     development = bootstrap.development_mode(ctx.obj["settings"])
     dao = _service_dao(ctx, migrate=True)
     settings = dao.settings
@@ -124,6 +125,7 @@ def serve(ctx: click.Context) -> None:
 def worker(ctx: click.Context) -> None:
     """Run a standalone JobRunner (any number of them may share one database)."""
     _refuse_weak_secrets(ctx)
+    memory.fix_mmap_threshold()
     dao = _service_dao(ctx, migrate=False)
     settings = dao.settings
     metrics.configure(settings.metrics_sender_labels)

@@ -6,12 +6,9 @@ the others wait for a slot, then get 503 busy.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -29,6 +26,7 @@ from mailjobs.enqueue import (
     request_hash,
     split_body,
 )
+from mailjobs.memory import release_free_memory
 from mailjobs.records import Job
 from mailjobs.web.errors import error_response
 from mailjobs.web.inputs import parse_body, read_body, require_json, validation_errors
@@ -38,21 +36,6 @@ from mailjobs.web.state import api_key, app_state, get_settings, get_store, work
 log = logging.getLogger("mailjobs.api")
 bp = Blueprint("send", __name__)
 EXTENSION = "mailjobs.send"
-
-
-def _malloc_trim() -> Callable[[], None]:
-    """glibc's malloc_trim(0), or nothing elsewhere."""
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    return lambda: None if trim(0) else None
-
-
-# After a large enqueue: give back to the system what its chunks left free in the malloc arenas
-# of the threads that served it (each thread has its own; freed memory otherwise stays in the
-# process, and the next large request's peak is added on top). ~1 ms.
-release_free_memory = _malloc_trim()
 
 
 @dataclass
