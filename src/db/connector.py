@@ -178,6 +178,12 @@ class Connector:
         self._in_use = 0
         self._in_use_lock = threading.Lock()
         self.breaker = db_guard.Breaker(settings.db_breaker_interval)
+        # One for every checkout (its state is per thread): a Retrying made per call is a
+        # cycle of a dozen objects left to the garbage collector, two per transaction.
+        self._retrying = Retrying(
+            stop=_within_deadline(max(1, settings.db_retry_attempts)),
+            wait=wait_exponential_jitter(multiplier=defaults.DB_RETRY_BASE, max=defaults.DB_RETRY_MAX),
+            retry=retry_if_exception(_retryable), before_sleep=_log_retry, reraise=True)
         self._health_lock = threading.Lock()
         self._health_conn: db_guard.BoundedConnection | None = None
         # reset=False: a connection going back is rolled back only when its transaction is
@@ -269,13 +275,9 @@ class Connector:
         except db_guard.CircuitOpen as exc:
             raise DatabaseUnavailable(str(exc), kind="circuit",
                                       retry_after=exc.retry_after) from None
-        retrying = Retrying(
-            stop=_within_deadline(max(1, self.settings.db_retry_attempts)),
-            wait=wait_exponential_jitter(multiplier=defaults.DB_RETRY_BASE, max=defaults.DB_RETRY_MAX),
-            retry=retry_if_exception(_retryable), before_sleep=_log_retry, reraise=True)
         try:
             if not probe:
-                return retrying(self._checkout)
+                return self._retrying(self._checkout)
             with db_guard.probing(), db_guard.cap(self.settings.db_ping_timeout):
                 conn = self._checkout(probe=True)
             self.breaker.success()
@@ -314,7 +316,10 @@ class Connector:
                 raise
             if isinstance(translated, DatabaseUnavailable):
                 self._failed(translated)
-            raise translated from exc
+            try:
+                raise translated from exc
+            finally:   # this frame, in the error's traceback, must not hold the error itself:
+                del translated   # a cycle that kept the caller's rows until a full collection
         finally:
             self._release(conn)
 
