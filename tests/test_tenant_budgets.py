@@ -35,17 +35,20 @@ def outbox(dao, tmp_path):
     "{{ a }}" * 100_000,          # 700 KB that took 7 s and ~1 GB to compile
 ], ids=["repetition", "power", "100k-outputs"])
 def test_hostile_templates_are_refused_at_post_within_1s_and_50MB(client, key, dao, template):
+    """Within 1 s of CPU: the request runs in this thread (Flask's test client), and its CPU
+    time, unlike the wall clock, does not stretch when the machine is busy (1.24 s of wall
+    clock was seen under CI's load); each of these cost seconds of CPU before the budgets."""
     b = body(1, variables={"company": "Acme", "a": 1})
     b["template"]["text"] = template
     _reset_peak_rss()
     before = _status_mb("VmRSS")
-    started = time.monotonic()
+    started = time.thread_time()
     r = post(client, key, b)
-    elapsed = time.monotonic() - started
+    cpu = time.thread_time() - started
     growth = _status_mb("VmHWM") - before
     assert (r.status_code, r.json["error"], r.json["field"]) == \
         (400, "template_error", "template.text"), r.json
-    assert elapsed < 1.0, f"refused in {elapsed:.2f} s"
+    assert cpu < 1.0, f"refused after {cpu:.2f} s of CPU"
     assert growth < 50, f"the process grew by {growth:.0f} MB"
     assert_nothing_written(dao)
 
