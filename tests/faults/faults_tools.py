@@ -215,22 +215,36 @@ class Fleet:
                 if p.poll() is not None and p.returncode != -signal.SIGKILL]
 
     def stop_all(self, timeout: float = 20.0) -> list[int]:
-        """Warm stop (SIGTERM) of every live worker; returns their exit codes. A worker that
-        was started a moment ago may still be in the Python interpreter's own start, before
+        """Warm stop (SIGTERM) of every live worker; returns their exit codes."""
+        return [code for _, _, code in self._stop_live(timeout)]
+
+    def stop_all_cleanly(self, timeout: float = 20.0) -> None:
+        """stop_all, and every worker exited 0; if not, the failure names each worker that did
+        not, with its exit code and the end of its own log (the fleet's joined output, cut at
+        its end, hid the one that failed)."""
+        bad = [(p, log, code) for p, log, code in self._stop_live(timeout) if code != 0]
+        assert not bad, "\n".join(
+            f"===== {log.name} (pid {p.pid}) exited {code}\n"
+            f"{log.read_text(errors='replace')[-4000:]}" for p, log, code in bad)
+
+    def _stop_live(self, timeout: float) -> list[tuple[subprocess.Popen, Path, int]]:
+        """SIGTERM to every live worker, then (process, its log, exit code) of each. A worker
+        started a moment ago may still be in the Python interpreter's own start, before
         mailjobs' first line installs its handlers: the signal is sent once it handles it."""
-        live = [p for p in self.all if p.poll() is None]
-        for p in live:
+        live = [(p, log) for p, log in zip(self.all, self.logs, strict=True) if p.poll() is None]
+        for p, _ in live:
             wait_until_stoppable(p)
             p.send_signal(signal.SIGTERM)
-        codes = []
+        stopped = []
         deadline = time.monotonic() + timeout
-        for p in live:
+        for p, log in live:
             try:
-                codes.append(p.wait(max(0.1, deadline - time.monotonic())))
+                code = p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
-                codes.append(p.wait(10))
-        return codes
+                code = p.wait(10)
+            stopped.append((p, log, code))
+        return stopped
 
     def output(self) -> str:
         return "\n".join(f"===== {log.name}\n{log.read_text(errors='replace')}"
