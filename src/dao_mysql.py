@@ -628,11 +628,11 @@ class Dao:
             self._run(cur, "held_claims", (runner_id, *ids), ids=marks)
             return {int(row["id"]) for row in fetch_all(cur)}
 
-    @_rerun_on_conflict
     def claims_of(self, runner_id: str, job_id: int) -> list[int]:
         """Ids of the job's recipients `sending` under this runner's name."""
         return [int(row["id"]) for row in self._all("claims_of", (job_id, runner_id))]
 
+    @_rerun_on_conflict
     def release(self, runner_id: str, back: GiveBack) -> int:
         """Give unsent claims back (attempt refunded, daily reservation refunded); those of
         cancelled jobs (`back.cancelled`) become `cancelled`."""

@@ -17,6 +17,7 @@ import pymysql
 from mailjobs.api_server import create_app
 from mailjobs.dao_mysql import Dao
 from mailjobs.rate_limit import Limits
+from mailjobs.records import GiveBack
 from runner_helpers import innodb_deadlocks, raw_connection
 from test_api_enqueue import body, post
 
@@ -139,6 +140,27 @@ def test_a_job_control_call_that_times_out_on_a_lock_is_run_again_not_a_503(
     assert response.status_code == 200, response.json
     assert response.json["status"] == "paused"
     assert any("control_job lost a lock conflict" in r.getMessage() for r in caplog.records)
+
+
+def test_a_release_that_times_out_on_a_lock_is_run_again(client, key, dao, caplog):
+    """The runner gives claims back (a pause, a warm stop, a claim whose answer was lost) while
+    another transaction holds one of the rows: the release waits, loses, and is run again."""
+    sender = "ops@example.com"
+    job_id = _job_for(client, key, sender, 1)
+    (claimed,) = dao.claim(job_id, sender, "r-1", 10, 30, UNLIMITED)[0]
+    with short_lock_waits(dao) as other, caplog.at_level(logging.INFO, logger="mailjobs.db"):
+        releaser = Dao(dao.settings)
+        try:
+            outcome = _held_past_the_timeout(
+                other, "SELECT id FROM job_recipients WHERE id = %s FOR UPDATE", (claimed.id,),
+                lambda: releaser.release("r-1", GiveBack((claimed.id,), (), {sender: 1})))
+        finally:
+            releaser.close()
+    assert "raised" not in outcome, outcome.get("raised")
+    assert outcome["result"] == 1
+    assert [(r.status, r.attempts) for r in dao.recipients_page(job_id, None, 0, 10)] == \
+        [("queued", 0)]   # back in the queue, its attempt refunded
+    assert any("release lost a lock conflict" in r.getMessage() for r in caplog.records)
 
 
 def test_a_sender_row_deleted_under_a_running_process_is_created_again(client, key, dao):
