@@ -68,6 +68,7 @@ from mailjobs.records import (
     NewRecipient,
     Recipient,
     RetryOutcome,
+    SenderPlan,
     SentOutcome,
     StoredTemplate,
     Suppression,
@@ -112,7 +113,7 @@ class StoredJob:
     what Also asked (None where not asked)."""
     job: Job
     suppressed: int
-    plan: tuple[int | None, int | None, int, int] | None = None
+    plan: SenderPlan | None = None
     live_runners: int | None = None
 
 
@@ -422,7 +423,7 @@ class Dao:
         return [tuple(_utc(row).values()) for row in rows]
 
     def sender_plan(self, sender: str, exclude_job: int = 0
-                    ) -> tuple[int | None, int | None, int, int]:
+                    ) -> SenderPlan:
         """For estimates.py: the sender's own rate and daily cap (None where the settings
         apply), the unsent recipients of its active jobs (all but `exclude_job`), and its sends
         in the last 24 hours."""
@@ -1779,7 +1780,7 @@ def _send_as_rows(rows: Sequence[Row]) -> list[tuple[str, str, str | None, bool,
              r["verification_status"]) for r in rows]
 
 
-def _plan(row: Row) -> tuple[int | None, int | None, int, int]:
+def _plan(row: Row) -> SenderPlan:
     """sender_plan's row: the sender's rate and daily cap (None: the settings'), its backlog
     and its sends in the last 24 hours."""
     rate, cap = row["rate_per_minute"], row["daily_cap"]

@@ -20,7 +20,7 @@ from mailjobs.dao_mysql import Also, AttachmentGone, Dao, DuplicateKey, Recipien
 from mailjobs.db import guard as db_guard
 from mailjobs.locales import VariantSelector
 from mailjobs.mail_message import header_text_problem
-from mailjobs.records import ApiKey, Job, NewJob, NewRecipient
+from mailjobs.records import ApiKey, Job, NewJob, NewRecipient, SenderPlan
 from mailjobs.scheduling import PRIORITIES, PRIORITY_NAMES
 from mailjobs.settings import Settings
 from mailjobs.templating import (
@@ -72,7 +72,7 @@ class Enqueued:
     suppressed: int | None = None   # known when this request stored the job
     # read in the storing transaction when asked (Also): the sender's plan for the estimate
     # (Dao.sender_plan), the live runners
-    plan: tuple[int | None, int | None, int, int] | None = None
+    plan: SenderPlan | None = None
     live_runners: int | None = None
 
 

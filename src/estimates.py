@@ -17,6 +17,7 @@ from typing import Any
 
 from mailjobs.enqueue import RequestRejected, dedupe
 from mailjobs.rate_limit import Limits
+from mailjobs.records import SenderPlan
 from mailjobs.states import FINAL_JOB_STATUSES, OPEN_RECIPIENT_STATUSES
 
 DAY = 86_400.0
@@ -55,7 +56,7 @@ def sender_limits(settings: Any, rate: int | None, cap: int | None) -> Limits:
 
 def plan(dao: Any, settings: Any, sender: str, recipients: int, send_at: datetime | None,
          exclude_job: int | None = None, unlimited: bool = False,
-         known: tuple[int | None, int | None, int, int] | None = None) -> dict[str, Any]:
+         known: SenderPlan | None = None) -> dict[str, Any]:
     """The `estimate` object of the API: `recipients` more sends of `sender`, after the unsent
     recipients of its other active jobs (all but `exclude_job`), from `send_at` or now.
     `unlimited`: no limits apply (a test key's job). `known`: Dao.sender_plan's answer, read
@@ -98,7 +99,7 @@ def warning(estimate: dict[str, Any], sender: str, warn_days: float) -> str | No
 
 def for_job(dao: Any, settings: Any, job: Any, suppressed: int | None = None,
             unlimited: bool = False,
-            known: tuple[int | None, int | None, int, int] | None = None) -> dict[str, Any] | None:
+            known: SenderPlan | None = None) -> dict[str, Any] | None:
     """The estimate of a stored job (None once it is finished): its unsent recipients (from
     its counts; right after storing, its total less the `suppressed` ones)."""
     if job.status in FINAL_JOB_STATUSES:

@@ -247,6 +247,11 @@ class RetryOutcome:
     deferral: Deferral = Deferral.ATTEMPT
 
 
+# Dao.sender_plan's answer, for estimates.py: the sender's own rate per minute and daily cap
+# (None: the settings apply), the unsent recipients of its active jobs, its sends in 24 hours.
+SenderPlan = tuple[int | None, int | None, int, int]
+
+
 @dataclass(frozen=True)
 class GiveBack:
     """Claims given back unsent: `released` go back to the queue (attempt refunded) after

@@ -27,7 +27,7 @@ from mailjobs.enqueue import (
     split_body,
 )
 from mailjobs.memory import release_free_memory
-from mailjobs.records import Job
+from mailjobs.records import Job, SenderPlan
 from mailjobs.web.errors import error_response
 from mailjobs.web.inputs import parse_body, read_body, require_json, validation_errors
 from mailjobs.web.schemas import EnqueueOut, SendTemplateEmailsIn
@@ -153,7 +153,7 @@ def _warnings(live: int | None = None) -> list[str]:
 
 
 def _enqueued(job: Job, replayed: bool, suppressed: int | None = None,
-              plan: tuple[int | None, int | None, int, int] | None = None,
+              plan: SenderPlan | None = None,
               live: int | None = None) -> Response:
     warnings = _warnings(live)
     if suppressed is None:   # a replay: read it
@@ -175,7 +175,7 @@ def _enqueued(job: Job, replayed: bool, suppressed: int | None = None,
 
 
 def _stored_job_estimate(job: Job, suppressed: int, replayed: bool, warnings: list[str],
-                         plan: tuple[int | None, int | None, int, int] | None = None
+                         plan: SenderPlan | None = None
                          ) -> dict[str, Any] | None:
     """The estimate of a job just stored (or replayed), under a deadline of its own: the job is
     committed, so a slow database costs the estimate (a warning says so), never the 202 (a
