@@ -247,7 +247,7 @@ class EmailScheduler:
         indexed) a send we stopped waiting for."""
         s = self.settings
         delay = backoff(attempt, s.retry_base_delay, s.retry_max_delay, retry_after)
-        if in_doubt and s.in_doubt_policy in ("check", "auto"):
+        if in_doubt and s.looks_up_in_doubt:
             delay = max(delay, s.in_doubt_check_delay)
         return delay
 

@@ -223,6 +223,18 @@ class Settings:
         return 3 * self.heartbeat_interval
 
     @property
+    def looks_up_in_doubt(self) -> bool:
+        """In-doubt sends are looked up at Gmail before they are sent again (IN_DOUBT_POLICY
+        check, or auto where the token's scope allows it)."""
+        return self.in_doubt_policy in ("check", "auto")
+
+    @property
+    def reads_mailbox(self) -> bool:
+        """The senders' mailboxes are read (in-doubt lookups, bounce checks): the OAuth grant
+        needs gmail.readonly."""
+        return self.looks_up_in_doubt or self.bounce_check_interval > 0
+
+    @property
     def transport_name(self) -> str:
         """The transport in use: MAIL_TRANSPORT, else gmail when an OAuth client is configured."""
         if self.mail_transport:

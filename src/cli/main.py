@@ -267,7 +267,7 @@ def auth(ctx: click.Context, sender: str, token_file: str | None, port: int,
         from google_auth_oauthlib.flow import InstalledAppFlow
 
         scopes = [GMAIL_SEND_SCOPE, GMAIL_SETTINGS_SCOPE]
-        if settings.in_doubt_policy in ("check", "auto") or settings.bounce_check_interval > 0:
+        if settings.reads_mailbox:
             scopes.append(GMAIL_READ_SCOPE)   # also lets bounce checks read DSNs (bounces.py)
             click.echo(f"IN_DOUBT_POLICY={settings.in_doubt_policy}: also asking for gmail.readonly, "
                        "so an interrupted send can be looked up by its Message-ID instead of "
@@ -313,7 +313,7 @@ def _auth_service_account(settings: Settings, dao: Dao, pattern: str, key_file: 
                                    "create one in the Cloud console: IAM > Service accounts > "
                                    "Keys > Add key > JSON")
     scopes = [GMAIL_SEND_SCOPE, GMAIL_SETTINGS_SCOPE]
-    if settings.in_doubt_policy in ("check", "auto") or settings.bounce_check_interval > 0:
+    if settings.reads_mailbox:
         scopes.append(GMAIL_READ_SCOPE)
     resumed = CredentialStore(settings, dao).store_delegated(pattern, info, scopes)
     click.echo(f"stored the service account {info['client_email']} for {pattern}"
