@@ -31,16 +31,23 @@ from mailjobs.web.state import get_settings
 
 log = logging.getLogger("mailjobs.api")
 
-def error_response(status: int, code: str, message: str,
-                   errors: list[tuple[str | None, str]] | None = None,
-                   extra: dict[str, Any] | None = None) -> Response:
+
+def error_body(code: str, message: str, errors: list[tuple[str | None, str]] | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The single shape of every error answer: error, message, field (and errors, and what
     one error adds, e.g. `allowed` of sender_not_verified)."""
     body: dict[str, Any] = {"error": code, "message": message,
                             "field": errors[0][0] if errors else None, **(extra or {})}
     if errors and len(errors) > 1:
         body["errors"] = [{"field": f, "message": m} for f, m in errors]
-    response = jsonify(body)
+    return body
+
+
+def error_response(status: int, code: str, message: str,
+                   errors: list[tuple[str | None, str]] | None = None,
+                   extra: dict[str, Any] | None = None) -> Response:
+    """error_body as the app's answer."""
+    response = jsonify(error_body(code, message, errors, extra))
     response.status_code = status
     return response
 
@@ -103,7 +110,7 @@ class JsonErrorTask(ErrorTask):
         message = (f"request body is larger than this server accepts "
                    f"({self.channel.server.adj.max_request_body_size} bytes)"
                    if error.code == 413 else f"{error.reason}: {error.body}")
-        body = json.dumps({"error": code, "message": message, "field": None}).encode()
+        body = json.dumps(error_body(code, message)).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()
