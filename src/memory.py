@@ -6,7 +6,7 @@ to the system when freed, but it raises that threshold to the size of each such 
 to 32 MiB). After the first large enqueue, a request body, a chunk's INSERT text and its packet
 (megabytes each) came from the heap instead, where what is left around them keeps the pages:
 the API's RSS climbed from 62 MB to 199 MB over bench/enqueue.py's run and stayed there. With
-the threshold fixed it ends at 88 MB (bench/README.md, issue 17).
+the threshold fixed it ends at ~90 MB (bench/README.md, issue 17).
 """
 from __future__ import annotations
 

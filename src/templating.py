@@ -374,8 +374,9 @@ def _check_tree(ast: nodes.Template, limits: TemplateLimits) -> int:
     return count
 
 
-_FOLDABLE: dict[type[nodes.BinExpr], str] = {nodes.Mul: "*", nodes.Pow: "**", nodes.Add: "+", nodes.Mod: "%",
-             nodes.Sub: "-", nodes.Div: "/", nodes.FloorDiv: "//"}
+_FOLDABLE: dict[type[nodes.BinExpr], str] = {
+    nodes.Mul: "*", nodes.Pow: "**", nodes.Add: "+", nodes.Mod: "%", nodes.Sub: "-",
+    nodes.Div: "/", nodes.FloorDiv: "//"}
 
 
 class _Sized:
